@@ -1,0 +1,58 @@
+# autoballoon — the targets a contributor expects.
+#   make demo      the daemon on the built-in simulated host, with its dashboard
+#   make test      set up (packages when root, venv) and run the whole suite
+#   make lint      ruff
+#   make bench     simulator throughput, policy decision time, server overhead
+#   make evaluate  every policy on every scenario; writes docs/evaluation.md
+
+PYTHON ?= python3
+VENV ?= .venv
+ifdef VIRTUAL_ENV
+BIN := $(VIRTUAL_ENV)/bin
+else
+BIN := $(VENV)/bin
+endif
+PY := $(BIN)/python
+STAMP := $(BIN)/.autoballoon
+
+.PHONY: demo test lint bench evaluate rig clean help
+
+help:
+	@sed -n 's/^#   //p' Makefile
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+
+$(STAMP)-base: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e .
+	touch $@
+
+$(STAMP)-test: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e '.[test,eval]'
+	touch $@
+
+# libvirt-python compiles against libvirt-dev: only `make test` (which installs that) asks for it.
+$(STAMP)-libvirt: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e '.[libvirt]'
+	touch $@
+
+demo: $(STAMP)-base
+	$(BIN)/autoballoon --connect sim:///demo list
+	$(BIN)/autoballoon --connect sim:///demo host
+
+rig:
+	scripts/setup-rig
+
+test: rig $(STAMP)-test $(STAMP)-libvirt
+	$(PY) -m pytest -q
+
+lint: $(STAMP)-test
+	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff format --check src tests bench
+
+bench: $(STAMP)-test
+	$(PY) bench/bench_sim.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info src/*.egg-info .pytest_cache .ruff_cache

@@ -1,0 +1,76 @@
+"""Time as the controller sees it: real (monotonic) in production, virtual in the simulator.
+
+The controller only ever calls ``now()`` and ``sleep()``. A virtual clock makes a simulated day run in
+seconds, and makes every controller test deterministic. Listeners let the simulator advance its world
+whenever virtual time passes, so "sleeping" on a virtual clock *is* stepping the simulation.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Protocol
+
+
+class Clock(Protocol):
+    def now(self) -> float:
+        """Seconds on a clock that never goes backwards."""
+        ...
+
+    def wall(self) -> float:
+        """Seconds on the clock guest stats are stamped with (epoch for real hosts)."""
+        ...
+
+    def sleep(self, seconds: float) -> None:
+        """Let ``seconds`` pass."""
+        ...
+
+
+class RealClock:
+    """``time.monotonic`` for intervals, ``time.time`` for stats age (QEMU stamps stats in epoch seconds)."""
+
+    def now(self) -> float:
+        return time.monotonic()
+
+    def wall(self) -> float:
+        return time.time()
+
+    def sleep(self, seconds: float) -> None:
+        if seconds > 0:
+            time.sleep(seconds)
+
+
+class VirtualClock:
+    """A clock that moves only when slept on.
+
+    ``speed`` = None: sleeping returns at once (tests, evaluation). ``speed`` = k: sleeping ``s`` virtual
+    seconds also waits ``s / k`` real seconds, so a demo runs k times faster than life but still live.
+    Each registered listener is called with the virtual seconds that passed (the simulator steps itself).
+    """
+
+    def __init__(self, start: float = 0.0, *, speed: float | None = None) -> None:
+        self._now = start
+        self.speed = speed
+        self._listeners: list[Callable[[float], None]] = []
+
+    def on_advance(self, listener: Callable[[float], None]) -> None:
+        self._listeners.append(listener)
+
+    def now(self) -> float:
+        return self._now
+
+    def wall(self) -> float:
+        return self._now
+
+    def sleep(self, seconds: float) -> None:
+        if seconds <= 0:
+            return
+        if self.speed:
+            time.sleep(seconds / self.speed)
+        self.advance(seconds)
+
+    def advance(self, seconds: float) -> None:
+        """Move virtual time forward without any real wait."""
+        for listener in self._listeners:
+            listener(seconds)
+        self._now += seconds

@@ -1,0 +1,257 @@
+"""The values every layer passes around: frozen, typed, in integer bytes.
+
+Backends build these at their edge (libvirt KiB, QMP bytes, simulator arrays) and nothing above the
+backends ever sees a backend-specific unit or name. ``None`` always means "the guest or hypervisor did
+not report this"; it is never replaced by a guess here, because the guards decide what a missing value
+means (a guest without stats is never shrunk).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from enum import Enum
+from typing import Literal
+
+BalloonModel = Literal["virtio", "virtio-transitional", "virtio-non-transitional", "xen", "none"]
+BALLOON_MODELS: tuple[str, ...] = ("virtio", "virtio-transitional", "virtio-non-transitional", "xen", "none")
+
+GuestOS = Literal["linux", "windows", "other", "unknown"]
+
+
+class VMState(str, Enum):
+    """Domain states, named as libvirt's ``virsh domstate`` prints them."""
+
+    RUNNING = "running"
+    BLOCKED = "blocked"
+    PAUSED = "paused"
+    SHUTDOWN = "shutdown"
+    SHUTOFF = "shutoff"
+    CRASHED = "crashed"
+    PMSUSPENDED = "pmsuspended"
+    UNKNOWN = "unknown"
+
+    @property
+    def active(self) -> bool:
+        """Whether QEMU is running for this domain (so its balloon can be moved live)."""
+        return self in (VMState.RUNNING, VMState.BLOCKED, VMState.PAUSED, VMState.PMSUSPENDED)
+
+
+@dataclass(frozen=True, slots=True)
+class GuestStats:
+    """What the guest's balloon driver reports. Cumulative counters are totals since guest boot."""
+
+    total: int | None = None  # MemTotal (libvirt calls it "available"!)
+    available: int | None = None  # MemAvailable (libvirt "usable")
+    free: int | None = None  # MemFree (libvirt "unused")
+    caches: int | None = None  # disk caches
+    swap_in: int | None = None  # bytes, cumulative
+    swap_out: int | None = None  # bytes, cumulative
+    major_faults: int | None = None  # count, cumulative
+    minor_faults: int | None = None  # count, cumulative
+    oom_kills: int | None = None  # count, cumulative (newer QEMU/Linux only)
+    last_update: float | None = None  # seconds on the host's wall clock (HostSnapshot.wall_time)
+
+    @property
+    def present(self) -> bool:
+        """The guest has reported its memory at least once."""
+        return self.total is not None and self.available is not None and bool(self.last_update)
+
+
+@dataclass(frozen=True, slots=True)
+class BalloonConfig:
+    """The ``<memballoon>`` device as configured (live view for a running VM)."""
+
+    model: str = "virtio"
+    autodeflate: bool = False
+    free_page_reporting: bool = False
+    stats_period: int | None = None  # seconds; None or 0 = guest stats disabled
+
+    @property
+    def enabled(self) -> bool:
+        return self.model != "none"
+
+
+@dataclass(frozen=True, slots=True)
+class GuestPolicy:
+    """Per-VM policy. ``None`` fields fall back to the daemon's defaults."""
+
+    min_bytes: int | None = None  # the floor: never balloon below this
+    max_bytes: int | None = None  # never give more than this (and never more than <memory>)
+    shares: int | None = None  # weight in the water-fill when the host is short
+    buffer: float | None = None  # fraction kept above demand (0.2 = 20 %)
+    exclude: bool = False  # never touch this VM
+
+    def merged_over(self, base: GuestPolicy) -> GuestPolicy:
+        """This policy with its unset fields taken from ``base`` (``exclude`` is sticky: either wins)."""
+        return GuestPolicy(
+            min_bytes=self.min_bytes if self.min_bytes is not None else base.min_bytes,
+            max_bytes=self.max_bytes if self.max_bytes is not None else base.max_bytes,
+            shares=self.shares if self.shares is not None else base.shares,
+            buffer=self.buffer if self.buffer is not None else base.buffer,
+            exclude=self.exclude or base.exclude,
+        )
+
+    def to_json(self) -> dict[str, int | float | bool | None]:
+        return {
+            "min_bytes": self.min_bytes,
+            "max_bytes": self.max_bytes,
+            "shares": self.shares,
+            "buffer": self.buffer,
+            "exclude": self.exclude,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class GuestSnapshot:
+    """One VM at one instant."""
+
+    name: str
+    state: VMState
+    max_bytes: int  # <memory>: the most the guest can ever have (fixed at boot)
+    target_bytes: int  # <currentMemory>: the balloon target
+    actual_bytes: int | None  # what the guest has now (None if the balloon never answered)
+    stats: GuestStats = field(default_factory=GuestStats)
+    balloon: BalloonConfig = field(default_factory=BalloonConfig)
+    policy: GuestPolicy = field(default_factory=GuestPolicy)
+    vcpus: int = 1
+    max_vcpus: int = 1
+    cpu_time_ns: int | None = None  # cumulative guest CPU time over all vCPUs
+    os_type: GuestOS = "unknown"
+    persistent: bool = True
+    uuid: str | None = None
+
+    @property
+    def used_bytes(self) -> int | None:
+        """What the guest really uses: MemTotal - MemAvailable, minus the balloon when autodeflate hides it.
+
+        With ``deflate-on-oom`` the Linux driver does not lower MemTotal, so ballooned pages look used;
+        subtracting the balloon (max - actual) gives the true figure (see the reference, section 5.1).
+        """
+        s = self.stats
+        if s.total is None or s.available is None:
+            return None
+        used = s.total - s.available
+        if self.balloon.autodeflate and self.actual_bytes is not None:
+            used -= max(0, self.max_bytes - self.actual_bytes)
+        return max(0, used)
+
+    def stats_age(self, now_wall: float) -> float | None:
+        """Seconds since the guest last reported, or None if it never did."""
+        if not self.stats.present or self.stats.last_update is None:
+            return None
+        return max(0.0, now_wall - self.stats.last_update)
+
+    def with_changes(self, **changes: object) -> GuestSnapshot:
+        return replace(self, **changes)  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True, slots=True)
+class HostSnapshot:
+    """The host and all its VMs at one instant.
+
+    ``time`` is the controller's clock (monotonic, or virtual in the simulator); ``wall_time`` is the
+    clock guest stats are stamped with, so that stats age is ``wall_time - stats.last_update``.
+    """
+
+    time: float
+    wall_time: float
+    mem_total: int
+    mem_available: int
+    guests: tuple[GuestSnapshot, ...] = ()
+    swap_total: int | None = None
+    swap_free: int | None = None
+    psi_some_avg10: float | None = None  # percent of time some task stalled on memory
+    psi_full_avg10: float | None = None
+    ksm_saved_bytes: int | None = None  # pages_sharing * page size
+    ksm_running: bool | None = None
+    load_avg1: float | None = None
+    cpu_count: int = 1
+    thermal_throttle_count: int | None = None  # sum over CPUs, cumulative
+    hostname: str = ""
+
+    def guest(self, name: str) -> GuestSnapshot | None:
+        for g in self.guests:
+            if g.name == name:
+                return g
+        return None
+
+    @property
+    def names(self) -> list[str]:
+        return [g.name for g in self.guests]
+
+    @property
+    def sum_max(self) -> int:
+        return sum(g.max_bytes for g in self.guests if g.state.active)
+
+    @property
+    def sum_target(self) -> int:
+        return sum(g.target_bytes for g in self.guests if g.state.active)
+
+    @property
+    def sum_actual(self) -> int:
+        return sum(g.actual_bytes or 0 for g in self.guests if g.state.active)
+
+    @property
+    def overcommit_ratio(self) -> float:
+        """Sum of running VMs' ``<memory>`` over host RAM (1.0 = exactly full if all were at max)."""
+        return self.sum_max / self.mem_total if self.mem_total else 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class Action:
+    """One balloon change the policy wants, with the reason and the numbers behind it."""
+
+    vm: str
+    old_target: int
+    new_target: int
+    reason: str
+    demand: int | None = None
+    available: int | None = None
+    budget: int | None = None
+
+    @property
+    def direction(self) -> Literal["grow", "shrink", "none"]:
+        if self.new_target > self.old_target:
+            return "grow"
+        if self.new_target < self.old_target:
+            return "shrink"
+        return "none"
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """Everything one policy decision produced: actions to apply and per-VM status for display."""
+
+    actions: tuple[Action, ...] = ()
+    status: dict[str, str] = field(default_factory=dict)  # VM -> managed/excluded/no-stats/stuck/...
+    status_reason: dict[str, str] = field(default_factory=dict)
+    budget: int | None = None
+    events: tuple[str, ...] = ()  # operator-facing warnings raised by this decision
+
+
+@dataclass(frozen=True, slots=True)
+class BalloonChange:
+    """A requested edit of the persistent ``<memballoon>``; ``None`` leaves a field as it is."""
+
+    model: str | None = None
+    autodeflate: bool | None = None
+    free_page_reporting: bool | None = None
+    stats_period: int | None = None
+
+    @property
+    def empty(self) -> bool:
+        return (
+            self.model is None
+            and self.autodeflate is None
+            and self.free_page_reporting is None
+            and self.stats_period is None
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class ChangeResult:
+    """What a configuration change did: applied live now, and/or only at the next boot."""
+
+    live: bool
+    next_boot: bool
+    message: str

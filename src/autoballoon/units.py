@@ -1,0 +1,121 @@
+"""Sizes at the edges of the program, written the way virsh writes them.
+
+Inside autoballoon every size is an ``int`` of bytes. Only text from a user (command line, config, API)
+and text for a user go through this module, so there is exactly one place that knows that a bare number
+means KiB (virsh's convention) and that ``GB`` means 10**9 while ``GiB`` means 2**30.
+"""
+
+from __future__ import annotations
+
+import re
+from fractions import Fraction
+
+from autoballoon.errors import InvalidValueError
+
+KiB = 1024
+MiB = 1024**2
+GiB = 1024**3
+TiB = 1024**4
+
+#: The largest size accepted anywhere: libvirt stores sizes as unsigned 64-bit KiB, numpy as int64 bytes.
+MAX_BYTES = 2**63 - 1
+
+_UNITS: dict[str, int] = {
+    "b": 1,
+    "byte": 1,
+    "bytes": 1,
+    "k": KiB,
+    "kib": KiB,
+    "m": MiB,
+    "mib": MiB,
+    "g": GiB,
+    "gib": GiB,
+    "t": TiB,
+    "tib": TiB,
+    "kb": 1000,
+    "mb": 1000**2,
+    "gb": 1000**3,
+    "tb": 1000**4,
+}
+
+ACCEPTED_FORMS = (
+    "a whole or decimal number with an optional unit: bare number = KiB (as virsh); "
+    "K/KiB, M/MiB, G/GiB, T/TiB = powers of 1024; KB, MB, GB, TB = powers of 1000; B/bytes = bytes "
+    "(for example 524288, 512M, 1.5GiB, 2GB)"
+)
+
+_SIZE_RE = re.compile(r"^\s*(?P<num>\d+(?:\.\d+)?|\.\d+)\s*(?P<unit>[A-Za-z]*)\s*$")
+
+
+def parse_size(text: str | int, *, default_unit: int = KiB, what: str = "size") -> int:
+    """Parse a virsh-style size into bytes.
+
+    ``default_unit`` is what a bare number means: KiB on the command line (virsh), but a config file or
+    the JSON API may choose bytes. Raises :class:`InvalidValueError` naming the input and the accepted
+    forms; never returns a negative, fractional or out-of-range value.
+    """
+    if isinstance(text, bool):
+        raise InvalidValueError(what, text, ACCEPTED_FORMS)
+    if isinstance(text, int):
+        value = text * default_unit
+        if text < 0 or value > MAX_BYTES:
+            raise InvalidValueError(what, text, f"a whole number from 0 to {MAX_BYTES // default_unit}")
+        return value
+    if not isinstance(text, str):
+        raise InvalidValueError(what, text, ACCEPTED_FORMS)
+    match = _SIZE_RE.match(text)
+    if match is None:
+        raise InvalidValueError(what, text, ACCEPTED_FORMS)
+    unit_text = match.group("unit").lower()
+    if unit_text == "":
+        scale = default_unit
+    elif unit_text in _UNITS:
+        scale = _UNITS[unit_text]
+    else:
+        raise InvalidValueError(what, text, f"unknown unit {match.group('unit')!r}; {ACCEPTED_FORMS}")
+    value = Fraction(match.group("num")) * scale
+    if value.denominator != 1:
+        raise InvalidValueError(what, text, "a size that is a whole number of bytes; " + ACCEPTED_FORMS)
+    if value > MAX_BYTES:
+        raise InvalidValueError(what, text, f"a size of at most {MAX_BYTES} bytes (8 EiB)")
+    return int(value)
+
+
+def format_size(n: int) -> str:
+    """Exact, re-parseable text for ``n`` bytes: the largest binary unit that divides it, else bytes."""
+    if n < 0:
+        raise ValueError(f"sizes are never negative: {n}")
+    for suffix, scale in (("TiB", TiB), ("GiB", GiB), ("MiB", MiB), ("KiB", KiB)):
+        if n and n % scale == 0:
+            return f"{n // scale}{suffix}"
+    return f"{n}B"
+
+
+def human(n: int | None, *, digits: int = 1) -> str:
+    """Approximate text for tables (``1.5 GiB``); ``-`` for an unknown size."""
+    if n is None:
+        return "-"
+    sign = "-" if n < 0 else ""
+    n = abs(n)
+    for suffix, scale in (("TiB", TiB), ("GiB", GiB), ("MiB", MiB), ("KiB", KiB)):
+        if n >= scale:
+            return f"{sign}{n / scale:.{digits}f} {suffix}"
+    return f"{sign}{n} B"
+
+
+def parse_percent(text: str | float | int, *, what: str = "percentage") -> float:
+    """Parse ``20``, ``20%`` or ``0.2``-style input as a fraction (0.2). Accepts 0 to 1000 percent."""
+    raw = text
+    if isinstance(text, bool):
+        raise InvalidValueError(what, raw, "a percentage from 0 to 1000, like 20 or 20%")
+    if isinstance(text, str):
+        stripped = text.strip().removesuffix("%").strip()
+        try:
+            number = float(stripped)
+        except ValueError:
+            raise InvalidValueError(what, raw, "a percentage from 0 to 1000, like 20 or 20%") from None
+    else:
+        number = float(text)
+    if not (0.0 <= number <= 1000.0):
+        raise InvalidValueError(what, raw, "a percentage from 0 to 1000, like 20 or 20%")
+    return number / 100.0
