@@ -9,7 +9,7 @@ means (a guest without stats is never shrunk).
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from enum import Enum
+from enum import StrEnum
 from typing import Literal
 
 BalloonModel = Literal["virtio", "virtio-transitional", "virtio-non-transitional", "xen", "none"]
@@ -18,7 +18,7 @@ BALLOON_MODELS: tuple[str, ...] = ("virtio", "virtio-transitional", "virtio-non-
 GuestOS = Literal["linux", "windows", "other", "unknown"]
 
 
-class VMState(str, Enum):
+class VMState(StrEnum):
     """Domain states, named as libvirt's ``virsh domstate`` prints them."""
 
     RUNNING = "running"

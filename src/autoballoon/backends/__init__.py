@@ -36,4 +36,4 @@ def open_backend(uri: str) -> Backend:
     raise UnknownSchemeError(f"unknown connection URI {uri!r}: expected one of {KNOWN_SCHEMES}")
 
 
-__all__ = ["Backend", "default_uri", "open_backend", "KNOWN_SCHEMES"]
+__all__ = ["KNOWN_SCHEMES", "Backend", "default_uri", "open_backend"]

@@ -1,0 +1,5 @@
+"""``python -m autoballoon`` is the ``autoballoon`` command."""
+
+from autoballoon.cli import main
+
+main()

@@ -1,0 +1,156 @@
+"""Commands that change a VM: ``setmem``, ``setmaxmem``, ``setvcpus``, ``balloon``, ``policy``.
+
+All validation lives in :mod:`autoballoon.ops`; a refused request exits 2 and changes nothing.
+"""
+
+from __future__ import annotations
+
+import click
+
+from autoballoon import ops
+from autoballoon.cli import Context, cli, pass_ctx
+from autoballoon.cli.inventory import policy_text
+from autoballoon.cli.output import emit_json
+from autoballoon.cli.params import ON_OFF, PERCENT, SIZE
+from autoballoon.model import BALLOON_MODELS, BalloonChange, ChangeResult
+from autoballoon.units import format_size
+
+_SCOPE_HELP = "Neither --live nor --config means the running VM if it runs, else its persistent config."
+
+
+def _report(result: ChangeResult) -> None:
+    click.echo(result.message)
+    if result.next_boot and not result.live:
+        click.echo("note: this takes effect at the next boot of the VM (a restart, not a reboot inside it)")
+
+
+@cli.command()
+@click.argument("vm")
+@click.argument("size", type=SIZE)
+@click.option("--live", is_flag=True, help="Change the running VM's balloon target.")
+@click.option("--config", is_flag=True, help="Change <currentMemory> in the persistent config.")
+@pass_ctx
+def setmem(ctx: Context, vm: str, size: int, live: bool, config: bool) -> None:
+    """Set the balloon target of VM to SIZE (bare number = KiB, as virsh; 512M, 2G...).
+
+    Refused (exit 2, nothing changed) above the VM's <memory>, below 64 MiB or below the VM's policy minimum.
+    """
+    scope = ops.setmem(ctx.backend, vm, size, live=live, config=config)
+    click.echo(f"{vm}: balloon target set to {format_size(size)} ({scope})")
+
+
+setmem.help = (setmem.help or "") + "\n\n" + _SCOPE_HELP
+
+
+@cli.command()
+@click.argument("vm")
+@click.argument("size", type=SIZE)
+@click.option(
+    "--config", is_flag=True, required=True, help="Required: <memory> can change only in the config."
+)
+@pass_ctx
+def setmaxmem(ctx: Context, vm: str, size: int, config: bool) -> None:
+    """Set the VM's maximum memory (<memory>) in its persistent config; it applies at the next boot."""
+    _report(ops.setmaxmem(ctx.backend, vm, size))
+
+
+@cli.command()
+@click.argument("vm")
+@click.argument("count", type=click.IntRange(min=1))
+@click.option("--live", is_flag=True, help="Change the running VM.")
+@click.option("--config", is_flag=True, help="Change the persistent config.")
+@pass_ctx
+def setvcpus(ctx: Context, vm: str, count: int, live: bool, config: bool) -> None:
+    """Set the number of active vCPUs (at most the VM's maximum)."""
+    _report(ops.setvcpus(ctx.backend, vm, count, live=live, config=config))
+
+
+setvcpus.help = (setvcpus.help or "") + "\n\n" + _SCOPE_HELP
+
+
+@cli.command()
+@click.argument("vm")
+@click.option(
+    "--model",
+    type=click.Choice(list(BALLOON_MODELS)),
+    help="'none' removes the balloon device (the remedy for guests the balloon hurts).",
+)
+@click.option(
+    "--autodeflate", type=ON_OFF, help="Let the guest take memory back at OOM time (deflate-on-oom)."
+)
+@click.option("--free-page-reporting", type=ON_OFF, help="Let the guest report free pages to the host.")
+@click.option(
+    "--stats-period",
+    type=click.IntRange(min=0, max=ops.LIMITS.max_stats_period_s),
+    help="Seconds between guest memory stats; 0 turns them off. Also applied live.",
+)
+@pass_ctx
+def balloon(
+    ctx: Context,
+    vm: str,
+    model: str | None,
+    autodeflate: str | None,
+    free_page_reporting: str | None,
+    stats_period: int | None,
+) -> None:
+    """Show or change the VM's persistent <memballoon> settings.
+
+    Model, autodeflate and free-page reporting take effect at the next boot; the stats period also applies
+    to the running VM. Without options, prints the current settings.
+    """
+    change = BalloonChange(
+        model=model,
+        autodeflate=None if autodeflate is None else autodeflate == "on",
+        free_page_reporting=None if free_page_reporting is None else free_page_reporting == "on",
+        stats_period=stats_period,
+    )
+    if change.empty:
+        b = ctx.backend.guest(vm).balloon
+        click.echo(
+            f"{vm}: model {b.model}, autodeflate {'on' if b.autodeflate else 'off'}, "
+            f"free-page-reporting {'on' if b.free_page_reporting else 'off'}, "
+            f"stats period {b.stats_period or 0} s"
+        )
+        return
+    _report(ops.set_balloon(ctx.backend, vm, change))
+
+
+@cli.command()
+@click.argument("vm")
+@click.option("--min", "min_", type=SIZE, help="Floor: never balloon below this.")
+@click.option("--max", "max_", type=SIZE, help="Never give the VM more than this (at most its <memory>).")
+@click.option(
+    "--shares",
+    type=click.IntRange(min=1, max=ops.LIMITS.max_shares),
+    help="Weight when the host is short (default 1000).",
+)
+@click.option("--buffer", type=PERCENT, help="Headroom kept above demand, in percent (default 20).")
+@click.option("--exclude/--include", default=None, help="Leave this VM alone / manage it again.")
+@click.option("--json", "as_json", is_flag=True, help="Print the resulting policy as JSON.")
+@pass_ctx
+def policy(
+    ctx: Context,
+    vm: str,
+    min_: int | None,
+    max_: int | None,
+    shares: int | None,
+    buffer: float | None,
+    exclude: bool | None,
+    as_json: bool,
+) -> None:
+    """Show or change the VM's autoballoon policy, stored with the VM (libvirt <metadata>)."""
+    changes: dict[str, object] = {}
+    for key, value in (
+        ("min_bytes", min_),
+        ("max_bytes", max_),
+        ("shares", shares),
+        ("buffer", buffer),
+        ("exclude", exclude),
+    ):
+        if value is not None:
+            changes[key] = value
+    current = ops.update_policy(ctx.backend, vm, **changes) if changes else ctx.backend.get_policy(vm)
+    if as_json:
+        emit_json(current.to_json())
+    else:
+        click.echo(f"{vm}: {policy_text(current)}")

@@ -1,0 +1,155 @@
+"""Read-only commands: ``list``, ``info``, ``host``."""
+
+from __future__ import annotations
+
+import click
+
+from autoballoon.cli import Context, cli, pass_ctx
+from autoballoon.cli.output import emit_json, pairs, table
+from autoballoon.model import GuestPolicy
+from autoballoon.units import human
+from autoballoon.views import guest_detail, guest_row, host_view
+
+
+def _age(age: float | None) -> str:
+    return "-" if age is None else f"{age:.0f}s"
+
+
+def policy_text(p: GuestPolicy) -> str:
+    if p.exclude:
+        return "excluded"
+    parts = []
+    if p.min_bytes is not None:
+        parts.append(f"min {human(p.min_bytes)}")
+    if p.max_bytes is not None:
+        parts.append(f"max {human(p.max_bytes)}")
+    if p.shares is not None:
+        parts.append(f"shares {p.shares}")
+    if p.buffer is not None:
+        parts.append(f"buffer {p.buffer * 100:g}%")
+    return ", ".join(parts) or "default"
+
+
+@cli.command("list")
+@click.option("--json", "as_json", is_flag=True, help="A JSON list; sizes in bytes, stable field names.")
+@pass_ctx
+def list_(ctx: Context, as_json: bool) -> None:
+    """Every VM: state, memory (max, target, actual, guest used/available), stats age, balloon, policy."""
+    snap = ctx.backend.snapshot()
+    rows = [guest_row(g, snap.wall_time) for g in snap.guests]
+    if as_json:
+        emit_json(rows)
+        return
+    table(
+        None,
+        ["NAME", "STATE", "MAX", "TARGET", "ACTUAL", "USED", "AVAIL", "STATS", "BALLOON", "VCPU", "POLICY"],
+        [
+            [
+                g.name,
+                g.state.value,
+                human(g.max_bytes),
+                human(g.target_bytes),
+                human(g.actual_bytes),
+                human(g.used_bytes),
+                human(g.stats.available),
+                _age(g.stats_age(snap.wall_time)),
+                g.balloon.model + (" +autodeflate" if g.balloon.autodeflate else ""),
+                str(g.vcpus),
+                policy_text(g.policy),
+            ]
+            for g in snap.guests
+        ],
+        right={2, 3, 4, 5, 6, 7, 9},
+    )
+
+
+@cli.command()
+@click.argument("vm")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object; sizes in bytes.")
+@pass_ctx
+def info(ctx: Context, vm: str, as_json: bool) -> None:
+    """Everything known about one VM: what virsh dominfo and dommemstat show, with units."""
+    snap = ctx.backend.snapshot()
+    g = snap.guest(vm) or ctx.backend.guest(vm)  # the second call raises UnknownVMError with the known names
+    detail = guest_detail(g, snap.wall_time)
+    if as_json:
+        emit_json(detail)
+        return
+    s, b = g.stats, g.balloon
+    pairs(
+        f"VM {g.name}",
+        [
+            ("State", g.state.value + ("" if g.persistent else " (transient)")),
+            ("UUID", g.uuid or "-"),
+            ("OS type", g.os_type),
+            ("vCPUs", f"{g.vcpus} of {g.max_vcpus}"),
+            ("CPU time", "-" if g.cpu_time_ns is None else f"{g.cpu_time_ns / 1e9:.1f} s"),
+            ("Max memory", human(g.max_bytes)),
+            ("Balloon target", human(g.target_bytes)),
+            ("Balloon actual", human(g.actual_bytes)),
+            ("Balloon size", human(detail["balloon_size_bytes"])),
+            (
+                "Balloon device",
+                f"{b.model}, autodeflate {'on' if b.autodeflate else 'off'}, "
+                f"free-page-reporting {'on' if b.free_page_reporting else 'off'}, "
+                f"stats period {b.stats_period or 'off'}{'' if not b.stats_period else ' s'}",
+            ),
+            ("Guest MemTotal", human(s.total)),
+            ("Guest MemAvailable", human(s.available)),
+            ("Guest MemFree", human(s.free)),
+            ("Guest disk caches", human(s.caches)),
+            ("Guest used", human(g.used_bytes)),
+            ("Swap in / out", f"{human(s.swap_in)} / {human(s.swap_out)}"),
+            (
+                "Major / minor faults",
+                f"{s.major_faults if s.major_faults is not None else '-'} / "
+                f"{s.minor_faults if s.minor_faults is not None else '-'}",
+            ),
+            ("Stats age", _age(detail["stats_age_s"])),
+            ("Policy", policy_text(g.policy)),
+        ],
+    )
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="One JSON object; sizes in bytes.")
+@pass_ctx
+def host(ctx: Context, as_json: bool) -> None:
+    """Host memory, MemAvailable, PSI, swap, KSM, and what the VMs hold (max, target, actual, over-commit)."""
+    snap = ctx.backend.snapshot()
+    view = host_view(snap)
+    if as_json:
+        emit_json(view)
+        return
+
+    def pct(x: float | None) -> str:
+        return "-" if x is None else f"{x:.2f}%"
+
+    swap = "-" if snap.swap_total is None else f"{human(snap.swap_free)} free of {human(snap.swap_total)}"
+    ksm = (
+        "-"
+        if snap.ksm_running is None
+        else (f"{'running' if snap.ksm_running else 'stopped'}, saving {human(snap.ksm_saved_bytes)}")
+    )
+    pairs(
+        f"Host {snap.hostname or ctx.uri}",
+        [
+            ("Memory", human(snap.mem_total)),
+            ("MemAvailable", human(snap.mem_available)),
+            (
+                "Memory pressure (PSI avg10)",
+                f"some {pct(snap.psi_some_avg10)}, full {pct(snap.psi_full_avg10)}",
+            ),
+            ("Swap", swap),
+            ("KSM", ksm),
+            (
+                "Load (1 min)",
+                "-" if snap.load_avg1 is None else f"{snap.load_avg1:.2f} on {snap.cpu_count} CPUs",
+            ),
+            ("VMs", f"{view['vms_running']} running of {view['vms_total']}"),
+            ("Sum of VM max", human(snap.sum_max)),
+            ("Sum of VM targets", human(snap.sum_target)),
+            ("Sum of VM actual", human(snap.sum_actual)),
+            ("Over-commit (max / RAM)", f"{snap.overcommit_ratio:.2f}"),
+        ],
+    )

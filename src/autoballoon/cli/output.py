@@ -1,0 +1,39 @@
+"""Printing for the CLI: rich tables for people, JSON (bytes, stable names) for scripts."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+
+def console() -> Console:
+    return Console(soft_wrap=False)
+
+
+def emit_json(value: Any) -> None:
+    click.echo(json.dumps(value, indent=2, sort_keys=False))
+
+
+def table(
+    title: str | None, columns: list[str], rows: list[list[str]], *, right: set[int] | None = None
+) -> None:
+    t = Table(title=title, show_edge=False, header_style="bold")
+    for i, col in enumerate(columns):
+        t.add_column(col, justify="right" if right and i in right else "left", no_wrap=True)
+    for row in rows:
+        t.add_row(*row)
+    console().print(t)
+
+
+def pairs(title: str, items: list[tuple[str, str]]) -> None:
+    """A two-column "key: value" block, like ``virsh dominfo``."""
+    t = Table(title=title, show_header=False, show_edge=False, box=None, title_justify="left")
+    t.add_column("field", style="bold", no_wrap=True)
+    t.add_column("value")
+    for k, v in items:
+        t.add_row(k, v)
+    console().print(t)

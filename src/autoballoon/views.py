@@ -1,0 +1,107 @@
+"""The stable JSON shapes of VMs and the host, shared by ``--json`` output and the HTTP API.
+
+Field names here are a public contract (scripts parse them): add fields, never rename or remove them.
+Sizes are bytes, ages seconds, unknown values ``null``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from autoballoon.model import GuestSnapshot, HostSnapshot
+
+#: The fields of ``autoballoon list --json``, in order.
+LIST_FIELDS = (
+    "name",
+    "state",
+    "max_bytes",
+    "target_bytes",
+    "actual_bytes",
+    "guest_used_bytes",
+    "guest_available_bytes",
+    "stats_age_s",
+    "balloon_model",
+    "vcpus",
+    "policy",
+)
+
+
+def _age(g: GuestSnapshot, now_wall: float) -> float | None:
+    age = g.stats_age(now_wall)
+    return None if age is None else round(age, 3)
+
+
+def guest_row(g: GuestSnapshot, now_wall: float) -> dict[str, Any]:
+    """One VM as ``list --json`` shows it."""
+    return {
+        "name": g.name,
+        "state": g.state.value,
+        "max_bytes": g.max_bytes,
+        "target_bytes": g.target_bytes,
+        "actual_bytes": g.actual_bytes,
+        "guest_used_bytes": g.used_bytes,
+        "guest_available_bytes": g.stats.available,
+        "stats_age_s": _age(g, now_wall),
+        "balloon_model": g.balloon.model,
+        "vcpus": g.vcpus,
+        "policy": g.policy.to_json(),
+    }
+
+
+def guest_detail(g: GuestSnapshot, now_wall: float) -> dict[str, Any]:
+    """Everything known about one VM: ``virsh dominfo`` and ``dommemstat`` in one object."""
+    s = g.stats
+    row = guest_row(g, now_wall)
+    row.update(
+        {
+            "uuid": g.uuid,
+            "persistent": g.persistent,
+            "os_type": g.os_type,
+            "max_vcpus": g.max_vcpus,
+            "cpu_time_s": None if g.cpu_time_ns is None else g.cpu_time_ns / 1e9,
+            "balloon": {
+                "model": g.balloon.model,
+                "autodeflate": g.balloon.autodeflate,
+                "free_page_reporting": g.balloon.free_page_reporting,
+                "stats_period_s": g.balloon.stats_period,
+            },
+            "stats": {
+                "total_bytes": s.total,
+                "available_bytes": s.available,
+                "free_bytes": s.free,
+                "disk_caches_bytes": s.caches,
+                "swap_in_bytes": s.swap_in,
+                "swap_out_bytes": s.swap_out,
+                "major_faults": s.major_faults,
+                "minor_faults": s.minor_faults,
+                "oom_kills": s.oom_kills,
+                "last_update": s.last_update,
+            },
+            "balloon_size_bytes": None if g.actual_bytes is None else g.max_bytes - g.actual_bytes,
+        }
+    )
+    return row
+
+
+def host_view(h: HostSnapshot) -> dict[str, Any]:
+    """The host as ``autoballoon host --json`` shows it."""
+    running = [g for g in h.guests if g.state.active]
+    return {
+        "hostname": h.hostname,
+        "mem_total_bytes": h.mem_total,
+        "mem_available_bytes": h.mem_available,
+        "swap_total_bytes": h.swap_total,
+        "swap_free_bytes": h.swap_free,
+        "psi_some_avg10": h.psi_some_avg10,
+        "psi_full_avg10": h.psi_full_avg10,
+        "ksm_running": h.ksm_running,
+        "ksm_saved_bytes": h.ksm_saved_bytes,
+        "load_avg1": h.load_avg1,
+        "cpu_count": h.cpu_count,
+        "vms_total": len(h.guests),
+        "vms_running": len(running),
+        "sum_max_bytes": h.sum_max,
+        "sum_target_bytes": h.sum_target,
+        "sum_actual_bytes": h.sum_actual,
+        "overcommit_ratio": round(h.overcommit_ratio, 4),
+    }
