@@ -1,0 +1,539 @@
+"""The simulated host: N guests stepped on virtual time, vectorised over guests with NumPy.
+
+Every per-guest quantity is one preallocated array and each step is a fixed sequence of in-place NumPy
+operations over all guests: no Python loop over guests, no allocation in the common path. Demand comes
+from a table sampled once per scenario (it loops after ``run.duration``). Rare events (OOM, autodeflate,
+swapping) take a slower branch only on the steps where they happen.
+
+The guest model, per guest, in bytes (``docs/scenarios.md`` explains it with the stats it produces)::
+
+    actual = kernel + resident anonymous + page cache + free       (balloon = max - actual)
+    resident anonymous = demand - swapped,  swapped = clip(demand - (actual - kernel - cache_min), 0, swap)
+
+and for the host ``mem_available = ram - base_used - sum(actual + qemu_overhead)`` exactly, so memory is
+conserved by construction. The public surface is :class:`Simulation`; everything else is private.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, replace
+
+import numpy as np
+import numpy.typing as npt
+
+from autoballoon.errors import InvalidValueError, LimitError, UnknownVMError
+from autoballoon.model import BalloonConfig, GuestPolicy, GuestSnapshot, GuestStats, HostSnapshot, VMState
+from autoballoon.sim.demand import sample
+from autoballoon.sim.scenario import Scenario
+from autoballoon.sim.tunables import DEFAULT_TUNABLES, Tunables
+from autoballoon.units import format_size
+
+I64 = npt.NDArray[np.int64]
+F64 = npt.NDArray[np.float64]
+B = npt.NDArray[np.bool_]
+
+_NS = 1_000_000_000
+_UUID_NAMESPACE = uuid.UUID("6f1d3c1e-2b7a-4e55-9a43-5a1d0c0ba11e")
+
+
+@dataclass(frozen=True, slots=True)
+class _Rates:
+    """Per-substep amounts for one substep length ``h`` (computed once per distinct h)."""
+
+    inflate: int
+    inflate_pressure: int
+    deflate: int
+    cache_growth: int
+    oom_restart: int
+    thrash: float
+    base_cpu_ns: I64
+    storm_extra_ns: I64
+
+
+def _readonly(a: np.ndarray) -> np.ndarray:
+    view = a.view()
+    view.flags.writeable = False
+    return view
+
+
+class Simulation:
+    """A simulated KVM host. State lives in this object (nothing is persisted).
+
+    ``Simulation(scenario, seed=0)`` builds the guests at virtual time 0 with their balloons at their
+    initial targets. ``step(dt)`` / ``run(seconds)`` advance time without any controller; ``set_target`` /
+    ``set_targets`` are what a balloon manager does. Metric arrays (``max``, ``target``, ``actual``,
+    ``demand``, ``allocation``, ``swap_used``, ``under_pressure``, ``oom_kills``, ``cpu``, ``cache``) are
+    read-only views indexed like ``names``; they change in place as time passes, so copy them to keep a
+    value. ``demand_at(times)`` reads the demand traces at any times (past or future), for an oracle.
+    """
+
+    def __init__(self, scenario: Scenario, seed: int = 0, tunables: Tunables = DEFAULT_TUNABLES) -> None:
+        self.scenario = scenario
+        self.seed = seed
+        self.tunables = tu = tunables
+        guests = scenario.guests
+        n = len(guests)
+        self.n = n
+        self._names = tuple(g.name for g in guests)
+        self._index = {name: i for i, name in enumerate(self._names)}
+        self._step = scenario.run.step
+        self._time = 0.0
+
+        def ints(values: list[int]) -> I64:
+            return np.array(values, dtype=np.int64).reshape(n)
+
+        def flags(values: list[bool]) -> B:
+            return np.array(values, dtype=np.bool_).reshape(n)
+
+        # Fixed properties of each guest.
+        self._max = ints([g.max for g in guests])
+        self._kernel = ints(
+            [g.kernel if g.kernel is not None else _default_kernel(g.max, tu) for g in guests]
+        )
+        self._swap_size = ints([g.swap if g.swap is not None else tu.swap_default_bytes for g in guests])
+        self._reserved = self._kernel + tu.cache_min_bytes  # actual minus this = room for anonymous memory
+        self._autodeflate = flags([g.autodeflate for g in guests])
+        self._storm = flags([g.cpu_storm for g in guests])
+        self._any_storm = bool(self._storm.any())
+        self._storm_below = self._max - tu.storm_min_balloon_bytes
+        self._stuck = flags([g.stuck or g.balloon == "none" for g in guests])
+        self._reports_max = flags([g.autodeflate or g.os == "windows" for g in guests])
+        self._stats_capable = flags([g.stats for g in guests])
+        self._cpu_base = np.array([g.cpu if g.cpu is not None else tu.cpu_baseline for g in guests])
+        self._vcpus = ints([g.vcpus for g in guests])
+        self._max_vcpus = ints([g.max_vcpus for g in guests])
+
+        # What the simulated hypervisor stores about each VM (the backend edits these).
+        self.policies: list[GuestPolicy] = [g.policy for g in guests]
+        self.balloons: list[BalloonConfig] = [
+            BalloonConfig(
+                model=g.balloon,
+                autodeflate=g.autodeflate,
+                free_page_reporting=g.free_page_reporting,
+                stats_period=round(g.stats_period or tu.stats_period_default),
+            )
+            for g in guests
+        ]
+        self._stats_period = np.array([g.stats_period or tu.stats_period_default for g in guests])
+
+        # Dynamic state.
+        self._target = ints([g.target for g in guests])
+        self._actual = self._target.copy()
+        self._cache = np.full(n, tu.cache_min_bytes, dtype=np.int64)
+        self._killed = np.zeros(n, dtype=np.int64)  # demand removed by OOM kills, regrowing
+        self._any_killed = False
+        self._demand = np.zeros(n, dtype=np.int64)  # effective demand (trace minus killed)
+        self._swap_used = np.zeros(n, dtype=np.int64)
+        self._any_swap = False
+        self._swap_in = np.zeros(n)  # cumulative bytes (float: fractional thrash per step)
+        self._swap_out = np.zeros(n)
+        self._oom_kills = np.zeros(n, dtype=np.int64)
+        self._cpu_ns = np.zeros(n, dtype=np.int64)
+        self._hold = np.zeros(n, dtype=np.bool_)  # autodeflated: no re-inflation until a new target
+        self._pressure = np.zeros(n, dtype=np.bool_)
+        self._storming = np.zeros(n, dtype=np.bool_)
+        self._can_deflate = (~self._stuck).astype(np.int64)
+        self._can_inflate = self._can_deflate.copy()
+
+        # Guest-visible stats, as last reported (0 last_update = never, as QEMU says).
+        self._st_total = np.zeros(n, dtype=np.int64)
+        self._st_avail = np.zeros(n, dtype=np.int64)
+        self._st_free = np.zeros(n, dtype=np.int64)
+        self._st_caches = np.zeros(n, dtype=np.int64)
+        self._st_swap_in = np.zeros(n, dtype=np.int64)
+        self._st_swap_out = np.zeros(n, dtype=np.int64)
+        self._st_majflt = np.zeros(n, dtype=np.int64)
+        self._st_oom = np.zeros(n, dtype=np.int64)
+        self._st_last = np.zeros(n)
+        rng = np.random.default_rng([seed, n])
+        phase = rng.uniform(0.0, 1.0, n) * self._stats_period
+        self._next_stats = np.where(self._stats_capable, phase, np.inf)
+        self._next_stats_min = float(self._next_stats.min()) if n else np.inf
+
+        # Scratch arrays for the step.
+        self._room = np.zeros(n, dtype=np.int64)
+        self._need = np.zeros(n, dtype=np.int64)
+        self._up = np.zeros(n, dtype=np.int64)
+        self._slack = np.zeros(n, dtype=np.int64)
+        self._deficit = np.zeros(n, dtype=np.int64)
+        self._tmp = np.zeros(n, dtype=np.int64)
+        self._ftmp = np.zeros(n)
+        self._mask = np.zeros(n, dtype=np.bool_)
+        self._rates: dict[float, _Rates] = {}
+
+        self._table = self._build_demand_table()
+        np.copyto(self._demand, self._table[0])
+        self._settle()
+
+        ro = _readonly
+        self.max: I64 = ro(self._max)
+        self.target: I64 = ro(self._target)
+        self.actual: I64 = ro(self._actual)
+        self.allocation: I64 = self.actual  # host memory granted to the guest (= actual; no FPR model)
+        self.demand: I64 = ro(self._demand)
+        self.swap_used: I64 = ro(self._swap_used)
+        self.under_pressure: B = ro(self._pressure)
+        self.oom_kills: I64 = ro(self._oom_kills)
+        self.cpu: I64 = ro(self._cpu_ns)
+        self.cache: I64 = ro(self._cache)
+        self.kernel: I64 = ro(self._kernel)
+
+    # ----------------------------------------------------------------------------------- public API
+
+    @property
+    def time(self) -> float:
+        """Virtual seconds since the start of the scenario."""
+        return self._time
+
+    @property
+    def wall_time(self) -> float:
+        """The wall clock guest stats are stamped with (``tunables.epoch + time``)."""
+        return self.tunables.epoch + self._time
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return self._names
+
+    @property
+    def host_available(self) -> int:
+        """Host MemAvailable, signed: negative means the host is overrun (it would swap)."""
+        h = self.scenario.host
+        used = int(self._actual.sum()) + self.n * self.tunables.qemu_overhead_bytes
+        return h.ram - h.base_used - used
+
+    def index(self, vm: int | str) -> int:
+        """The array index of a guest given by index or name; unknown names list the known ones."""
+        if isinstance(vm, str):
+            try:
+                return self._index[vm]
+            except KeyError:
+                raise UnknownVMError(vm, list(self._names)) from None
+        if isinstance(vm, bool) or not 0 <= int(vm) < self.n:
+            raise UnknownVMError(str(vm), list(self._names))
+        return int(vm)
+
+    def set_target(self, vm: int | str, target_bytes: int) -> None:
+        """Ask the guest's balloon for ``target_bytes`` (0..max); the driver moves ``actual`` over time."""
+        i = self.index(vm)
+        value = int(target_bytes)
+        if not 0 <= value <= self._max[i]:
+            raise LimitError(
+                self._names[i],
+                "target",
+                format_size(max(value, 0)) if value >= 0 else str(value),
+                f"must be from 0 to max {format_size(int(self._max[i]))}",
+            )
+        if value != self._target[i]:
+            self._target[i] = value
+            self._release_hold(np.array([i]))
+
+    def set_targets(self, targets: npt.ArrayLike) -> None:
+        """Set every guest's target at once (an int64 array indexed like ``names``); all or nothing."""
+        arr = np.asarray(targets)
+        if arr.shape != (self.n,) or not np.issubdtype(arr.dtype, np.integer):
+            raise InvalidValueError("targets", f"array {arr.dtype}{arr.shape}", f"{self.n} integers (bytes)")
+        bad = np.flatnonzero((arr < 0) | (arr > self._max))
+        if bad.size:
+            i = int(bad[0])
+            raise LimitError(
+                self._names[i], "target", str(int(arr[i])), f"must be from 0 to max {int(self._max[i])} bytes"
+            )
+        changed = np.flatnonzero(arr != self._target)
+        if changed.size:
+            self._target[changed] = arr[changed]
+            self._release_hold(changed)
+
+    def set_vcpus(self, vm: int | str, count: int) -> None:
+        """Change a guest's active vCPUs (1..max_vcpus); CPU time accrues per vCPU."""
+        i = self.index(vm)
+        if not 1 <= count <= self._max_vcpus[i]:
+            raise LimitError(
+                self._names[i], "vCPU count", str(count), f"must be from 1 to {int(self._max_vcpus[i])}"
+            )
+        self._vcpus[i] = count
+        self._rates.clear()
+
+    def vcpus(self, vm: int | str) -> tuple[int, int]:
+        """(active, maximum) vCPUs of a guest."""
+        i = self.index(vm)
+        return int(self._vcpus[i]), int(self._max_vcpus[i])
+
+    def set_stats_period(self, vm: int | str, period_s: float) -> None:
+        """Guest stats polling period; 0 stops polling (the last report stays, ageing)."""
+        i = self.index(vm)
+        if period_s < 0:
+            raise InvalidValueError("stats period", period_s, "0 (off) or a positive number of seconds")
+        self._stats_period[i] = period_s
+        self.balloons[i] = _replace_balloon(self.balloons[i], stats_period=round(period_s) or None)
+        due = self._time + period_s if period_s > 0 and self._stats_capable[i] else np.inf
+        self._next_stats[i] = due
+        self._next_stats_min = float(self._next_stats.min())
+
+    def step(self, dt: float | None = None) -> None:
+        """Advance virtual time by ``dt`` seconds (default one scenario step), in substeps of at most
+        ``run.step`` so that the mechanics do not depend on how the caller slices time."""
+        remaining = self._step if dt is None else float(dt)
+        if remaining < 0:
+            raise InvalidValueError("time step", dt, "a number of seconds >= 0")
+        step = self._step
+        substep = self._substep
+        while remaining > 1e-9:
+            h = step if remaining >= step else remaining
+            substep(h)
+            remaining -= h
+
+    def run(self, seconds: float) -> None:
+        """Advance ``seconds`` of virtual time with no controller (the balloons keep their targets)."""
+        self.step(seconds)
+
+    def demand_at(self, times: npt.ArrayLike) -> I64:
+        """Trace demand (bytes) at each of ``times`` (virtual seconds), shape ``(len(times), n)``.
+
+        This is the workload's own need, before any OOM kill: what an oracle that knows the future would
+        plan for. Traces loop after ``run.duration``.
+        """
+        t = np.atleast_1d(np.asarray(times, dtype=np.float64))
+        idx = np.floor(t / self._step + 1e-9).astype(np.int64) % self._table.shape[0]
+        return self._table[idx]
+
+    def snapshot(self) -> HostSnapshot:
+        """The host and every guest now, as a hypervisor backend reports them."""
+        h = self.scenario.host
+        tu = self.tunables
+        available = self.host_available
+        overrun = max(0, -available)
+        psi = min(100.0, 100.0 * overrun / tu.psi_full_scale_bytes)
+        load = float(((self._cpu_base + self._storming * tu.storm_load) * self._vcpus).sum())
+        guests = tuple(self._guest_snapshot(i) for i in range(self.n))
+        return HostSnapshot(
+            time=self._time,
+            wall_time=self.wall_time,
+            mem_total=h.ram,
+            mem_available=max(0, available),
+            guests=guests,
+            swap_total=h.swap,
+            swap_free=h.swap,
+            psi_some_avg10=psi,
+            psi_full_avg10=psi / 2.0,
+            load_avg1=load,
+            cpu_count=h.cpus,
+            hostname=h.name,
+        )
+
+    def guest_snapshot(self, vm: int | str) -> GuestSnapshot:
+        """One guest now (see :meth:`snapshot`)."""
+        return self._guest_snapshot(self.index(vm))
+
+    # ----------------------------------------------------------------------------------- internals
+
+    def _build_demand_table(self) -> I64:
+        run = self.scenario.run
+        times = np.arange(run.steps, dtype=np.float64) * run.step
+        table = np.empty((run.steps, self.n), dtype=np.int64)
+        for i, g in enumerate(self.scenario.guests):
+            rng = np.random.default_rng([self.seed, i])
+            table[:, i] = sample(
+                g.demand, times, rng, horizon=run.duration, noise_knot_s=self.tunables.noise_knot_s
+            )
+        return table
+
+    def _rates_for(self, h: float) -> _Rates:
+        tu = self.tunables
+        rates = _Rates(
+            inflate=max(1, round(tu.inflate_bps * h)),
+            inflate_pressure=max(1, round(tu.inflate_pressure_bps * h)),
+            deflate=max(1, round(tu.deflate_bps * h)),
+            cache_growth=round(tu.cache_growth_bps * h),
+            oom_restart=round(tu.oom_restart_bps * h),
+            thrash=tu.thrash_fraction_per_s * h,
+            base_cpu_ns=np.rint(self._cpu_base * self._vcpus * (_NS * h)).astype(np.int64),
+            storm_extra_ns=np.rint(
+                np.maximum(tu.storm_load - self._cpu_base, 0.0) * self._vcpus * (_NS * h)
+            ).astype(np.int64),
+        )
+        self._rates[h] = rates
+        return rates
+
+    def _release_hold(self, idx: npt.NDArray[np.intp]) -> None:
+        """A new target restarts the driver's work: it may re-inflate an autodeflated balloon."""
+        self._hold[idx] = False
+        np.logical_and(~self._stuck, ~self._hold, out=self._mask)
+        np.copyto(self._can_inflate, self._mask)
+
+    def _substep(self, h: float) -> None:
+        r = self._rates.get(h) or self._rates_for(h)
+        t = self._time + h
+        row = self._table[int(t / self._step + 1e-9) % self._table.shape[0]]
+        actual, demand, room, need, up, slack = (
+            self._actual,
+            self._demand,
+            self._room,
+            self._need,
+            self._up,
+            self._slack,
+        )
+
+        # Demand: the trace, minus what OOM kills removed (which regrows as the workload restarts).
+        if self._any_killed:
+            np.subtract(self._killed, r.oom_restart, out=self._killed)
+            np.maximum(self._killed, 0, out=self._killed)
+            np.subtract(row, self._killed, out=demand)
+            np.maximum(demand, 0, out=demand)
+            self._any_killed = bool(self._killed.any())
+        else:
+            np.copyto(demand, row)
+
+        # Balloon: deflate fast; inflate fast out of free/cache memory, slowly when it means swapping.
+        np.subtract(actual, self._reserved, out=room)
+        np.subtract(actual, self._target, out=need)  # > 0: the balloon must inflate by this much
+        np.negative(need, out=up)
+        np.clip(up, 0, r.deflate, out=up)
+        up *= self._can_deflate
+        np.subtract(room, demand, out=slack)
+        np.clip(slack, r.inflate_pressure, r.inflate, out=slack)
+        np.maximum(need, 0, out=need)
+        np.minimum(need, slack, out=need)
+        need *= self._can_inflate
+        actual += up
+        actual -= need
+        room += up
+        room -= need
+
+        self._settle_after_move(r)
+
+        # CPU: baseline load, and a storm on every vCPU while a storm guest's balloon is inflated.
+        self._cpu_ns += r.base_cpu_ns
+        if self._any_storm:
+            np.less(actual, self._storm_below, out=self._storming)
+            self._storming &= self._storm
+            self._cpu_ns += r.storm_extra_ns * self._storming
+        self._time = t
+        if t >= self._next_stats_min - 1e-9:
+            self._refresh_stats()
+
+    def _settle(self) -> None:
+        """Bring swap, cache and pressure in line with the initial state (no time passes)."""
+        np.subtract(self._actual, self._reserved, out=self._room)
+        self._settle_after_move(None)
+
+    def _settle_after_move(self, r: _Rates | None) -> None:
+        demand, room, deficit, swap = self._demand, self._room, self._deficit, self._swap_used
+        # Anonymous memory that does not fit goes to swap; beyond swap, autodeflate or OOM.
+        np.subtract(demand, room, out=deficit)
+        np.greater(deficit, self._swap_size, out=self._mask)
+        if self._mask.any():
+            self._out_of_memory()
+        np.greater(deficit, 0, out=self._pressure)
+        if self._any_swap or self._pressure.any():
+            self._swap(r)
+
+        # Page cache grows into free memory and is reclaimed at once when memory is needed.
+        tmp, cache = self._tmp, self._cache
+        np.subtract(demand, swap, out=tmp)  # resident anonymous
+        np.subtract(room, tmp, out=tmp)
+        tmp += self.tunables.cache_min_bytes - self.tunables.free_min_bytes
+        if r is not None:
+            cache += r.cache_growth
+        np.minimum(cache, tmp, out=cache)
+        np.maximum(cache, self.tunables.cache_min_bytes, out=cache)
+
+    def _out_of_memory(self) -> None:
+        """Demand beyond memory + swap: autodeflate guests take balloon pages back, others OOM-kill."""
+        actual, demand, room, deficit = self._actual, self._demand, self._room, self._deficit
+        over = np.maximum(deficit - self._swap_size, 0)
+        grow = np.where(self._autodeflate, np.minimum(over, self._max - actual), 0)
+        if grow.any():
+            actual += grow
+            room += grow
+            deficit -= grow
+            self._hold |= grow > 0
+            self._can_inflate[self._hold] = 0
+        kill = deficit > self._swap_size
+        if kill.any():
+            idx = np.flatnonzero(kill)
+            amount = np.maximum(
+                deficit[idx] - self._swap_size[idx],
+                np.rint(demand[idx] * self.tunables.oom_kill_fraction).astype(np.int64),
+            )
+            self._oom_kills[idx] += 1
+            self._killed[idx] += amount
+            demand[idx] -= amount
+            deficit[idx] -= amount
+            self._any_killed = True
+
+    def _swap(self, r: _Rates | None) -> None:
+        swap, ftmp = self._swap_used, self._ftmp
+        new = np.clip(self._deficit, 0, self._swap_size)
+        np.subtract(new, swap, out=self._tmp)  # change in swapped memory
+        np.maximum(self._tmp, 0, out=ftmp, casting="unsafe")
+        self._swap_out += ftmp
+        np.minimum(self._tmp, 0, out=ftmp, casting="unsafe")
+        self._swap_in -= ftmp
+        if r is not None:
+            np.multiply(new, r.thrash, out=ftmp)
+            self._swap_in += ftmp
+            self._swap_out += ftmp  # thrashing pages go out again as they come in
+        np.copyto(swap, new)
+        self._any_swap = bool(new.any())
+
+    def _refresh_stats(self) -> None:
+        """Guests whose polling period came due report their memory, stamped with the wall clock."""
+        now = self._time
+        due = self._next_stats <= now + 1e-9
+        tu = self.tunables
+        total = np.where(self._reports_max, self._max, self._actual)
+        resident = self._demand - self._swap_used
+        free = self._actual - self._kernel - resident - self._cache
+        np.copyto(self._st_total, total, where=due)
+        np.copyto(self._st_free, free, where=due)
+        np.copyto(self._st_avail, free + self._cache, where=due)
+        np.copyto(self._st_caches, self._cache, where=due)
+        np.copyto(self._st_swap_in, self._swap_in, where=due, casting="unsafe")
+        np.copyto(self._st_swap_out, self._swap_out, where=due, casting="unsafe")
+        np.copyto(self._st_majflt, self._swap_in / tu.page_size, where=due, casting="unsafe")
+        np.copyto(self._st_oom, self._oom_kills, where=due)
+        np.copyto(self._st_last, tu.epoch + now, where=due)
+        nxt = self._next_stats + self._stats_period
+        np.copyto(self._next_stats, np.maximum(nxt, now + self._stats_period), where=due)
+        self._next_stats_min = float(self._next_stats.min())
+
+    def _guest_snapshot(self, i: int) -> GuestSnapshot:
+        g = self.scenario.guests[i]
+        stats = GuestStats()
+        if self._st_last[i] > 0:
+            stats = GuestStats(
+                total=int(self._st_total[i]),
+                available=int(self._st_avail[i]),
+                free=int(self._st_free[i]),
+                caches=int(self._st_caches[i]),
+                swap_in=int(self._st_swap_in[i]),
+                swap_out=int(self._st_swap_out[i]),
+                major_faults=int(self._st_majflt[i]),
+                oom_kills=int(self._st_oom[i]),
+                last_update=float(self._st_last[i]),
+            )
+        return GuestSnapshot(
+            name=self._names[i],
+            state=VMState.RUNNING,
+            max_bytes=int(self._max[i]),
+            target_bytes=int(self._target[i]),
+            actual_bytes=int(self._actual[i]),
+            stats=stats,
+            balloon=self.balloons[i],
+            policy=self.policies[i],
+            vcpus=int(self._vcpus[i]),
+            max_vcpus=int(self._max_vcpus[i]),
+            cpu_time_ns=int(self._cpu_ns[i]),
+            os_type="windows" if g.os == "windows" else "linux",
+            persistent=True,
+            uuid=str(uuid.uuid5(_UUID_NAMESPACE, f"{self.scenario.source}/{g.name}")),
+        )
+
+
+def _default_kernel(max_bytes: int, tu: Tunables) -> int:
+    return min(max_bytes // 2, tu.kernel_base_bytes + round(max_bytes * tu.kernel_max_fraction))
+
+
+def _replace_balloon(b: BalloonConfig, **changes: object) -> BalloonConfig:
+    return replace(b, **changes)  # type: ignore[arg-type]
