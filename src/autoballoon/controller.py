@@ -1,0 +1,461 @@
+"""The only loop: collect → decide → act → record, at a fixed interval, surviving a flaky hypervisor.
+
+Everything that decides is pure (:mod:`autoballoon.policy`, :mod:`autoballoon.guards`); this module is
+the imperative shell around it. It owns the backend connection (reconnecting with back-off), applies
+the plan (or only journals it in a dry run), keeps counters, and publishes a frozen
+:class:`ControllerStatus` that other threads (the HTTP server, a live table) may read at any time.
+Other threads never call the backend themselves: manual targets and policy changes are queued with
+:meth:`Controller.submit_target` / :meth:`Controller.submit_policy` and applied by the loop's own thread
+at the start of its next tick, so that a backend which is not thread-safe (the simulator) stays safe.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import statistics
+import threading
+import time
+from collections import Counter, deque
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+
+from autoballoon import guards
+from autoballoon.backends.base import Backend
+from autoballoon.clock import Clock, RealClock
+from autoballoon.config import DaemonConfig
+from autoballoon.errors import BackendError, ConnectionLostError, LimitError, UnknownVMError
+from autoballoon.guards import Status
+from autoballoon.journal import Journal, JournalEntry
+from autoballoon.model import Action, GuestPolicy, HostSnapshot, Plan
+from autoballoon.policy import PolicyState, decide
+from autoballoon.units import human
+
+#: Statuses of VMs that autoballoon has been ballooning (and so restores on exit).
+_RESTORABLE = (Status.MANAGED, Status.STUCK, Status.NO_STATS, Status.MANUAL_HOLD)
+
+
+@dataclass(frozen=True, slots=True)
+class VMStatus:
+    """One VM as the controller last saw and judged it."""
+
+    name: str
+    status: str
+    reason: str
+    max_bytes: int
+    target_bytes: int
+    actual_bytes: int | None
+    used_bytes: int | None
+    demand_bytes: int | None
+    want_bytes: int | None
+    floor_bytes: int | None
+    ceiling_bytes: int | None
+    pressure: bool
+    autodeflate: bool
+    start_target_bytes: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class TickStats:
+    """Wall-clock duration of the last ticks (collect + decide + act), in seconds."""
+
+    count: int = 0
+    last_s: float | None = None
+    mean_s: float | None = None
+    p50_s: float | None = None
+    p95_s: float | None = None
+    max_s: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ControllerStatus:
+    """A consistent, read-only picture of the daemon for the API, metrics and dashboard."""
+
+    uri: str
+    dry_run: bool
+    connected: bool
+    interval_s: float
+    ticks: int
+    time: float | None  # controller clock at the last snapshot
+    snapshot: HostSnapshot | None
+    plan: Plan | None
+    vms: tuple[VMStatus, ...]
+    budget_bytes: int | None
+    reserve_bytes: int | None
+    host_short: bool
+    tick: TickStats
+    actions_by_direction: Mapping[str, int]
+    actions_by_reason: Mapping[str, int]
+    action_errors: int
+    backend_errors: int
+    reconnects: int
+    last_error: str | None
+    journal: tuple[JournalEntry, ...] = field(default=())
+
+
+class Controller:
+    """The daemon's loop. ``tick()`` runs one cycle (tests); ``run(stop)`` loops until ``stop`` is set.
+
+    ``reopen`` makes a fresh backend after a lost connection (``lambda: open_backend(uri)``); without it
+    the same backend is retried after the back-off.
+    """
+
+    def __init__(
+        self,
+        backend: Backend | None,
+        clock: Clock,
+        config: DaemonConfig,
+        journal: Journal,
+        *,
+        dry_run: bool = False,
+        reopen: Callable[[], Backend] | None = None,
+        uri: str | None = None,
+    ) -> None:
+        self.backend = backend
+        self.clock = clock
+        self.config = config
+        self.journal = journal
+        self.dry_run = dry_run
+        self.reopen = reopen
+        self.uri = uri or (backend.uri if backend is not None else "")
+        self._state = PolicyState()
+        self._last: tuple[HostSnapshot | None, Plan | None, PolicyState] = (None, None, self._state)
+        self._start_targets: dict[str, int] = {}
+        self._lock = threading.Lock()
+        self._pending_targets: dict[str, int] = {}
+        self._pending_policies: dict[str, GuestPolicy] = {}
+        self._runtime_policies: dict[str, GuestPolicy] = {}
+        self._directions: Counter[str] = Counter()
+        self._reasons: Counter[str] = Counter()
+        self._durations: deque[float] = deque(maxlen=config.tunables.tick_history)
+        self._ticks = 0
+        self._action_errors = 0
+        self._backend_errors = 0
+        self._reconnects = 0
+        self._last_error: str | None = None
+        self._backoff = config.tunables.reconnect_initial_s
+        self._retry_at: float | None = None
+
+    # --- the loop ------------------------------------------------------------------------------
+
+    def tick(self) -> Plan | None:
+        """One collect → decide → act → record cycle. Never raises a backend error (it is recorded)."""
+        started = time.perf_counter()
+        try:
+            return self._tick()
+        finally:
+            self._durations.append(time.perf_counter() - started)
+            self._ticks += 1
+
+    def run(
+        self,
+        stop: threading.Event,
+        *,
+        on_tick: Callable[[Controller], None] | None = None,
+        max_ticks: int | None = None,
+    ) -> None:
+        """Loop until ``stop`` is set (a signal handler sets it), then apply ``on_exit``."""
+        self.journal.event(
+            self.clock.wall(),
+            "start",
+            f"autoballoon started on {self.uri} every {self.config.interval_s:g} s"
+            + (" (dry run: deciding only)" if self.dry_run else ""),
+            dry_run=self.dry_run,
+            config=self.config.source,
+        )
+        done = 0
+        try:
+            while not stop.is_set():
+                begun = self.clock.now()
+                self.tick()
+                done += 1
+                if on_tick is not None:
+                    on_tick(self)
+                if max_ticks is not None and done >= max_ticks:
+                    break
+                delay = self.config.interval_s - (self.clock.now() - begun)
+                if self._retry_at is not None:
+                    delay = max(delay, self._retry_at - self.clock.now())
+                self._sleep(delay, stop)
+        finally:
+            self.finish()
+
+    def _sleep(self, seconds: float, stop: threading.Event) -> None:
+        if seconds <= 0:
+            return
+        if isinstance(self.clock, RealClock):
+            stop.wait(seconds)  # wakes at once on SIGTERM/SIGINT
+        else:
+            self.clock.sleep(seconds)  # a virtual clock: sleeping steps the simulation
+
+    def _tick(self) -> Plan | None:
+        backend = self._connected()
+        if backend is None:
+            return None
+        try:
+            self._apply_pending(backend)
+            snapshot = backend.snapshot()
+        except BackendError as e:
+            self._backend_failed(e)
+            return None
+        self._retry_at = None
+        self._backoff = self.config.tunables.reconnect_initial_s
+        for g in snapshot.guests:
+            self._start_targets.setdefault(g.name, g.target_bytes)
+        with self._lock:
+            runtime = dict(self._runtime_policies)
+        policies = {
+            g.name: self.config.policy_for(g.name, g.policy, runtime.get(g.name)) for g in snapshot.guests
+        }
+        plan, state = decide(snapshot, policies, self._state, self.config.tunables)
+        wall = self.clock.wall()
+        for message in plan.events:
+            vm, _, text = message.partition(": ")
+            kind = "warning" if text.startswith("warning") else "status"
+            self.journal.event(wall, kind, message, vm=vm if vm in plan.status else None)
+        self._state = state
+        self._last = (snapshot, plan, state)
+        try:
+            for action in plan.actions:
+                self._act(backend, action, snapshot.mem_available, wall)
+        except ConnectionLostError as e:
+            self._backend_failed(e)
+        return plan
+
+    def _act(self, backend: Backend, action: Action, host_available: int, wall: float) -> None:
+        if self.dry_run:
+            self.journal.action(wall, action, host_available=host_available, applied=False)
+            self._count(action)
+            return
+        try:
+            backend.set_target(action.vm, action.new_target)
+        except UnknownVMError as e:  # the VM went away between snapshot and action: not an error
+            self.journal.event(
+                wall, "vm-gone", f"{action.vm}: disappeared before its change ({e})", vm=action.vm
+            )
+            return
+        except ConnectionLostError:
+            raise
+        except BackendError as e:
+            self._action_errors += 1
+            self.journal.action(wall, action, host_available=host_available, applied=False, error=str(e))
+            return
+        self.journal.action(wall, action, host_available=host_available, applied=True)
+        self._count(action)
+
+    def _count(self, action: Action) -> None:
+        with self._lock:
+            self._directions[action.direction] += 1
+            self._reasons[action.reason] += 1
+
+    # --- the connection ------------------------------------------------------------------------
+
+    def _connected(self) -> Backend | None:
+        if self._retry_at is not None and self.clock.now() < self._retry_at:
+            return None
+        if self.backend is None:
+            if self.reopen is None:
+                return None
+            try:
+                self.backend = self.reopen()
+            except BackendError as e:
+                self._backend_failed(e)
+                return None
+            self._reconnects += 1
+            self.journal.event(self.clock.wall(), "reconnected", f"reconnected to {self.uri}")
+        return self.backend
+
+    def _backend_failed(self, error: BackendError) -> None:
+        self._backend_errors += 1
+        self._last_error = str(error)
+        lost = isinstance(error, ConnectionLostError)
+        if lost and self.reopen is not None and self.backend is not None:
+            with contextlib.suppress(Exception):  # closing a dead connection may fail in any way
+                self.backend.close()
+            self.backend = None
+        self._retry_at = self.clock.now() + self._backoff
+        self.journal.event(
+            self.clock.wall(),
+            "backend-error",
+            f"{'connection lost' if lost else 'backend error'}: {error}; retrying in {self._backoff:g} s",
+        )
+        self._backoff = min(self._backoff * 2, self.config.tunables.reconnect_max_s)
+
+    # --- requests from other threads -----------------------------------------------------------
+
+    def submit_target(self, vm: str, target_bytes: int) -> None:
+        """Ask for a manual target, honoured like ``virsh setmem`` (held for ``manual_grace_s``).
+
+        Checked now against the last snapshot (unknown VM, above max or below floor raise a
+        :class:`~autoballoon.errors.RefusedError` and nothing changes); applied at the next tick.
+        """
+        snapshot = self._last[0]
+        guest = snapshot.guest(vm) if snapshot is not None else None
+        if guest is None:
+            raise UnknownVMError(vm, snapshot.names if snapshot is not None else None)
+        with self._lock:
+            runtime = self._runtime_policies.get(vm)
+        floor, ceiling = guards.limits(
+            guest, self.config.policy_for(vm, guest.policy, runtime), self.config.tunables
+        )
+        if target_bytes > ceiling:
+            raise LimitError(vm, "target", human(target_bytes), f"above its maximum of {human(ceiling)}")
+        if target_bytes < floor:
+            raise LimitError(vm, "target", human(target_bytes), f"below its floor of {human(floor)}")
+        with self._lock:
+            self._pending_targets[vm] = target_bytes
+
+    def submit_policy(self, vm: str, policy: GuestPolicy | None, *, persist: bool = False) -> None:
+        """Override a VM's policy from the next tick (``None`` drops the override).
+
+        With ``persist`` the policy is also written to the VM's metadata at the next tick, so that it
+        survives a daemon restart and travels with the VM.
+        """
+        with self._lock:
+            if policy is None:
+                self._runtime_policies.pop(vm, None)
+            else:
+                self._runtime_policies[vm] = policy
+                if persist:
+                    self._pending_policies[vm] = policy
+
+    def _apply_pending(self, backend: Backend) -> None:
+        with self._lock:
+            targets, self._pending_targets = self._pending_targets, {}
+            policies, self._pending_policies = self._pending_policies, {}
+        wall = self.clock.wall()
+        for vm, policy in policies.items():
+            try:
+                backend.set_policy(vm, policy)
+                self.journal.event(wall, "policy", f"{vm}: policy stored: {policy.to_json()}", vm=vm)
+            except (UnknownVMError, BackendError) as e:
+                if isinstance(e, ConnectionLostError):
+                    raise
+                self.journal.event(wall, "error", f"{vm}: storing policy failed: {e}", vm=vm)
+        snapshot = self._last[0]
+        for vm, target in targets.items():
+            guest = snapshot.guest(vm) if snapshot is not None else None
+            old = guest.target_bytes if guest is not None else target
+            action = Action(vm, old, target, "manual")
+            try:
+                backend.set_target(vm, target)
+            except UnknownVMError as e:
+                self.journal.event(wall, "vm-gone", f"{vm}: manual target not applied ({e})", vm=vm)
+                continue
+            except ConnectionLostError:
+                raise
+            except BackendError as e:
+                self._action_errors += 1
+                self.journal.action(wall, action, host_available=None, applied=False, error=str(e))
+                continue
+            self.journal.action(wall, action, host_available=None, applied=True)
+            self._count(action)
+
+    # --- exit ----------------------------------------------------------------------------------
+
+    def finish(self) -> None:
+        """Apply ``on_exit``: "hold" leaves every target where it is; "restore" gives memory back."""
+        wall = self.clock.wall()
+        if self.config.on_exit == "restore":
+            self._restore(wall)
+        self.journal.event(wall, "stop", f"autoballoon stopped (on_exit={self.config.on_exit})")
+
+    def _restore(self, wall: float) -> None:
+        backend = self.backend
+        snapshot: HostSnapshot | None = None
+        if backend is not None:
+            try:
+                snapshot = backend.snapshot()
+            except BackendError as e:
+                self.journal.event(wall, "backend-error", f"restore: cannot read VMs: {e}")
+        snapshot = snapshot or self._last[0]
+        if snapshot is None or backend is None:
+            self.journal.event(
+                wall, "error", "restore: no connection to the hypervisor; targets left as they are"
+            )
+            return
+        statuses = self._last[1].status if self._last[1] is not None else {}
+        with self._lock:
+            runtime = dict(self._runtime_policies)
+        for g in snapshot.guests:
+            if statuses.get(g.name) not in _RESTORABLE:
+                continue
+            _, ceiling = guards.limits(
+                g, self.config.policy_for(g.name, g.policy, runtime.get(g.name)), self.config.tunables
+            )
+            if self.config.restore_to == "start":
+                goal = min(self._start_targets.get(g.name, g.max_bytes), ceiling)
+            else:
+                goal = ceiling
+            if goal != g.target_bytes:
+                self._act(
+                    backend,
+                    Action(g.name, g.target_bytes, goal, f"restore-{self.config.restore_to}"),
+                    snapshot.mem_available,
+                    wall,
+                )
+
+    # --- reading -------------------------------------------------------------------------------
+
+    def status(self, *, journal_entries: int = 100) -> ControllerStatus:
+        """A frozen, consistent picture of the last tick; safe to call from any thread."""
+        snapshot, plan, state = self._last
+        vms: list[VMStatus] = []
+        if snapshot is not None and plan is not None:
+            for g in snapshot.guests:
+                mem = state.vms.get(g.name)
+                vms.append(
+                    VMStatus(
+                        name=g.name,
+                        status=plan.status.get(g.name, ""),
+                        reason=plan.status_reason.get(g.name, ""),
+                        max_bytes=g.max_bytes,
+                        target_bytes=g.target_bytes,
+                        actual_bytes=g.actual_bytes,
+                        used_bytes=g.used_bytes,
+                        demand_bytes=mem.demand if mem else None,
+                        want_bytes=mem.want if mem else None,
+                        floor_bytes=mem.floor if mem else None,
+                        ceiling_bytes=mem.ceiling if mem else None,
+                        pressure=mem.pressure if mem else False,
+                        autodeflate=g.balloon.autodeflate,
+                        start_target_bytes=self._start_targets.get(g.name),
+                    )
+                )
+        durations = list(self._durations)
+        tick = TickStats()
+        if durations:
+            ordered = sorted(durations)
+            tick = TickStats(
+                count=self._ticks,
+                last_s=durations[-1],
+                mean_s=statistics.fmean(durations),
+                p50_s=ordered[len(ordered) // 2],
+                p95_s=ordered[min(len(ordered) - 1, int(len(ordered) * 0.95))],
+                max_s=ordered[-1],
+            )
+        with self._lock:
+            directions = MappingProxyType(dict(self._directions))
+            reasons = MappingProxyType(dict(self._reasons))
+        return ControllerStatus(
+            uri=self.uri,
+            dry_run=self.dry_run,
+            connected=self.backend is not None and self._retry_at is None,
+            interval_s=self.config.interval_s,
+            ticks=self._ticks,
+            time=snapshot.time if snapshot is not None else None,
+            snapshot=snapshot,
+            plan=plan,
+            vms=tuple(vms),
+            budget_bytes=state.budget,
+            reserve_bytes=state.reserve,
+            host_short=state.host_short,
+            tick=tick,
+            actions_by_direction=directions,
+            actions_by_reason=reasons,
+            action_errors=self._action_errors,
+            backend_errors=self._backend_errors,
+            reconnects=self._reconnects,
+            last_error=self._last_error,
+            journal=self.journal.recent(journal_entries),
+        )

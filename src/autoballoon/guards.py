@@ -1,0 +1,138 @@
+"""Safety rules the policy must never break, as small pure functions.
+
+The policy decides what a guest *should* get; these functions decide whether it may be touched at all
+(excluded, stale stats, stuck balloon, a manual change to honour, quarantine) and clamp every target into
+``[floor, ceiling]``. They are separate from the policy so that any policy (the default one, a reference
+policy in the evaluation harness, a future one) can be held to the same rules, and so that each rule is
+testable on its own.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import NamedTuple
+
+from autoballoon.model import GuestPolicy, GuestSnapshot, VMState
+from autoballoon.tunables import Tunables
+
+
+class Status(StrEnum):
+    """What autoballoon is doing with a VM, as shown in tables, the API and the journal."""
+
+    MANAGED = "managed"  # the policy moves its target
+    EXCLUDED = "excluded"  # never touched (policy exclude, no balloon, not running)
+    NO_STATS = "no-stats"  # held at its target: never shrunk without fresh guest stats
+    STUCK = "stuck"  # its balloon does not move toward the target; held, others balanced around it
+    QUARANTINED = "quarantined"  # the health guard stopped ballooning it (e.g. CPU storm)
+    MANUAL_HOLD = "manual-hold"  # its target was changed by hand; honoured for a grace period
+
+
+#: States in which QEMU runs and the guest can answer a balloon request.
+_RUNNING = (VMState.RUNNING, VMState.BLOCKED)
+
+
+def limits(guest: GuestSnapshot, policy: GuestPolicy, tunables: Tunables) -> tuple[int, int]:
+    """``(floor, ceiling)`` for a VM's target.
+
+    The ceiling is ``<memory>`` (or a lower per-VM max); the floor is the per-VM min but never under the
+    global minimum, and never above the ceiling (a VM whose ``<memory>`` is below the global minimum is
+    simply never shrunk).
+    """
+    ceiling = guest.max_bytes
+    if policy.max_bytes is not None and policy.max_bytes < ceiling:
+        ceiling = policy.max_bytes
+    floor = tunables.global_min_bytes
+    if policy.min_bytes is not None and policy.min_bytes > floor:
+        floor = policy.min_bytes
+    return min(floor, ceiling), ceiling
+
+
+def clamp(value: int, floor: int, ceiling: int) -> int:
+    """``value`` within ``[floor, ceiling]`` (the ceiling wins if they cross)."""
+    return min(max(value, floor), ceiling)
+
+
+def exclusion(guest: GuestSnapshot, policy: GuestPolicy) -> str | None:
+    """Why a VM is not ballooned at all, or None. Its memory is then outside the budget math."""
+    if policy.exclude:
+        return "excluded by policy"
+    if not guest.state.active:
+        return f"not running ({guest.state.value})"
+    if not guest.balloon.enabled:
+        return "no balloon device (model='none')"
+    return None
+
+
+def hold_reason(guest: GuestSnapshot, wall_time: float, tunables: Tunables) -> str | None:
+    """Why a running VM must be held at its target (no fresh stats), or None if it may be managed."""
+    if guest.state not in _RUNNING:
+        return f"VM is {guest.state.value}"
+    if guest.actual_bytes is None:
+        return "balloon has never reported its size"
+    if not guest.stats.present:
+        if not guest.balloon.stats_period:
+            return "no guest stats (stats period disabled)"
+        return "no guest stats (no balloon driver or stats service in the guest?)"
+    age = guest.stats_age(wall_time)
+    if age is not None and age > tunables.stats_stale_s:
+        return f"guest stats are stale ({age:.0f} s old)"
+    return None
+
+
+class Progress(NamedTuple):
+    """Where a balloon was when it last made progress toward its target."""
+
+    gap: int  # |actual - target| then
+    since: float  # snapshot time then
+
+
+def track_progress(
+    previous: Progress | None,
+    target_changed: bool,
+    actual: int | None,
+    target: int,
+    now: float,
+    tunables: Tunables,
+) -> Progress | None:
+    """The new progress mark: None once the balloon has arrived, reset on a new target or real movement."""
+    if actual is None:
+        return previous
+    gap = abs(actual - target)
+    if gap <= tunables.stuck_tolerance_bytes:
+        return None
+    if previous is None or target_changed or gap <= previous.gap - tunables.stuck_tolerance_bytes:
+        return Progress(gap, now)
+    return previous
+
+
+def stuck_for(progress: Progress | None, now: float) -> float:
+    """Seconds the balloon has been away from its target without moving toward it."""
+    return 0.0 if progress is None else now - progress.since
+
+
+def is_stuck(progress: Progress | None, now: float, tunables: Tunables) -> bool:
+    return stuck_for(progress, now) >= tunables.stuck_after_s
+
+
+def manual_change(target: int, seen_target: int | None, planned_target: int | None) -> bool:
+    """The target moved since the last look, and not to what autoballoon itself set: someone else did it."""
+    return seen_target is not None and target != seen_target and target != planned_target
+
+
+def self_deflated(
+    actual: int | None, seen_actual: int | None, target: int, seen_target: int | None, tunables: Tunables
+) -> bool:
+    """The guest took memory back by itself (autodeflate at OOM time): ``actual`` rose above the target
+    that nobody changed."""
+    if actual is None or seen_actual is None or target != seen_target:
+        return False
+    tol = tunables.self_deflate_tolerance_bytes
+    return actual > seen_actual + tol and actual > target + tol
+
+
+def safe_target(proposed: int, current: int, floor: int, ceiling: int, *, may_shrink: bool) -> int:
+    """The last word on any target: within ``[floor, ceiling]`` and, for a held VM, never below now."""
+    value = clamp(proposed, floor, ceiling)
+    if not may_shrink and value < current:
+        value = min(current, ceiling)
+    return value

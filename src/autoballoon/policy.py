@@ -1,0 +1,405 @@
+"""The default balloon policy: a pure function from a host snapshot to a plan.
+
+``decide(snapshot, policies, state, tunables) -> (plan, new_state)`` reads nothing but its arguments (time
+is ``snapshot.time``), so the controller, the tests and the evaluation harness all run exactly the same
+code, and a decision over 1,000 guests takes a few milliseconds. Everything it remembers between ticks
+lives in :class:`PolicyState`, a frozen value the caller passes back in.
+
+The principles (DESIGN.md, "The default policy"): demand rises at once and decays slowly; pressure
+(swap-in, major faults, little MemAvailable, a guest deflating itself) raises it; ``want = demand *
+(1 + buffer) + headroom`` within ``[floor, max]``; growth is immediate and unlimited, shrinking is
+rate-limited with a dead band; when the host budget cannot hold every want, floors come first and the
+rest is water-filled by shares, taking first from the guests with the most surplus, and a guest under
+pressure is never shrunk to feed another unless the host itself is short.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import NamedTuple
+
+from autoballoon import guards
+from autoballoon.guards import Progress, Status
+from autoballoon.model import Action, GuestPolicy, GuestSnapshot, HostSnapshot, Plan
+from autoballoon.tunables import Tunables
+
+_EMPTY: Mapping[str, object] = MappingProxyType({})
+
+
+class VMMemory(NamedTuple):
+    """What the policy remembers about one VM between ticks (a NamedTuple: 1,000 of them per tick)."""
+
+    status: str = ""
+    demand: int | None = None  # smoothed demand estimate, bytes
+    want: int | None = None  # demand with buffer and headroom, within [floor, max]
+    floor: int | None = None
+    ceiling: int | None = None
+    pressure: bool = False
+    seen_time: float | None = None  # snapshot.time of the last look
+    seen_target: int | None = None
+    seen_actual: int | None = None
+    planned_target: int | None = None  # what this policy set (or would have, in a dry run)
+    used: int | None = None
+    swap_in: int | None = None
+    major_faults: int | None = None
+    last_grow: float | None = None
+    progress: Progress | None = None  # the stuck detector's mark
+    manual_until: float | None = None
+    warned_autodeflate: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyState:
+    """Everything the policy remembers. Start with ``PolicyState()``; always pass back the one returned."""
+
+    vms: Mapping[str, VMMemory] = field(default_factory=lambda: MappingProxyType({}))
+    #: VMs the health guard has quarantined, with the reason (kept even while the VM is off).
+    quarantined: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    time: float | None = None
+    budget: int | None = None  # the host budget of the last decision
+    reserve: int | None = None
+    host_short: bool = False  # the last decision had to shrink below wants or protected targets
+
+
+class _Row(NamedTuple):
+    """A managed VM during one decision."""
+
+    guest: GuestSnapshot
+    floor: int
+    ceiling: int
+    want: int
+    keep: int  # the rate-limited, dead-banded target it would get if the host had room for all
+    shares: int
+    pressure: bool
+    reason: str  # why it grows or shrinks if budget allows
+    memory: VMMemory  # what to remember, less the decision's outcome
+
+
+def host_reserve(snapshot: HostSnapshot, tunables: Tunables) -> int:
+    """Memory the host keeps for itself: the configured reserve, or a share of its RAM."""
+    if tunables.host_reserve_bytes is not None:
+        return tunables.host_reserve_bytes
+    return max(tunables.reserve_bytes, int(snapshot.mem_total * tunables.reserve_fraction))
+
+
+def _align_up(n: int, align: int) -> int:
+    return -(-n // align) * align
+
+
+def _align_down(n: int, align: int) -> int:
+    return n // align * align
+
+
+def water_fill(lo: Sequence[int], hi: Sequence[int], weights: Sequence[float], amount: int) -> list[int]:
+    """Give each ``i`` ``lo[i]`` plus ``level * weights[i]`` of ``amount``, never above ``hi[i]``.
+
+    One common level for everybody (a water-fill): a VM whose cap is low takes all it can and the
+    others share the rest by weight. With equal weights it cuts the largest surpluses first.
+    Returns integer allocations whose sum never exceeds ``sum(lo) + amount``.
+    """
+    n = len(lo)
+    caps = [max(0, hi[i] - lo[i]) for i in range(n)]
+    if amount <= 0:
+        return list(lo)
+    if amount >= sum(caps):
+        return [lo[i] + caps[i] for i in range(n)]
+    order = sorted((i for i in range(n) if weights[i] > 0), key=lambda i: caps[i] / weights[i])
+    remaining = float(amount)
+    weight_left = float(sum(weights[i] for i in order))
+    level = 0.0
+    for i in order:
+        needed = caps[i] / weights[i]
+        if (needed - level) * weight_left <= remaining:
+            remaining -= (needed - level) * weight_left
+            weight_left -= weights[i]
+            level = needed
+        else:
+            level += remaining / weight_left
+            break
+    return [lo[i] + min(caps[i], int(level * weights[i])) if weights[i] > 0 else lo[i] for i in range(n)]
+
+
+def decide(
+    snapshot: HostSnapshot,
+    policies: Mapping[str, GuestPolicy],
+    state: PolicyState,
+    tunables: Tunables,
+) -> tuple[Plan, PolicyState]:
+    """One decision: the plan for this snapshot and the state to pass to the next call.
+
+    ``policies`` maps VM name to its effective policy (config merged with metadata); a VM missing from it
+    uses its own ``GuestSnapshot.policy``.
+    """
+    t = tunables
+    now = snapshot.time
+    align = t.target_align_bytes
+    prev_vms = state.vms
+    new_vms: dict[str, VMMemory] = {}
+    status: dict[str, str] = {}
+    reasons: dict[str, str] = {}
+    events: list[str] = []
+    rows: list[_Row] = []
+    held = 0  # memory the non-managed running VMs hold or are going to
+    counted_actual = 0  # what every counted VM holds now
+    holds: list[tuple[GuestSnapshot, int, int]] = []  # held VMs that may only follow a self-deflate
+
+    for g in snapshot.guests:
+        name = g.name
+        pol = policies.get(name) or g.policy
+        prev = prev_vms.get(name)
+        floor, ceiling = guards.limits(g, pol, t)
+        target = g.target_bytes
+        actual = g.actual_bytes
+
+        excluded = guards.exclusion(g, pol)
+        if excluded is not None:
+            status[name] = Status.EXCLUDED
+            reasons[name] = excluded
+            new_vms[name] = VMMemory(
+                status=Status.EXCLUDED, seen_time=now, seen_target=target, seen_actual=actual
+            )
+            continue
+
+        seen_target = prev.seen_target if prev else None
+        target_changed = prev is None or target != seen_target
+        progress = guards.track_progress(
+            prev.progress if prev else None, target_changed, actual, target, now, t
+        )
+        manual_until = prev.manual_until if prev else None
+        if guards.manual_change(target, seen_target, prev.planned_target if prev else None):
+            manual_until = now + t.manual_grace_s
+        if manual_until is not None and manual_until <= now:
+            manual_until = None
+        selfdef = prev is not None and guards.self_deflated(actual, prev.seen_actual, target, seen_target, t)
+        hold = guards.hold_reason(g, snapshot.wall_time, t)
+        holding = actual if actual is not None else target
+
+        if name in state.quarantined:
+            st, why = Status.QUARANTINED, state.quarantined[name]
+            holding = max(target, holding)
+        elif manual_until is not None:
+            st, why = (
+                Status.MANUAL_HOLD,
+                f"target set outside autoballoon; held for {manual_until - now:.0f} s",
+            )
+            holding = max(target, holding)
+        elif guards.is_stuck(progress, now, t):
+            st = Status.STUCK
+            why = (
+                f"balloon at {actual} B has not moved toward target {target} B "
+                f"for {guards.stuck_for(progress, now):.0f} s"
+            )
+        elif hold is not None:
+            st, why = Status.NO_STATS, hold + "; held, never shrunk"
+            holding = max(target, holding)
+        else:
+            st, why = Status.MANAGED, ""
+
+        prev_status = prev.status if prev else ""
+        if st != prev_status and (st != Status.MANAGED or prev_status not in ("", Status.EXCLUDED)):
+            events.append(f"{name}: {st}" + (f": {why}" if why else ""))
+        status[name] = st
+        reasons[name] = why
+        warned = prev.warned_autodeflate if prev else False
+
+        if st != Status.MANAGED:
+            counted_actual += actual if actual is not None else target
+            if selfdef and st != Status.STUCK and actual is not None:
+                holding = max(holding, min(_align_up(actual, t.target_align_bytes), ceiling))
+                holds.append((g, floor, ceiling))
+            held += holding
+            new_vms[name] = VMMemory(
+                status=st,
+                demand=prev.demand if prev else None,
+                floor=floor,
+                ceiling=ceiling,
+                seen_time=now,
+                seen_target=target,
+                seen_actual=actual,
+                planned_target=target,
+                used=g.used_bytes,
+                swap_in=g.stats.swap_in,
+                major_faults=g.stats.major_faults,
+                last_grow=prev.last_grow if prev else None,
+                progress=progress,
+                manual_until=manual_until,
+                warned_autodeflate=warned,
+            )
+            continue
+
+        # --- a managed VM: estimate demand --------------------------------------------------------
+        assert actual is not None  # hold_reason() holds VMs whose balloon never answered
+        counted_actual += actual
+        if not g.balloon.autodeflate and not warned:
+            events.append(
+                f"{name}: warning: managed without autodeflate; a sudden allocation faster than one tick can "
+                f"OOM-kill in the guest (fix at next boot: autoballoon balloon {name} --autodeflate on)"
+            )
+            warned = True
+        stats = g.stats
+        used = g.used_bytes or 0
+        available = stats.available or 0
+        pressure = available < t.low_available_bytes or selfdef
+        raw = used
+        dt = now - prev.seen_time if prev is not None and prev.seen_time is not None else 0.0
+        if dt > 0 and prev is not None:
+            if prev.used is not None and used > prev.used:
+                raw += int((used - prev.used) / dt * t.trend_lookahead_s)
+            boost = 0
+            if prev.swap_in is not None and stats.swap_in is not None and stats.swap_in > prev.swap_in:
+                swapped = stats.swap_in - prev.swap_in
+                if swapped / dt > t.swap_in_pressure_bytes_per_s:
+                    boost = swapped
+            if (
+                prev.major_faults is not None
+                and stats.major_faults is not None
+                and (stats.major_faults - prev.major_faults) / dt > t.major_fault_pressure_per_s
+            ):
+                boost = max(boost, 1)
+            if boost:
+                pressure = True
+                raw += boost + int(ceiling * t.pressure_boost_fraction)
+        prev_demand = prev.demand if prev is not None else None
+        if prev_demand is None or raw >= prev_demand or dt <= 0:
+            demand = raw
+        else:
+            demand = raw + int((prev_demand - raw) * math.exp(-dt / t.demand_decay_s))
+        buffer = pol.buffer if pol.buffer is not None else t.buffer
+        want = guards.clamp(
+            _align_up(int(demand * (1 + buffer)) + t.min_headroom_bytes, align), floor, ceiling
+        )
+        if selfdef:
+            want = max(want, min(_align_up(actual, align), ceiling))
+        if pressure:
+            want = max(want, min(target, ceiling))
+
+        # --- where it goes if the host has room: grow at once, shrink gradually --------------------
+        last_grow = prev.last_grow if prev is not None else None
+        if want >= target:
+            keep = want if want - target >= t.grow_min_step_bytes or target < floor else target
+            reason = (
+                "autodeflate"
+                if selfdef
+                else "pressure"
+                if pressure
+                else "floor"
+                if target < floor
+                else "demand"
+            )
+        elif target > ceiling:
+            keep, reason = ceiling, "max"
+        else:
+            dead_band = max(t.shrink_dead_band_bytes, int(ceiling * t.shrink_dead_band_fraction))
+            cooling = last_grow is not None and now - last_grow < t.shrink_cooldown_after_grow_s
+            if target - want < dead_band or cooling:
+                keep = target
+            else:
+                step = max(t.shrink_min_step_bytes, int(ceiling * t.shrink_rate_per_s * (dt or t.interval_s)))
+                keep = max(want, _align_down(target - step, align), floor)
+            reason = "idle"
+        shares = pol.shares if pol.shares is not None else t.default_shares
+        memory = VMMemory(
+            status=st,
+            demand=demand,
+            want=want,
+            floor=floor,
+            ceiling=ceiling,
+            pressure=pressure,
+            seen_time=now,
+            seen_target=target,
+            seen_actual=actual,
+            used=used,
+            swap_in=stats.swap_in,
+            major_faults=stats.major_faults,
+            last_grow=last_grow,
+            progress=progress,
+            warned_autodeflate=warned,
+        )
+        rows.append(_Row(g, floor, ceiling, want, keep, shares, pressure, reason, memory))
+
+    # --- the host budget and the water-fill ---------------------------------------------------------
+    reserve = host_reserve(snapshot, t)
+    budget = snapshot.mem_available + counted_actual - reserve
+    if t.host_budget_bytes is not None:
+        budget = min(budget, t.host_budget_bytes)
+    pool = budget - held
+    danger = snapshot.mem_available < reserve
+    short = False
+    keeps = [r.keep for r in rows]
+    if sum(keeps) <= pool:
+        alloc = keeps
+    else:
+        short = True
+        wants = [r.want for r in rows]
+        if sum(wants) <= pool:
+            alloc = water_fill(wants, keeps, [1.0] * len(rows), pool - sum(wants))
+        else:
+            lo = [
+                r.floor if danger or not r.pressure else max(r.floor, min(r.guest.target_bytes, r.want))
+                for r in rows
+            ]
+            if sum(lo) > pool and not danger:
+                danger = True
+                lo = [r.floor for r in rows]
+            if sum(lo) >= pool:
+                alloc = lo
+            else:
+                alloc = water_fill(lo, wants, [float(r.shares) for r in rows], pool - sum(lo))
+
+    actions: list[Action] = []
+    for r, a in zip(rows, alloc, strict=True):
+        g = r.guest
+        old = g.target_bytes
+        new = guards.safe_target(_align_down(a, align), old, r.floor, r.ceiling, may_shrink=True)
+        mem = r.memory
+        if new != old:
+            reason = r.reason
+            if new < old and new < r.keep:
+                reason = "host-danger" if danger else "host-short"
+            elif new > old and new < r.keep:
+                reason += " (host-short)"
+            actions.append(
+                Action(
+                    vm=g.name,
+                    old_target=old,
+                    new_target=new,
+                    reason=reason,
+                    demand=mem.demand,
+                    available=g.stats.available,
+                    budget=budget,
+                )
+            )
+        last_grow = now if new > old else mem.last_grow
+        new_vms[g.name] = mem._replace(planned_target=new, last_grow=last_grow)
+
+    # Held VMs that deflated themselves: follow them up (growth only, within their ceiling).
+    for g, floor, ceiling in holds:
+        old = g.target_bytes
+        new = guards.safe_target(
+            _align_up(g.actual_bytes or old, align), old, floor, ceiling, may_shrink=False
+        )
+        if new > old:
+            actions.append(
+                Action(g.name, old, new, "autodeflate", available=g.stats.available, budget=budget)
+            )
+            new_vms[g.name] = new_vms[g.name]._replace(planned_target=new, last_grow=now)
+
+    plan = Plan(
+        actions=tuple(actions),
+        status=status,
+        status_reason=reasons,
+        budget=budget,
+        events=tuple(events),
+    )
+    new_state = PolicyState(
+        vms=MappingProxyType(new_vms),
+        quarantined=state.quarantined,
+        time=now,
+        budget=budget,
+        reserve=reserve,
+        host_short=short or danger,
+    )
+    return plan, new_state
