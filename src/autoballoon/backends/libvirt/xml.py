@@ -1,0 +1,319 @@
+"""Domain XML in and out: read what the model needs, edit ``<memballoon>``, (de)serialise the policy.
+
+Pure functions over XML text, tested on samples without a daemon. Editing goes through ElementTree and
+re-serialises the whole document, keeping the document's own namespace prefixes (``qemu:``,
+``libosinfo:``...) so that a redefined domain differs from the original only where we meant it to.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass, field
+
+from autoballoon.errors import InvalidValueError, RefusedError
+from autoballoon.model import BALLOON_MODELS, BalloonChange, BalloonConfig, GuestOS, GuestPolicy
+from autoballoon.units import KiB, parse_size
+
+log = logging.getLogger(__name__)
+
+#: The project's metadata namespace: the per-VM policy lives at <metadata><autoballoon:policy .../>.
+POLICY_NS = "https://autoballoon.dev/xmlns/policy/1"
+POLICY_PREFIX = "autoballoon"
+POLICY_TAG = "policy"
+LIBOSINFO_NS = "http://libosinfo.org/xmlns/libvirt/domain/1.0"
+#: libosinfo OS ids of Linux distributions (the id is a URL naming the vendor).
+LINUX_OS_ID_MARKERS = (
+    "linux",
+    "debian.org",
+    "ubuntu.com",
+    "fedoraproject.org",
+    "redhat.com",
+    "centos.org",
+    "opensuse.org",
+    "suse.com",
+    "almalinux.org",
+    "rockylinux.org",
+    "archlinux.org",
+    "alpinelinux.org",
+    "gentoo.org",
+    "nixos.org",
+)
+WINDOWS_OS_ID_MARKER = "microsoft.com/win"
+_YES = ("yes", "on", "true", "1")
+_NO = ("no", "off", "false", "0")
+
+
+@dataclass(frozen=True, slots=True)
+class DomainConfig:
+    """What the model needs from one domain XML (live XML for a running domain, else the config)."""
+
+    name: str
+    uuid: str | None
+    max_bytes: int
+    target_bytes: int
+    vcpus: int
+    max_vcpus: int
+    balloon: BalloonConfig = field(default_factory=BalloonConfig)
+    os_type: GuestOS = "unknown"
+    policy: GuestPolicy = field(default_factory=GuestPolicy)
+
+
+def _parse(xml: str) -> ET.Element:
+    try:
+        return ET.fromstring(xml)
+    except ET.ParseError as exc:
+        raise InvalidValueError("domain XML", xml[:80], f"well-formed XML ({exc})") from exc
+
+
+def _size(el: ET.Element | None) -> int | None:
+    """A libvirt scaled integer (``<memory unit='KiB'>``) in bytes; libvirt's default unit is KiB."""
+    if el is None or not (el.text or "").strip():
+        return None
+    unit = el.get("unit", "KiB")
+    return parse_size(f"{el.text.strip()}{unit}", default_unit=KiB, what=f"<{el.tag}> size")
+
+
+def _flag(value: str | None) -> bool:
+    return value is not None and value.lower() in _YES
+
+
+def parse_balloon(root: ET.Element) -> BalloonConfig:
+    """The ``<memballoon>`` device; a domain without one has no balloon (``model='none'``)."""
+    el = root.find("./devices/memballoon")
+    if el is None:
+        return BalloonConfig(model="none")
+    stats = el.find("stats")
+    period = None
+    if stats is not None and stats.get("period") is not None:
+        try:
+            period = int(stats.get("period", "0"))
+        except ValueError:
+            period = None
+    return BalloonConfig(
+        model=el.get("model", "virtio"),
+        autodeflate=_flag(el.get("autodeflate")),
+        free_page_reporting=_flag(el.get("freePageReporting")),
+        stats_period=period,
+    )
+
+
+def guess_os(root: ET.Element) -> GuestOS:
+    """The guest OS family from libosinfo metadata, Hyper-V enlightenments or a direct Linux boot."""
+    os_el = root.find(f"./metadata/{{{LIBOSINFO_NS}}}libosinfo/{{{LIBOSINFO_NS}}}os")
+    if os_el is not None:
+        os_id = os_el.get("id", "").lower()
+        if WINDOWS_OS_ID_MARKER in os_id:
+            return "windows"
+        if any(marker in os_id for marker in LINUX_OS_ID_MARKERS):
+            return "linux"
+        return "other"
+    if root.find("./features/hyperv") is not None:
+        return "windows"
+    if root.find("./os/kernel") is not None:
+        return "linux"
+    return "unknown"
+
+
+def _vcpus(root: ET.Element) -> tuple[int, int]:
+    el = root.find("vcpu")
+    if el is None or not (el.text or "").strip():
+        return 1, 1
+    maximum = int(el.text.strip())
+    return int(el.get("current", maximum)), maximum
+
+
+def policy_from_element(el: ET.Element) -> GuestPolicy:
+    """A policy from its metadata element; malformed attributes are ignored (and logged), never fatal.
+
+    Metadata can be hand-edited; one bad attribute must not make the VM's snapshot fail. The field falls
+    back to the daemon's default, which is the documented meaning of an unset field.
+    """
+
+    def number(name: str, kind: type[int] | type[float]) -> int | float | None:
+        text = el.get(name)
+        if text is None:
+            return None
+        try:
+            value = kind(text)
+        except ValueError:
+            log.warning("ignoring autoballoon policy %s=%r: not a number", name, text)
+            return None
+        if value < 0:
+            log.warning("ignoring autoballoon policy %s=%r: negative", name, text)
+            return None
+        return value
+
+    exclude_text = (el.get("exclude") or "no").lower()
+    min_bytes = number("min", int)
+    max_bytes = number("max", int)
+    shares = number("shares", int)
+    return GuestPolicy(
+        min_bytes=int(min_bytes) if min_bytes is not None else None,
+        max_bytes=int(max_bytes) if max_bytes is not None else None,
+        shares=int(shares) if shares is not None else None,
+        buffer=number("buffer", float),
+        exclude=exclude_text in _YES,
+    )
+
+
+def policy_from_metadata(root: ET.Element) -> GuestPolicy:
+    el = root.find(f"./metadata/{{{POLICY_NS}}}{POLICY_TAG}")
+    return policy_from_element(el) if el is not None else GuestPolicy()
+
+
+def policy_from_xml(xml: str) -> GuestPolicy:
+    """A policy from the text ``virDomainGetMetadata`` returns (the element, with or without its prefix)."""
+    return policy_from_element(_parse(xml))
+
+
+def policy_is_empty(policy: GuestPolicy) -> bool:
+    return policy == GuestPolicy()
+
+
+def policy_to_xml(policy: GuestPolicy) -> str:
+    """The metadata element for ``virDomainSetMetadata``: sizes in bytes, unset fields omitted."""
+    attrs: dict[str, str] = {}
+    if policy.min_bytes is not None:
+        attrs["min"] = str(policy.min_bytes)
+    if policy.max_bytes is not None:
+        attrs["max"] = str(policy.max_bytes)
+    if policy.shares is not None:
+        attrs["shares"] = str(policy.shares)
+    if policy.buffer is not None:
+        attrs["buffer"] = repr(float(policy.buffer))
+    attrs["exclude"] = "yes" if policy.exclude else "no"
+    return ET.tostring(ET.Element(POLICY_TAG, attrs), encoding="unicode")
+
+
+def validate_policy(vm: str, policy: GuestPolicy) -> None:
+    """Refuse a policy that cannot mean anything, before anything is written."""
+    for what, value in (("min", policy.min_bytes), ("max", policy.max_bytes), ("shares", policy.shares)):
+        if value is not None and value < 0:
+            raise InvalidValueError(f"policy {what} for VM {vm!r}", value, "a value of 0 or more")
+    if policy.buffer is not None and not 0 <= policy.buffer <= 10:
+        raise InvalidValueError(f"policy buffer for VM {vm!r}", policy.buffer, "a fraction from 0 to 10")
+    if policy.min_bytes is not None and policy.max_bytes is not None and policy.min_bytes > policy.max_bytes:
+        raise InvalidValueError(
+            f"policy min for VM {vm!r}", policy.min_bytes, f"at most the policy max {policy.max_bytes}"
+        )
+
+
+def parse_domain(xml: str) -> DomainConfig:
+    """Everything the model reads from one domain XML."""
+    root = _parse(xml)
+    max_bytes = _size(root.find("memory")) or 0
+    target = _size(root.find("currentMemory"))
+    vcpus, max_vcpus = _vcpus(root)
+    return DomainConfig(
+        name=root.findtext("name", ""),
+        uuid=root.findtext("uuid"),
+        max_bytes=max_bytes,
+        target_bytes=target if target is not None else max_bytes,
+        vcpus=vcpus,
+        max_vcpus=max_vcpus,
+        balloon=parse_balloon(root),
+        os_type=guess_os(root),
+        policy=policy_from_metadata(root),
+    )
+
+
+def _namespaces(xml: str) -> list[tuple[str, str]]:
+    return [ns for _event, ns in ET.iterparse(io.StringIO(xml), events=("start-ns",))]
+
+
+def _serialise(root: ET.Element, namespaces: list[tuple[str, str]]) -> str:
+    """ElementTree output that keeps the document's own prefixes instead of inventing ``ns0``."""
+    for prefix, uri in namespaces:
+        if prefix:
+            try:
+                ET.register_namespace(prefix, uri)
+            except ValueError:
+                log.debug("cannot keep reserved namespace prefix %r for %s", prefix, uri)
+    return ET.tostring(root, encoding="unicode")
+
+
+def _validate_change(vm: str, current: BalloonConfig, change: BalloonChange) -> str:
+    model = change.model if change.model is not None else current.model
+    if model not in BALLOON_MODELS:
+        raise InvalidValueError(f"balloon model for VM {vm!r}", model, f"one of {', '.join(BALLOON_MODELS)}")
+    if change.stats_period is not None and change.stats_period < 0:
+        raise InvalidValueError(
+            f"stats period for VM {vm!r}", change.stats_period, "whole seconds, 0 (off) or more"
+        )
+    if model == "none":
+        wanted = [
+            name
+            for name, value in (
+                ("autodeflate", change.autodeflate),
+                ("free page reporting", change.free_page_reporting),
+            )
+            if value
+        ]
+        if wanted or change.stats_period:
+            extra = ", ".join([*wanted, *(["a stats period"] if change.stats_period else [])])
+            raise RefusedError(
+                f"refused: VM {vm!r} has balloon model 'none', so it cannot have {extra}; "
+                "choose --model virtio as well; nothing was changed"
+            )
+    return model
+
+
+def apply_balloon_change(xml: str, change: BalloonChange, vm: str = "") -> str:
+    """The domain XML with ``<memballoon>`` edited as asked; everything else left as it was.
+
+    ``model='none'`` keeps only the model attribute: libvirt rejects a 'none' balloon that still carries
+    stats, an address, a driver or the autodeflate/freePageReporting switches.
+    """
+    namespaces = _namespaces(xml)
+    root = _parse(xml)
+    vm = vm or root.findtext("name", "")
+    current = parse_balloon(root)
+    model = _validate_change(vm, current, change)
+    devices = root.find("devices")
+    if devices is None:
+        devices = ET.SubElement(root, "devices")
+    el = devices.find("memballoon")
+    if el is None:
+        el = ET.SubElement(devices, "memballoon")
+    if model == "none":
+        el.attrib.clear()
+        for child in list(el):
+            el.remove(child)
+        el.set("model", "none")
+        return _serialise(root, namespaces)
+    el.set("model", model)
+    for attr, value in (
+        ("autodeflate", change.autodeflate),
+        ("freePageReporting", change.free_page_reporting),
+    ):
+        if value is True:
+            el.set(attr, "on")
+        elif value is False and attr in el.attrib:
+            del el.attrib[attr]
+    if change.stats_period is not None:
+        stats = el.find("stats")
+        if change.stats_period == 0:
+            if stats is not None:
+                el.remove(stats)
+        else:
+            if stats is None:
+                stats = ET.Element("stats")
+                el.insert(0, stats)
+            stats.set("period", str(change.stats_period))
+    return _serialise(root, namespaces)
+
+
+def describe_balloon_change(before: BalloonConfig, after: BalloonConfig) -> list[str]:
+    """Human-readable list of what differs, for the ChangeResult message."""
+    out = []
+    if before.model != after.model:
+        out.append(f"model {before.model} -> {after.model}")
+    if before.autodeflate != after.autodeflate:
+        out.append(f"autodeflate {'on' if after.autodeflate else 'off'}")
+    if before.free_page_reporting != after.free_page_reporting:
+        out.append(f"freePageReporting {'on' if after.free_page_reporting else 'off'}")
+    if (before.stats_period or 0) != (after.stats_period or 0):
+        out.append(f"stats period {after.stats_period or 0} s")
+    return out

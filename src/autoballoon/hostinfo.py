@@ -1,0 +1,168 @@
+"""Host memory and load signals from /proc and /sys: pure parsers plus one reader.
+
+The parsers take the text of a kernel file and return plain values, so they are tested on samples without
+a host. :func:`read_host_info` is the only function that touches the file system; it takes the root as
+an argument (tests point it at a fake tree) and leaves a field ``None`` when its file is absent (no PSI
+on old kernels, no KSM in containers, no thermal_throttle on virtual CPUs).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+
+KIB = 1024
+#: Sizes in /proc/meminfo are printed as "kB" but are KiB.
+MEMINFO_UNIT_BYTES = KIB
+
+
+@dataclass(frozen=True, slots=True)
+class Psi:
+    """One resource's pressure (``/proc/pressure/memory``): percentages and cumulative stall µs."""
+
+    some_avg10: float
+    some_avg60: float
+    some_avg300: float
+    some_total_us: int
+    full_avg10: float | None = None
+    full_avg60: float | None = None
+    full_avg300: float | None = None
+    full_total_us: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class HostInfo:
+    """Everything the host says about itself that a HostSnapshot carries."""
+
+    mem_total: int
+    mem_available: int
+    swap_total: int | None = None
+    swap_free: int | None = None
+    psi: Psi | None = None
+    ksm_saved_bytes: int | None = None
+    ksm_running: bool | None = None
+    load_avg1: float | None = None
+    cpu_count: int = 1
+    thermal_throttle_count: int | None = None
+    hostname: str = ""
+
+
+def parse_meminfo(text: str) -> dict[str, int]:
+    """``/proc/meminfo`` as bytes per field (fields without a unit, like HugePages_Total, stay counts)."""
+    out: dict[str, int] = {}
+    for line in text.splitlines():
+        key, sep, rest = line.partition(":")
+        if not sep:
+            continue
+        parts = rest.split()
+        if not parts:
+            continue
+        try:
+            value = int(parts[0])
+        except ValueError:
+            continue
+        scale = MEMINFO_UNIT_BYTES if len(parts) > 1 and parts[1].lower() == "kb" else 1
+        out[key.strip()] = value * scale
+    return out
+
+
+def _psi_line(fields: list[str]) -> dict[str, str]:
+    return dict(f.split("=", 1) for f in fields if "=" in f)
+
+
+def parse_psi(text: str) -> Psi | None:
+    """``/proc/pressure/<resource>``; None when the text has no ``some`` line (PSI disabled)."""
+    lines: dict[str, dict[str, str]] = {}
+    for line in text.splitlines():
+        words = line.split()
+        if words and words[0] in ("some", "full"):
+            lines[words[0]] = _psi_line(words[1:])
+    some = lines.get("some")
+    if some is None:
+        return None
+    try:
+        full = lines.get("full")
+        return Psi(
+            some_avg10=float(some["avg10"]),
+            some_avg60=float(some["avg60"]),
+            some_avg300=float(some["avg300"]),
+            some_total_us=int(some["total"]),
+            full_avg10=float(full["avg10"]) if full else None,
+            full_avg60=float(full["avg60"]) if full else None,
+            full_avg300=float(full["avg300"]) if full else None,
+            full_total_us=int(full["total"]) if full else None,
+        )
+    except (KeyError, ValueError):
+        return None
+
+
+def parse_loadavg(text: str) -> float | None:
+    """The one-minute load average from ``/proc/loadavg``."""
+    try:
+        return float(text.split()[0])
+    except (IndexError, ValueError):
+        return None
+
+
+def ksm_saved_bytes(pages_sharing: int, page_size: int) -> int:
+    """Memory KSM saves: every *sharing* page is one page that would otherwise be a separate copy."""
+    return pages_sharing * page_size
+
+
+def _read(path: Path) -> str | None:
+    try:
+        return path.read_text()
+    except OSError:
+        return None
+
+
+def _read_int(path: Path) -> int | None:
+    text = _read(path)
+    if text is None:
+        return None
+    try:
+        return int(text.strip())
+    except ValueError:
+        return None
+
+
+def _thermal_throttle_count(cpu_root: Path) -> int | None:
+    """Sum of core and package throttle events over CPUs; None where the CPUs expose none (VMs)."""
+    total = 0
+    seen = False
+    for directory in sorted(cpu_root.glob("cpu[0-9]*/thermal_throttle")):
+        for name in ("core_throttle_count", "package_throttle_count"):
+            value = _read_int(directory / name)
+            if value is not None:
+                total += value
+                seen = True
+    return total if seen else None
+
+
+def read_host_info(root: Path = Path("/")) -> HostInfo:
+    """Read the local host's signals under ``root`` (``/`` in production, a fake tree in tests)."""
+    meminfo = parse_meminfo(_read(root / "proc/meminfo") or "")
+    mem_total = meminfo.get("MemTotal", 0)
+    psi_text = _read(root / "proc/pressure/memory")
+    ksm = root / "sys/kernel/mm/ksm"
+    pages_sharing = _read_int(ksm / "pages_sharing")
+    ksm_run = _read_int(ksm / "run")
+    load_text = _read(root / "proc/loadavg")
+    return HostInfo(
+        mem_total=mem_total,
+        # MemAvailable exists since Linux 3.14; MemFree is a poor but safe fallback.
+        mem_available=meminfo.get("MemAvailable", meminfo.get("MemFree", 0)),
+        swap_total=meminfo.get("SwapTotal"),
+        swap_free=meminfo.get("SwapFree"),
+        psi=parse_psi(psi_text) if psi_text is not None else None,
+        ksm_saved_bytes=(
+            ksm_saved_bytes(pages_sharing, os.sysconf("SC_PAGE_SIZE")) if pages_sharing is not None else None
+        ),
+        ksm_running=None if ksm_run is None else ksm_run == 1,
+        load_avg1=parse_loadavg(load_text) if load_text is not None else None,
+        cpu_count=os.cpu_count() or 1,
+        thermal_throttle_count=_thermal_throttle_count(root / "sys/devices/system/cpu"),
+        hostname=socket.gethostname(),
+    )

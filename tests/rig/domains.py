@@ -1,0 +1,219 @@
+"""Test domains: define, boot (in parallel), and always remove them.
+
+Every test domain is named ``abtest-<pid>-<n>`` after the test process that made it, so that a sweep can
+remove leftovers of dead sessions without touching guests of a session that is still running (several
+engineers run the suite on one host at the same time).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import os
+import re
+import time
+import xml.etree.ElementTree as ET
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import libvirt
+
+from tests.rig.control import GuestControl
+from tests.rig.errors import RigError
+from tests.rig.image import GuestImage
+
+URI = "qemu:///system"
+NAME_PREFIX = "abtest-"
+NAME_RE = re.compile(r"^abtest-(?P<pid>\d+)-\d+$")
+RUN_DIR = Path(os.environ.get("AUTOBALLOON_RIG_RUN", "/var/tmp/autoballoon-rig"))
+GUEST_MIB = 512
+GUEST_MAX_VCPUS = 2
+STATS_PERIOD_S = 1
+BOOT_TIMEOUT_S = 120.0
+EMULATOR = "/usr/bin/qemu-system-x86_64"
+KERNEL_CMDLINE = "console=ttyS0 quiet panic=-1"
+_counter = itertools.count(1)
+
+
+@dataclass(frozen=True, slots=True)
+class GuestSpec:
+    """What a test asks for; everything else is the rig's fixed, small, fast guest."""
+
+    memory_mib: int = GUEST_MIB
+    autodeflate: bool = False
+    free_page_reporting: bool = False
+    stats_period: int | None = STATS_PERIOD_S
+    balloon_model: str = "virtio"
+    persistent: bool = False
+    vcpus: int = 1
+    max_vcpus: int = GUEST_MAX_VCPUS
+
+
+@dataclass
+class Guest:
+    """A running test guest: its libvirt name, its control channel, how long it took to boot."""
+
+    name: str
+    spec: GuestSpec
+    control: GuestControl
+    console_log: Path
+    boot_seconds: float = 0.0
+
+
+def run_dir() -> Path:
+    """Where QEMU (as libvirt-qemu) creates the control sockets and console logs: sticky and writable."""
+    RUN_DIR.mkdir(parents=True, exist_ok=True)
+    RUN_DIR.chmod(0o1777)
+    return RUN_DIR
+
+
+def new_name() -> str:
+    return f"{NAME_PREFIX}{os.getpid()}-{next(_counter)}"
+
+
+def _sub(parent: ET.Element, tag: str, text: str | None = None, **attrs: str) -> ET.Element:
+    el = ET.SubElement(parent, tag, attrs)
+    if text is not None:
+        el.text = text
+    return el
+
+
+def domain_xml(name: str, spec: GuestSpec, image: GuestImage, rundir: Path) -> str:
+    """The domain XML of a test guest: TCG, direct kernel boot, console log, control serial, balloon."""
+    kib = str(spec.memory_mib * 1024)
+    dom = ET.Element("domain", type="qemu")
+    _sub(dom, "name", name)
+    _sub(dom, "memory", kib, unit="KiB")
+    _sub(dom, "currentMemory", kib, unit="KiB")
+    _sub(dom, "vcpu", str(spec.max_vcpus), placement="static", current=str(spec.vcpus))
+    os_el = _sub(dom, "os")
+    _sub(os_el, "type", "hvm", arch="x86_64", machine="pc")
+    _sub(os_el, "kernel", str(image.kernel))
+    _sub(os_el, "initrd", str(image.initrd))
+    _sub(os_el, "cmdline", KERNEL_CMDLINE)
+    _sub(_sub(dom, "features"), "acpi")
+    _sub(dom, "on_poweroff", "destroy")
+    _sub(dom, "on_reboot", "destroy")
+    _sub(dom, "on_crash", "destroy")
+    devices = _sub(dom, "devices")
+    _sub(devices, "emulator", EMULATOR)
+    console = _sub(devices, "serial", type="file")
+    _sub(console, "source", path=str(rundir / f"{name}.console.log"))
+    _sub(console, "target", port="0")
+    channel = _sub(devices, "serial", type="unix")
+    _sub(channel, "source", mode="bind", path=str(rundir / f"{name}.ctl"))
+    _sub(channel, "target", port="1")
+    balloon_attrs = {"model": spec.balloon_model}
+    if spec.balloon_model != "none":
+        if spec.autodeflate:
+            balloon_attrs["autodeflate"] = "on"
+        if spec.free_page_reporting:
+            balloon_attrs["freePageReporting"] = "on"
+    balloon = _sub(devices, "memballoon", **balloon_attrs)
+    if spec.balloon_model != "none" and spec.stats_period:
+        _sub(balloon, "stats", period=str(spec.stats_period))
+    return ET.tostring(dom, encoding="unicode")
+
+
+def _remove_files(name: str, rundir: Path) -> None:
+    for suffix in (".ctl", ".console.log"):
+        with contextlib.suppress(FileNotFoundError):
+            (rundir / f"{name}{suffix}").unlink()
+
+
+def destroy(conn: libvirt.virConnect, name: str) -> None:
+    """Remove a test domain completely (stop it, undefine it if persistent); absent is fine."""
+    try:
+        dom = conn.lookupByName(name)
+    except libvirt.libvirtError:
+        _remove_files(name, RUN_DIR)
+        return
+    with contextlib.suppress(libvirt.libvirtError):
+        if dom.isActive():
+            dom.destroy()
+    with contextlib.suppress(libvirt.libvirtError):
+        if dom.isPersistent():
+            dom.undefineFlags(libvirt.VIR_DOMAIN_UNDEFINE_NVRAM | libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE)
+    _remove_files(name, RUN_DIR)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def sweep(conn: libvirt.virConnect) -> list[str]:
+    """Remove test domains left by test processes that no longer exist; returns their names."""
+    removed = []
+    for dom in conn.listAllDomains(0):
+        match = NAME_RE.match(dom.name())
+        if match and not _pid_alive(int(match.group("pid"))):
+            destroy(conn, dom.name())
+            removed.append(dom.name())
+    return removed
+
+
+def start(conn: libvirt.virConnect, image: GuestImage, spec: GuestSpec, name: str | None = None) -> Guest:
+    """Define (if persistent) and start one guest; returns at once, before the guest has booted."""
+    name = name or new_name()
+    rundir = run_dir()
+    _remove_files(name, rundir)
+    xml = domain_xml(name, spec, image, rundir)
+    try:
+        if spec.persistent:
+            conn.defineXML(xml).create()
+        else:
+            conn.createXML(xml, 0)
+    except libvirt.libvirtError as exc:
+        destroy(conn, name)
+        raise RigError(f"cannot start test domain {name}: {exc}") from exc
+    return Guest(name, spec, GuestControl(rundir / f"{name}.ctl", name), rundir / f"{name}.console.log")
+
+
+def wait_booted(guests: Iterable[Guest], timeout: float = BOOT_TIMEOUT_S) -> None:
+    """Wait until every guest's agent answers. The guests boot at the same time; this only waits."""
+    started = time.monotonic()
+    for guest in guests:
+        remaining = max(1.0, timeout - (time.monotonic() - started))
+        try:
+            guest.control.wait_ready(remaining)
+        except RigError as exc:
+            console = ""
+            with contextlib.suppress(OSError):
+                console = guest.console_log.read_text(errors="replace")[-2000:]
+            raise RigError(f"{exc}\n--- console of {guest.name} ---\n{console}") from exc
+        guest.boot_seconds = time.monotonic() - started
+
+
+def boot(conn: libvirt.virConnect, image: GuestImage, specs: list[GuestSpec]) -> list[Guest]:
+    """Start several guests at once and wait for all of them; on failure none is left behind."""
+    guests: list[Guest] = []
+    try:
+        for spec in specs:
+            guests.append(start(conn, image, spec))
+        wait_booted(guests)
+    except BaseException:
+        for guest in guests:
+            guest.control.close()
+            destroy(conn, guest.name)
+        raise
+    return guests
+
+
+def restart(conn: libvirt.virConnect, guest: Guest, timeout: float = BOOT_TIMEOUT_S) -> float:
+    """Boot a persistent guest again from its (possibly edited) inactive XML; returns boot seconds."""
+    dom = conn.lookupByName(guest.name)
+    if dom.isActive():
+        dom.destroy()
+    guest.control.close()
+    started = time.monotonic()
+    dom.create()
+    guest.control.wait_ready(timeout)
+    guest.boot_seconds = time.monotonic() - started
+    return guest.boot_seconds
