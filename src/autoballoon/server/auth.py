@@ -1,0 +1,43 @@
+"""The API token: read once from a file, compared in constant time.
+
+Reading is the only place a token exists in memory as text; it is never logged or echoed. A request's
+``Authorization: Bearer`` value is compared with :func:`hmac.compare_digest`, so the time an answer takes
+says nothing about how much of a guessed token was right.
+"""
+
+from __future__ import annotations
+
+import hmac
+from pathlib import Path
+
+from autoballoon.errors import InvalidValueError
+
+#: Shorter tokens are refused: a token is the only thing between the network and every VM's memory.
+MIN_TOKEN_CHARS = 16
+SCHEME = "bearer"
+
+
+def load_token(path: str | Path) -> bytes:
+    """The token in ``path`` (surrounding whitespace ignored); refused if missing, empty or too short."""
+    try:
+        text = Path(path).read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as e:
+        raise InvalidValueError("API token file", str(path), f"a readable UTF-8 text file ({e})") from None
+    if len(text) < MIN_TOKEN_CHARS or any(c.isspace() for c in text):
+        raise InvalidValueError(
+            "API token file",
+            str(path),
+            f"one token of at least {MIN_TOKEN_CHARS} characters without spaces (for example from "
+            "`openssl rand -hex 32`)",
+        )
+    return text.encode("utf-8")
+
+
+def bearer_matches(header: str | None, token: bytes) -> bool:
+    """Whether an ``Authorization`` header carries ``token`` as a Bearer credential."""
+    if not header:
+        return False
+    scheme, _, value = header.strip().partition(" ")
+    if scheme.lower() != SCHEME:
+        return False
+    return hmac.compare_digest(value.strip().encode("utf-8"), token)

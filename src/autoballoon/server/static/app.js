@@ -1,0 +1,246 @@
+// The autoballoon dashboard: polls /api/v1/dashboard and draws it. No libraries, no external requests.
+"use strict";
+
+const SERIES = [
+  ["max", "s-max"],
+  ["used", "s-used"],
+  ["target", "s-target"],
+  ["actual", "s-actual"],
+];
+const CHART_W = 640;
+const CHART_H = 120;
+const PAD_L = 56;
+const PAD_B = 16;
+const SVG_NS = "http://www.w3.org/2000/svg";
+const GIB = 1024 ** 3;
+const MIB = 1024 ** 2;
+
+let pollMs = 1000;
+let updates = 0;
+let lastOk = 0;
+
+function bytes(n) {
+  if (n === null || n === undefined) return "–";
+  if (Math.abs(n) >= GIB) return (n / GIB).toFixed(2) + " GiB";
+  if (Math.abs(n) >= MIB) return (n / MIB).toFixed(0) + " MiB";
+  return (n / 1024).toFixed(0) + " KiB";
+}
+
+function ago(seconds) {
+  if (seconds === null || seconds === undefined) return "–";
+  if (seconds < 1) return "now";
+  if (seconds < 90) return Math.round(seconds) + " s ago";
+  if (seconds < 5400) return Math.round(seconds / 60) + " min ago";
+  return (seconds / 3600).toFixed(1) + " h ago";
+}
+
+function setText(id, text) {
+  const el = document.getElementById(id);
+  if (el && el.textContent !== text) el.textContent = text;
+}
+
+function el(tag, cls, text) {
+  const e = document.createElement(tag);
+  if (cls) e.className = cls;
+  if (text !== undefined) e.textContent = text;
+  return e;
+}
+
+function svg(tag, attrs) {
+  const e = document.createElementNS(SVG_NS, tag);
+  for (const [k, v] of Object.entries(attrs || {})) e.setAttribute(k, v);
+  return e;
+}
+
+function renderHost(h) {
+  setText("hostname", h.hostname || "host");
+  setText("uri", h.uri || "");
+  setText("h-total", bytes(h.mem_total_bytes));
+  setText("h-avail", bytes(h.mem_available_bytes));
+  setText("h-actual", bytes(h.sum_actual_bytes));
+  setText("h-target", "target " + bytes(h.sum_target_bytes));
+  setText("h-max", bytes(h.sum_max_bytes));
+  setText("h-overcommit", "over-commit ×" + (h.overcommit_ratio || 0).toFixed(2) + " of host RAM");
+  setText("h-budget", bytes(h.budget_bytes));
+  setText("h-reserve", "reserve " + bytes(h.reserve_bytes));
+  const psi = h.psi_some_avg10 === null ? "–" : h.psi_some_avg10.toFixed(1) + " % some";
+  const full = h.psi_full_avg10 === null ? "" : " · " + h.psi_full_avg10.toFixed(1) + " % full";
+  setText("h-psi", psi + full);
+  const tick = h.last_tick_s === null ? "" : " · last tick " + (h.last_tick_s * 1000).toFixed(1) + " ms";
+  setText("h-ticks", h.ticks + " ticks" + tick + " · " + h.backend_errors + " backend errors");
+
+  const total = h.mem_total_bytes || 1;
+  const vms = Math.min(h.sum_actual_bytes || 0, total);
+  const free = Math.min(h.mem_available_bytes || 0, total - vms);
+  const other = Math.max(0, total - vms - free);
+  document.getElementById("bar-vms").style.width = (100 * vms / total) + "%";
+  document.getElementById("bar-other").style.width = (100 * other / total) + "%";
+  document.getElementById("bar-free").style.width = (100 * free / total) + "%";
+  const reserve = document.getElementById("bar-reserve");
+  reserve.style.width = (100 * Math.min(h.reserve_bytes || 0, total) / total) + "%";
+  const bar = document.getElementById("hostbar");
+  bar.dataset.vms = String(vms);
+  bar.dataset.free = String(free);
+}
+
+function makeRow(vm) {
+  const row = el("div", "vm-row");
+  row.dataset.vm = vm.name;
+  const info = el("div", "vm-info");
+  const head = el("div", "vm-head");
+  head.append(el("span", "vm-name", vm.name), el("span", "badge"), el("span", "vm-state muted"));
+  info.append(head, el("div", "vm-reason muted"));
+  const nums = el("dl", "vm-nums");
+  for (const [key, label] of [["max", "max"], ["target", "target"], ["actual", "actual"],
+    ["used", "guest used"], ["avail", "guest available"], ["age", "stats age"]]) {
+    nums.append(el("dt", "", label), el("dd", "n-" + key));
+  }
+  info.append(nums);
+  const chart = svg("svg", { class: "chart", viewBox: `0 0 ${CHART_W} ${CHART_H}`, preserveAspectRatio: "none",
+    role: "img", "aria-label": `memory of ${vm.name} over time` });
+  chart.append(svg("line", { class: "axis", x1: PAD_L, y1: CHART_H - PAD_B, x2: CHART_W, y2: CHART_H - PAD_B }));
+  chart.append(svg("line", { class: "grid", x1: PAD_L, y1: (CHART_H - PAD_B) / 2, x2: CHART_W, y2: (CHART_H - PAD_B) / 2 }));
+  const top = svg("text", { class: "tick-label y-top", x: PAD_L - 6, y: 11, "text-anchor": "end" });
+  const mid = svg("text", { class: "tick-label y-mid", x: PAD_L - 6, y: (CHART_H - PAD_B) / 2 + 4, "text-anchor": "end" });
+  const left = svg("text", { class: "tick-label x-left", x: PAD_L, y: CHART_H - 3 });
+  const right = svg("text", { class: "tick-label x-right", x: CHART_W - 2, y: CHART_H - 3, "text-anchor": "end" });
+  right.textContent = "now";
+  chart.append(top, mid, left, right);
+  for (const [key, cls] of SERIES) chart.append(svg("path", { class: "line " + cls, "data-series": key, d: "" }));
+  const chartBox = el("div", "chart-box");
+  chartBox.append(chart);
+  row.append(info, chartBox);
+  return row;
+}
+
+function pathOf(ts, values, t0, t1, yMax) {
+  const w = CHART_W - PAD_L;
+  const h = CHART_H - PAD_B - 4;
+  const span = Math.max(t1 - t0, 1e-9);
+  let d = "";
+  let pen = false;
+  for (let i = 0; i < ts.length; i++) {
+    const v = values[i];
+    if (v === null || v === undefined) { pen = false; continue; }
+    const x = PAD_L + w * (ts.length === 1 ? 1 : (ts[i] - t0) / span);
+    const y = 4 + h * (1 - v / yMax);
+    d += (pen ? "L" : "M") + x.toFixed(1) + " " + y.toFixed(1);
+    pen = true;
+  }
+  return d;
+}
+
+function renderVm(row, vm, now) {
+  const st = vm.status || (vm.state === "running" ? "pending" : vm.state);
+  const badge = row.querySelector(".badge");
+  badge.textContent = st;
+  badge.dataset.status = st;
+  row.querySelector(".vm-state").textContent = vm.state + " · " + vm.balloon_model + " balloon";
+  row.querySelector(".vm-reason").textContent = vm.status_reason || "";
+  row.querySelector(".n-max").textContent = bytes(vm.max_bytes);
+  row.querySelector(".n-target").textContent = bytes(vm.target_bytes);
+  row.querySelector(".n-actual").textContent = bytes(vm.actual_bytes);
+  row.querySelector(".n-used").textContent = bytes(vm.guest_used_bytes);
+  row.querySelector(".n-avail").textContent = bytes(vm.guest_available_bytes);
+  row.querySelector(".n-age").textContent = vm.stats_age_s === null ? "no stats" : vm.stats_age_s.toFixed(0) + " s";
+
+  const hist = vm.history;
+  const ts = hist.t;
+  const yMax = Math.max(vm.max_bytes, ...hist.max) || 1;
+  const t1 = ts.length ? ts[ts.length - 1] : now;
+  const t0 = ts.length ? ts[0] : now;
+  for (const [key] of SERIES) {
+    row.querySelector(`path[data-series="${key}"]`).setAttribute("d", pathOf(ts, hist[key], t0, t1, yMax));
+  }
+  row.querySelector(".y-top").textContent = bytes(yMax);
+  row.querySelector(".y-mid").textContent = bytes(yMax / 2);
+  row.querySelector(".x-left").textContent = ts.length > 1 ? "−" + Math.round(t1 - t0) + " s" : "";
+  row.dataset.samples = String(ts.length);
+  row.dataset.lastTime = ts.length ? String(t1) : "";
+  row.dataset.lastActual = String(vm.actual_bytes);
+  row.dataset.lastTarget = String(vm.target_bytes);
+}
+
+function renderVms(vms, now) {
+  const box = document.getElementById("vms");
+  const seen = new Set();
+  let prev = null;
+  for (const vm of vms) {
+    seen.add(vm.name);
+    let row = box.querySelector(`.vm-row[data-vm="${CSS.escape(vm.name)}"]`);
+    if (!row) row = makeRow(vm);
+    const want = prev ? prev.nextSibling : box.firstChild;
+    if (row !== want) box.insertBefore(row, want);
+    renderVm(row, vm, now);
+    prev = row;
+  }
+  for (const row of [...box.querySelectorAll(".vm-row")]) if (!seen.has(row.dataset.vm)) row.remove();
+  setText("vm-count", `(${vms.length})`);
+}
+
+function renderActions(actions, now) {
+  const body = document.getElementById("actions");
+  body.replaceChildren();
+  if (!actions.length) {
+    const tr = el("tr");
+    const td = el("td", "muted", "none yet");
+    td.colSpan = 6;
+    tr.append(td);
+    body.append(tr);
+    return;
+  }
+  for (const a of actions) {
+    const tr = el("tr", a.applied === false ? "failed" : "");
+    const dir = a.direction === "grow" ? "▲ grow" : a.direction === "shrink" ? "▼ shrink" : a.direction || "";
+    tr.append(el("td", "muted", ago(now - a.time)), el("td", "vm", a.vm || ""),
+      el("td", "dir " + (a.direction || ""), dir), el("td", "num", bytes(a.old_target)),
+      el("td", "num", bytes(a.new_target)), el("td", "reason", a.reason + (a.error ? " — " + a.error : "")));
+    body.append(tr);
+  }
+}
+
+function renderEvents(events, now) {
+  const list = document.getElementById("events");
+  list.replaceChildren();
+  if (!events.length) { list.append(el("li", "muted", "none yet")); return; }
+  for (const e of events) {
+    const li = el("li", "event " + (e.kind || ""));
+    li.append(el("span", "muted", ago(now - e.time) + " "), el("span", "kind", e.kind || "event"),
+      el("span", "", " " + (e.vm ? e.vm + ": " : "") + (e.message || "")));
+    list.append(li);
+  }
+}
+
+function setConn(state, text) {
+  const c = document.getElementById("conn");
+  c.dataset.state = state;
+  if (c.textContent !== text) c.textContent = text;
+}
+
+async function poll() {
+  try {
+    const resp = await fetch("/api/v1/dashboard", { cache: "no-store" });
+    if (resp.status === 503) { setConn("connecting", "waiting for the first tick…"); return; }
+    if (!resp.ok) throw new Error("HTTP " + resp.status);
+    const d = await resp.json();
+    pollMs = d.poll_ms || pollMs;
+    const now = d.host.time;
+    renderHost(d.host);
+    renderVms(d.vms, now);
+    renderActions(d.actions, now);
+    renderEvents(d.events, now);
+    updates += 1;
+    lastOk = Date.now();
+    document.body.dataset.updates = String(updates);
+    document.body.dataset.time = String(now);
+    const interval = d.host.interval_s ? " · every " + d.host.interval_s + " s" : "";
+    setConn("live", "live · tick " + d.host.ticks + interval + (d.writable ? " · API writable" : " · read-only"));
+  } catch (err) {
+    const since = lastOk ? " · last update " + Math.round((Date.now() - lastOk) / 1000) + " s ago" : "";
+    setConn("down", "no answer from the daemon" + since);
+  } finally {
+    setTimeout(poll, pollMs);
+  }
+}
+
+poll();

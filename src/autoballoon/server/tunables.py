@@ -1,0 +1,57 @@
+"""Every number the HTTP server, its history and its dashboard run on, in one frozen place.
+
+None of these change what the controller does; they bound what serving the daemon's state may cost (memory
+for history, bytes per request, threads per client) so that an operator's dashboard can never slow down
+ballooning.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 9180
+
+
+@dataclass(frozen=True, slots=True)
+class ServerTunables:
+    """Limits and periods of the server. Override with ``dataclasses.replace``."""
+
+    #: Real seconds between two looks at the controller's status for the history. Cheap: it copies a few
+    #: numbers per VM and only when the controller has ticked since the last look.
+    sample_interval_s: float = 0.5
+    #: Points kept per VM for the dashboard's charts (about the last minutes at one point per tick).
+    history_points: int = 240
+    #: Actions shown on the dashboard.
+    dashboard_actions: int = 15
+    #: ``/api/v1/events``: page size when ``limit`` is not given, and the largest page served.
+    events_default_limit: int = 50
+    events_max_limit: int = 1000
+    #: Largest request body accepted (a policy or target change is a few dozen bytes).
+    max_body_bytes: int = 64 * 1024
+    #: Seconds a client may take to send its request before its thread is freed.
+    request_timeout_s: float = 10.0
+    #: Seconds a POST waits for the controller to take a submitted change before answering 202.
+    submit_wait_s: float = 5.0
+    #: How often the page polls the server (milliseconds, handed to the page in its data).
+    dashboard_poll_ms: int = 1000
+    #: Bucket upper bounds (seconds) of the tick duration histogram: a tick is a bulk read, a pure
+    #: decision and a few balloon calls, so from a millisecond (simulator) to seconds (a slow libvirt).
+    tick_buckets_s: tuple[float, ...] = (
+        0.001,
+        0.0025,
+        0.005,
+        0.01,
+        0.025,
+        0.05,
+        0.1,
+        0.25,
+        0.5,
+        1.0,
+        2.5,
+        5.0,
+        10.0,
+    )
+
+
+TUNABLES = ServerTunables()
