@@ -164,6 +164,9 @@ class Simulation:
 
         self._table = self._build_demand_table()
         np.copyto(self._demand, self._table[0])
+        # The guest booted at max and its balloon inflated as far as it could toward the initial target.
+        floor = self._reserved + np.maximum(self._demand - self._swap_size, 0)
+        np.copyto(self._actual, np.clip(self._target, np.minimum(floor, self._max), self._max))
         self._settle()
 
         ro = _readonly
@@ -392,8 +395,14 @@ class Simulation:
         up *= self._can_deflate
         np.subtract(room, demand, out=slack)
         np.clip(slack, r.inflate_pressure, r.inflate, out=slack)
-        np.maximum(need, 0, out=need)
         np.minimum(need, slack, out=need)
+        # The balloon only gets pages the guest can free: never kernel memory, never more anonymous memory
+        # than swap can hold (allocation fails, "Out of puff!"; ballooning itself never OOM-kills).
+        np.subtract(demand, self._swap_size, out=slack)
+        np.maximum(slack, 0, out=slack)
+        np.subtract(room, slack, out=slack)
+        np.minimum(need, slack, out=need)
+        np.maximum(need, 0, out=need)
         need *= self._can_inflate
         actual += up
         actual -= need
@@ -442,7 +451,7 @@ class Simulation:
         """Demand beyond memory + swap: autodeflate guests take balloon pages back, others OOM-kill."""
         actual, demand, room, deficit = self._actual, self._demand, self._room, self._deficit
         over = np.maximum(deficit - self._swap_size, 0)
-        grow = np.where(self._autodeflate, np.minimum(over, self._max - actual), 0)
+        grow = np.where(self._autodeflate & ~self._stuck, np.minimum(over, self._max - actual), 0)
         if grow.any():
             actual += grow
             room += grow
@@ -452,10 +461,9 @@ class Simulation:
         kill = deficit > self._swap_size
         if kill.any():
             idx = np.flatnonzero(kill)
-            amount = np.maximum(
-                deficit[idx] - self._swap_size[idx],
-                np.rint(demand[idx] * self.tunables.oom_kill_fraction).astype(np.int64),
-            )
+            overflow = deficit[idx] - self._swap_size[idx]
+            rest = np.rint((demand[idx] - overflow) * self.tunables.oom_kill_fraction).astype(np.int64)
+            amount = overflow + rest
             self._oom_kills[idx] += 1
             self._killed[idx] += amount
             demand[idx] -= amount

@@ -39,7 +39,8 @@ class Tunables:
     #: While anonymous memory is swapped out, this share of it is paged back in each second (thrashing:
     #: the working set keeps touching it). This is the swap-in signal a policy sees.
     thrash_fraction_per_s: float = 0.02
-    #: At an OOM kill the guest loses at least this share of its anonymous memory (the largest process).
+    #: An OOM kill frees the memory that overflowed plus this share of the rest (the killed process was
+    #: big), so a restarted workload has room to regrow for a while before the next kill.
     oom_kill_fraction: float = 0.5
     #: After an OOM kill the workload restarts and regrows its memory at this speed, back to its trace.
     oom_restart_bps: int = 16 * MiB
