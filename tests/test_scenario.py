@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from autoballoon.backends.sim import load_named_scenario
 from autoballoon.errors import InvalidValueError
-from autoballoon.sim import loads_scenario
+from autoballoon.sim import load_scenario, loads_scenario
 from autoballoon.sim.demand import Constant, Demand, Diurnal, Ramp, Sine, Spikes, Steps, Trace, sample
 from autoballoon.units import GiB, KiB, MiB
 
@@ -171,3 +171,14 @@ def test_random_shapes_are_deterministic_per_seed_and_never_negative() -> None:
     assert (draw(spikes, seed=1) != draw(spikes, seed=2)).any()
     noisy = draw(Sine(GiB, GiB, period=600.0), noise=0.5, seed=3)
     assert noisy.min() >= 0 and noisy.dtype == np.int64
+
+
+def test_the_documented_example_parses(tmp_path: Path) -> None:
+    doc = (Path(__file__).parent.parent / "docs" / "scenarios.md").read_text()
+    example = doc.split("```toml\n", 1)[1].split("```", 1)[0]
+    (tmp_path / "traces").mkdir()
+    (tmp_path / "traces" / "batch.csv").write_text("seconds,bytes\n0,1073741824\n3600,4294967296\n")
+    (tmp_path / "day.toml").write_text(example)
+    sc = load_scenario(tmp_path / "day.toml")
+    assert len(sc.guests) == 41 and sc.names[0] == "web-01" and sc.guests[-1].name == "batch"
+    assert sc.guests[0].policy.buffer == pytest.approx(0.2)
