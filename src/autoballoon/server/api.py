@@ -316,8 +316,9 @@ class Api:
         ops.resolve_scope(guest, live=True, config=False)
         ops.check_target(guest, size)
         applied = self._source.submit_target(name, size)
-        status = 200 if applied is not False else 202
-        return Response(status, _dump({"vm": name, "target_bytes": size, "applied": applied is not False}))
+        return Response(
+            200 if applied else 202, _dump({"vm": name, "target_bytes": size, "applied": applied})
+        )
 
     def _post_policy(self, req: Request, name: str) -> Response:
         self._authorise(req)
@@ -329,8 +330,10 @@ class Api:
         policy = GuestPolicy(**fields)  # type: ignore[arg-type]
         ops.validate_policy(guest, policy)
         result = self._source.submit_policy(name, changes)
-        stored = result if isinstance(result, GuestPolicy) else policy
-        return Response(200, _dump({"vm": name, "policy": stored.to_json()}))
+        applied = result is not None
+        stored = result if result is not None else policy
+        body = {"vm": name, "policy": stored.to_json(), "applied": applied}
+        return Response(200 if applied else 202, _dump(body))
 
 
 def _int_param(req: Request, name: str, default: int | None, low: int, high: int | None) -> int | None:

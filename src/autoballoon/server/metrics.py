@@ -18,11 +18,12 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector, CollectorRegistry
 
+from autoballoon.guards import Status
 from autoballoon.server.history import History
 from autoballoon.server.source import ServerView
 
 #: Every state a VM can be reported in; always exported (0 or 1) so that alerts can match on them.
-VM_STATUSES = ("managed", "excluded", "no-stats", "stale-stats", "stuck", "quarantined", "inactive")
+VM_STATUSES: tuple[str, ...] = tuple(s.value for s in Status)
 PERCENT = 100.0
 
 
@@ -98,8 +99,6 @@ def vm_families(view: ServerView, history: History | None) -> list[Metric]:
             if point.major_faults_ps is not None:
                 g_majflt_rate.add_metric(vm, point.major_faults_ps)
         current = plan.status.get(g.name) if plan is not None else None
-        if current is None and not g.state.active:
-            current = "inactive"
         states = VM_STATUSES if current in VM_STATUSES or current is None else (*VM_STATUSES, current)
         for s in states:
             g_status.add_metric([g.name, s], 1.0 if s == current else 0.0)

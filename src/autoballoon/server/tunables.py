@@ -33,6 +33,10 @@ class ServerTunables:
     request_timeout_s: float = 10.0
     #: Seconds a POST waits for the controller to take a submitted change before answering 202.
     submit_wait_s: float = 5.0
+    #: When the controller's ``on_tick`` is not wired to the server, how long one ``status()`` is reused.
+    view_ttl_s: float = 0.1
+    #: Journal entries taken from the controller per view (its ring keeps 1000 by default).
+    journal_entries: int = 1000
     #: How often the page polls the server (milliseconds, handed to the page in its data).
     dashboard_poll_ms: int = 1000
     #: Bucket upper bounds (seconds) of the tick duration histogram: a tick is a bulk read, a pure
