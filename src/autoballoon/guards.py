@@ -82,26 +82,31 @@ def hold_reason(guest: GuestSnapshot, wall_time: float, tunables: Tunables) -> s
 class Progress(NamedTuple):
     """Where a balloon was when it last made progress toward its target."""
 
-    gap: int  # |actual - target| then
+    actual: int  # the balloon's size then
+    inflating: bool  # the direction it had to go (True: actual above target)
     since: float  # snapshot time then
 
 
 def track_progress(
-    previous: Progress | None,
-    target_changed: bool,
-    actual: int | None,
-    target: int,
-    now: float,
-    tunables: Tunables,
+    previous: Progress | None, actual: int | None, target: int, now: float, tunables: Tunables
 ) -> Progress | None:
-    """The new progress mark: None once the balloon has arrived, reset on a new target or real movement."""
+    """The new progress mark: None once the balloon has arrived; a new mark when it moved toward its
+    target (by more than the tolerance) or when it has to go the other way now.
+
+    A new target in the same direction does not reset the mark: a balloon that ignores one request after
+    another is as stuck as one that ignores a single request.
+    """
     if actual is None:
         return previous
-    gap = abs(actual - target)
-    if gap <= tunables.stuck_tolerance_bytes:
+    tol = tunables.stuck_tolerance_bytes
+    if abs(actual - target) <= tol:
         return None
-    if previous is None or target_changed or gap <= previous.gap - tunables.stuck_tolerance_bytes:
-        return Progress(gap, now)
+    inflating = actual > target
+    if previous is None or previous.inflating != inflating:
+        return Progress(actual, inflating, now)
+    moved = previous.actual - actual if inflating else actual - previous.actual
+    if moved >= tol:
+        return Progress(actual, inflating, now)
     return previous
 
 

@@ -25,6 +25,7 @@ from autoballoon import guards
 from autoballoon.guards import Progress, Status
 from autoballoon.model import Action, GuestPolicy, GuestSnapshot, HostSnapshot, Plan
 from autoballoon.tunables import Tunables
+from autoballoon.units import human
 
 _EMPTY: Mapping[str, object] = MappingProxyType({})
 
@@ -46,6 +47,10 @@ class VMMemory(NamedTuple):
     swap_in: int | None = None
     major_faults: int | None = None
     last_grow: float | None = None
+    stats_time: float | None = None  # last_update of the stats the rates were measured from
+    pressure_at: float | None = None  # last time a pressure signal was seen
+    peak: int | None = None  # slowly decaying peak of raw demand
+    stuck_until: float | None = None  # a stuck balloon is left alone until then
     progress: Progress | None = None  # the stuck detector's mark
     manual_until: float | None = None
     warned_autodeflate: bool = False
@@ -91,6 +96,22 @@ def _align_up(n: int, align: int) -> int:
 
 def _align_down(n: int, align: int) -> int:
     return n // align * align
+
+
+def guest_used(g: GuestSnapshot) -> int | None:
+    """What the guest really uses: MemTotal - MemAvailable, less any balloon still counted in MemTotal.
+
+    A guest never has more than ``actual``; when its reported MemTotal is above that, the difference is
+    balloon that the guest counts as "used" (Linux with autodeflate, Windows always: virtio-win#568).
+    This is :attr:`GuestSnapshot.used_bytes` generalised beyond autodeflate.
+    """
+    s = g.stats
+    if s.total is None or s.available is None:
+        return None
+    used = s.total - s.available
+    if g.actual_bytes is not None and s.total > g.actual_bytes:
+        used -= s.total - g.actual_bytes
+    return max(0, used)
 
 
 def water_fill(lo: Sequence[int], hi: Sequence[int], weights: Sequence[float], amount: int) -> list[int]:
@@ -144,7 +165,7 @@ def decide(
     rows: list[_Row] = []
     held = 0  # memory the non-managed running VMs hold or are going to
     counted_actual = 0  # what every counted VM holds now
-    holds: list[tuple[GuestSnapshot, int, int]] = []  # held VMs that may only follow a self-deflate
+    holds: list[tuple[GuestSnapshot, int, int, str]] = []  # held VMs whose target follows actual up
 
     for g in snapshot.guests:
         name = g.name
@@ -164,16 +185,17 @@ def decide(
             continue
 
         seen_target = prev.seen_target if prev else None
-        target_changed = prev is None or target != seen_target
-        progress = guards.track_progress(
-            prev.progress if prev else None, target_changed, actual, target, now, t
-        )
+        progress = guards.track_progress(prev.progress if prev else None, actual, target, now, t)
         manual_until = prev.manual_until if prev else None
         if guards.manual_change(target, seen_target, prev.planned_target if prev else None):
             manual_until = now + t.manual_grace_s
         if manual_until is not None and manual_until <= now:
             manual_until = None
         selfdef = prev is not None and guards.self_deflated(actual, prev.seen_actual, target, seen_target, t)
+        follow = "autodeflate" if selfdef else ""  # why a held VM's target follows its actual up
+        stuck_until = prev.stuck_until if prev is not None and prev.stuck_until is not None else None
+        if stuck_until is not None and stuck_until <= now:
+            stuck_until = None
         hold = guards.hold_reason(g, snapshot.wall_time, t)
         holding = actual if actual is not None else target
 
@@ -186,12 +208,17 @@ def decide(
                 f"target set outside autoballoon; held for {manual_until - now:.0f} s",
             )
             holding = max(target, holding)
-        elif guards.is_stuck(progress, now, t):
+        elif stuck_until is not None or guards.is_stuck(progress, now, t):
             st = Status.STUCK
-            why = (
-                f"balloon at {actual} B has not moved toward target {target} B "
-                f"for {guards.stuck_for(progress, now):.0f} s"
-            )
+            if stuck_until is None:  # just found: take the balloon where it is, retry later
+                stuck_until = now + t.stuck_retry_s
+                follow = "stuck" if actual is not None and actual > target else ""
+                why = (
+                    f"balloon at {human(actual)} did not move toward target {human(target)} for "
+                    f"{t.stuck_after_s:g} s; left alone for {t.stuck_retry_s:g} s"
+                )
+            else:
+                why = f"balloon did not follow its target; left alone for {stuck_until - now:.0f} s more"
         elif hold is not None:
             st, why = Status.NO_STATS, hold + "; held, never shrunk"
             holding = max(target, holding)
@@ -207,9 +234,9 @@ def decide(
 
         if st != Status.MANAGED:
             counted_actual += actual if actual is not None else target
-            if selfdef and st != Status.STUCK and actual is not None:
+            if follow and actual is not None:
                 holding = max(holding, min(_align_up(actual, t.target_align_bytes), ceiling))
-                holds.append((g, floor, ceiling))
+                holds.append((g, floor, ceiling, follow))
             held += holding
             new_vms[name] = VMMemory(
                 status=st,
@@ -220,10 +247,11 @@ def decide(
                 seen_target=target,
                 seen_actual=actual,
                 planned_target=target,
-                used=g.used_bytes,
+                used=guest_used(g),
                 swap_in=g.stats.swap_in,
                 major_faults=g.stats.major_faults,
                 last_grow=prev.last_grow if prev else None,
+                stuck_until=stuck_until,
                 progress=progress,
                 manual_until=manual_until,
                 warned_autodeflate=warned,
@@ -240,33 +268,47 @@ def decide(
             )
             warned = True
         stats = g.stats
-        used = g.used_bytes or 0
+        used = guest_used(g) or 0
         available = stats.available or 0
-        pressure = available < t.low_available_bytes or selfdef
+        signal = available < t.low_available_bytes or selfdef
         raw = used
         dt = now - prev.seen_time if prev is not None and prev.seen_time is not None else 0.0
-        if dt > 0 and prev is not None:
+        # Rates are per second of *stats* time: a guest polled every 10 s shows 10 s of change at once.
+        stats_time = stats.last_update
+        sdt = stats_time - prev.stats_time if prev is not None and prev.stats_time and stats_time else 0.0
+        if sdt > 0 and prev is not None:
             if prev.used is not None and used > prev.used:
-                raw += int((used - prev.used) / dt * t.trend_lookahead_s)
+                raw += int((used - prev.used) / sdt * t.trend_lookahead_s)
             boost = 0
             if prev.swap_in is not None and stats.swap_in is not None and stats.swap_in > prev.swap_in:
                 swapped = stats.swap_in - prev.swap_in
-                if swapped / dt > t.swap_in_pressure_bytes_per_s:
+                if swapped / sdt > t.swap_in_pressure_bytes_per_s:
                     boost = swapped
             if (
                 prev.major_faults is not None
                 and stats.major_faults is not None
-                and (stats.major_faults - prev.major_faults) / dt > t.major_fault_pressure_per_s
+                and (stats.major_faults - prev.major_faults) / sdt > t.major_fault_pressure_per_s
             ):
                 boost = max(boost, 1)
             if boost:
-                pressure = True
+                signal = True
                 raw += boost + int(ceiling * t.pressure_boost_fraction)
+        elif prev is not None and sdt == 0 and prev.stats_time:
+            stats_time = prev.stats_time  # nothing new: keep measuring rates from the last report
+        pressure_at = now if signal else prev.pressure_at if prev is not None else None
+        pressure = pressure_at is not None and now - pressure_at < t.pressure_hold_s
         prev_demand = prev.demand if prev is not None else None
         if prev_demand is None or raw >= prev_demand or dt <= 0:
             demand = raw
         else:
             demand = raw + int((prev_demand - raw) * math.exp(-dt / t.demand_decay_s))
+        # A remembered peak keeps a share of a recent burst's memory: bursts that come back find room.
+        peak = (
+            raw
+            if prev is None or prev.peak is None
+            else max(raw, int(prev.peak * math.exp(-dt / t.peak_decay_s)))
+        )
+        demand = max(demand, int(peak * t.peak_keep_fraction))
         buffer = pol.buffer if pol.buffer is not None else t.buffer
         want = guards.clamp(
             _align_up(int(demand * (1 + buffer)) + t.min_headroom_bytes, align), floor, ceiling
@@ -315,6 +357,9 @@ def decide(
             swap_in=stats.swap_in,
             major_faults=stats.major_faults,
             last_grow=last_grow,
+            stats_time=stats_time,
+            pressure_at=pressure_at,
+            peak=peak,
             progress=progress,
             warned_autodeflate=warned,
         )
@@ -375,16 +420,14 @@ def decide(
         last_grow = now if new > old else mem.last_grow
         new_vms[g.name] = mem._replace(planned_target=new, last_grow=last_grow)
 
-    # Held VMs that deflated themselves: follow them up (growth only, within their ceiling).
-    for g, floor, ceiling in holds:
+    # Held VMs whose balloon is above its target (deflated itself, or stuck): the target follows it up.
+    for g, floor, ceiling, why in holds:
         old = g.target_bytes
         new = guards.safe_target(
             _align_up(g.actual_bytes or old, align), old, floor, ceiling, may_shrink=False
         )
         if new > old:
-            actions.append(
-                Action(g.name, old, new, "autodeflate", available=g.stats.available, budget=budget)
-            )
+            actions.append(Action(g.name, old, new, why, available=g.stats.available, budget=budget))
             new_vms[g.name] = new_vms[g.name]._replace(planned_target=new, last_grow=now)
 
     plan = Plan(

@@ -46,6 +46,13 @@ class Tunables:
     #: Extra demand given to a guest under swap/fault pressure, as a fraction of its maximum: its ``used``
     #: under-reports a working set that no longer fits.
     pressure_boost_fraction: float = 0.10
+    #: A guest stays "under pressure" this long after its last pressure signal (stats come in bursts).
+    pressure_hold_s: float = 10.0
+    #: Demand never falls below this share of the recent peak, and the peak decays with this time
+    #: constant: a guest that bursts every few minutes keeps room for most of its next burst, while a
+    #: guest whose load really went down still gives its memory back within the hour.
+    peak_keep_fraction: float = 0.5
+    peak_decay_s: float = 1800.0
 
     # --- how targets move --------------------------------------------------------------------------
     #: Voluntary shrinking is limited to this fraction of the VM's maximum per second, so a guest is
@@ -85,6 +92,9 @@ class Tunables:
     self_deflate_tolerance_bytes: int = 8 * MiB
     #: A target changed outside autoballoon (virsh setmem, autoballoon setmem) is left alone this long.
     manual_grace_s: float = 300.0
+    #: A stuck balloon's target is set back to where the balloon is, and it is left alone this long
+    #: before autoballoon tries to move it again.
+    stuck_retry_s: float = 300.0
 
     # --- controller --------------------------------------------------------------------------------
     #: Seconds between two decisions.

@@ -1,0 +1,117 @@
+"""``autoballoon run``: the daemon. Parses, wires backend + clock + config + journal into a Controller.
+
+With a ``sim://`` URI the controller sleeps on the simulator's virtual clock (so ``?speed=20`` runs the
+simulated host 20 times faster than life); otherwise on the real monotonic clock. SIGTERM and SIGINT
+stop the loop cleanly and apply ``on_exit``.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+from pathlib import Path
+from types import FrameType
+
+import click
+from rich.console import Console, Group
+from rich.live import Live
+from rich.table import Table
+from rich.text import Text
+
+from autoballoon.backends import open_backend
+from autoballoon.cli import Context, cli, pass_ctx
+from autoballoon.clock import Clock, RealClock
+from autoballoon.config import DEFAULT_CONFIG_PATH, load_config
+from autoballoon.controller import Controller, ControllerStatus
+from autoballoon.journal import Journal
+from autoballoon.units import human
+
+
+def status_table(status: ControllerStatus) -> Group:
+    """The live view: one row per VM, and the host budget under it."""
+    table = Table(title=f"autoballoon on {status.uri}" + (" (dry run)" if status.dry_run else ""))
+    for column in ("VM", "MAX", "TARGET", "ACTUAL", "USED", "WANT", "STATUS"):
+        table.add_column(column, justify="left" if column in ("VM", "STATUS") else "right")
+    for vm in status.vms:
+        label = vm.status + (" (pressure)" if vm.pressure else "")
+        table.add_row(
+            vm.name,
+            human(vm.max_bytes),
+            human(vm.target_bytes),
+            human(vm.actual_bytes),
+            human(vm.used_bytes),
+            human(vm.want_bytes),
+            label,
+        )
+    snap = status.snapshot
+    parts = [
+        f"host available {human(snap.mem_available) if snap else '-'}",
+        f"budget {human(status.budget_bytes)}",
+        f"reserve {human(status.reserve_bytes)}",
+        f"t={status.time:.0f}s" if status.time is not None else "",
+        " ".join(f"{k} {v}" for k, v in sorted(status.actions_by_direction.items())),
+        "HOST SHORT" if status.host_short else "",
+        "" if status.connected else f"DISCONNECTED: {status.last_error}",
+    ]
+    host = Text(" · ".join(p for p in parts if p))
+    return Group(table, host)
+
+
+@cli.command("run")
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help=f"TOML config file (default: {DEFAULT_CONFIG_PATH} when it exists).",
+)
+@click.option(
+    "--interval", type=float, default=None, help="Seconds between decisions (default 2, at least 0.5)."
+)
+@click.option("--dry-run", is_flag=True, help="Decide and journal, but never change a VM.")
+@click.option(
+    "--journal", "journal_path", type=click.Path(dir_okay=False), default=None, help="JSON-lines journal."
+)
+@click.option("--once", is_flag=True, help="Run a single tick and exit (on_exit is still applied).")
+@click.option("--table", "live_table", is_flag=True, help="Show a live table of the VMs until Ctrl-C.")
+@pass_ctx
+def run_command(
+    ctx: Context,
+    config_path: Path | None,
+    interval: float | None,
+    dry_run: bool,
+    journal_path: str | None,
+    once: bool,
+    live_table: bool,
+) -> None:
+    """Run the auto-balloon daemon: keep every managed VM at the memory it needs."""
+    config = load_config(config_path)
+    if interval is not None:
+        config = config.with_interval(interval)
+    journal = Journal(journal_path or config.journal_path, ring_size=config.tunables.journal_ring_size)
+    backend = ctx.backend
+    clock: Clock = getattr(backend, "clock", None) or RealClock()
+    controller = Controller(
+        backend, clock, config, journal, dry_run=dry_run, reopen=lambda: open_backend(ctx.uri), uri=ctx.uri
+    )
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        if live_table:
+            console = Console()
+            with Live(console=console, auto_refresh=False) as live:
+                controller.run(
+                    stop,
+                    on_tick=lambda c: live.update(status_table(c.status(journal_entries=0)), refresh=True),
+                    max_ticks=1 if once else None,
+                )
+        else:
+            controller.run(stop, max_ticks=1 if once else None)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        journal.close()
