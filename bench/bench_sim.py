@@ -121,6 +121,11 @@ def main(argv: list[str] | None = None) -> int:
     t_run = time.perf_counter() - t1
 
     n = sim.n
+    reps = 200
+    t2 = time.perf_counter()
+    for _ in range(reps):
+        sim.snapshot()
+    t_snap = (time.perf_counter() - t2) / reps
     steps = args.seconds
     total = t_build + t_run
     print(f"command: {sys.executable} bench/bench_sim.py --guests {args.guests} --seconds {args.seconds}")
@@ -130,6 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  wall time:              {total:7.2f} s  (limit {args.limit:g} s)")
     print(f"  steps/s:                {steps / t_run:12,.0f}")
     print(f"  guest-steps/s:          {n * steps / t_run:12,.0f}")
+    print(f"  snapshot() of {n} guests: {t_snap * 1e3:7.2f} ms  (what a policy tick reads)")
     print(
         f"  day end: oom kills {int(sim.oom_kills.sum())}, under pressure {int(sim.under_pressure.sum())}, "
         f"host available {sim.host_available / 2**30:.1f} GiB"

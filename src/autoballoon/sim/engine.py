@@ -23,7 +23,15 @@ import numpy as np
 import numpy.typing as npt
 
 from autoballoon.errors import InvalidValueError, LimitError, UnknownVMError
-from autoballoon.model import BalloonConfig, GuestPolicy, GuestSnapshot, GuestStats, HostSnapshot, VMState
+from autoballoon.model import (
+    BalloonConfig,
+    GuestOS,
+    GuestPolicy,
+    GuestSnapshot,
+    GuestStats,
+    HostSnapshot,
+    VMState,
+)
 from autoballoon.sim.demand import sample
 from autoballoon.sim.scenario import Scenario
 from autoballoon.sim.tunables import DEFAULT_TUNABLES, Tunables
@@ -34,6 +42,11 @@ F64 = npt.NDArray[np.float64]
 B = npt.NDArray[np.bool_]
 
 _NS = 1_000_000_000
+# The ufunc reductions themselves: ndarray.any()/.min() add a Python wrapper that costs more than the work
+# on 100 elements, and they run every step.
+_RATES_CACHE_SIZE = 16
+_any = np.logical_or.reduce
+_min = np.minimum.reduce
 _UUID_NAMESPACE = uuid.UUID("6f1d3c1e-2b7a-4e55-9a43-5a1d0c0ba11e")
 
 
@@ -116,6 +129,9 @@ class Simulation:
             for g in guests
         ]
         self._stats_period = np.array([g.stats_period or tu.stats_period_default for g in guests])
+        self._os: list[GuestOS] = ["windows" if g.os == "windows" else "linux" for g in guests]
+        self._uuids = [str(uuid.uuid5(_UUID_NAMESPACE, f"{scenario.source}/{g.name}")) for g in guests]
+        self._stats_cache: list[GuestStats] = [GuestStats() for _ in guests]
 
         # Dynamic state.
         self._target = ints([g.target for g in guests])
@@ -160,6 +176,9 @@ class Simulation:
         self._tmp = np.zeros(n, dtype=np.int64)
         self._ftmp = np.zeros(n)
         self._mask = np.zeros(n, dtype=np.bool_)
+        self._new_swap = np.zeros(n, dtype=np.int64)
+        self._due = np.zeros(n, dtype=np.bool_)
+        self._due_max = np.zeros(n, dtype=np.bool_)
         self._rates: dict[float, _Rates] = {}
 
         self._table = self._build_demand_table()
@@ -271,7 +290,7 @@ class Simulation:
         self.balloons[i] = _replace_balloon(self.balloons[i], stats_period=round(period_s) or None)
         due = self._time + period_s if period_s > 0 and self._stats_capable[i] else np.inf
         self._next_stats[i] = due
-        self._next_stats_min = float(self._next_stats.min())
+        self._next_stats_min = float(_min(self._next_stats))
 
     def step(self, dt: float | None = None) -> None:
         """Advance virtual time by ``dt`` seconds (default one scenario step), in substeps of at most
@@ -308,7 +327,7 @@ class Simulation:
         overrun = max(0, -available)
         psi = min(100.0, 100.0 * overrun / tu.psi_full_scale_bytes)
         load = float(((self._cpu_base + self._storming * tu.storm_load) * self._vcpus).sum())
-        guests = tuple(self._guest_snapshot(i) for i in range(self.n))
+        guests = self._guest_snapshots(range(self.n))
         return HostSnapshot(
             time=self._time,
             wall_time=self.wall_time,
@@ -326,7 +345,7 @@ class Simulation:
 
     def guest_snapshot(self, vm: int | str) -> GuestSnapshot:
         """One guest now (see :meth:`snapshot`)."""
-        return self._guest_snapshot(self.index(vm))
+        return self._guest_snapshots([self.index(vm)])[0]
 
     # ----------------------------------------------------------------------------------- internals
 
@@ -355,6 +374,8 @@ class Simulation:
                 np.maximum(tu.storm_load - self._cpu_base, 0.0) * self._vcpus * (_NS * h)
             ).astype(np.int64),
         )
+        if len(self._rates) >= _RATES_CACHE_SIZE:  # callers slicing time in odd remainders
+            self._rates.clear()
         self._rates[h] = rates
         return rates
 
@@ -383,7 +404,7 @@ class Simulation:
             np.maximum(self._killed, 0, out=self._killed)
             np.subtract(row, self._killed, out=demand)
             np.maximum(demand, 0, out=demand)
-            self._any_killed = bool(self._killed.any())
+            self._any_killed = bool(_any(self._killed))
         else:
             np.copyto(demand, row)
 
@@ -391,10 +412,12 @@ class Simulation:
         np.subtract(actual, self._reserved, out=room)
         np.subtract(actual, self._target, out=need)  # > 0: the balloon must inflate by this much
         np.negative(need, out=up)
-        np.clip(up, 0, r.deflate, out=up)
+        np.maximum(up, 0, out=up)
+        np.minimum(up, r.deflate, out=up)
         up *= self._can_deflate
         np.subtract(room, demand, out=slack)
-        np.clip(slack, r.inflate_pressure, r.inflate, out=slack)
+        np.maximum(slack, r.inflate_pressure, out=slack)
+        np.minimum(slack, r.inflate, out=slack)
         np.minimum(need, slack, out=need)
         # The balloon only gets pages the guest can free: never kernel memory, never more anonymous memory
         # than swap can hold (allocation fails, "Out of puff!"; ballooning itself never OOM-kills).
@@ -431,10 +454,10 @@ class Simulation:
         # Anonymous memory that does not fit goes to swap; beyond swap, autodeflate or OOM.
         np.subtract(demand, room, out=deficit)
         np.greater(deficit, self._swap_size, out=self._mask)
-        if self._mask.any():
+        if _any(self._mask):
             self._out_of_memory()
         np.greater(deficit, 0, out=self._pressure)
-        if self._any_swap or self._pressure.any():
+        if self._any_swap or _any(self._pressure):
             self._swap(r)
 
         # Page cache grows into free memory and is reclaimed at once when memory is needed.
@@ -472,7 +495,9 @@ class Simulation:
 
     def _swap(self, r: _Rates | None) -> None:
         swap, ftmp = self._swap_used, self._ftmp
-        new = np.clip(self._deficit, 0, self._swap_size)
+        new = self._new_swap
+        np.maximum(self._deficit, 0, out=new)
+        np.minimum(new, self._swap_size, out=new)
         np.subtract(new, swap, out=self._tmp)  # change in swapped memory
         np.maximum(self._tmp, 0, out=ftmp, casting="unsafe")
         self._swap_out += ftmp
@@ -483,60 +508,89 @@ class Simulation:
             self._swap_in += ftmp
             self._swap_out += ftmp  # thrashing pages go out again as they come in
         np.copyto(swap, new)
-        self._any_swap = bool(new.any())
+        self._any_swap = bool(_any(new))
 
     def _refresh_stats(self) -> None:
         """Guests whose polling period came due report their memory, stamped with the wall clock."""
         now = self._time
-        due = self._next_stats <= now + 1e-9
-        tu = self.tunables
-        total = np.where(self._reports_max, self._max, self._actual)
-        resident = self._demand - self._swap_used
-        free = self._actual - self._kernel - resident - self._cache
-        np.copyto(self._st_total, total, where=due)
-        np.copyto(self._st_free, free, where=due)
-        np.copyto(self._st_avail, free + self._cache, where=due)
+        due, due_max, tmp, ftmp = self._due, self._due_max, self._tmp, self._ftmp
+        np.less_equal(self._next_stats, now + 1e-9, out=due)
+        np.logical_and(due, self._reports_max, out=due_max)
+        np.copyto(self._st_total, self._actual, where=due)
+        np.copyto(self._st_total, self._max, where=due_max)
+        np.subtract(self._demand, self._swap_used, out=tmp)  # resident anonymous
+        np.subtract(self._actual, tmp, out=tmp)
+        tmp -= self._kernel
+        tmp -= self._cache  # free
+        np.copyto(self._st_free, tmp, where=due)
+        tmp += self._cache  # available: free + reclaimable cache
+        np.copyto(self._st_avail, tmp, where=due)
         np.copyto(self._st_caches, self._cache, where=due)
         np.copyto(self._st_swap_in, self._swap_in, where=due, casting="unsafe")
         np.copyto(self._st_swap_out, self._swap_out, where=due, casting="unsafe")
-        np.copyto(self._st_majflt, self._swap_in / tu.page_size, where=due, casting="unsafe")
+        np.divide(self._swap_in, self.tunables.page_size, out=ftmp)
+        np.copyto(self._st_majflt, ftmp, where=due, casting="unsafe")
         np.copyto(self._st_oom, self._oom_kills, where=due)
-        np.copyto(self._st_last, tu.epoch + now, where=due)
-        nxt = self._next_stats + self._stats_period
-        np.copyto(self._next_stats, np.maximum(nxt, now + self._stats_period), where=due)
-        self._next_stats_min = float(self._next_stats.min())
+        np.copyto(self._st_last, self.tunables.epoch + now, where=due)
+        np.add(self._next_stats, self._stats_period, out=self._next_stats, where=due)
+        self._next_stats_min = float(_min(self._next_stats))
 
-    def _guest_snapshot(self, i: int) -> GuestSnapshot:
-        g = self.scenario.guests[i]
-        stats = GuestStats()
-        if self._st_last[i] > 0:
-            stats = GuestStats(
-                total=int(self._st_total[i]),
-                available=int(self._st_avail[i]),
-                free=int(self._st_free[i]),
-                caches=int(self._st_caches[i]),
-                swap_in=int(self._st_swap_in[i]),
-                swap_out=int(self._st_swap_out[i]),
-                major_faults=int(self._st_majflt[i]),
-                oom_kills=int(self._st_oom[i]),
-                last_update=float(self._st_last[i]),
+    def _guest_snapshots(self, indices: range | list[int]) -> tuple[GuestSnapshot, ...]:
+        """Build snapshots from whole-array ``tolist`` reads: a snapshot of 100 guests every policy tick
+        must stay far cheaper than the simulation itself. Stats objects are reused until the next report."""
+        last = self._st_last.tolist()
+        st_total, st_avail, st_free, st_caches, st_swap_in, st_swap_out, st_majflt, st_oom = (
+            a.tolist()
+            for a in (
+                self._st_total,
+                self._st_avail,
+                self._st_free,
+                self._st_caches,
+                self._st_swap_in,
+                self._st_swap_out,
+                self._st_majflt,
+                self._st_oom,
             )
-        return GuestSnapshot(
-            name=self._names[i],
-            state=VMState.RUNNING,
-            max_bytes=int(self._max[i]),
-            target_bytes=int(self._target[i]),
-            actual_bytes=int(self._actual[i]),
-            stats=stats,
-            balloon=self.balloons[i],
-            policy=self.policies[i],
-            vcpus=int(self._vcpus[i]),
-            max_vcpus=int(self._max_vcpus[i]),
-            cpu_time_ns=int(self._cpu_ns[i]),
-            os_type="windows" if g.os == "windows" else "linux",
-            persistent=True,
-            uuid=str(uuid.uuid5(_UUID_NAMESPACE, f"{self.scenario.source}/{g.name}")),
         )
+        mx, tg, ac, vc, mv, cpu = (
+            a.tolist()
+            for a in (self._max, self._target, self._actual, self._vcpus, self._max_vcpus, self._cpu_ns)
+        )
+        out = []
+        for i in indices:
+            stats = self._stats_cache[i]
+            if last[i] > 0 and stats.last_update != last[i]:
+                stats = GuestStats(
+                    total=st_total[i],
+                    available=st_avail[i],
+                    free=st_free[i],
+                    caches=st_caches[i],
+                    swap_in=st_swap_in[i],
+                    swap_out=st_swap_out[i],
+                    major_faults=st_majflt[i],
+                    oom_kills=st_oom[i],
+                    last_update=last[i],
+                )
+                self._stats_cache[i] = stats
+            out.append(
+                GuestSnapshot(
+                    name=self._names[i],
+                    state=VMState.RUNNING,
+                    max_bytes=mx[i],
+                    target_bytes=tg[i],
+                    actual_bytes=ac[i],
+                    stats=stats,
+                    balloon=self.balloons[i],
+                    policy=self.policies[i],
+                    vcpus=vc[i],
+                    max_vcpus=mv[i],
+                    cpu_time_ns=cpu[i],
+                    os_type=self._os[i],
+                    persistent=True,
+                    uuid=self._uuids[i],
+                )
+            )
+        return tuple(out)
 
 
 def _default_kernel(max_bytes: int, tu: Tunables) -> int:
