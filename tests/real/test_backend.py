@@ -1,0 +1,139 @@
+"""LibvirtBackend directly against real guests: field mapping, targets, events, stats, errors, reconnect."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from autoballoon.backends.libvirt import LibvirtBackend
+from autoballoon.errors import LimitError, RefusedError, UnknownVMError
+from autoballoon.hostinfo import read_host_info
+from autoballoon.model import VMState
+from tests.real.conftest import Rig, rig_unavailable
+from tests.rig import daemons
+from tests.rig.domains import URI, Guest
+from tests.rig.waiting import wait_for
+
+pytestmark = pytest.mark.realvm
+
+MiB = 1024**2
+DEADLINE_S = 5.0
+STATS_WAIT_S = 1.5
+
+
+@pytest.fixture
+def backend(rig: Rig) -> Iterator[Any]:
+    b = LibvirtBackend.open(URI)
+    try:
+        yield b
+    finally:
+        b.close()
+
+
+def test_snapshot_maps_libvirt_fields_to_what_the_guest_sees(backend: Any, guest_pair: list[Guest]) -> None:
+    def fresh(snap: Any) -> bool:
+        return all((g := snap.guest(x.name)) is not None and g.stats.present for x in guest_pair)
+
+    snap, _ = wait_for(backend.snapshot, fresh, 20, "guest stats present")
+    assert snap.mem_total == read_host_info().mem_total and snap.wall_time - time.time() < 1
+    for guest in guest_pair:
+        g = snap.guest(guest.name)
+        own = guest.control.meminfo()
+        assert g.state is VMState.RUNNING and g.os_type == "linux" and not g.persistent
+        assert g.max_bytes == 512 * MiB and g.actual_bytes == 512 * MiB
+        assert g.stats.total == own["MemTotal"]  # libvirt "available" is MemTotal
+        assert abs(g.stats.available - own["MemAvailable"]) < 32 * MiB  # "usable", one period old
+        assert g.stats.free is not None and g.stats.free <= g.stats.total
+        assert 0 <= snap.wall_time - g.stats.last_update < DEADLINE_S
+        assert g.balloon.stats_period == 1 and (g.vcpus, g.max_vcpus) == (1, 2)
+        assert g.cpu_time_ns is not None and g.cpu_time_ns > 0
+
+
+def test_target_is_remembered_and_balloon_events_arrive(backend: Any, guest_pair: list[Guest]) -> None:
+    name = guest_pair[0].name
+    backend.set_target(name, 300 * MiB)
+    try:
+        # libvirt's live <currentMemory> follows `actual`; the backend reports the target it set.
+        assert backend.guest(name).target_bytes == 300 * MiB
+        _, elapsed = wait_for(
+            lambda: backend.guest(name).actual_bytes, lambda v: v == 300 * MiB, DEADLINE_S, "actual"
+        )
+        wait_for(
+            lambda: backend.last_balloon_change(name),
+            lambda e: e is not None and e.actual_bytes == 300 * MiB,
+            DEADLINE_S,
+            "BALLOON_CHANGE event",
+        )
+        print(f"balloon inflated by 212 MiB in {elapsed:.1f} s")
+    finally:
+        backend.set_target(name, 512 * MiB)
+        wait_for(
+            lambda: backend.guest(name).actual_bytes, lambda v: v == 512 * MiB, DEADLINE_S * 2, "deflate"
+        )
+
+
+def test_enable_stats_on_a_guest_without_a_stats_period(backend: Any, make_guests: Any) -> None:
+    (guest,) = make_guests(1, stats_period=None)
+    g = backend.guest(guest.name)
+    assert not g.balloon.stats_period
+    # The Linux driver reports once when it probes, so stats may be "present" -- but they never refresh.
+    first = g.stats.last_update
+    time.sleep(2 * STATS_WAIT_S)
+    assert backend.guest(guest.name).stats.last_update == first
+    backend.enable_stats(guest.name, 1)
+    wait_for(
+        lambda: backend.guest(guest.name).stats.last_update,
+        lambda v: v is not None and v != first,
+        DEADLINE_S,
+        "fresh stats after enable_stats",
+    )
+    assert backend.guest(guest.name).balloon.stats_period == 1
+
+
+def test_refusals_carry_the_vm_name_and_change_nothing(backend: Any, guest_pair: list[Guest]) -> None:
+    name = guest_pair[1].name
+    before = backend.guest(name)
+    with pytest.raises(UnknownVMError, match="abtest-nope"):
+        backend.set_target("abtest-nope", 100 * MiB)
+    with pytest.raises(LimitError, match=name):
+        backend.set_target(name, 513 * MiB)
+    with pytest.raises(RefusedError, match="transient"):
+        backend.set_target(name, 300 * MiB, live=False, config=True)
+    with pytest.raises(LimitError, match=name):
+        backend.set_vcpus(name, 3)
+    after = backend.guest(name)
+    assert (after.target_bytes, after.actual_bytes, after.vcpus) == (
+        before.target_bytes,
+        before.actual_bytes,
+        1,
+    )
+
+
+def test_next_snapshot_after_a_libvirtd_restart_succeeds(
+    rig: Rig, backend: Any, guest_pair: list[Guest]
+) -> None:
+    reason = daemons.libvirtd_restartable()
+    if reason is not None:
+        rig_unavailable(reason)
+    names = {g.name for g in guest_pair}
+    assert names <= set(backend.snapshot().names)
+    old_pid = daemons.load_started()["libvirtd"]
+    started = time.monotonic()
+    new_pid = rig.restart_libvirtd()
+    assert new_pid != old_pid
+    snap = backend.snapshot()  # the first call after: reconnects (with back-off) and answers
+    print(f"libvirtd restarted and snapshot answered in {time.monotonic() - started:.1f} s")
+    assert names <= set(snap.names)
+    # No stale domain handles: a change after the reconnect reaches the guest.
+    name = guest_pair[0].name
+    backend.set_target(name, 400 * MiB)
+    try:
+        wait_for(lambda: backend.guest(name).actual_bytes, lambda v: v == 400 * MiB, DEADLINE_S, "actual")
+    finally:
+        backend.set_target(name, 512 * MiB)
+        wait_for(
+            lambda: backend.guest(name).actual_bytes, lambda v: v == 512 * MiB, DEADLINE_S * 2, "deflate"
+        )
