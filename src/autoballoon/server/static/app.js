@@ -63,11 +63,10 @@ function renderHost(h) {
   setText("h-overcommit", "over-commit ×" + (h.overcommit_ratio || 0).toFixed(2) + " of host RAM");
   setText("h-budget", bytes(h.budget_bytes));
   setText("h-reserve", "reserve " + bytes(h.reserve_bytes));
-  const psi = h.psi_some_avg10 === null ? "–" : h.psi_some_avg10.toFixed(1) + " % some";
-  const full = h.psi_full_avg10 === null ? "" : " · " + h.psi_full_avg10.toFixed(1) + " % full";
-  setText("h-psi", psi + full);
-  const tick = h.last_tick_s === null ? "" : " · last tick " + (h.last_tick_s * 1000).toFixed(1) + " ms";
-  setText("h-ticks", h.ticks + " ticks" + tick + " · " + h.backend_errors + " backend errors");
+  setText("h-psi", h.psi_some_avg10 === null ? "–" : h.psi_some_avg10.toFixed(1) + " %");
+  const full = h.psi_full_avg10 === null ? "" : "full " + h.psi_full_avg10.toFixed(1) + " % · ";
+  const tick = h.last_tick_s === null ? "" : "tick " + (h.last_tick_s * 1000).toFixed(1) + " ms · ";
+  setText("h-ticks", full + tick + h.backend_errors + " backend errors");
 
   const total = h.mem_total_bytes || 1;
   const vms = Math.min(h.sum_actual_bytes || 0, total);
@@ -93,7 +92,7 @@ function makeRow(vm) {
   const nums = el("dl", "vm-nums");
   for (const [key, label] of [["max", "max"], ["target", "target"], ["actual", "actual"],
     ["used", "guest used"], ["avail", "guest available"], ["age", "stats age"]]) {
-    nums.append(el("dt", "", label), el("dd", "n-" + key));
+    nums.append(el("dt", "t-" + key, label), el("dd", "n-" + key));
   }
   info.append(nums);
   const chart = svg("svg", { class: "chart", viewBox: `0 0 ${CHART_W} ${CHART_H}`, preserveAspectRatio: "none",
@@ -227,8 +226,8 @@ async function poll() {
     const now = d.host.time;
     renderHost(d.host);
     renderVms(d.vms, now);
-    renderActions(d.actions, now);
-    renderEvents(d.events, now);
+    renderActions(d.actions, d.host.wall_time);  // the journal is stamped on the wall clock
+    renderEvents(d.events, d.host.wall_time);
     updates += 1;
     lastOk = Date.now();
     document.body.dataset.updates = String(updates);
