@@ -24,6 +24,7 @@ from autoballoon.clock import Clock, RealClock
 from autoballoon.config import DEFAULT_CONFIG_PATH, load_config
 from autoballoon.controller import Controller, ControllerStatus
 from autoballoon.journal import Journal
+from autoballoon.server import DEFAULT_LISTEN, serve_controller
 from autoballoon.units import human
 
 
@@ -74,6 +75,20 @@ def status_table(status: ControllerStatus) -> Group:
 )
 @click.option("--once", is_flag=True, help="Run a single tick and exit (on_exit is still applied).")
 @click.option("--table", "live_table", is_flag=True, help="Show a live table of the VMs until Ctrl-C.")
+@click.option(
+    "--listen",
+    default=DEFAULT_LISTEN,
+    show_default=True,
+    metavar="HOST:PORT",
+    help="Serve the dashboard, /metrics and the JSON API here (port 0: any free port).",
+)
+@click.option(
+    "--api-token-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Allow changes over the API (POST) to clients sending 'Authorization: Bearer <this token>'.",
+)
+@click.option("--no-http", is_flag=True, help="Serve nothing over HTTP.")
 @pass_ctx
 def run_command(
     ctx: Context,
@@ -83,6 +98,9 @@ def run_command(
     journal_path: str | None,
     once: bool,
     live_table: bool,
+    listen: str,
+    api_token_file: Path | None,
+    no_http: bool,
 ) -> None:
     """Run the auto-balloon daemon: keep every managed VM at the memory it needs."""
     config = load_config(config_path)
@@ -94,6 +112,10 @@ def run_command(
     controller = Controller(
         backend, clock, config, journal, dry_run=dry_run, reopen=lambda: open_backend(ctx.uri), uri=ctx.uri
     )
+    http = None if no_http or once else serve_controller(controller, listen, token_file=api_token_file)
+    if http is not None:
+        click.echo(f"autoballoon: dashboard {http.url} · metrics {http.url}metrics · API {http.url}api/v1/")
+    after_tick = http.on_tick if http is not None else (lambda c: None)
     stop = threading.Event()
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
@@ -106,12 +128,17 @@ def run_command(
             with Live(console=console, auto_refresh=False) as live:
                 controller.run(
                     stop,
-                    on_tick=lambda c: live.update(status_table(c.status(journal_entries=0)), refresh=True),
+                    on_tick=lambda c: (
+                        after_tick(c),
+                        live.update(status_table(c.status(journal_entries=0)), refresh=True),
+                    ),
                     max_ticks=1 if once else None,
                 )
         else:
-            controller.run(stop, max_ticks=1 if once else None)
+            controller.run(stop, on_tick=after_tick, max_ticks=1 if once else None)
     finally:
+        if http is not None:
+            http.stop()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
         journal.close()

@@ -6,12 +6,23 @@ Read-only unless started with a token. It reads the controller's state through
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from autoballoon.errors import AutoballoonError
 from autoballoon.server.api import Api
+from autoballoon.server.auth import load_token
 from autoballoon.server.history import History, Sampler
 from autoballoon.server.http import HttpApp, HttpServer, parse_listen
 from autoballoon.server.metrics import make_registry
 from autoballoon.server.source import ServerView, Source, TickStats
-from autoballoon.server.tunables import TUNABLES, ServerTunables
+from autoballoon.server.tunables import DEFAULT_HOST, DEFAULT_PORT, TUNABLES, ServerTunables
+
+if TYPE_CHECKING:
+    from autoballoon.controller import Controller
+
+DEFAULT_LISTEN = f"{DEFAULT_HOST}:{DEFAULT_PORT}"
 
 
 class RunningServer:
@@ -31,6 +42,8 @@ class RunningServer:
         api = Api(source, self.history, tunables, token)
         app = HttpApp(api, make_registry(source.view, self.history), tunables)
         self.http = HttpServer(app, host, port)
+        #: Hand to ``Controller.run(on_tick=...)`` when the source wants to hear of every tick.
+        self.on_tick: Callable[[Any], None] = getattr(source, "on_tick", lambda controller: None)
 
     @property
     def url(self) -> str:
@@ -48,7 +61,7 @@ class RunningServer:
 
 def serve(
     source: Source,
-    listen: str = "127.0.0.1:9180",
+    listen: str = DEFAULT_LISTEN,
     *,
     token: bytes | None = None,
     tunables: ServerTunables = TUNABLES,
@@ -58,4 +71,37 @@ def serve(
     return RunningServer(source, host, port, token=token, tunables=tunables).start()
 
 
-__all__ = ["RunningServer", "ServerTunables", "ServerView", "Source", "TickStats", "serve"]
+def serve_controller(
+    controller: Controller,
+    listen: str = DEFAULT_LISTEN,
+    *,
+    token_file: str | Path | None = None,
+    tunables: ServerTunables = TUNABLES,
+) -> RunningServer:
+    """The daemon's server: ``autoballoon run`` starts this and passes ``.on_tick`` to the controller.
+
+    A bad address or token file is refused before anything listens; a port that cannot be bound is a
+    run-time failure (exit 1) naming the address.
+    """
+    from autoballoon.server.controller_source import ControllerSource
+
+    host, port = parse_listen(listen)
+    token = load_token(token_file) if token_file is not None else None
+    try:
+        server = RunningServer(
+            ControllerSource(controller, tunables), host, port, token=token, tunables=tunables
+        )
+    except OSError as e:
+        raise AutoballoonError(f"cannot listen on {listen}: {e.strerror or e}") from None
+    return server.start()
+
+
+__all__ = [
+    "RunningServer",
+    "ServerTunables",
+    "ServerView",
+    "Source",
+    "TickStats",
+    "serve",
+    "serve_controller",
+]
