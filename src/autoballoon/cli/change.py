@@ -15,6 +15,10 @@ from autoballoon.cli.params import ON_OFF, PERCENT, SIZE
 from autoballoon.model import BALLOON_MODELS, BalloonChange, ChangeResult
 from autoballoon.units import format_size
 
+#: Let "-1G" reach the SIZE parser (which names it and says what is accepted) instead of click's
+#: "no such option '-1'".
+_NUMERIC_ARGS = {"ignore_unknown_options": True}
+
 _SCOPE_HELP = "Neither --live nor --config means the running VM if it runs, else its persistent config."
 
 
@@ -24,7 +28,7 @@ def _report(result: ChangeResult) -> None:
         click.echo("note: this takes effect at the next boot of the VM (a restart, not a reboot inside it)")
 
 
-@cli.command()
+@cli.command(context_settings=_NUMERIC_ARGS)
 @click.argument("vm")
 @click.argument("size", type=SIZE)
 @click.option("--live", is_flag=True, help="Change the running VM's balloon target.")
@@ -42,7 +46,7 @@ def setmem(ctx: Context, vm: str, size: int, live: bool, config: bool) -> None:
 setmem.help = (setmem.help or "") + "\n\n" + _SCOPE_HELP
 
 
-@cli.command()
+@cli.command(context_settings=_NUMERIC_ARGS)
 @click.argument("vm")
 @click.argument("size", type=SIZE)
 @click.option(
@@ -54,7 +58,7 @@ def setmaxmem(ctx: Context, vm: str, size: int, config: bool) -> None:
     _report(ops.setmaxmem(ctx.backend, vm, size))
 
 
-@cli.command()
+@cli.command(context_settings=_NUMERIC_ARGS)
 @click.argument("vm")
 @click.argument("count", type=click.IntRange(min=1))
 @click.option("--live", is_flag=True, help="Change the running VM.")

@@ -9,9 +9,15 @@ import click
 from rich.console import Console
 from rich.table import Table
 
+#: Width for tables written to a pipe or file, where rich would otherwise squeeze them into 80 columns.
+PIPE_WIDTH = 200
+
 
 def console() -> Console:
-    return Console(soft_wrap=False)
+    c = Console(soft_wrap=False)
+    if not c.is_terminal:
+        c = Console(soft_wrap=False, width=PIPE_WIDTH)
+    return c
 
 
 def emit_json(value: Any) -> None:
