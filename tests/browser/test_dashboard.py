@@ -1,0 +1,179 @@
+"""The dashboard in headless Chromium against the demo daemon, as an operator would open it.
+
+Starts ``autoballoon --connect 'sim:///demo?speed=20' run --listen 127.0.0.1:0`` (what ``make demo`` runs,
+on a free port), reads the address it prints first, and checks that the page shows one row per VM and
+that its charts move. The screenshot is kept in ``artifacts/dashboard.png``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMEDRIVER = Path("/usr/bin/chromedriver")
+ARTIFACTS = Path(__file__).resolve().parents[2] / "artifacts"
+DEMO_URI = "sim:///demo?speed=20"
+START_TIMEOUT_S = 30.0
+#: Real seconds between the two reads of the charts: at speed 20 and a 2 s interval, several ticks.
+CHART_WAIT_S = 3.0
+
+pytestmark = [pytest.mark.browser, pytest.mark.timeout(180)]
+
+
+def _need_browser() -> None:
+    missing = [str(p) for p in (CHROMIUM, CHROMEDRIVER) if not p.exists()]
+    try:
+        import selenium  # noqa: F401
+    except ImportError:
+        missing.append("selenium (pip install -e '.[test]')")
+    if not missing:
+        return
+    message = (
+        "headless Chromium test needs " + ", ".join(missing) + " (apt-get install chromium chromium-driver)"
+    )
+    if os.environ.get("CI") == "true":
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The demo daemon in a subprocess; yields the dashboard URL it printed first."""
+    _need_browser()
+    log = tmp_path_factory.mktemp("demo") / "stderr.log"
+    cmd = [sys.executable, "-m", "autoballoon", "--connect", DEMO_URI, "run", "--listen", "127.0.0.1:0"]
+    with log.open("wb") as err:
+        proc = subprocess.Popen(
+            cmd,
+            stdout=subprocess.PIPE,
+            stderr=err,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+    try:
+        assert proc.stdout is not None
+        first = proc.stdout.readline().decode()
+        match = re.search(r"dashboard (http://\S+/)", first)
+        assert match, (
+            f"the first line of `{' '.join(cmd)}` should give the dashboard: {first!r}; {log.read_text()}"
+        )
+        url = match.group(1)
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(url + "api/v1/vms", timeout=2) as resp:
+                    if resp.status == 200:
+                        break
+            except OSError:
+                pass
+            time.sleep(0.2)
+        else:
+            pytest.fail(f"the demo daemon never answered on {url}: {log.read_text()}")
+        yield url
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    _need_browser()
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    profile = tmp_path_factory.mktemp("chromium-profile")
+    options = webdriver.ChromeOptions()
+    options.binary_location = str(CHROMIUM)
+    for arg in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--disable-dev-shm-usage",
+        "--window-size=1400,1500",
+        f"--user-data-dir={profile}",
+    ):
+        options.add_argument(arg)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+        shutil.rmtree(profile, ignore_errors=True)
+
+
+def _wait(driver: Any, script: str, timeout: float = 20.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = driver.execute_script(script)
+        if value:
+            return value
+        time.sleep(0.2)
+    pytest.fail(f"timed out waiting for: {script}")
+
+
+CHARTS = """
+return [...document.querySelectorAll('.vm-row')].map(r => ({
+  vm: r.dataset.vm,
+  samples: Number(r.dataset.samples),
+  lastTime: Number(r.dataset.lastTime),
+  actual: r.querySelector('path[data-series="actual"]').getAttribute('d'),
+  badge: r.querySelector('.badge').textContent,
+}));
+"""
+
+
+def test_dashboard_shows_every_vm_and_its_charts_move(demo: str, browser: Any) -> None:
+    with urllib.request.urlopen(demo + "api/v1/vms", timeout=5) as resp:
+        names = [v["name"] for v in json.load(resp)]
+    assert len(names) >= 4
+    browser.get(demo)
+    _wait(browser, "return Number(document.body.dataset.updates || 0) >= 2")
+    _wait(
+        browser, "return [...document.querySelectorAll('.vm-row')].every(r => Number(r.dataset.samples) >= 2)"
+    )
+    first = {row["vm"]: row for row in browser.execute_script(CHARTS)}
+    assert sorted(first) == sorted(names)  # one row per VM, no more
+    assert all(row["actual"].startswith("M") for row in first.values())  # a line was drawn
+    assert all(row["badge"] for row in first.values())
+
+    time.sleep(CHART_WAIT_S)
+    second = {row["vm"]: row for row in browser.execute_script(CHARTS)}
+    for vm in names:
+        assert second[vm]["lastTime"] > first[vm]["lastTime"], f"{vm}'s chart did not move on"
+    assert any(second[vm]["actual"] != first[vm]["actual"] for vm in names)
+
+    host_total = browser.find_element("id", "h-total").text
+    assert host_total.endswith("GiB")
+    assert "live" in browser.find_element("id", "conn").text
+    actions = browser.find_elements("css selector", "#actions tr")
+    assert actions and "none yet" not in actions[0].text  # the demo host acts within seconds
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    shot = ARTIFACTS / "dashboard.png"
+    assert browser.save_screenshot(str(shot))
+    assert shot.stat().st_size > 10_000
+
+    errors = [e for e in browser.get_log("browser") if e.get("level") == "SEVERE"]
+    assert errors == [], errors
