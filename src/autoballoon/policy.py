@@ -303,11 +303,9 @@ def decide(
         else:
             demand = raw + int((prev_demand - raw) * math.exp(-dt / t.demand_decay_s))
         # A remembered peak keeps a share of a recent burst's memory: bursts that come back find room.
-        peak = (
-            raw
-            if prev is None or prev.peak is None
-            else max(raw, int(prev.peak * math.exp(-dt / t.peak_decay_s)))
-        )
+        peak = raw
+        if prev is not None and prev.peak is not None and prev.peak > raw:
+            peak = max(raw, int(prev.peak * math.exp(-dt / t.peak_decay_s)))
         demand = max(demand, int(peak * t.peak_keep_fraction))
         buffer = pol.buffer if pol.buffer is not None else t.buffer
         want = guards.clamp(
@@ -438,7 +436,7 @@ def decide(
         events=tuple(events),
     )
     new_state = PolicyState(
-        vms=MappingProxyType(new_vms),
+        vms=new_vms,  # never mutated after this point
         quarantined=state.quarantined,
         time=now,
         budget=budget,
