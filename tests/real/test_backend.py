@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from autoballoon.backends.libvirt import LibvirtBackend
-from autoballoon.errors import LimitError, RefusedError, UnknownVMError
+from autoballoon.backends.libvirt import LibvirtBackend, LibvirtTunables
+from autoballoon.errors import ConnectionLostError, LimitError, RefusedError, UnknownVMError
 from autoballoon.hostinfo import read_host_info
 from autoballoon.model import VMState
 from tests.real.conftest import Rig, rig_unavailable
@@ -137,3 +137,20 @@ def test_next_snapshot_after_a_libvirtd_restart_succeeds(
         wait_for(
             lambda: backend.guest(name).actual_bytes, lambda v: v == 512 * MiB, DEADLINE_S * 2, "deflate"
         )
+
+
+def test_a_daemon_that_stays_down_is_a_connection_lost_error(rig: Rig, guest_pair: list[Guest]) -> None:
+    reason = daemons.libvirtd_restartable()
+    if reason is not None:
+        rig_unavailable(reason)
+    quick = LibvirtBackend.open(URI, LibvirtTunables(reconnect_attempts=2, backoff_initial_s=0.1))
+    try:
+        daemons.stop_libvirtd()
+        try:
+            with pytest.raises(ConnectionLostError, match="qemu:///system"):
+                quick.snapshot()
+        finally:
+            rig.started_daemons["libvirtd"] = daemons.start_libvirtd()
+        assert {g.name for g in guest_pair} <= set(quick.snapshot().names)  # and it comes back by itself
+    finally:
+        quick.close()

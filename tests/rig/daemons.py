@@ -143,14 +143,26 @@ def libvirtd_restartable() -> str | None:
     return "libvirtd on this host was not started by the test rig, so the rig will not restart it"
 
 
-def restart_libvirtd(down_s: float = 0.0) -> int:
-    """Stop the libvirtd the rig started (by its PID), stay down ``down_s``, start it again; new PID."""
+def stop_libvirtd() -> None:
+    """Stop the libvirtd the rig started (by its PID); guests keep running without it."""
     reason = libvirtd_restartable()
     if reason is not None:
         raise RigError(reason)
     started = load_started()
-    _stop_pid(started["libvirtd"], LIBVIRTD.name)
-    time.sleep(down_s)
+    _stop_pid(started.pop("libvirtd"), LIBVIRTD.name)
+    _save_started(started)
+
+
+def start_libvirtd() -> int:
+    """Start libvirtd again (after :func:`stop_libvirtd`) and record its PID."""
+    started = load_started()
     started["libvirtd"] = _start(LIBVIRTD)
     _save_started(started)
     return started["libvirtd"]
+
+
+def restart_libvirtd(down_s: float = 0.0) -> int:
+    """Stop the libvirtd the rig started (by its PID), stay down ``down_s``, start it again; new PID."""
+    stop_libvirtd()
+    time.sleep(down_s)
+    return start_libvirtd()
