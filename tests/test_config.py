@@ -1,0 +1,111 @@
+"""The TOML config: values land in the right places; every mistake is refused naming the key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from autoballoon.config import DaemonConfig, load_config, parse_config
+from autoballoon.errors import InvalidValueError
+from autoballoon.model import GuestPolicy
+from autoballoon.units import GiB, MiB
+
+EXAMPLE = Path(__file__).resolve().parents[1] / "contrib" / "autoballoon.toml"
+
+
+def test_full_config(tmp_path: Path) -> None:
+    path = tmp_path / "a.toml"
+    path.write_text(
+        """
+interval = 1
+journal = "/tmp/j.jsonl"
+on_exit = "restore"
+restore_to = "start"
+[host]
+reserve = "1GiB"
+budget = "1200MiB"
+[tunables]
+buffer = "25%"
+min_headroom = "32MiB"
+stuck_after_s = 5
+[defaults]
+min = "128MiB"
+[vm."web-*"]
+min = "256MiB"
+shares = 2000
+[vm."web-1"]
+buffer = 0.5
+[vm."db"]
+exclude = true
+"""
+    )
+    c = load_config(path)
+    assert c.interval_s == 1.0 and c.journal_path == "/tmp/j.jsonl"
+    assert (c.on_exit, c.restore_to) == ("restore", "start")
+    t = c.tunables
+    assert (t.buffer, t.min_headroom_bytes, t.stuck_after_s) == (0.25, 32 * MiB, 5.0)
+    assert (t.host_reserve_bytes, t.host_budget_bytes) == (1 * GiB, 1200 * MiB)
+    assert c.policy_for("web-1") == GuestPolicy(min_bytes=256 * MiB, shares=2000, buffer=0.5)
+    assert c.policy_for("web-2") == GuestPolicy(min_bytes=256 * MiB, shares=2000)
+    assert c.policy_for("other") == GuestPolicy(min_bytes=128 * MiB)
+    assert c.policy_for("db").exclude
+    assert c.source == str(path)
+
+
+def test_precedence_runtime_exact_metadata_glob_defaults() -> None:
+    c = parse_config(
+        {
+            "defaults": {"min": "100MiB", "shares": 1, "buffer": 0.1, "max": "9GiB"},
+            "vm": {"a*": {"min": "200MiB", "shares": 2, "buffer": 0.2}, "ab": {"min": "300MiB"}},
+        }
+    )
+    meta = GuestPolicy(min_bytes=400 * MiB, shares=4)
+    p = c.policy_for("ab", meta, GuestPolicy(shares=5))
+    assert p == GuestPolicy(min_bytes=300 * MiB, shares=5, buffer=0.2, max_bytes=9 * GiB)
+    assert c.policy_for("ax", meta).min_bytes == 400 * MiB  # metadata beats a glob
+    assert c.policy_for("ax", GuestPolicy(exclude=False)).exclude is False
+    assert parse_config({"defaults": {"exclude": True}}).policy_for("z", GuestPolicy()).exclude  # sticky
+
+
+@pytest.mark.parametrize(
+    ("raw", "key"),
+    [
+        ({"interval": 0.1}, "interval"),
+        ({"tunables": {"bufer": 1}}, "tunables.bufer"),
+        ({"vm": {"a": {"min": 512}}}, "vm.a.min"),
+        ({"vm": {"a": {"min": "512MiB", "max": "256MiB"}}}, "vm.a.min"),
+        ({"host": {"reserve": "lots"}}, "host.reserve"),
+        ({"on_exit": "explode"}, "on_exit"),
+        ({"vm": {"a": {"shares": -1}}}, "vm.a.shares"),
+        ({"tunables": {"stuck_after_s": -1}}, "tunables.stuck_after_s"),
+        ({"unknown": 1}, "unknown"),
+        ({"tunables": {"buffer": "20"}}, "tunables.buffer"),
+        ({"tunables": {"default_shares": 1.5}}, "tunables.default_shares"),
+        ({"tunables": {"reconnect_initial_s": 10, "reconnect_max_s": 1}}, "tunables.reconnect_max_s"),
+    ],
+)
+def test_bad_values_are_refused_naming_the_key(raw: dict[str, object], key: str) -> None:
+    with pytest.raises(InvalidValueError) as e:
+        parse_config(raw)
+    assert f"'{key}'" in str(e.value)
+
+
+def test_unreadable_and_malformed_files(tmp_path: Path) -> None:
+    with pytest.raises(InvalidValueError, match="readable"):
+        load_config(tmp_path / "missing.toml")
+    bad = tmp_path / "bad.toml"
+    bad.write_text("interval = = 2")
+    with pytest.raises(InvalidValueError, match="valid TOML"):
+        load_config(bad)
+
+
+def test_with_interval() -> None:
+    assert DaemonConfig().with_interval(0.5).interval_s == 0.5
+    with pytest.raises(InvalidValueError, match=r"at least 0\.5"):
+        DaemonConfig().with_interval(0.2)
+
+
+def test_contrib_example_is_valid() -> None:
+    c = load_config(EXAMPLE)
+    assert c.interval_s >= 0.5

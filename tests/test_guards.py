@@ -1,0 +1,137 @@
+"""The safety rules on their own: limits, exclusion, stale stats, stuck balloons, manual changes."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from autoballoon import guards
+from autoballoon.guards import Progress, Status
+from autoballoon.model import BalloonConfig, GuestPolicy, GuestStats, VMState
+from autoballoon.policy import PolicyState, decide
+from autoballoon.tunables import Tunables
+from autoballoon.units import GiB, MiB
+from tests.test_policy import make_guest, make_host
+
+T = Tunables()
+
+
+def test_limits_floor_is_global_minimum_and_never_above_ceiling() -> None:
+    g = make_guest(max_bytes=4 * GiB)
+    assert guards.limits(g, GuestPolicy(), T) == (T.global_min_bytes, 4 * GiB)
+    assert guards.limits(g, GuestPolicy(min_bytes=1 * MiB), T)[0] == T.global_min_bytes
+    assert guards.limits(g, GuestPolicy(min_bytes=1 * GiB, max_bytes=2 * GiB), T) == (1 * GiB, 2 * GiB)
+    assert guards.limits(g, GuestPolicy(max_bytes=8 * GiB), T)[1] == 4 * GiB  # never above <memory>
+    tiny = make_guest(max_bytes=64 * MiB)
+    assert guards.limits(tiny, GuestPolicy(), T) == (64 * MiB, 64 * MiB)
+
+
+def test_safe_target_clamps_and_holds() -> None:
+    assert guards.safe_target(10, 500, 100, 1000, may_shrink=True) == 100
+    assert guards.safe_target(5000, 500, 100, 1000, may_shrink=True) == 1000
+    assert guards.safe_target(200, 500, 100, 1000, may_shrink=False) == 500
+
+
+def test_exclusion_reasons() -> None:
+    assert guards.exclusion(make_guest(), GuestPolicy(exclude=True)) == "excluded by policy"
+    assert "not running" in (guards.exclusion(make_guest(state=VMState.SHUTOFF), GuestPolicy()) or "")
+    assert "model='none'" in (guards.exclusion(make_guest(model="none"), GuestPolicy()) or "")
+    assert guards.exclusion(make_guest(), GuestPolicy()) is None
+
+
+def test_hold_reason_missing_and_stale_stats() -> None:
+    fresh = make_guest(time=0)
+    assert guards.hold_reason(fresh, 1000.0, T) is None
+    assert "stale" in (guards.hold_reason(fresh, 1000.0 + T.stats_stale_s + 1, T) or "")
+    assert "no guest stats" in (guards.hold_reason(make_guest(used=None), 1000.0, T) or "")
+    no_period = replace(make_guest(used=None), balloon=BalloonConfig(stats_period=None))
+    assert "disabled" in (guards.hold_reason(no_period, 1000.0, T) or "")
+    assert "paused" in (guards.hold_reason(make_guest(state=VMState.PAUSED), 1000.0, T) or "")
+    assert "never reported" in (guards.hold_reason(replace(fresh, actual_bytes=None), 1000.0, T) or "")
+
+
+def test_progress_mark_moves_only_with_the_balloon() -> None:
+    p = guards.track_progress(None, 1000 * MiB, 500 * MiB, 0.0, T)
+    assert p == Progress(1000 * MiB, True, 0.0)
+    # A new, lower target in the same direction does not reset the mark.
+    assert guards.track_progress(p, 1000 * MiB, 400 * MiB, 5.0, T) == p
+    assert guards.is_stuck(p, T.stuck_after_s, T)
+    moved = guards.track_progress(p, 900 * MiB, 400 * MiB, 6.0, T)
+    assert moved == Progress(900 * MiB, True, 6.0)
+    assert guards.track_progress(moved, 402 * MiB, 400 * MiB, 7.0, T) is None  # arrived
+    assert guards.track_progress(p, 100 * MiB, 400 * MiB, 8.0, T) == Progress(100 * MiB, False, 8.0)
+
+
+def test_manual_change_and_self_deflation() -> None:
+    assert guards.manual_change(700, seen_target=500, planned_target=600)
+    assert not guards.manual_change(600, seen_target=500, planned_target=600)  # ours
+    assert not guards.manual_change(500, seen_target=500, planned_target=600)  # ours, not applied (dry run)
+    assert not guards.manual_change(700, seen_target=None, planned_target=None)  # first sight
+    assert guards.self_deflated(400 * MiB, 200 * MiB, 200 * MiB, 200 * MiB, T)
+    assert not guards.self_deflated(400 * MiB, 200 * MiB, 400 * MiB, 200 * MiB, T)  # target moved
+    assert not guards.self_deflated(400 * MiB, 400 * MiB, 200 * MiB, 200 * MiB, T)  # did not rise now
+
+
+def _tick(state: PolicyState, now: float, **kw: object):  # type: ignore[no-untyped-def]
+    g = make_guest(time=now, **kw)  # type: ignore[arg-type]
+    return decide(make_host(g, time=now), {}, state, T)
+
+
+def test_stuck_guest_is_reported_reset_and_retried_later() -> None:
+    state = PolicyState()
+    plan = None
+    now = 0.0
+    # The balloon sits at 4 GiB whatever target it is given.
+    target = 4 * GiB
+    while now <= 60:
+        plan, state = _tick(state, now, target=target, actual=4 * GiB, used=500 * MiB)
+        for a in plan.actions:
+            target = a.new_target
+        if plan.status["vm"] == Status.STUCK:
+            break
+        now += 2.0
+    assert plan is not None and plan.status["vm"] == Status.STUCK
+    assert now <= 2 * T.stuck_after_s + 40  # found within the shrink ramp plus stuck_after_s
+    assert any("stuck" in e for e in plan.events)
+    (reset,) = plan.actions
+    assert reset.reason == "stuck" and reset.new_target == 4 * GiB  # target back where the balloon is
+    plan, state = _tick(state, now + 2, target=4 * GiB, actual=4 * GiB, used=500 * MiB)
+    assert plan.status["vm"] == Status.STUCK and plan.actions == ()
+    plan, state = _tick(state, now + T.stuck_retry_s + 2, target=4 * GiB, actual=4 * GiB, used=500 * MiB)
+    assert plan.status["vm"] == Status.MANAGED and plan.actions  # tries again
+
+
+def test_manual_change_is_honoured_for_the_grace_period() -> None:
+    plan, state = _tick(PolicyState(), 0.0, target=2 * GiB, used=500 * MiB)
+    planned = plan.actions[0].new_target
+    # Someone runs `virsh setmem vm 3G`.
+    plan, state = _tick(state, 2.0, target=3 * GiB, used=500 * MiB)
+    assert plan.status["vm"] == Status.MANUAL_HOLD and plan.actions == ()
+    assert planned != 3 * GiB
+    plan, state = _tick(state, 2.0 + T.manual_grace_s - 1, target=3 * GiB, used=500 * MiB)
+    assert plan.status["vm"] == Status.MANUAL_HOLD
+    plan, state = _tick(state, 2.0 + T.manual_grace_s + 1, target=3 * GiB, used=500 * MiB)
+    assert plan.status["vm"] == Status.MANAGED and plan.actions[0].direction == "shrink"
+
+
+def test_stats_less_guest_held_and_reported() -> None:
+    plan, _ = _tick(PolicyState(), 0.0, target=3 * GiB, used=None)
+    assert plan.status["vm"] == Status.NO_STATS and plan.actions == ()
+    assert "never shrunk" in plan.status_reason["vm"]
+    assert any("no-stats" in e for e in plan.events)
+
+
+def test_quarantined_guest_is_left_alone() -> None:
+    state = replace(PolicyState(), quarantined={"vm": "CPU storm while ballooned"})
+    plan, _ = _tick(state, 0.0, target=3 * GiB, used=100 * MiB)
+    assert plan.status["vm"] == Status.QUARANTINED and plan.actions == ()
+    assert plan.status_reason["vm"] == "CPU storm while ballooned"
+
+
+def test_stale_stats_hold_a_guest_that_had_fresh_ones() -> None:
+    plan, state = _tick(PolicyState(), 0.0, target=3 * GiB, used=100 * MiB)
+    assert plan.status["vm"] == Status.MANAGED
+    g = make_guest(target=plan.actions[0].new_target, used=100 * MiB, time=0.0)
+    g = replace(g, stats=replace(g.stats, last_update=1000.0))
+    plan, _ = decide(make_host(g, time=T.stats_stale_s + 5), {}, state, T)
+    assert plan.status["vm"] == Status.NO_STATS and plan.actions == ()
+    assert isinstance(g.stats, GuestStats)
