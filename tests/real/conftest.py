@@ -32,7 +32,16 @@ from typing import Any, NoReturn
 import pytest
 
 from tests.rig import daemons
-from tests.rig.domains import URI, Guest, GuestSpec, boot, destroy, sweep
+from tests.rig.domains import (
+    Guest,
+    GuestSpec,
+    boot,
+    connection_answers,
+    destroy,
+    open_connection,
+    quiet_libvirt,
+    sweep,
+)
 from tests.rig.errors import RigError
 from tests.rig.image import GuestImage, build_image
 
@@ -60,11 +69,11 @@ class Rig:
         """A live ``libvirt.virConnect`` to qemu:///system (re-opened after a libvirtd restart)."""
         import libvirt
 
-        if self._conn is None or not self._conn.isAlive():
+        if not connection_answers(self._conn):
             if self._conn is not None:
                 with contextlib.suppress(libvirt.libvirtError):
                     self._conn.close()
-            self._conn = libvirt.open(URI)
+            self._conn = open_connection()
         return self._conn
 
     def boot(self, specs: list[GuestSpec]) -> list[Guest]:
@@ -101,7 +110,7 @@ def rig() -> Iterator[Rig]:
         import libvirt
     except ImportError:
         rig_unavailable("libvirt-python is not installed: pip install 'autoballoon[libvirt]'")
-    libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
+    quiet_libvirt()
     before = daemons.load_started()
     try:
         started = daemons.ensure_daemons()

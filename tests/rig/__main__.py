@@ -25,11 +25,10 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "up":
             print(json.dumps(daemons.ensure_daemons()))
         elif args.command == "sweep":
-            import libvirt
+            from tests.rig.domains import open_connection, quiet_libvirt, sweep
 
-            from tests.rig.domains import URI, sweep
-
-            print("\n".join(sweep(libvirt.open(URI))) or "nothing to sweep")
+            quiet_libvirt()
+            print("\n".join(sweep(open_connection())) or "nothing to sweep")
         elif args.command == "stop":
             print(" ".join(daemons.stop_started()) or "the rig started no daemon that is still running")
         else:

@@ -61,6 +61,29 @@ class Guest:
     boot_seconds: float = 0.0
 
 
+def quiet_libvirt() -> None:
+    """libvirt prints every error to stderr by default; the rig handles (or raises) them itself."""
+    libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
+
+
+def open_connection() -> libvirt.virConnect:
+    """A connection to qemu:///system that is known to answer (one cheap round trip)."""
+    conn = libvirt.open(URI)
+    conn.getLibVersion()
+    return conn
+
+
+def connection_answers(conn: libvirt.virConnect | None) -> bool:
+    """Whether ``conn`` still reaches libvirtd: isAlive() alone misses a daemon that restarted."""
+    if conn is None:
+        return False
+    try:
+        conn.getLibVersion()
+    except libvirt.libvirtError:
+        return False
+    return True
+
+
 def run_dir() -> Path:
     """Where QEMU (as libvirt-qemu) creates the control sockets and console logs: sticky and writable."""
     RUN_DIR.mkdir(parents=True, exist_ok=True)
@@ -126,7 +149,9 @@ def destroy(conn: libvirt.virConnect, name: str) -> None:
     """Remove a test domain completely (stop it, undefine it if persistent); absent is fine."""
     try:
         dom = conn.lookupByName(name)
-    except libvirt.libvirtError:
+    except libvirt.libvirtError as exc:
+        if exc.get_error_code() != libvirt.VIR_ERR_NO_DOMAIN:
+            raise RigError(f"cannot look up test domain {name} to remove it: {exc}") from exc
         _remove_files(name, RUN_DIR)
         return
     with contextlib.suppress(libvirt.libvirtError):
