@@ -218,7 +218,7 @@ def test_budget_water_fill_by_shares_when_wants_do_not_fit() -> None:
     floor = T.global_min_bytes
     assert got["gold"] - floor == pytest.approx(3 * (got["bronze"] - floor), rel=0.01)
     assert state.host_short
-    assert {a.reason for a in plan.actions} == {"host-short"}
+    assert {a.reason for a in plan.actions} == {"host-danger"}  # over budget now: cut at once
 
 
 def test_surplus_taken_first_from_biggest_surplus() -> None:

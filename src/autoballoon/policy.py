@@ -80,6 +80,7 @@ class _Row(NamedTuple):
     shares: int
     pressure: bool
     reason: str  # why it grows or shrinks if budget allows
+    step: int  # the most it may be shrunk this tick without a host emergency
     memory: VMMemory  # what to remember, less the decision's outcome
 
 
@@ -141,6 +142,36 @@ def water_fill(lo: Sequence[int], hi: Sequence[int], weights: Sequence[float], a
             level += remaining / weight_left
             break
     return [lo[i] + min(caps[i], int(level * weights[i])) if weights[i] > 0 else lo[i] for i in range(n)]
+
+
+def _share_out(rows: Sequence[_Row], pool: int, danger: bool) -> list[int] | None:
+    """Wants do not fit: move toward the shares-weighted water-fill from the floors, gently.
+
+    The fair share of each VM does not depend on who is under pressure right now (otherwise two
+    short guests would take memory from each other in turn). Moving toward it, a VM above its share is
+    cut at most by its shrink step, and never while it is under pressure; a VM below its share grows
+    only into what the others actually gave up, so the budget holds at every tick. Returns None when
+    even that cannot fit (the host is short now): then the caller cuts straight to the shares.
+    """
+    floors = [r.floor for r in rows]
+    weights = [float(r.shares) for r in rows]
+    fair = water_fill(floors, [r.want for r in rows], weights, pool - sum(floors))
+    lo: list[int] = []
+    hi: list[int] = []
+    for r, share in zip(rows, fair, strict=True):
+        target = r.guest.target_bytes
+        if share < target:
+            low = share if danger else max(share, target - r.step)
+            if r.pressure and not danger:
+                low = max(low, min(target, r.want))
+        else:
+            low = min(target, r.want)
+        low = max(low, r.floor)
+        lo.append(low)
+        hi.append(max(share, low))
+    if danger or sum(lo) > pool:
+        return None
+    return water_fill(lo, hi, weights, pool - sum(lo))
 
 
 def decide(
@@ -318,6 +349,7 @@ def decide(
 
         # --- where it goes if the host has room: grow at once, shrink gradually --------------------
         last_grow = prev.last_grow if prev is not None else None
+        step = max(t.shrink_min_step_bytes, int(ceiling * t.shrink_rate_per_s * (dt or t.interval_s)))
         if want >= target:
             keep = want if want - target >= t.grow_min_step_bytes or target < floor else target
             reason = (
@@ -337,7 +369,6 @@ def decide(
             if target - want < dead_band or cooling:
                 keep = target
             else:
-                step = max(t.shrink_min_step_bytes, int(ceiling * t.shrink_rate_per_s * (dt or t.interval_s)))
                 keep = max(want, _align_down(target - step, align), floor)
             reason = "idle"
         shares = pol.shares if pol.shares is not None else t.default_shares
@@ -361,7 +392,7 @@ def decide(
             progress=progress,
             warned_autodeflate=warned,
         )
-        rows.append(_Row(g, floor, ceiling, want, keep, shares, pressure, reason, memory))
+        rows.append(_Row(g, floor, ceiling, want, keep, shares, pressure, reason, step, memory))
 
     # --- the host budget and the water-fill ---------------------------------------------------------
     reserve = host_reserve(snapshot, t)
@@ -378,19 +409,14 @@ def decide(
         short = True
         wants = [r.want for r in rows]
         if sum(wants) <= pool:
+            # Everybody can have what they want: cut the surpluses, the largest first.
             alloc = water_fill(wants, keeps, [1.0] * len(rows), pool - sum(wants))
         else:
-            lo = [
-                r.floor if danger or not r.pressure else max(r.floor, min(r.guest.target_bytes, r.want))
-                for r in rows
-            ]
-            if sum(lo) > pool and not danger:
-                danger = True
-                lo = [r.floor for r in rows]
-            if sum(lo) >= pool:
-                alloc = lo
-            else:
-                alloc = water_fill(lo, wants, [float(r.shares) for r in rows], pool - sum(lo))
+            alloc = _share_out(rows, pool, danger)
+            danger = danger or alloc is None
+            if alloc is None:  # even gradual cuts cannot bring the targets within the budget
+                floors = [r.floor for r in rows]
+                alloc = water_fill(floors, wants, [float(r.shares) for r in rows], pool - sum(floors))
 
     actions: list[Action] = []
     for r, a in zip(rows, alloc, strict=True):
