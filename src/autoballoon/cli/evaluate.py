@@ -1,0 +1,149 @@
+"""``autoballoon evaluate``: every policy on every scenario, a table per scenario, and a report."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import click
+
+from autoballoon.cli import cli
+from autoballoon.cli.output import emit_json, table
+from autoballoon.evaluate.metrics import Metrics
+from autoballoon.evaluate.policies import POLICY_NAMES, parse_policy_names
+from autoballoon.evaluate.runner import find_scenarios, run_suite
+from autoballoon.evaluate.summary import PolicySummary, acceptance, summarize
+
+#: Short headers so that a table fits 80 columns: reclaimed GiB-h, oracle efficiency, pressure VM-s,
+#: OOM kills, host-overrun s, reaction p50/p99 s, policy CPU ms per tick.
+_COLUMNS = ["POLICY", "GiB-h", "EFF", "PRESS VM-s", "OOM", "OVERRUN s", "p50 s", "p99 s", "ms/tick"]
+
+
+def _num(value: float | None, fmt: str) -> str:
+    return "-" if value is None else format(value, fmt)
+
+
+def metric_row(m: Metrics) -> list[str]:
+    return [
+        m.policy,
+        _num(m.reclaimed_gib_h, ".2f"),
+        _num(m.oracle_efficiency, ".3f"),
+        _num(m.pressure_vm_s, ".0f"),
+        str(m.oom_kills),
+        _num(m.host_overrun_s, ".0f"),
+        _num(m.reaction_p50_s, ".0f"),
+        _num(m.reaction_p99_s, ".0f"),
+        _num(m.cpu_per_tick_ms, ".3f"),
+    ]
+
+
+def summary_row(s: PolicySummary) -> list[str]:
+    return [
+        s.policy,
+        _num(s.reclaimed_gib_h, ".2f"),
+        _num(s.suite_efficiency, ".3f"),
+        _num(s.pressure_vm_s, ".0f"),
+        str(s.oom_kills),
+        _num(s.host_overrun_s, ".0f"),
+        "-",
+        _num(s.worst_reaction_p99_s, ".0f"),
+        _num(s.cpu_per_tick_ms, ".3f"),
+    ]
+
+
+@cli.command()
+@click.option(
+    "--scenarios",
+    "scenario_paths",
+    multiple=True,
+    metavar="DIR|FILE",
+    help="Scenario files, or directories of *.toml (repeatable). Default: ./scenarios.",
+)
+@click.option(
+    "--policies",
+    default="all",
+    show_default=True,
+    metavar="A,B,...",
+    help=f"Comma-separated policies to compare: {', '.join(POLICY_NAMES)} (or 'all'). The oracle always "
+    "runs, since efficiency is measured against it.",
+)
+@click.option(
+    "--set",
+    "overrides",
+    multiple=True,
+    metavar="NAME=VALUE",
+    help="Override a tunable of the default policy, as in the config's [tunables] table "
+    "(repeatable), e.g. --set buffer=0.15 --set min_headroom=128M.",
+)
+@click.option(
+    "--report", "report_dir", type=click.Path(file_okay=False), help="Write DIR/evaluation.md + plots."
+)
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per (scenario, policy).")
+@click.option("--seed", default=0, show_default=True, help="Seed of the demand traces' randomness.")
+@click.option(
+    "--workers",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Parallel worker processes (default: one per CPU).",
+)
+def evaluate(
+    scenario_paths: tuple[str, ...],
+    policies: str,
+    overrides: tuple[str, ...],
+    report_dir: str | None,
+    as_json: bool,
+    seed: int,
+    workers: int | None,
+) -> None:
+    """Run every policy on every scenario in the simulator and measure them (see docs/evaluation.md).
+
+    Metrics per (scenario, policy): reclaimed GiB-hours, oracle efficiency, pressure VM-seconds, OOM kills,
+    host-overrun seconds, reaction time p50/p99, the policy's CPU time per tick.
+    """
+    names = parse_policy_names(policies)
+    paths = find_scenarios(list(scenario_paths) or ["scenarios"])
+    started = time.perf_counter()
+    everything = run_suite(
+        paths,
+        POLICY_NAMES if "oracle" in names else (*names, "oracle"),
+        overrides,
+        seed=seed,
+        workers=workers,
+    )
+    wall = time.perf_counter() - started
+    oracle = {
+        r.metrics.scenario: r.metrics.reclaimed_gib_h for r in everything if r.metrics.policy == "oracle"
+    }
+    results = [r for r in everything if r.metrics.policy in names]
+    metrics = [r.metrics for r in results]
+    summaries = summarize(metrics, oracle)
+    checks = acceptance(metrics, summaries)
+    if report_dir is not None:
+        from autoballoon.evaluate.report import write_report
+
+        write_report(
+            Path(report_dir), results, summaries, checks, wall_s=wall, overrides=overrides, seed=seed
+        )
+    if as_json:
+        emit_json([m.to_json() for m in metrics])
+        return
+    for scenario in dict.fromkeys(m.scenario for m in metrics):
+        table(
+            scenario,
+            _COLUMNS,
+            [metric_row(m) for m in metrics if m.scenario == scenario],
+            right=set(range(1, 9)),
+        )
+    table(
+        "suite (sums over scenarios; efficiency = sum / oracle's sum)",
+        _COLUMNS,
+        [summary_row(s) for s in summaries],
+        right=set(range(1, 9)),
+    )
+    failed = [c for c in checks if not c.ok]
+    for c in failed:
+        click.echo(f"bar missed: {c.scenario}: {c.what} ({c.detail})")
+    click.echo(
+        f"{len(results)} runs on {len(paths)} scenarios in {wall:.1f} s wall"
+        + (f"; report in {report_dir}" if report_dir else "")
+    )

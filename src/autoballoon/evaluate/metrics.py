@@ -1,0 +1,181 @@
+"""The numbers a policy is judged by (DESIGN.md, "How results are measured"), in one place.
+
+:class:`Recorder` is the imperative part: the runner hands it the simulation after every step and it
+integrates, in O(guests) NumPy work per step. Everything else here is pure: finding demand steps in a
+trace, percentiles, efficiency. All integrals are exact sums of ``value * dt`` over the simulation steps.
+
+- reclaimed: GiB-hours of ``sum(max) - sum(allocated)``;
+- pressure: VM-seconds with demand above what the guest has room for (the simulator's ``under_pressure``);
+- OOM kills: kills inside guests during the run;
+- host overrun: seconds with the host's available memory below its reserve;
+- reaction: from a demand step to the first moment the guest's allocation covers it again;
+- CPU: process time of the policy's decision per tick.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from autoballoon.sim.engine import Simulation
+from autoballoon.units import GiB, MiB
+
+I64 = npt.NDArray[np.int64]
+B = npt.NDArray[np.bool_]
+
+SECONDS_PER_HOUR = 3600.0
+
+
+@dataclass(frozen=True, slots=True)
+class MetricTunables:
+    """What counts as a demand step, for reaction times."""
+
+    #: A step is a rise of at least ``max(step_min_bytes, step_fraction * max)`` within ``step_window_s``.
+    step_min_bytes: int = 128 * MiB
+    step_fraction: float = 0.05
+    step_window_s: float = 10.0
+
+
+DEFAULT_METRICS = MetricTunables()
+
+
+@dataclass(frozen=True, slots=True)
+class Metrics:
+    """One (scenario, policy) run. Field names are the ``--json`` names."""
+
+    scenario: str
+    policy: str
+    reclaimed_gib_h: float
+    oracle_efficiency: float | None
+    pressure_vm_s: float
+    oom_kills: int
+    host_overrun_s: float
+    reaction_p50_s: float | None
+    reaction_p99_s: float | None
+    cpu_per_tick_ms: float | None
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "scenario": self.scenario,
+            "policy": self.policy,
+            "reclaimed_gib_h": round(self.reclaimed_gib_h, 4),
+            "oracle_efficiency": None if self.oracle_efficiency is None else round(self.oracle_efficiency, 4),
+            "pressure_vm_s": round(self.pressure_vm_s, 3),
+            "oom_kills": self.oom_kills,
+            "host_overrun_s": round(self.host_overrun_s, 3),
+            "reaction_p50_s": None if self.reaction_p50_s is None else round(self.reaction_p50_s, 3),
+            "reaction_p99_s": None if self.reaction_p99_s is None else round(self.reaction_p99_s, 3),
+            "cpu_per_tick_ms": None if self.cpu_per_tick_ms is None else round(self.cpu_per_tick_ms, 4),
+        }
+
+
+def step_thresholds(max_bytes: I64, tun: MetricTunables = DEFAULT_METRICS) -> I64:
+    return np.maximum(tun.step_min_bytes, (max_bytes * tun.step_fraction).astype(np.int64))
+
+
+def demand_step_onsets(
+    table: I64, step_s: float, thresholds: I64, tun: MetricTunables = DEFAULT_METRICS
+) -> B:
+    """Where a demand step starts: ``table`` is (times, guests) of demand on the simulation grid.
+
+    A time is "rising" when demand is at least a threshold above its lowest value over the window before
+    it; an onset is the first rising time of a run of rising times, so one step counts once.
+    """
+    n_t = table.shape[0]
+    window = max(1, round(tun.step_window_s / step_s))
+    low = table.copy()
+    for lag in range(1, window + 1):
+        shifted = np.empty_like(table)
+        shifted[:lag] = table[:1]
+        shifted[lag:] = table[: n_t - lag]
+        np.minimum(low, shifted, out=low)
+    rising = (table - low) >= thresholds[np.newaxis, :]
+    onset = rising.copy()
+    onset[1:] &= ~rising[:-1]
+    onset[0] = False  # the initial level is where the scenario starts, not a step
+    return onset
+
+
+def percentile(values: npt.ArrayLike, q: float) -> float | None:
+    arr = np.asarray(values, dtype=np.float64)
+    if arr.size == 0:
+        return None
+    return float(np.percentile(arr, q))
+
+
+def efficiency(reclaimed: float, oracle_reclaimed: float | None) -> float | None:
+    """``reclaimed / oracle's``; None when the oracle reclaims nothing (nothing to compare against)."""
+    if oracle_reclaimed is None or oracle_reclaimed <= 0.0:
+        return None
+    return reclaimed / oracle_reclaimed
+
+
+class Recorder:
+    """Integrates the metrics over a run; call :meth:`record` after each simulation step."""
+
+    def __init__(self, sim: Simulation, onsets: B) -> None:
+        self.sim = sim
+        self._onsets = onsets
+        self._sum_max = int(np.asarray(sim.max).sum())
+        self._reserve = sim.scenario.host.reserve
+        self._oom_start = np.asarray(sim.oom_kills).copy()
+        self._pending = np.full(sim.n, np.nan)  # onset time of an uncovered demand step, per guest
+        self._reactions: list[npt.NDArray[np.float64]] = []
+        self._last_time = sim.time
+        self.reclaimed_byte_s = 0.0
+        self.pressure_vm_s = 0.0
+        self.host_overrun_s = 0.0
+        self.steps = 0
+        self.cpu_s = 0.0
+        self.ticks = 0
+
+    def record(self) -> None:
+        sim = self.sim
+        now = sim.time
+        dt = now - self._last_time
+        self._last_time = now
+        self.reclaimed_byte_s += (self._sum_max - int(sim.allocation.sum())) * dt
+        pressure = sim.under_pressure
+        self.pressure_vm_s += int(pressure.sum()) * dt
+        if sim.host_available < self._reserve:
+            self.host_overrun_s += dt
+        k = self.steps = self.steps + 1
+        if k < self._onsets.shape[0]:
+            new = self._onsets[k] & np.isnan(self._pending)
+            if new.any():
+                self._pending[new] = now
+        waiting = ~np.isnan(self._pending)
+        if waiting.any():
+            done = waiting & ~pressure
+            if done.any():
+                self._reactions.append(now - self._pending[done])
+                self._pending[done] = np.nan
+
+    def add_tick(self, cpu_s: float) -> None:
+        self.cpu_s += cpu_s
+        self.ticks += 1
+
+    def reactions(self) -> npt.NDArray[np.float64]:
+        """Every reaction time; a step still uncovered at the end counts until the end (censored)."""
+        parts = list(self._reactions)
+        open_ = self._pending[~np.isnan(self._pending)]
+        if open_.size:
+            parts.append(self._last_time - open_)
+        return np.concatenate(parts) if parts else np.zeros(0)
+
+    def result(self, scenario: str, policy: str) -> Metrics:
+        reactions = self.reactions()
+        return Metrics(
+            scenario=scenario,
+            policy=policy,
+            reclaimed_gib_h=self.reclaimed_byte_s / GiB / SECONDS_PER_HOUR,
+            oracle_efficiency=None,
+            pressure_vm_s=self.pressure_vm_s,
+            oom_kills=int((np.asarray(self.sim.oom_kills) - self._oom_start).sum()),
+            host_overrun_s=self.host_overrun_s,
+            reaction_p50_s=percentile(reactions, 50),
+            reaction_p99_s=percentile(reactions, 99),
+            cpu_per_tick_ms=self.cpu_s / self.ticks * 1000.0 if self.ticks else None,
+        )

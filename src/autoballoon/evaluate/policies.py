@@ -1,0 +1,235 @@
+"""Every policy the harness compares, behind one small interface.
+
+A policy here is an object with a ``name``, an ``interval_s`` (how often the harness calls it, in virtual
+seconds) and ``tick(now, snapshot)`` that returns new targets: a mapping of VM name to bytes (only the
+VMs that change), or a full NumPy array indexed like the simulation's guests. The adapters are the thin
+imperative shell; the algorithms themselves are pure functions (``autoballoon.policy``, :mod:`.mom`,
+:mod:`.proxmox`, :func:`oracle_targets`).
+
+Each policy runs at its own published interval: the default policy at its controller interval, MOM every
+5 s (sampling; it decides on every second sample), Proxmox every 10 s, the oracle every simulation step.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, fields, replace
+from typing import Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+from autoballoon.config import parse_config
+from autoballoon.errors import InvalidValueError
+from autoballoon.evaluate import mom, proxmox
+from autoballoon.model import HostSnapshot
+from autoballoon.policy import PolicyState, decide
+from autoballoon.sim.engine import Simulation
+from autoballoon.tunables import DEFAULT_TUNABLES, Tunables
+
+I64 = npt.NDArray[np.int64]
+Targets = Mapping[str, int] | I64
+
+
+class Policy(Protocol):
+    """What the runner drives. ``snapshot`` is None when ``needs_snapshot`` is False (the oracle)."""
+
+    name: str
+    interval_s: float
+    needs_snapshot: bool
+
+    def tick(self, now: float, snapshot: HostSnapshot | None) -> Targets: ...
+
+
+@dataclass(frozen=True, slots=True)
+class OracleTunables:
+    """How the oracle plans. It knows the future, so its only parameters are physical margins."""
+
+    #: It sets each target to the highest demand over this many seconds ahead, so a balloon that takes
+    #: a moment to deflate is out of the way before the demand arrives.
+    lookahead_s: float = 5.0
+
+
+DEFAULT_ORACLE = OracleTunables()
+
+
+def oracle_headroom(sim: Simulation) -> I64:
+    """The fixed minimal headroom a guest needs beyond its workload: kernel, pinned page cache and the
+    kernel's free watermark. Below ``demand + headroom`` the simulated guest swaps."""
+    tu = sim.tunables
+    return np.asarray(sim.kernel, dtype=np.int64) + tu.cache_min_bytes + tu.free_min_bytes
+
+
+def oracle_targets(
+    future_demand: I64, headroom: I64, floor: I64, ceiling: I64, balloonable: npt.NDArray[np.bool_]
+) -> I64:
+    """Pure core of the oracle: the highest coming demand plus headroom, within ``[floor, ceiling]``.
+
+    ``future_demand`` has one row per future time and one column per guest. Guests that must not be
+    ballooned (``balloonable`` False: a guest that storms its CPU when ballooned) stay at their ceiling.
+    """
+    want = future_demand.max(axis=0) + headroom
+    want = np.minimum(np.maximum(want, floor), ceiling)
+    return np.where(balloonable, want, ceiling).astype(np.int64)
+
+
+class StaticPolicy:
+    """No ballooning: every guest keeps the memory it booted with."""
+
+    name = "static"
+    interval_s = float("inf")
+    needs_snapshot = False
+
+    def tick(self, now: float, snapshot: HostSnapshot | None) -> Targets:
+        return {}
+
+
+class OraclePolicy:
+    """Knows each guest's future demand (from the scenario's traces) and allocates just that."""
+
+    name = "oracle"
+    needs_snapshot = False
+
+    def __init__(self, sim: Simulation, tunables: OracleTunables = DEFAULT_ORACLE) -> None:
+        self.sim = sim
+        self.interval_s = sim.scenario.run.step
+        n_ahead = max(1, int(np.ceil(tunables.lookahead_s / self.interval_s)) + 1)
+        self._ahead = np.arange(n_ahead, dtype=np.float64) * self.interval_s
+        self._headroom = oracle_headroom(sim)
+        guests = sim.scenario.guests
+        self._floor = np.array([g.policy.min_bytes or 0 for g in guests], dtype=np.int64)
+        self._ceiling = np.array(
+            [min(g.max, g.policy.max_bytes or g.max) for g in guests], dtype=np.int64
+        ).reshape(len(guests))
+        self._balloonable = np.array(
+            [not (g.cpu_storm or g.policy.exclude or g.balloon == "none") for g in guests], dtype=np.bool_
+        ).reshape(len(guests))
+
+    def tick(self, now: float, snapshot: HostSnapshot | None) -> Targets:
+        future = self.sim.demand_at(now + self._ahead)
+        return oracle_targets(future, self._headroom, self._floor, self._ceiling, self._balloonable)
+
+
+class MomPolicy:
+    """oVirt MOM: samples every 5 s, decides on every second sample (every 10 s)."""
+
+    name = "mom"
+    needs_snapshot = True
+
+    def __init__(self, tunables: mom.MomTunables = mom.DEFAULT_MOM) -> None:
+        self.tunables = tunables
+        self.interval_s = tunables.sample_interval_s
+        self._every = max(1, round(tunables.policy_interval_s / tunables.sample_interval_s))
+        self._samples = 0
+        self._state = mom.MomState()
+
+    def tick(self, now: float, snapshot: HostSnapshot | None) -> Targets:
+        assert snapshot is not None
+        self._state = mom.observe(self._state, snapshot, self.tunables)
+        self._samples += 1
+        if self._samples % self._every:
+            return {}
+        return mom.decide(self._state, snapshot, self.tunables)
+
+
+class ProxmoxPolicy:
+    """Proxmox VE's pvestatd auto-balloon: stateless, every 10 s."""
+
+    name = "proxmox"
+    needs_snapshot = True
+
+    def __init__(self, tunables: proxmox.ProxmoxTunables = proxmox.DEFAULT_PROXMOX) -> None:
+        self.tunables = tunables
+        self.interval_s = tunables.interval_s
+
+    def tick(self, now: float, snapshot: HostSnapshot | None) -> Targets:
+        assert snapshot is not None
+        return proxmox.decide(snapshot, self.tunables)
+
+
+class AutoballoonPolicy:
+    """The project's default policy, exactly as the controller runs it, at its own interval."""
+
+    name = "autoballoon"
+    needs_snapshot = True
+
+    def __init__(self, tunables: Tunables = DEFAULT_TUNABLES) -> None:
+        self.tunables = tunables
+        self.interval_s = tunables.interval_s
+        self._state = PolicyState()
+
+    def tick(self, now: float, snapshot: HostSnapshot | None) -> Targets:
+        assert snapshot is not None
+        plan, self._state = decide(snapshot, {}, self._state, self.tunables)
+        return {a.vm: a.new_target for a in plan.actions}
+
+
+#: Policy names in the order reports show them.
+POLICY_NAMES: tuple[str, ...] = ("autoballoon", "mom", "proxmox", "static", "oracle")
+
+
+def parse_policy_names(text: str) -> tuple[str, ...]:
+    """``"autoballoon,mom"`` → names, validated; ``"all"`` or empty → every policy."""
+    if not text.strip() or text.strip() == "all":
+        return POLICY_NAMES
+    names: list[str] = []
+    for raw in text.split(","):
+        name = raw.strip()
+        if name not in POLICY_NAMES:
+            raise InvalidValueError("policy", name, "a comma-separated list of " + ", ".join(POLICY_NAMES))
+        if name not in names:
+            names.append(name)
+    return tuple(names)
+
+
+def _toml_value(text: str) -> object:
+    """A ``--set`` value as TOML reads it (``0.15`` a number, ``64M`` a string), for the config parser."""
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def apply_overrides(base: Tunables, assignments: tuple[str, ...]) -> Tunables:
+    """``("buffer=0.15", "shrink_rate_per_s=0.05")`` applied over ``base``.
+
+    Names and values are those of the config file's ``[tunables]`` table (sizes carry a unit, ``64M``;
+    a ``_bytes`` suffix is accepted too), validated by the same code, so ``--set`` accepts exactly what
+    the daemon's config accepts and refuses the rest with the list of known names.
+    """
+    raw: dict[str, object] = {}
+    for item in assignments:
+        key, sep, value = item.partition("=")
+        key = key.strip().removesuffix("_bytes")
+        if not sep or not key:
+            raise InvalidValueError("--set", item, "NAME=VALUE, for example buffer=0.15 or min_headroom=64M")
+        raw[key] = _toml_value(value.strip())
+    if not raw:
+        return base
+    try:
+        parsed = parse_config({"tunables": raw}).tunables
+    except InvalidValueError as e:
+        name = e.what.removeprefix("config key 'tunables.").rstrip("'")
+        raise InvalidValueError(f"--set {name}", e.value, e.accepted) from None
+    changed = {
+        f.name: getattr(parsed, f.name) for f in fields(Tunables) if f.name.removesuffix("_bytes") in raw
+    }
+    return replace(base, **changed)
+
+
+PolicyFactory = Callable[[Simulation], Policy]
+
+
+def factory(name: str, tunables: Tunables = DEFAULT_TUNABLES) -> PolicyFactory:
+    """A function building a fresh policy of that name for one simulation run."""
+    builders: dict[str, PolicyFactory] = {
+        "autoballoon": lambda sim: AutoballoonPolicy(tunables),
+        "mom": lambda sim: MomPolicy(),
+        "proxmox": lambda sim: ProxmoxPolicy(),
+        "static": lambda sim: StaticPolicy(),
+        "oracle": lambda sim: OraclePolicy(sim),
+    }
+    if name not in builders:
+        raise InvalidValueError("policy", name, "one of " + ", ".join(POLICY_NAMES))
+    return builders[name]
