@@ -109,3 +109,11 @@ def test_with_interval() -> None:
 def test_contrib_example_is_valid() -> None:
     c = load_config(EXAMPLE)
     assert c.interval_s >= 0.5
+
+
+def test_manage_limits_the_daemon_to_matching_vms() -> None:
+    c = parse_config({"manage": ["web-*", "db"]})
+    assert not c.policy_for("web-1").exclude and not c.policy_for("db").exclude
+    assert c.policy_for("mail").exclude
+    assert c.policy_for("mail", GuestPolicy(exclude=False), GuestPolicy(min_bytes=1)).exclude
+    assert not parse_config({}).policy_for("mail").exclude

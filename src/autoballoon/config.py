@@ -118,6 +118,7 @@ class ConfigFile(_Strict):
     journal: str | None = None
     on_exit: OnExit = "hold"
     restore_to: RestoreTo = "max"
+    manage: list[str] | None = None
     host: HostSection = HostSection()
     defaults: VMSection = VMSection()
     tunables: dict[str, Any] = Field(default_factory=dict)
@@ -136,6 +137,8 @@ class DaemonConfig:
     defaults: GuestPolicy = field(default_factory=GuestPolicy)
     exact: Mapping[str, GuestPolicy] = field(default_factory=dict)
     globs: tuple[tuple[str, GuestPolicy], ...] = ()
+    #: Names or globs of the only VMs to manage (None: all); the others are treated as excluded.
+    manage: tuple[str, ...] | None = None
     source: str | None = None  # the file it came from, for messages
 
     @property
@@ -150,8 +153,13 @@ class DaemonConfig:
     def policy_for(
         self, vm: str, metadata: GuestPolicy | None = None, runtime: GuestPolicy | None = None
     ) -> GuestPolicy:
-        """The effective policy of a VM: runtime > exact name > metadata > first matching glob > defaults."""
+        """The effective policy of a VM: runtime > exact name > metadata > first matching glob > defaults.
+
+        A VM outside ``manage`` (when set) is excluded whatever else says.
+        """
         policy = self.defaults
+        if self.manage is not None and not any(fnmatch.fnmatchcase(vm, p) for p in self.manage):
+            policy = replace(policy, exclude=True)
         for pattern, glob_policy in self.globs:
             if fnmatch.fnmatchcase(vm, pattern):
                 policy = glob_policy.merged_over(policy)
@@ -248,6 +256,7 @@ def parse_config(raw: Mapping[str, Any], *, source: str | None = None) -> Daemon
         defaults=parsed.defaults.policy(),
         exact=exact,
         globs=globs,
+        manage=tuple(parsed.manage) if parsed.manage is not None else None,
         source=source,
     )
 
