@@ -42,12 +42,16 @@ class RunningServer:
         api = Api(source, self.history, tunables, token)
         app = HttpApp(api, make_registry(source.view, self.history), tunables)
         self.http = HttpServer(app, host, port)
-        #: Hand to ``Controller.run(on_tick=...)`` when the source wants to hear of every tick.
-        self.on_tick: Callable[[Any], None] = getattr(source, "on_tick", lambda controller: None)
+        self._source_on_tick: Callable[[Any], None] = getattr(source, "on_tick", lambda controller: None)
 
     @property
     def url(self) -> str:
         return self.http.url
+
+    def on_tick(self, controller: Any = None) -> None:
+        """Hand to ``Controller.run(on_tick=...)``: the view and the charts then follow every tick."""
+        self._source_on_tick(controller)
+        self.sampler.sample_once()
 
     def start(self) -> RunningServer:
         self.sampler.start()

@@ -123,6 +123,9 @@ class _Handler(BaseHTTPRequestHandler):
         self.timeout = self.server.app.tunables.request_timeout_s
         super().setup()
 
+    def version_string(self) -> str:
+        return self.server_version
+
     def log_message(self, format: str, *args: Any) -> None:
         log.debug("%s %s", self.address_string(), format % args)
 

@@ -93,7 +93,7 @@ def vm_families(view: ServerView, history: History | None) -> list[Metric]:
         if g.stats.major_faults is not None:
             c_majflt.add_metric(vm, g.stats.major_faults)
         point = history.latest(g.name) if history is not None else None
-        if point is not None and point.time == snap.time:
+        if point is not None:  # the latest rates seen, even if the sampler is a tick behind
             if point.swap_in_bps is not None:
                 g_swap_rate.add_metric(vm, point.swap_in_bps)
             if point.major_faults_ps is not None:
