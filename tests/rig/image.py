@@ -89,9 +89,12 @@ def kernel_tree(root: Path) -> tuple[Path, str]:
         package = current_kernel_package()
     except RigError:
         cached = _cached_kernel_trees(root)
-        if not cached:
-            raise
-        package = cached[-1].name
+        if cached:
+            package = cached[-1].name
+        else:
+            # Container images often ship without apt lists: fetch them once, then ask again.
+            _run(["apt-get", "update", "-qq"])
+            package = current_kernel_package()
     tree = root / "kernels" / package
     if not (tree / "boot").is_dir():
         download = root / "downloads"
