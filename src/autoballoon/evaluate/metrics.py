@@ -9,7 +9,8 @@ trace, percentiles, efficiency. All integrals are exact sums of ``value * dt`` o
 - OOM kills: kills inside guests during the run;
 - host overrun: seconds with the host's available memory below its reserve;
 - reaction: from a demand step to the first moment the guest's allocation covers it again;
-- CPU: process time of the policy's decision per tick.
+- CPU: process time of the policy's decision per tick;
+- CPU storm: VM-seconds a guest spins near 100 % of its vCPUs (the balloon CPU storm), also harm.
 """
 
 from __future__ import annotations
@@ -36,6 +37,8 @@ class MetricTunables:
     step_min_bytes: int = 128 * MiB
     step_fraction: float = 0.05
     step_window_s: float = 10.0
+    #: A guest whose CPU load (share of its vCPUs) is at least this is spinning (the balloon CPU storm).
+    storm_load: float = 0.9
 
 
 DEFAULT_METRICS = MetricTunables()
@@ -55,6 +58,8 @@ class Metrics:
     reaction_p50_s: float | None
     reaction_p99_s: float | None
     cpu_per_tick_ms: float | None
+    #: Not in ``--json`` (its field set is fixed by the issue); shown in tables and the report.
+    cpu_storm_vm_s: float = 0.0
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -115,8 +120,11 @@ def efficiency(reclaimed: float, oracle_reclaimed: float | None) -> float | None
 class Recorder:
     """Integrates the metrics over a run; call :meth:`record` after each simulation step."""
 
-    def __init__(self, sim: Simulation, onsets: B) -> None:
+    def __init__(self, sim: Simulation, onsets: B, tun: MetricTunables = DEFAULT_METRICS) -> None:
         self.sim = sim
+        vcpus = np.array([g.vcpus for g in sim.scenario.guests], dtype=np.float64).reshape(sim.n)
+        self._storm_ns = vcpus * 1e9 * tun.storm_load  # CPU ns per second of a spinning guest
+        self._cpu = np.asarray(sim.cpu).copy()
         self._onsets = onsets
         self._sum_max = int(np.asarray(sim.max).sum())
         self._reserve = sim.scenario.host.reserve
@@ -127,6 +135,7 @@ class Recorder:
         self.reclaimed_byte_s = 0.0
         self.pressure_vm_s = 0.0
         self.host_overrun_s = 0.0
+        self.cpu_storm_vm_s = 0.0
         self.steps = 0
         self.cpu_s = 0.0
         self.ticks = 0
@@ -141,6 +150,10 @@ class Recorder:
         self.pressure_vm_s += int(pressure.sum()) * dt
         if sim.host_available < self._reserve:
             self.host_overrun_s += dt
+        cpu = sim.cpu
+        if dt > 0:
+            self.cpu_storm_vm_s += int(((cpu - self._cpu) >= self._storm_ns * dt).sum()) * dt
+        np.copyto(self._cpu, cpu)
         k = self.steps = self.steps + 1
         if k < self._onsets.shape[0]:
             new = self._onsets[k] & np.isnan(self._pending)
@@ -178,4 +191,5 @@ class Recorder:
             reaction_p50_s=percentile(reactions, 50),
             reaction_p99_s=percentile(reactions, 99),
             cpu_per_tick_ms=self.cpu_s / self.ticks * 1000.0 if self.ticks else None,
+            cpu_storm_vm_s=self.cpu_storm_vm_s,
         )

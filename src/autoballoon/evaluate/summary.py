@@ -36,6 +36,7 @@ class PolicySummary:
     pressure_vm_s: float
     oom_kills: int
     host_overrun_s: float
+    cpu_storm_vm_s: float
     worst_reaction_p99_s: float | None
     cpu_per_tick_ms: float | None
 
@@ -74,6 +75,7 @@ def summarize(metrics: Sequence[Metrics], oracle: dict[str, float]) -> list[Poli
                 pressure_vm_s=sum(m.pressure_vm_s for m in rows),
                 oom_kills=sum(m.oom_kills for m in rows),
                 host_overrun_s=sum(m.host_overrun_s for m in rows),
+                cpu_storm_vm_s=sum(m.cpu_storm_vm_s for m in rows),
                 worst_reaction_p99_s=max(p99) if p99 else None,
                 cpu_per_tick_ms=sum(cpu) / len(cpu) if cpu else None,
             )
