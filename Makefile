@@ -37,9 +37,11 @@ $(STAMP)-libvirt: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet -e '.[libvirt]'
 	touch $@
 
+# The built-in simulated host (6 VMs, over-committed), 20x faster than life; Ctrl-C stops it.
+DEMO_URI ?= sim:///demo?speed=20
+DEMO_LISTEN ?= 127.0.0.1:9180
 demo: $(STAMP)-base
-	$(BIN)/autoballoon --connect sim:///demo list
-	$(BIN)/autoballoon --connect sim:///demo host
+	$(BIN)/autoballoon --connect '$(DEMO_URI)' run --table --listen $(DEMO_LISTEN)
 
 rig:
 	scripts/setup-rig
@@ -53,6 +55,11 @@ lint: $(STAMP)-test
 
 bench: $(STAMP)-test
 	$(PY) bench/bench_sim.py
+	$(PY) bench/bench_policy.py
+	$(PY) bench/bench_server.py
+
+evaluate: $(STAMP)-test
+	$(BIN)/autoballoon evaluate --scenarios scenarios --report docs
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info .pytest_cache .ruff_cache
