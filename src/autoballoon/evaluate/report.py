@@ -97,7 +97,7 @@ def scenario_description(path: str) -> str:
         text = Path(path).read_text(encoding="utf-8")
     except OSError:
         return ""
-    for line in text.splitlines():
+    for line in text.lstrip().splitlines():
         if not line.startswith("#"):
             break
         body = line.lstrip("#").strip()

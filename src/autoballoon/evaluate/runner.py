@@ -138,7 +138,7 @@ def run_simulation(scenario: Scenario, job: Job, runner: RunnerTunables = DEFAUL
     row = 0
 
     interval = policy.interval_s
-    next_tick = 0.0
+    next_tick = math.inf if math.isinf(interval) else 0.0  # a static policy never decides
     for k in range(steps):
         now = sim.time
         if now + 1e-9 >= next_tick:

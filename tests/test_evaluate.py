@@ -1,0 +1,196 @@
+"""The evaluation harness: metrics on known traces, the runner, the CLI's contract and the report."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from autoballoon.cli import cli
+from autoballoon.errors import InvalidValueError
+from autoballoon.evaluate.metrics import Metrics, demand_step_onsets, efficiency, percentile
+from autoballoon.evaluate.policies import apply_overrides, parse_policy_names
+from autoballoon.evaluate.runner import Job, find_scenarios, run_simulation, run_suite
+from autoballoon.evaluate.summary import acceptance, summarize
+from autoballoon.sim.scenario import loads_scenario
+from autoballoon.tunables import Tunables
+from autoballoon.units import GiB, MiB
+
+JSON_FIELDS = [
+    "scenario",
+    "policy",
+    "reclaimed_gib_h",
+    "oracle_efficiency",
+    "pressure_vm_s",
+    "oom_kills",
+    "host_overrun_s",
+    "reaction_p50_s",
+    "reaction_p99_s",
+    "cpu_per_tick_ms",
+]
+
+# Two guests booted at max: one idle, one whose demand steps up by 2 GiB at t=300.
+SMALL = """
+# A tiny test scenario.
+[host]
+ram = "16G"
+reserve = "512M"
+[run]
+duration = 900
+step = 1
+[[guest]]
+name = "idle"
+max = "4G"
+policy = { min = "256M" }
+demand = { shape = "constant", level = "512M" }
+[[guest]]
+name = "stepper"
+max = "4G"
+autodeflate = true
+policy = { min = "256M" }
+demand = { shape = "steps", points = [[0, "512M"], [300, "2560M"]] }
+"""
+
+
+@pytest.fixture
+def small(tmp_path: Path) -> Path:
+    path = tmp_path / "small.toml"
+    path.write_text(SMALL)
+    return path
+
+
+def test_demand_step_onsets_count_each_rise_once() -> None:
+    demand = np.full((100, 2), 1 * GiB, dtype=np.int64)
+    demand[40:, 0] = 2 * GiB  # a 1 GiB step at 40
+    demand[60:, 1] = 1 * GiB + 64 * MiB  # below the 128 MiB threshold: not a step
+    onsets = demand_step_onsets(demand, 1.0, np.array([128 * MiB, 128 * MiB]))
+    assert np.flatnonzero(onsets[:, 0]).tolist() == [40]
+    assert not onsets[:, 1].any()
+
+
+def test_percentile_and_efficiency_edge_cases() -> None:
+    assert percentile([], 50) is None
+    assert percentile([1.0, 2.0, 3.0], 50) == 2.0
+    assert efficiency(5.0, 10.0) == 0.5
+    assert efficiency(5.0, 0.0) is None
+
+
+def test_static_reclaims_nothing_and_oracle_covers_the_step(small: Path) -> None:
+    scenario = loads_scenario(SMALL, source=str(small))
+    static = run_simulation(scenario, Job(str(small), "static")).metrics
+    oracle = run_simulation(scenario, Job(str(small), "oracle")).metrics
+    assert static.reclaimed_gib_h == 0.0
+    assert static.pressure_vm_s == 0.0
+    assert static.cpu_per_tick_ms is None  # static never decides
+    # The oracle gives back most of 8 GiB for 15 minutes and never lets a guest swap.
+    assert 1.0 < oracle.reclaimed_gib_h < 8 * 900 / 3600
+    assert oracle.pressure_vm_s == 0.0 and oracle.oom_kills == 0
+    assert oracle.reaction_p50_s == 0.0
+
+
+def test_a_step_never_covered_counts_until_the_end(small: Path) -> None:
+    # Booted at 1 GiB and never ballooned up, "stepper" swaps from the step at t=300 to the end.
+    text = SMALL.replace('name = "stepper"\nmax = "4G"', 'name = "stepper"\nmax = "4G"\ntarget = "1G"')
+    assert text != SMALL
+    static = run_simulation(loads_scenario(text, source=str(small)), Job(str(small), "static")).metrics
+    assert static.pressure_vm_s == pytest.approx(600.0, abs=2.0)
+    assert static.reaction_p50_s == pytest.approx(600.0, abs=2.0)
+    # 3 GiB held back for 15 minutes, less what autodeflate took back beyond swap at the step.
+    assert 0.5 < static.reclaimed_gib_h < 3 * 900 / 3600
+
+
+def test_run_suite_orders_results_and_fills_efficiency(small: Path) -> None:
+    results = run_suite([small], ["autoballoon", "static"], workers=1)
+    assert [r.metrics.policy for r in results] == ["autoballoon", "static"]
+    ours = results[0].metrics
+    assert ours.oracle_efficiency is not None and 0.0 < ours.oracle_efficiency <= 1.05
+    assert results[1].metrics.oracle_efficiency == 0.0
+    trace = results[0].trace
+    assert trace.guests == ("idle", "stepper")
+    assert trace.demand.shape == trace.allocation.shape == (len(trace.times), 2)
+
+
+def test_overrides_use_the_config_names_and_refuse_bad_input() -> None:
+    t = apply_overrides(Tunables(), ("buffer=0.15", "min_headroom=128M", "shrink_rate_per_s=0.05"))
+    assert (t.buffer, t.min_headroom_bytes, t.shrink_rate_per_s) == (0.15, 128 * MiB, 0.05)
+    assert apply_overrides(Tunables(), ("min_headroom_bytes=32M",)).min_headroom_bytes == 32 * MiB
+    for bad in ("bogus=1", "buffer=lots", "buffer"):
+        with pytest.raises(InvalidValueError):
+            apply_overrides(Tunables(), (bad,))
+
+
+def test_policy_names_and_scenario_paths_are_validated(tmp_path: Path) -> None:
+    assert parse_policy_names("mom, proxmox") == ("mom", "proxmox")
+    assert "oracle" in parse_policy_names("all")
+    with pytest.raises(InvalidValueError, match="autoballoon, mom, proxmox, static, oracle"):
+        parse_policy_names("mom,xen")
+    with pytest.raises(InvalidValueError):
+        find_scenarios([tmp_path / "missing.toml"])
+    with pytest.raises(InvalidValueError):
+        find_scenarios([tmp_path])  # a directory without scenarios
+
+
+def _metrics(scenario: str, policy: str, reclaimed: float, pressure: float = 0.0, oom: int = 0) -> Metrics:
+    return Metrics(scenario, policy, reclaimed, None, pressure, oom, 0.0, None, None, None)
+
+
+def test_acceptance_checks_the_issue_bar() -> None:
+    metrics = [
+        _metrics("a", "autoballoon", 9.0, pressure=5.0),
+        _metrics("a", "mom", 4.0, pressure=100.0),
+        _metrics("a", "proxmox", 5.0, pressure=0.0),
+        _metrics("a", "oracle", 10.0),
+    ]
+    summaries = summarize(metrics, {"a": 10.0})
+    assert {s.policy: s.suite_efficiency for s in summaries}["autoballoon"] == pytest.approx(0.9)
+    checks = {(c.scenario, c.what): c.ok for c in acceptance(metrics, summaries)}
+    assert checks[("a", "no OOM kills")]
+    assert checks[("a", "pressure <= mom")]
+    assert not checks[("a", "pressure <= proxmox")]
+    assert checks[("suite", "oracle efficiency >= 0.85")]
+    assert checks[("suite", "oracle efficiency > proxmox")]
+
+
+def test_cli_json_has_exactly_the_documented_fields(small: Path) -> None:
+    result = CliRunner().invoke(
+        cli, ["evaluate", "--scenarios", str(small), "--policies", "static,mom", "--json", "--workers", "1"]
+    )
+    assert result.exit_code == 0, result.output
+    rows = json.loads(result.output)
+    assert [(r["scenario"], r["policy"]) for r in rows] == [("small", "mom"), ("small", "static")]
+    for row in rows:
+        assert list(row) == JSON_FIELDS
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--policies", "mom,xen"], "autoballoon, mom, proxmox, static, oracle"),
+        (["--scenarios", "/nonexistent/x.toml"], "existing .toml file"),
+        (["--set", "nonsense=1"], "buffer"),
+    ],
+)
+def test_cli_bad_input_exits_2_and_says_what_is_accepted(small: Path, args: list[str], message: str) -> None:
+    base = ["evaluate", "--workers", "1"] + ([] if "--scenarios" in args else ["--scenarios", str(small)])
+    result = CliRunner().invoke(cli, base + args, standalone_mode=False)
+    assert isinstance(result.exception, InvalidValueError)
+    assert result.exception.exit_code == 2
+    assert message in str(result.exception)
+
+
+def test_cli_report_writes_markdown_and_plots(small: Path, tmp_path: Path) -> None:
+    out = tmp_path / "report"
+    result = CliRunner().invoke(
+        cli, ["evaluate", "--scenarios", str(small), "--report", str(out), "--workers", "1"]
+    )
+    assert result.exit_code == 0, result.output
+    text = (out / "evaluation.md").read_text()
+    assert "A tiny test scenario." in text  # the scenario's own description
+    assert "| autoballoon |" in text and "| proxmox |" in text
+    assert "evaluation/small.png" in text
+    for png in ("small.png", "summary.png"):
+        assert (out / "evaluation" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "small" in result.output and "suite" in result.output
