@@ -390,7 +390,14 @@ class Controller:
             if goal != g.target_bytes:
                 self._act(
                     backend,
-                    Action(g.name, g.target_bytes, goal, f"restore-{self.config.restore_to}"),
+                    Action(
+                        g.name,
+                        g.target_bytes,
+                        goal,
+                        f"restore-{self.config.restore_to}",
+                        available=g.stats.available,
+                        budget=self._last[2].budget,
+                    ),
                     snapshot.mem_available,
                     wall,
                 )

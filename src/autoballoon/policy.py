@@ -49,7 +49,7 @@ class VMMemory(NamedTuple):
     last_grow: float | None = None
     stats_time: float | None = None  # last_update of the stats the rates were measured from
     pressure_at: float | None = None  # last time a pressure signal was seen
-    peak: int | None = None  # slowly decaying peak of raw demand
+    peak: int | None = None  # slowly decaying peak of measured use
     stuck_until: float | None = None  # a stuck balloon is left alone until then
     progress: Progress | None = None  # the stuck detector's mark
     manual_until: float | None = None
@@ -100,18 +100,22 @@ def _align_down(n: int, align: int) -> int:
 
 
 def guest_used(g: GuestSnapshot) -> int | None:
-    """What the guest really uses: MemTotal - MemAvailable, less any balloon still counted in MemTotal.
+    """What the guest really uses: MemTotal - MemAvailable, less any balloon it counts as used.
 
-    A guest never has more than ``actual``; when its reported MemTotal is above that, the difference is
-    balloon that the guest counts as "used" (Linux with autodeflate, Windows always: virtio-win#568).
-    This is :attr:`GuestSnapshot.used_bytes` generalised beyond autodeflate.
+    With autodeflate the Linux driver leaves MemTotal alone, so the whole balloon (max - actual) shows
+    as used (measured on the rig: MemAvailable falls by exactly what the balloon takes). A guest whose
+    MemTotal is above what it has (Windows: virtio-win#568) counts the difference as used.
     """
     s = g.stats
     if s.total is None or s.available is None:
         return None
     used = s.total - s.available
-    if g.actual_bytes is not None and s.total > g.actual_bytes:
-        used -= s.total - g.actual_bytes
+    actual = g.actual_bytes
+    if actual is not None:
+        if g.balloon.autodeflate:
+            used -= max(0, g.max_bytes - actual)
+        elif s.total > actual:
+            used -= s.total - actual
     return max(0, used)
 
 
@@ -300,6 +304,20 @@ def decide(
             warned = True
         stats = g.stats
         used = guest_used(g) or 0
+        # With autodeflate, ``used`` subtracts the balloon as libvirt last heard of it from stats that
+        # may be newer (measured: stats show an inflation a tick before ``actual`` does). While the
+        # balloon moves, a rise in ``used`` may be the balloon's, not the guest's: trust no rise then
+        # (autodeflate itself protects the guest meanwhile).
+        tol = t.stuck_tolerance_bytes
+        settled = not g.balloon.autodeflate or (
+            prev is not None
+            and prev.seen_actual is not None
+            and prev.seen_target == target
+            and abs(actual - prev.seen_actual) <= tol
+            and abs(actual - target) <= tol
+        )
+        if not settled and prev is not None and prev.used is not None:
+            used = min(used, prev.used)
         available = stats.available or 0
         signal = available < t.low_available_bytes or selfdef
         raw = used
@@ -308,7 +326,7 @@ def decide(
         stats_time = stats.last_update
         sdt = stats_time - prev.stats_time if prev is not None and prev.stats_time and stats_time else 0.0
         if sdt > 0 and prev is not None:
-            if prev.used is not None and used > prev.used:
+            if settled and prev.used is not None and used > prev.used:
                 raw += int((used - prev.used) / sdt * t.trend_lookahead_s)
             boost = 0
             if prev.swap_in is not None and stats.swap_in is not None and stats.swap_in > prev.swap_in:
@@ -334,9 +352,10 @@ def decide(
         else:
             demand = raw + int((prev_demand - raw) * math.exp(-dt / t.demand_decay_s))
         # A remembered peak keeps a share of a recent burst's memory: bursts that come back find room.
-        peak = raw
-        if prev is not None and prev.peak is not None and prev.peak > raw:
-            peak = max(raw, int(prev.peak * math.exp(-dt / t.peak_decay_s)))
+        # The peak is of measured use (plus swapped-in memory), never of projections.
+        peak = used
+        if prev is not None and prev.peak is not None and prev.peak > used:
+            peak = max(used, int(prev.peak * math.exp(-dt / t.peak_decay_s)))
         demand = max(demand, int(peak * t.peak_keep_fraction))
         buffer = pol.buffer if pol.buffer is not None else t.buffer
         want = guards.clamp(

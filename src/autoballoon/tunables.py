@@ -51,7 +51,7 @@ class Tunables:
     #: Demand never falls below this share of the recent peak, and the peak decays with this time
     #: constant: a guest that bursts every few minutes keeps room for most of its next burst, while a
     #: guest whose load really went down still gives its memory back within the hour.
-    peak_keep_fraction: float = 0.5
+    peak_keep_fraction: float = 0.75
     peak_decay_s: float = 1800.0
 
     # --- how targets move --------------------------------------------------------------------------
