@@ -51,6 +51,7 @@ class VMMemory(NamedTuple):
     pressure_at: float | None = None  # last time a pressure signal was seen
     peak: int | None = None  # slowly decaying peak of measured use
     stuck_until: float | None = None  # a stuck balloon is left alone until then
+    shrink_wall: float | None = None  # wall time of the last shrink: wait for stats newer than this
     progress: Progress | None = None  # the stuck detector's mark
     manual_until: float | None = None
     warned_autodeflate: bool = False
@@ -304,10 +305,10 @@ def decide(
             warned = True
         stats = g.stats
         used = guest_used(g) or 0
-        # With autodeflate, ``used`` subtracts the balloon as libvirt last heard of it from stats that
-        # may be newer (measured: stats show an inflation a tick before ``actual`` does). While the
-        # balloon moves, a rise in ``used`` may be the balloon's, not the guest's: trust no rise then
-        # (autodeflate itself protects the guest meanwhile).
+        # With autodeflate, ``used`` subtracts the balloon as libvirt last heard of it from stats of
+        # another instant (on the rig, stats show an inflation a tick before ``actual`` does; stats
+        # polled every few seconds lag it). While the balloon moves, a change in ``used`` may be the
+        # balloon's, not the guest's: no trend and no new peak are read from it then.
         tol = t.stuck_tolerance_bytes
         settled = not g.balloon.autodeflate or (
             prev is not None
@@ -316,8 +317,6 @@ def decide(
             and abs(actual - prev.seen_actual) <= tol
             and abs(actual - target) <= tol
         )
-        if not settled and prev is not None and prev.used is not None:
-            used = min(used, prev.used)
         available = stats.available or 0
         signal = available < t.low_available_bytes or selfdef
         raw = used
@@ -353,9 +352,9 @@ def decide(
             demand = raw + int((prev_demand - raw) * math.exp(-dt / t.demand_decay_s))
         # A remembered peak keeps a share of a recent burst's memory: bursts that come back find room.
         # The peak is of measured use (plus swapped-in memory), never of projections.
-        peak = used
-        if prev is not None and prev.peak is not None and prev.peak > used:
-            peak = max(used, int(prev.peak * math.exp(-dt / t.peak_decay_s)))
+        peak = used if settled or prev is None or prev.peak is None else prev.peak
+        if prev is not None and prev.peak is not None and prev.peak > peak:
+            peak = max(peak, int(prev.peak * math.exp(-dt / t.peak_decay_s)))
         demand = max(demand, int(peak * t.peak_keep_fraction))
         buffer = pol.buffer if pol.buffer is not None else t.buffer
         want = guards.clamp(
@@ -385,7 +384,11 @@ def decide(
         else:
             dead_band = max(t.shrink_dead_band_bytes, int(ceiling * t.shrink_dead_band_fraction))
             cooling = last_grow is not None and now - last_grow < t.shrink_cooldown_after_grow_s
-            if target - want < dead_band or cooling:
+            # One shrink per fresh stats report: the next step is judged on what the last one did.
+            unseen = (
+                prev is not None and prev.shrink_wall is not None and (stats_time or 0) <= prev.shrink_wall
+            )
+            if target - want < dead_band or cooling or unseen:
                 keep = target
             else:
                 keep = max(want, _align_down(target - step, align), floor)
@@ -410,6 +413,7 @@ def decide(
             peak=peak,
             progress=progress,
             warned_autodeflate=warned,
+            shrink_wall=prev.shrink_wall if prev is not None else None,
         )
         rows.append(_Row(g, floor, ceiling, want, keep, shares, pressure, reason, step, memory))
 
@@ -461,7 +465,8 @@ def decide(
                 )
             )
         last_grow = now if new > old else mem.last_grow
-        new_vms[g.name] = mem._replace(planned_target=new, last_grow=last_grow)
+        shrink_wall = snapshot.wall_time if new < old else (r.memory.shrink_wall)
+        new_vms[g.name] = mem._replace(planned_target=new, last_grow=last_grow, shrink_wall=shrink_wall)
 
     # Held VMs whose balloon is above its target (deflated itself, or stuck): the target follows it up.
     for g, floor, ceiling, why in holds:
