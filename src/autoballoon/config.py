@@ -23,6 +23,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
 from autoballoon.errors import InvalidValueError
+from autoballoon.health import HealthTunables
 from autoballoon.model import GuestPolicy
 from autoballoon.tunables import Tunables
 from autoballoon.units import parse_percent, parse_size
@@ -71,6 +72,8 @@ class VMSection(_Strict):
     shares: Annotated[int, Field(ge=0, strict=True)] | None = None
     buffer: Fraction | None = None
     exclude: bool = False
+    #: The guest OS when libvirt cannot tell (no libosinfo metadata): Windows guests get a safe floor.
+    os: Literal["linux", "windows", "other"] | None = None
 
     def policy(self) -> GuestPolicy:
         return GuestPolicy(
@@ -80,6 +83,36 @@ class VMSection(_Strict):
             buffer=self.buffer,
             exclude=self.exclude,
         )
+
+
+Share = Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)]
+Factor = Annotated[float, Field(gt=0, allow_inf_nan=False)]
+
+
+class HealthSection(_Strict):
+    """``[health]``: the balloon health guard (see :class:`autoballoon.health.HealthTunables`)."""
+
+    enabled: bool | None = None
+    cpu_level: Share | None = None
+    sustain_s: Seconds | None = None
+    window_s: Seconds | None = None
+    baseline_margin: Share | None = None
+    baseline_tau_s: Annotated[float, Field(gt=0, allow_inf_nan=False)] | None = None
+    baseline_min_s: Seconds | None = None
+    quarantine_s: Seconds | None = None
+    host_load_factor: Factor | None = None
+    host_load_clear_factor: Factor | None = None
+    host_pause_hold_s: Seconds | None = None
+    thermal_throttle_increase: Annotated[int, Field(ge=1, strict=True)] | None = None
+    windows_min: Size | None = None
+    windows_min_fraction: Share | None = None
+    disable_balloon: bool | None = None
+
+    def tunables(self) -> HealthTunables:
+        values = {k: v for k, v in self.model_dump().items() if v is not None}
+        if "windows_min" in values:
+            values["windows_min_bytes"] = values.pop("windows_min")
+        return HealthTunables(**values)
 
 
 class HostSection(_Strict):
@@ -120,6 +153,7 @@ class ConfigFile(_Strict):
     restore_to: RestoreTo = "max"
     manage: list[str] | None = None
     host: HostSection = HostSection()
+    health: HealthSection = HealthSection()
     defaults: VMSection = VMSection()
     tunables: dict[str, Any] = Field(default_factory=dict)
     vm: dict[str, VMSection] = Field(default_factory=dict)
@@ -140,6 +174,9 @@ class DaemonConfig:
     #: Names or globs of the only VMs to manage (None: all); the others are treated as excluded.
     manage: tuple[str, ...] | None = None
     source: str | None = None  # the file it came from, for messages
+    health: HealthTunables = field(default_factory=HealthTunables)
+    #: Guest OS types named in the config: (name or glob, os), exact names first, then globs in file order.
+    os_types: tuple[tuple[str, str], ...] = ()
 
     @property
     def interval_s(self) -> float:
@@ -172,6 +209,13 @@ class DaemonConfig:
         if runtime is not None:
             policy = runtime.merged_over(policy)
         return policy
+
+    def os_for(self, vm: str) -> str | None:
+        """The guest OS the config names for a VM (``[vm."..."] os``), or None: trust the backend."""
+        for pattern, os_type in self.os_types:
+            if fnmatch.fnmatchcase(vm, pattern):
+                return os_type
+        return None
 
 
 def check_interval(seconds: float, tunables: Tunables, *, what: str) -> None:
@@ -248,6 +292,17 @@ def parse_config(raw: Mapping[str, Any], *, source: str | None = None) -> Daemon
             )
     exact = {name: s.policy() for name, s in parsed.vm.items() if not _is_glob(name)}
     globs = tuple((name, s.policy()) for name, s in parsed.vm.items() if _is_glob(name))
+    health = parsed.health.tunables()
+    if health.host_load_clear_factor > health.host_load_factor:
+        raise InvalidValueError(
+            "config key 'health.host_load_clear_factor'",
+            health.host_load_clear_factor,
+            f"at most health.host_load_factor ({health.host_load_factor:g})",
+        )
+    named = [(n, s.os) for n, s in parsed.vm.items() if s.os is not None]
+    os_types = tuple(
+        [(n, o) for n, o in named if not _is_glob(n)] + [(n, o) for n, o in named if _is_glob(n)]
+    )
     return DaemonConfig(
         tunables=tunables,
         journal_path=parsed.journal,
@@ -258,6 +313,8 @@ def parse_config(raw: Mapping[str, Any], *, source: str | None = None) -> Daemon
         globs=globs,
         manage=tuple(parsed.manage) if parsed.manage is not None else None,
         source=source,
+        health=health,
+        os_types=os_types,
     )
 
 

@@ -12,6 +12,7 @@ at the start of its next tick, so that a backend which is not thread-safe (the s
 from __future__ import annotations
 
 import contextlib
+import logging
 import statistics
 import threading
 import time
@@ -20,19 +21,27 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
-from autoballoon import guards
+from autoballoon import guards, health
 from autoballoon.backends.base import Backend
 from autoballoon.clock import Clock, RealClock
 from autoballoon.config import DaemonConfig
-from autoballoon.errors import BackendError, ConnectionLostError, LimitError, UnknownVMError
+from autoballoon.errors import (
+    BackendError,
+    ConnectionLostError,
+    LimitError,
+    RefusedError,
+    UnknownVMError,
+)
 from autoballoon.guards import Status
 from autoballoon.journal import Journal, JournalEntry
-from autoballoon.model import Action, GuestPolicy, HostSnapshot, Plan
-from autoballoon.policy import PolicyState, decide, guest_used
+from autoballoon.model import Action, BalloonChange, GuestPolicy, HostSnapshot, Plan
+from autoballoon.policy import PolicyState, guest_used
 from autoballoon.units import human
 
 #: Statuses of VMs that autoballoon has been ballooning (and so restores on exit).
 _RESTORABLE = (Status.MANAGED, Status.STUCK, Status.NO_STATS, Status.MANUAL_HOLD)
+
+log = logging.getLogger("autoballoon.health")
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +100,8 @@ class ControllerStatus:
     reconnects: int
     last_error: str | None
     journal: tuple[JournalEntry, ...] = field(default=())
+    #: Why the health guard holds every shrink now (host load or thermal throttling), or None.
+    shrink_paused: str | None = None
 
 
 class Controller:
@@ -119,6 +130,8 @@ class Controller:
         self.reopen = reopen
         self.uri = uri or (backend.uri if backend is not None else "")
         self._state = PolicyState()
+        self._health = health.HealthState()
+        self._pending_releases: set[str] = set()
         self._last: tuple[HostSnapshot | None, Plan | None, PolicyState] = (None, None, self._state)
         self._start_targets: dict[str, int] = {}
         self._lock = threading.Lock()
@@ -207,12 +220,17 @@ class Controller:
         policies = {
             g.name: self.config.policy_for(g.name, g.policy, runtime.get(g.name)) for g in snapshot.guests
         }
-        plan, state = decide(snapshot, policies, self._state, self.config.tunables)
+        os_types = {g.name: o for g in snapshot.guests if (o := self.config.os_for(g.name)) is not None}
+        plan, state, self._health, health_events = health.step(
+            snapshot, policies, self._state, self._health, self.config.tunables, self.config.health, os_types
+        )
         wall = self.clock.wall()
         for message in plan.events:
             vm, _, text = message.partition(": ")
             kind = "warning" if text.startswith("warning") else "status"
             self.journal.event(wall, kind, message, vm=vm if vm in plan.status else None)
+        for event in health_events:
+            self._health_event(backend, event, wall)
         self._state = state
         self._last = (snapshot, plan, state)
         try:
@@ -221,6 +239,38 @@ class Controller:
         except ConnectionLostError as e:
             self._backend_failed(e)
         return plan
+
+    def _health_event(self, backend: Backend, event: health.HealthEvent, wall: float) -> None:
+        """Journal and log what the health guard saw; on a quarantine, name (or apply) the remedy."""
+        extra: dict[str, object] = {}
+        if event.kind == "quarantine" and event.vm is not None:
+            extra = {"remedy": health.remedy(event.vm), "detect_s": event.detect_s}
+        self.journal.event(wall, event.kind, event.message, vm=event.vm, **extra)
+        log.warning("%s", event.message)
+        if event.kind == "quarantine" and event.vm is not None and self.config.health.disable_balloon:
+            self._disable_balloon(backend, event.vm, wall)
+
+    def _disable_balloon(self, backend: Backend, vm: str, wall: float) -> None:
+        """``[health] disable_balloon``: the remedy on the persistent config only, never the live VM."""
+        if self.dry_run:
+            message = f"{vm}: dry run: would apply '{health.remedy(vm)}' (persistent config, next boot)"
+            self.journal.event(wall, "remedy", message, vm=vm, applied=False)
+            return
+        try:
+            result = backend.set_balloon(vm, BalloonChange(model="none"))
+        except ConnectionLostError:
+            raise
+        except (RefusedError, BackendError) as e:
+            message = f"{vm}: could not apply '{health.remedy(vm)}': {e}"
+            self.journal.event(wall, "remedy", message, vm=vm, applied=False, error=str(e))
+            log.warning("%s", message)
+            return
+        message = (
+            f"{vm}: applied '{health.remedy(vm)}' to the persistent config ({result.message}); "
+            "it takes effect at the next boot, the running VM keeps its balloon (deflated, quarantined)"
+        )
+        self.journal.event(wall, "remedy", message, vm=vm, applied=True, next_boot=True)
+        log.warning("%s", message)
 
     def _act(self, backend: Backend, action: Action, host_available: int, wall: float) -> None:
         if self.dry_run:
@@ -319,11 +369,33 @@ class Controller:
                 if persist:
                     self._pending_policies[vm] = policy
 
+    def submit_release(self, vm: str) -> None:
+        """End a quarantine (``autoballoon release VM``) at the next tick; refused unless quarantined."""
+        if vm not in self._health.quarantined:
+            snapshot = self._last[0]
+            if snapshot is not None and snapshot.guest(vm) is None:
+                raise UnknownVMError(vm, snapshot.names)
+            raise RefusedError(f"refused: VM {vm!r} is not quarantined; nothing was changed")
+        with self._lock:
+            self._pending_releases.add(vm)
+
+    @property
+    def quarantined(self) -> Mapping[str, str]:
+        """Quarantined VMs and why (any thread)."""
+        return self._health.reasons()
+
     def _apply_pending(self, backend: Backend) -> None:
         with self._lock:
             targets, self._pending_targets = self._pending_targets, {}
             policies, self._pending_policies = self._pending_policies, {}
+            releases, self._pending_releases = self._pending_releases, set()
         wall = self.clock.wall()
+        for vm in sorted(releases):
+            if vm in self._health.quarantined:
+                self._health = health.release(self._health, vm, self.clock.now())
+                message = f"{vm}: quarantine released by the operator; ballooned again"
+                self.journal.event(wall, "release", message, vm=vm)
+                log.warning("%s", message)
         for vm, policy in policies.items():
             try:
                 backend.set_policy(vm, policy)
@@ -465,4 +537,5 @@ class Controller:
             reconnects=self._reconnects,
             last_error=self._last_error,
             journal=self.journal.recent(journal_entries),
+            shrink_paused=self._health.paused,
         )

@@ -9,6 +9,7 @@ testable on its own.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from enum import StrEnum
 from typing import NamedTuple
 
@@ -45,6 +46,24 @@ def limits(guest: GuestSnapshot, policy: GuestPolicy, tunables: Tunables) -> tup
     if policy.min_bytes is not None and policy.min_bytes > floor:
         floor = policy.min_bytes
     return min(floor, ceiling), ceiling
+
+
+def os_floor(
+    policy: GuestPolicy, os_type: str, max_bytes: int, *, min_bytes: int, min_fraction: float
+) -> GuestPolicy:
+    """``policy`` with its floor raised for a Windows guest: never below ``min_bytes`` nor
+    ``min_fraction`` of its max (but never above the max).
+
+    Windows reports "available" with its standby cache in it and pages hard when squeezed, and its
+    balloon service reports MemTotal as the full size (virtio-win#568), so its stats overstate what it
+    can give up; a fixed safe margin is the honest answer. Other guests are returned unchanged.
+    """
+    if os_type != "windows":
+        return policy
+    floor = min(max(min_bytes, int(max_bytes * min_fraction)), max_bytes)
+    if policy.min_bytes is not None and policy.min_bytes >= floor:
+        return policy
+    return replace(policy, min_bytes=floor)
 
 
 def clamp(value: int, floor: int, ceiling: int) -> int:

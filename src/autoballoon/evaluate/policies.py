@@ -23,8 +23,9 @@ import numpy.typing as npt
 from autoballoon.config import parse_config
 from autoballoon.errors import InvalidValueError
 from autoballoon.evaluate import mom, proxmox
+from autoballoon.health import DEFAULT_HEALTH, HealthState, HealthTunables, step
 from autoballoon.model import HostSnapshot
-from autoballoon.policy import PolicyState, decide
+from autoballoon.policy import PolicyState
 from autoballoon.sim.engine import Simulation
 from autoballoon.tunables import DEFAULT_TUNABLES, Tunables
 
@@ -149,19 +150,25 @@ class ProxmoxPolicy:
 
 
 class AutoballoonPolicy:
-    """The project's default policy, exactly as the controller runs it, at its own interval."""
+    """The project's default policy with its health guard, exactly as the controller runs them."""
 
     name = "autoballoon"
     needs_snapshot = True
 
-    def __init__(self, tunables: Tunables = DEFAULT_TUNABLES) -> None:
+    def __init__(
+        self, tunables: Tunables = DEFAULT_TUNABLES, health: HealthTunables = DEFAULT_HEALTH
+    ) -> None:
         self.tunables = tunables
+        self.health = health
         self.interval_s = tunables.interval_s
         self._state = PolicyState()
+        self._health = HealthState()
 
     def tick(self, now: float, snapshot: HostSnapshot | None) -> Targets:
         assert snapshot is not None
-        plan, self._state = decide(snapshot, {}, self._state, self.tunables)
+        plan, self._state, self._health, _ = step(
+            snapshot, {}, self._state, self._health, self.tunables, self.health
+        )
         return {a.vm: a.new_target for a in plan.actions}
 
 
