@@ -105,6 +105,7 @@ class VMHealth(NamedTuple):
     baseline: float | None = None  # slow average of ``load`` from before the last balloon change
     watched_s: float = 0.0  # seconds of samples in the baseline
     changed_at: float | None = None  # when its balloon target was last lowered (the balloon inflated)
+    window_from: float | None = None  # the first change of the current run of changes (for reports)
     hot_since: float | None = None  # start of the current run of storm samples
 
 
@@ -120,7 +121,8 @@ class HealthEvent(NamedTuple):
     vm: str | None
     kind: str  # "quarantine", "release", "pause", "resume"
     message: str
-    detect_s: float | None = None  # quarantine: seconds from the balloon change to the detection
+    #: quarantine: seconds from the first balloon change of the run that led to it, to the detection
+    detect_s: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,15 +153,23 @@ def _watch(g: GuestSnapshot, prev: VMHealth | None, now: float, t: HealthTunable
     """The VM's new CPU sample, baseline and change mark (no verdict yet)."""
     if prev is None or g.cpu_time_ns is None:
         return VMHealth(cpu_ns=g.cpu_time_ns, cpu_at=now, seen_target=g.target_bytes)
-    changed_at = prev.changed_at
+    changed_at, window_from = prev.changed_at, prev.window_from
     # Only an inflation (a lower target) can make a guest sick; growth gives it memory back.
     moved = prev.seen_target is not None and g.target_bytes < prev.seen_target
     if moved:
         changed_at = prev.cpu_at if prev.cpu_at is not None else now  # set right after the last look
+        if window_from is None or prev.changed_at is None or changed_at - prev.changed_at > t.window_s:
+            window_from = changed_at
     dt = now - prev.cpu_at if prev.cpu_at is not None else 0.0
-    if prev.cpu_ns is None or g.cpu_time_ns < prev.cpu_ns or dt <= 0:  # restarted, or no interval
+    if prev.cpu_ns is not None and g.cpu_time_ns < prev.cpu_ns:  # the guest restarted: start afresh
+        return VMHealth(cpu_ns=g.cpu_time_ns, cpu_at=now, seen_target=g.target_bytes)
+    if prev.cpu_ns is None or dt <= 0:
         return prev._replace(
-            cpu_ns=g.cpu_time_ns, cpu_at=now, seen_target=g.target_bytes, changed_at=changed_at
+            cpu_ns=g.cpu_time_ns,
+            cpu_at=now,
+            seen_target=g.target_bytes,
+            changed_at=changed_at,
+            window_from=window_from,
         )
     load = (g.cpu_time_ns - prev.cpu_ns) / (dt * _NS * max(1, g.vcpus))
     baseline, watched = prev.baseline, prev.watched_s
@@ -175,6 +185,7 @@ def _watch(g: GuestSnapshot, prev: VMHealth | None, now: float, t: HealthTunable
         baseline=baseline,
         watched_s=watched,
         changed_at=changed_at,
+        window_from=window_from,
         hot_since=prev.hot_since,
     )
 
@@ -226,7 +237,7 @@ def observe(
         if not g.state.active or not g.balloon.enabled:
             continue  # forgotten: a VM that comes back starts a fresh baseline
         if prev is not None and any(e.vm == g.name and e.kind == "release" for e in events):
-            prev = prev._replace(changed_at=None, hot_since=None)
+            prev = prev._replace(changed_at=None, window_from=None, hot_since=None)
         start = prev.cpu_at if prev is not None and prev.cpu_at is not None else now
         h = _watch(g, prev, now, t)
         if h.changed_at is not None and h.changed_at != (prev.changed_at if prev else None):
@@ -241,9 +252,8 @@ def observe(
             until = now + t.quarantine_s if t.quarantine_s > 0 else None
             quarantined[g.name] = Quarantine(since=now, until=until, reason=reason)
             assert h.changed_at is not None  # _storm() needs a change
-            events.append(
-                HealthEvent(g.name, "quarantine", f"{g.name}: quarantined: {reason}", now - h.changed_at)
-            )
+            first = h.window_from if h.window_from is not None else h.changed_at
+            events.append(HealthEvent(g.name, "quarantine", f"{g.name}: quarantined: {reason}", now - first))
             h = h._replace(hot_since=None)
         vms[g.name] = h
     paused, until, pause_event = _host_pause(snapshot, state, last_change, t)
@@ -296,7 +306,7 @@ def release(state: HealthState, vm: str, now: float) -> HealthState:
     quarantined = {k: v for k, v in state.quarantined.items() if k != vm}
     vms = dict(state.vms)
     if vm in vms:
-        vms[vm] = vms[vm]._replace(changed_at=None, hot_since=None)
+        vms[vm] = vms[vm]._replace(changed_at=None, window_from=None, hot_since=None)
     return replace(state, quarantined=MappingProxyType(quarantined), vms=MappingProxyType(vms), time=now)
 
 

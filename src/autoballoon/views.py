@@ -8,7 +8,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from autoballoon import guards
+from autoballoon.guards import Status
 from autoballoon.model import GuestSnapshot, HostSnapshot
+from autoballoon.tunables import DEFAULT_TUNABLES, Tunables
 
 #: The fields of ``autoballoon list --json``, in order.
 LIST_FIELDS = (
@@ -23,6 +26,8 @@ LIST_FIELDS = (
     "balloon_model",
     "vcpus",
     "policy",
+    "status",
+    "status_reason",
 )
 
 
@@ -31,8 +36,23 @@ def _age(g: GuestSnapshot, now_wall: float) -> float | None:
     return None if age is None else round(age, 3)
 
 
-def guest_row(g: GuestSnapshot, now_wall: float) -> dict[str, Any]:
-    """One VM as ``list --json`` shows it."""
+def snapshot_status(
+    g: GuestSnapshot, now_wall: float, tunables: Tunables = DEFAULT_TUNABLES
+) -> tuple[str, str]:
+    """``(status, reason)`` from the snapshot alone, when no daemon can say more: excluded, no-stats
+    (stats missing or stale) or managed. Only the daemon knows stuck, quarantined and manual-hold."""
+    excluded = guards.exclusion(g, g.policy)
+    if excluded is not None:
+        return Status.EXCLUDED.value, excluded
+    hold = guards.hold_reason(g, now_wall, tunables)
+    if hold is not None:
+        return Status.NO_STATS.value, hold
+    return Status.MANAGED.value, ""
+
+
+def guest_row(g: GuestSnapshot, now_wall: float, status: tuple[str, str] | None = None) -> dict[str, Any]:
+    """One VM as ``list --json`` shows it; ``status`` is the daemon's, else computed from the snapshot."""
+    state, reason = status if status is not None else snapshot_status(g, now_wall)
     return {
         "name": g.name,
         "state": g.state.value,
@@ -45,6 +65,8 @@ def guest_row(g: GuestSnapshot, now_wall: float) -> dict[str, Any]:
         "balloon_model": g.balloon.model,
         "vcpus": g.vcpus,
         "policy": g.policy.to_json(),
+        "status": state,
+        "status_reason": reason,
     }
 
 

@@ -61,6 +61,7 @@ def cli(ctx: click.Context, uri: str) -> None:
 # Each command group lives in its own module and registers itself on ``cli`` when imported.
 from autoballoon.cli import change, inventory  # noqa: E402,F401
 from autoballoon.cli import evaluate  # noqa: E402,F401
+from autoballoon.cli import release  # noqa: E402,F401
 from autoballoon.cli import run  # noqa: E402,F401
 
 

@@ -5,10 +5,11 @@ from __future__ import annotations
 import click
 
 from autoballoon.cli import Context, cli, pass_ctx
+from autoballoon.cli.daemon import daemon_option, statuses
 from autoballoon.cli.output import emit_json, pairs, table
 from autoballoon.model import GuestPolicy
 from autoballoon.units import human
-from autoballoon.views import guest_detail, guest_row, host_view
+from autoballoon.views import guest_detail, guest_row, host_view, snapshot_status
 
 
 def _age(age: float | None) -> str:
@@ -32,17 +33,34 @@ def policy_text(p: GuestPolicy) -> str:
 
 @cli.command("list")
 @click.option("--json", "as_json", is_flag=True, help="A JSON list; sizes in bytes, stable field names.")
+@daemon_option
 @pass_ctx
-def list_(ctx: Context, as_json: bool) -> None:
-    """Every VM: state, memory (max, target, actual, guest used/available), stats age, balloon, policy."""
+def list_(ctx: Context, as_json: bool, daemon_url: str) -> None:
+    """Every VM: state, memory (max, target, actual, guest used/available), stats age, balloon, policy,
+    and what autoballoon does with it (STATUS: from the running daemon when one manages this host)."""
     snap = ctx.backend.snapshot()
-    rows = [guest_row(g, snap.wall_time) for g in snap.guests]
+    known = statuses(daemon_url, ctx.uri) or {}
+    judged = {g.name: known.get(g.name) or snapshot_status(g, snap.wall_time) for g in snap.guests}
+    rows = [guest_row(g, snap.wall_time, judged[g.name]) for g in snap.guests]
     if as_json:
         emit_json(rows)
         return
     table(
         None,
-        ["NAME", "STATE", "MAX", "TARGET", "ACTUAL", "USED", "AVAIL", "STATS", "BALLOON", "VCPU", "POLICY"],
+        [
+            "NAME",
+            "STATE",
+            "MAX",
+            "TARGET",
+            "ACTUAL",
+            "USED",
+            "AVAIL",
+            "STATS",
+            "BALLOON",
+            "VCPU",
+            "POLICY",
+            "STATUS",
+        ],
         [
             [
                 g.name,
@@ -56,6 +74,7 @@ def list_(ctx: Context, as_json: bool) -> None:
                 g.balloon.model + (" +autodeflate" if g.balloon.autodeflate else ""),
                 str(g.vcpus),
                 policy_text(g.policy),
+                status_text(*judged[g.name]),
             ]
             for g in snap.guests
         ],
@@ -63,15 +82,23 @@ def list_(ctx: Context, as_json: bool) -> None:
     )
 
 
+def status_text(status: str, reason: str) -> str:
+    return f"{status}: {reason}" if reason else status
+
+
 @cli.command()
 @click.argument("vm")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object; sizes in bytes.")
+@daemon_option
 @pass_ctx
-def info(ctx: Context, vm: str, as_json: bool) -> None:
+def info(ctx: Context, vm: str, as_json: bool, daemon_url: str) -> None:
     """Everything known about one VM: what virsh dominfo and dommemstat show, with units."""
     snap = ctx.backend.snapshot()
     g = snap.guest(vm) or ctx.backend.guest(vm)  # the second call raises UnknownVMError with the known names
     detail = guest_detail(g, snap.wall_time)
+    known = (statuses(daemon_url, ctx.uri) or {}).get(g.name)
+    if known is not None:
+        detail["status"], detail["status_reason"] = known
     if as_json:
         emit_json(detail)
         return
@@ -107,6 +134,7 @@ def info(ctx: Context, vm: str, as_json: bool) -> None:
             ),
             ("Stats age", _age(detail["stats_age_s"])),
             ("Policy", policy_text(g.policy)),
+            ("Status", status_text(detail["status"], detail["status_reason"])),
         ],
     )
 

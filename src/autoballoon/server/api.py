@@ -97,12 +97,12 @@ def error_of(e: AutoballoonError) -> ApiError:
     return ApiError(500, str(e))
 
 
-def status_fields(view: ServerView, name: str) -> dict[str, str | None]:
+def plan_status(view: ServerView, name: str) -> tuple[str, str] | None:
+    """The controller's ``(status, reason)`` for a VM, or None if its last decision did not judge it."""
     plan = view.plan
-    return {
-        "status": plan.status.get(name) if plan is not None else None,
-        "status_reason": plan.status_reason.get(name) if plan is not None else None,
-    }
+    if plan is None or name not in plan.status:
+        return None
+    return str(plan.status[name]), plan.status_reason.get(name, "")
 
 
 def is_action(event: Mapping[str, Any]) -> bool:
@@ -137,6 +137,7 @@ class Api:
         self._post: list[tuple[re.Pattern[str], Callable[..., Any]]] = [
             (re.compile(r"vms/(?P<name>[^/]+)/target"), self._post_target),
             (re.compile(r"vms/(?P<name>[^/]+)/policy"), self._post_policy),
+            (re.compile(r"vms/(?P<name>[^/]+)/release"), self._post_release),
         ]
 
     # -- plumbing ---------------------------------------------------------------------------------------
@@ -207,7 +208,7 @@ class Api:
     # -- reads ------------------------------------------------------------------------------------------
 
     def _vm_rows(self, view: ServerView, snap: HostSnapshot) -> list[dict[str, Any]]:
-        return [guest_row(g, snap.wall_time) | status_fields(view, g.name) for g in snap.guests]
+        return [guest_row(g, snap.wall_time, plan_status(view, g.name)) for g in snap.guests]
 
     def _vms(self, req: Request) -> Response:
         self._no_query(req)
@@ -218,7 +219,10 @@ class Api:
         self._no_query(req)
         view, snap = self._view()
         g = self._guest(snap, name)
-        body = guest_detail(g, snap.wall_time) | status_fields(view, name)
+        body = guest_detail(g, snap.wall_time)
+        status = plan_status(view, name)
+        if status is not None:
+            body["status"], body["status_reason"] = status
         point = self._history.latest(name)
         body["swap_in_bytes_per_s"] = point.swap_in_bps if point else None
         body["major_faults_per_s"] = point.major_faults_ps if point else None
@@ -238,6 +242,7 @@ class Api:
                 "last_tick_s": view.ticks.last_s,
                 "backend_errors": view.backend_errors,
                 "reconnects": view.reconnects,
+                "shrink_paused": view.shrink_paused,
             }
         )
         return body
@@ -334,6 +339,24 @@ class Api:
         stored = result if result is not None else policy
         body = {"vm": name, "policy": stored.to_json(), "applied": applied}
         return Response(200 if applied else 202, _dump(body))
+
+    def _post_release(self, req: Request, name: str) -> Response:
+        """End a VM's quarantine (``autoballoon release VM``); 409 if it is not quarantined."""
+        self._authorise(req)
+        _view, snap = self._view()
+        self._guest(snap, name)
+        if req.body.strip() not in (b"", b"{}"):
+            raise ApiError(400, "release takes no body (or an empty JSON object)", "body")
+        release = getattr(self._source, "submit_release", None)
+        if release is None:
+            raise ApiError(501, "this server cannot release quarantines", None)
+        try:
+            applied = release(name)
+        except RefusedError as e:
+            if isinstance(e, UnknownVMError):
+                raise
+            raise ApiError(409, str(e), "vm") from None
+        return Response(200 if applied else 202, _dump({"vm": name, "released": True, "applied": applied}))
 
 
 def _int_param(req: Request, name: str, default: int | None, low: int, high: int | None) -> int | None:

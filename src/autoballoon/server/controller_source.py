@@ -144,6 +144,7 @@ class ControllerSource:
             config=self._config,
             interval_s=status.interval_s,
             uri=status.uri,
+            shrink_paused=status.shrink_paused,
         )
 
     # -- changes ----------------------------------------------------------------------------------------
@@ -186,6 +187,12 @@ class ControllerSource:
         if not entry.get("applied"):
             raise BackendError("setting the balloon target failed", vm=vm, cause=str(entry.get("error")))
         return True
+
+    def submit_release(self, vm: str) -> bool:
+        after = self._seq
+        self._controller.submit_release(vm)
+        entry = self._wait_for(after, lambda e: e.get("vm") == vm and e.get("kind") == "release")
+        return entry is not None
 
     def submit_policy(self, vm: str, changes: Mapping[str, object]) -> GuestPolicy | None:
         snap = self._view.snapshot

@@ -139,6 +139,11 @@ def host_families(view: ServerView) -> list[Metric]:
         view.plan.budget if view.plan is not None else None,
     )
     gauge("autoballoon_host_reserve_bytes", "Host memory never handed to guests.", view.reserve_bytes)
+    gauge(
+        "autoballoon_host_shrink_paused",
+        "1 while the health guard holds every shrink (host load or CPU thermal throttling), else 0.",
+        1.0 if view.shrink_paused else 0.0,
+    )
     return out
 
 

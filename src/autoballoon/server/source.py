@@ -46,6 +46,8 @@ class ServerView:
     #: Seconds between two controller ticks (for the dashboard's staleness warning).
     interval_s: float | None = None
     uri: str = ""
+    #: Why the health guard holds every shrink now (host load, thermal throttling), or None.
+    shrink_paused: str | None = None
 
 
 class Source(Protocol):
@@ -68,4 +70,10 @@ class Source(Protocol):
         """Ask the controller to merge ``changes`` into ``vm``'s stored policy (through
         :func:`autoballoon.ops.update_policy`, which validates again against the backend); returns the
         stored policy, or None if it is queued but not yet applied."""
+        ...
+
+    def submit_release(self, vm: str) -> bool:
+        """Ask the controller to end ``vm``'s quarantine (the health guard's); True once applied, False if
+        queued. Raises :class:`~autoballoon.errors.RefusedError` if the VM is not quarantined. Optional:
+        a source without it answers 501."""
         ...

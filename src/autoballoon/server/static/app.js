@@ -80,6 +80,14 @@ function renderHost(h) {
   const bar = document.getElementById("hostbar");
   bar.dataset.vms = String(vms);
   bar.dataset.free = String(free);
+  const paused = document.getElementById("h-paused");
+  paused.hidden = !h.shrink_paused;
+  setText("h-paused", h.shrink_paused ? "Shrinking paused by the health guard: " + h.shrink_paused : "");
+}
+
+// The one command that removes a storming guest's balloon device (effective at its next boot).
+function remedyCommand(name) {
+  return "autoballoon balloon " + name + " --model none";
 }
 
 function makeRow(vm) {
@@ -88,7 +96,10 @@ function makeRow(vm) {
   const info = el("div", "vm-info");
   const head = el("div", "vm-head");
   head.append(el("span", "vm-name", vm.name), el("span", "badge"), el("span", "vm-state muted"));
-  info.append(head, el("div", "vm-reason muted"));
+  const remedy = el("div", "vm-remedy");
+  remedy.hidden = true;
+  remedy.append(el("span", "", "remedy: "), el("code", "remedy-cmd"));
+  info.append(head, el("div", "vm-reason muted"), remedy);
   const nums = el("dl", "vm-nums");
   for (const [key, label] of [["max", "max"], ["target", "target"], ["actual", "actual"],
     ["used", "guest used"], ["avail", "guest available"], ["age", "stats age"]]) {
@@ -136,6 +147,9 @@ function renderVm(row, vm, now) {
   badge.dataset.status = st;
   row.querySelector(".vm-state").textContent = vm.state + " · " + vm.balloon_model + " balloon";
   row.querySelector(".vm-reason").textContent = vm.status_reason || "";
+  const remedy = row.querySelector(".vm-remedy");
+  remedy.hidden = vm.status !== "quarantined";
+  remedy.querySelector(".remedy-cmd").textContent = vm.status === "quarantined" ? remedyCommand(vm.name) : "";
   row.querySelector(".n-max").textContent = bytes(vm.max_bytes);
   row.querySelector(".n-target").textContent = bytes(vm.target_bytes);
   row.querySelector(".n-actual").textContent = bytes(vm.actual_bytes);

@@ -1,0 +1,261 @@
+"""The health guard as pure functions: CPU-storm quarantine, host pause, Windows floor, plan guarding."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+
+from autoballoon import guards, health
+from autoballoon.config import parse_config
+from autoballoon.errors import InvalidValueError
+from autoballoon.guards import Status
+from autoballoon.health import HealthState, HealthTunables
+from autoballoon.model import Action, GuestPolicy, GuestSnapshot, GuestStats, HostSnapshot, Plan, VMState
+from autoballoon.policy import PolicyState
+from autoballoon.tunables import Tunables
+from autoballoon.units import GiB, MiB
+
+H = HealthTunables(
+    sustain_s=10.0, window_s=60.0, baseline_min_s=4.0, quarantine_s=600.0, host_pause_hold_s=20.0
+)
+STEP = 2.0
+NS = 1_000_000_000
+
+
+def guest(
+    name: str, cpu_ns: int, target: int = 4 * GiB, *, vcpus: int = 2, os_type: str = "linux"
+) -> GuestSnapshot:
+    return GuestSnapshot(
+        name=name,
+        state=VMState.RUNNING,
+        max_bytes=4 * GiB,
+        target_bytes=target,
+        actual_bytes=target,
+        stats=GuestStats(total=target, available=target - GiB, last_update=1000.0),
+        vcpus=vcpus,
+        cpu_time_ns=cpu_ns,
+        os_type=os_type,  # type: ignore[arg-type]
+    )
+
+
+def host(
+    t: float, *guests: GuestSnapshot, load: float | None = 0.5, throttle: int | None = None
+) -> HostSnapshot:
+    return HostSnapshot(
+        time=t,
+        wall_time=1000.0 + t,
+        mem_total=32 * GiB,
+        mem_available=16 * GiB,
+        guests=guests,
+        load_avg1=load,
+        cpu_count=4,
+        thermal_throttle_count=throttle,
+    )
+
+
+class Guest:
+    """One simulated guest: CPU accrues at ``load`` of its vCPUs; its target moves when told."""
+
+    def __init__(self, name: str, load: float, vcpus: int = 2) -> None:
+        self.name, self.load, self.vcpus = name, load, vcpus
+        self.cpu_ns = 0
+        self.target = 4 * GiB
+
+    def advance(self, dt: float) -> None:
+        self.cpu_ns += int(self.load * self.vcpus * dt * NS)
+
+    def snap(self) -> GuestSnapshot:
+        return guest(self.name, self.cpu_ns, self.target, vcpus=self.vcpus)
+
+
+def run(
+    guests: list[Guest], state: HealthState, t0: float, seconds: float, tunables: HealthTunables = H
+) -> tuple[HealthState, list[health.HealthEvent], float]:
+    t = t0
+    events: list[health.HealthEvent] = []
+    while t < t0 + seconds:
+        t += STEP
+        for g in guests:
+            g.advance(STEP)
+        state, new = health.observe(host(t, *(g.snap() for g in guests)), state, tunables)
+        events.extend(new)
+    return state, events, t
+
+
+def test_a_guest_that_storms_after_a_shrink_is_quarantined_within_the_window() -> None:
+    g = Guest("win", load=0.05)
+    state, events, t = run([g], HealthState(), 0.0, 20.0)
+    assert not events and state.vms["win"].baseline == pytest.approx(0.05, abs=0.01)
+    g.target = 3 * GiB  # the policy inflates its balloon ...
+    changed = t
+    state, events, t = run([g], state, t, 4.0)
+    g.load = 0.98  # ... and the guest starts to spin every vCPU
+    state, events, t = run([g], state, t, 30.0)
+    quarantines = [e for e in events if e.kind == "quarantine"]
+    assert [e.vm for e in quarantines] == ["win"]
+    q = state.quarantined["win"]
+    assert q.since - changed <= H.window_s
+    assert q.since - changed >= H.sustain_s
+    assert quarantines[0].detect_s == pytest.approx(q.since - changed)
+    assert "autoballoon balloon win --model none" in quarantines[0].message
+    assert "autoballoon release win" in q.reason
+    assert q.until == pytest.approx(q.since + H.quarantine_s)
+
+
+def test_a_guest_busy_before_any_change_is_not_quarantined() -> None:
+    g = Guest("busy", load=0.97)
+    state, _, t = run([g], HealthState(), 0.0, 20.0)
+    g.target = 2 * GiB
+    state, events, _ = run([g], state, t, 120.0)
+    assert not events and not state.quarantined
+
+
+def test_a_storm_long_after_the_change_is_not_blamed_on_the_balloon() -> None:
+    g = Guest("late", load=0.05)
+    state, _, t = run([g], HealthState(), 0.0, 20.0)
+    g.target = 3 * GiB
+    state, _, t = run([g], state, t, H.window_s + 10)
+    g.load = 0.99
+    state, events, _ = run([g], state, t, 60.0)
+    assert not state.quarantined and not events
+
+
+def test_a_short_burst_is_no_storm() -> None:
+    g = Guest("burst", load=0.05)
+    state, _, t = run([g], HealthState(), 0.0, 20.0)
+    g.target = 3 * GiB
+    g.load = 0.99
+    state, _, t = run([g], state, t, H.sustain_s - 2 * STEP)
+    g.load = 0.1
+    state, events, _ = run([g], state, t, 30.0)
+    assert not state.quarantined and not events
+
+
+def test_quarantine_expires_and_release_gives_a_fresh_watch() -> None:
+    g = Guest("win", load=0.05)
+    state, _, t = run([g], HealthState(), 0.0, 20.0)
+    g.target = 3 * GiB
+    g.load = 0.98
+    state, _, t = run([g], state, t, 20.0)
+    assert "win" in state.quarantined
+    released = health.release(state, "win", t)
+    assert "win" not in released.quarantined and released.vms["win"].changed_at is None
+    # Without a release it ends after quarantine_s.
+    g.load = 0.05
+    state, events, t = run([g], state, t, H.quarantine_s + STEP)
+    assert "win" not in state.quarantined
+    assert [e.kind for e in events] == ["release"] and "ended" in events[0].message
+
+
+def test_a_restarted_guest_starts_a_fresh_baseline() -> None:
+    g = Guest("vm", load=0.05)
+    state, _, t = run([g], HealthState(), 0.0, 20.0)
+    g.cpu_ns = 0  # rebooted: the counter starts again
+    state, events, _ = run([g], state, t, STEP)
+    assert not events and state.vms["vm"].load is None
+
+
+def test_host_load_pauses_shrinking_after_a_change_and_resumes_when_it_clears() -> None:
+    g = Guest("vm", load=0.05)
+    state, _, t = run([g], HealthState(), 0.0, 10.0)
+    # High load without any balloon change: not ballooning's doing, no pause.
+    state, events = health.observe(host(t + 2, g.snap(), load=20.0), state, H)
+    assert state.paused is None and not events
+    g.target = 3 * GiB
+    state, _ = health.observe(host(t + 4, g.snap(), load=1.0), state, H)
+    state, events = health.observe(host(t + 6, g.snap(), load=12.0), state, H)
+    assert state.paused is not None and "host load 12.0 on 4 CPUs" in state.paused
+    assert [e.kind for e in events] == ["pause"]
+    plan = Plan(actions=(Action("vm", 3 * GiB, 2 * GiB, "idle"), Action("other", GiB, 2 * GiB, "demand")))
+    guarded = health.guard_plan(plan, host(t + 6, g.snap()), replace(state), {}, H)
+    assert [a.vm for a in guarded.actions] == ["other"]  # growth goes on, the shrink waits
+    assert "held" in guarded.status_reason["vm"]
+    # Load falls under the cores, but the pause holds for host_pause_hold_s.
+    state, events = health.observe(host(t + 8, g.snap(), load=3.0), state, H)
+    assert state.paused is not None and not events
+    state, events = health.observe(host(t + 8 + H.host_pause_hold_s, g.snap(), load=3.0), state, H)
+    assert state.paused is None and [e.kind for e in events] == ["resume"]
+
+
+def test_thermal_throttling_after_a_change_pauses_shrinking() -> None:
+    g = Guest("vm", load=0.05)
+    state, _, t = run([g], HealthState(), 0.0, 10.0)
+    state, _ = health.observe(host(t + 2, g.snap(), throttle=100), state, H)
+    g.target = 3 * GiB
+    state, _ = health.observe(host(t + 4, g.snap(), throttle=100), state, H)
+    assert state.paused is None
+    state, events = health.observe(host(t + 6, g.snap(), throttle=140), state, H)
+    assert state.paused is not None and "thermal" in state.paused and events[0].kind == "pause"
+    state, _ = health.observe(host(t + 6 + H.host_pause_hold_s, g.snap(), throttle=140), state, H)
+    assert state.paused is None
+
+
+def test_guard_plan_deflates_quarantined_vms_to_their_ceiling_only() -> None:
+    q = health.Quarantine(since=0.0, until=None, reason="storm")
+    state = HealthState(quarantined={"win": q}, vms={"win": health.VMHealth(baseline=0.1, watched_s=10.0)})
+    snap = host(10.0, guest("win", 10 * NS, target=2 * GiB))
+    plan = Plan(actions=(Action("win", 2 * GiB, 2 * GiB + 512 * MiB, "autodeflate"),))
+    guarded = health.guard_plan(plan, snap, state, {"win": 3 * GiB}, H)
+    assert guarded.actions == (Action("win", 2 * GiB, 3 * GiB, "quarantine", available=GiB),)
+
+
+def test_no_shrink_before_a_cpu_baseline() -> None:
+    snap = host(0.0, guest("new", 0, target=4 * GiB))
+    state, _ = health.observe(snap, HealthState(), H)
+    plan = Plan(actions=(Action("new", 4 * GiB, 3 * GiB, "idle"),))
+    assert health.guard_plan(plan, snap, state, {}, H).actions == ()
+    blind = host(0.0, replace(guest("new", 0), cpu_time_ns=None))  # no CPU counter: cannot watch, no veto
+    assert health.guard_plan(plan, blind, state, {}, H).actions == plan.actions
+    off = replace(H, enabled=False)
+    assert health.guard_plan(plan, snap, state, {}, off) is plan
+
+
+def test_windows_guests_get_a_safe_floor() -> None:
+    base = GuestPolicy(min_bytes=512 * MiB)
+    assert guards.os_floor(base, "linux", 16 * GiB, min_bytes=2 * GiB, min_fraction=0.25) is base
+    win = guards.os_floor(base, "windows", 16 * GiB, min_bytes=2 * GiB, min_fraction=0.25)
+    assert win.min_bytes == 4 * GiB
+    assert guards.os_floor(base, "windows", GiB, min_bytes=2 * GiB, min_fraction=0.25).min_bytes == GiB
+    high = GuestPolicy(min_bytes=6 * GiB)
+    assert guards.os_floor(high, "windows", 16 * GiB, min_bytes=2 * GiB, min_fraction=0.25) is high
+    snap = host(0.0, guest("w", 0, os_type="windows"), guest("l", 0), guest("cfg", 0))
+    policies = health.os_policies(snap, {}, {"cfg": "windows"}, H)
+    assert set(policies) == {"w", "cfg"} and policies["w"].min_bytes == 2 * GiB
+
+
+def test_step_holds_a_quarantined_vm_and_the_policy_never_shrinks_it() -> None:
+    g = guest("win", 0, target=2 * GiB)
+    q = health.Quarantine(since=0.0, until=None, reason="CPU storm")
+    hstate = HealthState(quarantined={"win": q})
+    result = health.step(host(0.0, g), {}, PolicyState(), hstate, Tunables(), H)
+    assert result.plan.status["win"] == Status.QUARANTINED
+    (action,) = result.plan.actions
+    assert (action.vm, action.old_target, action.new_target, action.reason) == (
+        "win",
+        2 * GiB,
+        4 * GiB,
+        "quarantine",
+    )
+
+
+def test_health_config_section() -> None:
+    cfg = parse_config(
+        {
+            "health": {"sustain_s": 5, "windows_min": "1GiB", "disable_balloon": True},
+            "vm": {"win-*": {"os": "windows"}, "win-linux": {"os": "linux"}},
+        }
+    )
+    assert cfg.health.sustain_s == 5.0 and cfg.health.disable_balloon
+    assert cfg.health.windows_min_bytes == GiB
+    assert cfg.os_for("win-linux") == "linux" and cfg.os_for("win-7") == "windows" and cfg.os_for("x") is None
+    for bad, key in (
+        ({"cpu_level": 1.5}, "health.cpu_level"),
+        ({"sustain": 5}, "health.sustain"),
+        ({"windows_min": 2048}, "health.windows_min"),
+        ({"host_load_factor": 1.0, "host_load_clear_factor": 2.0}, "health.host_load_clear_factor"),
+    ):
+        with pytest.raises(InvalidValueError, match=key.replace(".", r"\.")):
+            parse_config({"health": bad})
+    with pytest.raises(InvalidValueError, match=r"vm\.x\.os"):
+        parse_config({"vm": {"x": {"os": "beos"}}})
