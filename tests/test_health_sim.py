@@ -8,6 +8,7 @@ import contextlib
 import json
 import threading
 import time
+import urllib.request
 from collections.abc import Iterator
 from typing import Any
 
@@ -243,6 +244,10 @@ def test_list_reads_statuses_from_the_daemon(
     assert rows["busy"]["status"] == "excluded"  # outside the daemon's 'manage'
     code, out, _ = cli(capsys, backend.uri, "list", "--daemon", server.url)
     assert code == 0 and "quarantined" in out
+    with urllib.request.urlopen(server.url + "metrics", timeout=10) as resp:
+        metrics = resp.read().decode()
+    assert 'autoballoon_vm_status{status="quarantined",vm="storm"} 1.0' in metrics
+    assert "autoballoon_host_shrink_paused 0.0" in metrics
     # Another hypervisor's daemon is not asked: statuses come from the snapshot alone.
     code, out, _ = cli(capsys, "sim:///other", "list", "--json", "--daemon", server.url)
     rows = {r["name"]: r for r in json.loads(out)}

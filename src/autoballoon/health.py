@@ -8,7 +8,8 @@ what the policy does not:
 - **CPU storm.** Each guest's CPU use is measured from ``cpu_time_ns`` deltas over its vCPUs. A baseline
   (slow average) is kept from samples taken *before* the balloon was last moved. A guest whose CPU then
   goes to ``cpu_level`` or more of its vCPUs, at least ``baseline_margin`` above that baseline, starting
-  within ``window_s`` of a balloon change and lasting ``sustain_s``, is **quarantined**: deflated to its
+  within ``window_s`` of a balloon inflation (a lowered target; growth cannot make a guest sick) and
+  lasting ``sustain_s``, is **quarantined**: deflated to its
   max and never ballooned again until an operator releases it (``autoballoon release VM``) or
   ``quarantine_s`` passes. A guest that was already busy before the change is never blamed on the balloon.
   Until the guard has ``baseline_min_s`` of CPU samples for a guest, that guest is not shrunk (without a
