@@ -197,9 +197,9 @@ def test_windows_guest_floor_in_the_daemon() -> None:
     tick(controller, backend, 600)
     storm = backend.guest("storm")
     assert storm.os_type == "windows"
-    # Storm or not, a Windows guest never goes below 3 GiB (0.75 of 4 GiB); the Linux one goes lower.
+    # Storm or not, a Windows guest never goes below 3 GiB (0.75 of 4 GiB); the Linux one goes below it.
     assert min(e["new_target"] for e in journal(controller, "action", "storm")) >= 3 * GiB
-    assert min(e["new_target"] for e in journal(controller, "action", "busy")) < 2 * GiB
+    assert min(e["new_target"] for e in journal(controller, "action", "busy")) < 3 * GiB
 
 
 # --- list and release against a running daemon -----------------------------------------------------
