@@ -93,7 +93,7 @@ def status_of(controller: Controller, vm: str) -> str:
 
 def make(config: dict[str, Any] | None = None, cpus: int = 8) -> tuple[SimBackend, Controller]:
     backend = open_sim(cpus)
-    cfg = parse_config({"health": HEALTH} | (config or {}))
+    cfg = parse_config({"guard": HEALTH} | (config or {}))
     return backend, Controller(backend, backend.clock, cfg, Journal(None, ring_size=10_000))
 
 
@@ -138,7 +138,7 @@ def test_a_storm_guest_is_quarantined_deflated_and_left_alone_until_released() -
 
 
 def test_a_quarantine_ends_after_its_time_and_the_guard_catches_the_storm_again() -> None:
-    backend, controller = make({"health": HEALTH | {"quarantine_s": 300}})
+    backend, controller = make({"guard": HEALTH | {"quarantine_s": 300}})
     tick(controller, backend, 120)
     assert len(journal(controller, "quarantine", "storm")) == 1
     tick(controller, backend, 300)
@@ -150,7 +150,7 @@ def test_a_quarantine_ends_after_its_time_and_the_guard_catches_the_storm_again(
 
 def test_storm_harm_with_and_without_the_guard() -> None:
     guarded = make()
-    unguarded = make({"health": {"enabled": False}})
+    unguarded = make({"guard": {"enabled": False}})
     for backend, controller in (guarded, unguarded):
         tick(controller, backend, 600)
     storm_s = []
@@ -163,7 +163,7 @@ def test_storm_harm_with_and_without_the_guard() -> None:
 def test_a_hot_host_pauses_shrinking_and_resumes_after_the_quarantine() -> None:
     # One host CPU: the busy guest alone loads it ~2.0; with the storm guest spinning it is ~3.9.
     tight = {"host_pause_hold_s": 10, "host_load_factor": 3.0, "host_load_clear_factor": 3.0}
-    backend, controller = make({"health": HEALTH | tight}, cpus=1)
+    backend, controller = make({"guard": HEALTH | tight}, cpus=1)
     paused_at: list[float] = []
 
     def watch() -> None:
@@ -183,7 +183,7 @@ def test_a_hot_host_pauses_shrinking_and_resumes_after_the_quarantine() -> None:
 
 
 def test_disable_balloon_edits_only_the_next_boot_config() -> None:
-    backend, controller = make({"health": HEALTH | {"disable_balloon": True}})
+    backend, controller = make({"guard": HEALTH | {"disable_balloon": True}})
     tick(controller, backend, 120)
     (remedy,) = journal(controller, "remedy", "storm")
     assert remedy["applied"] and "next boot" in remedy["message"]
@@ -193,7 +193,7 @@ def test_disable_balloon_edits_only_the_next_boot_config() -> None:
 
 
 def test_windows_guest_floor_in_the_daemon() -> None:
-    backend, controller = make({"health": {"enabled": True, "windows_min_fraction": 0.75}})
+    backend, controller = make({"guard": {"enabled": True, "windows_min_fraction": 0.75}})
     tick(controller, backend, 600)
     storm = backend.guest("storm")
     assert storm.os_type == "windows"

@@ -90,7 +90,7 @@ Factor = Annotated[float, Field(gt=0, allow_inf_nan=False)]
 
 
 class HealthSection(_Strict):
-    """``[health]``: the balloon health guard (see :class:`autoballoon.health.HealthTunables`)."""
+    """``[guard]``: the balloon health guard (see :class:`autoballoon.health.HealthTunables`)."""
 
     enabled: bool | None = None
     cpu_level: Share | None = None
@@ -153,7 +153,7 @@ class ConfigFile(_Strict):
     restore_to: RestoreTo = "max"
     manage: list[str] | None = None
     host: HostSection = HostSection()
-    health: HealthSection = HealthSection()
+    guard: HealthSection = HealthSection()
     defaults: VMSection = VMSection()
     tunables: dict[str, Any] = Field(default_factory=dict)
     vm: dict[str, VMSection] = Field(default_factory=dict)
@@ -292,12 +292,12 @@ def parse_config(raw: Mapping[str, Any], *, source: str | None = None) -> Daemon
             )
     exact = {name: s.policy() for name, s in parsed.vm.items() if not _is_glob(name)}
     globs = tuple((name, s.policy()) for name, s in parsed.vm.items() if _is_glob(name))
-    health = parsed.health.tunables()
+    health = parsed.guard.tunables()
     if health.host_load_clear_factor > health.host_load_factor:
         raise InvalidValueError(
-            "config key 'health.host_load_clear_factor'",
+            "config key 'guard.host_load_clear_factor'",
             health.host_load_clear_factor,
-            f"at most health.host_load_factor ({health.host_load_factor:g})",
+            f"at most guard.host_load_factor ({health.host_load_factor:g})",
         )
     named = [(n, s.os) for n, s in parsed.vm.items() if s.os is not None]
     os_types = tuple(

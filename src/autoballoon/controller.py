@@ -251,7 +251,7 @@ class Controller:
             self._disable_balloon(backend, event.vm, wall)
 
     def _disable_balloon(self, backend: Backend, vm: str, wall: float) -> None:
-        """``[health] disable_balloon``: the remedy on the persistent config only, never the live VM."""
+        """``[guard] disable_balloon``: the remedy on the persistent config only, never the live VM."""
         if self.dry_run:
             message = f"{vm}: dry run: would apply '{health.remedy(vm)}' (persistent config, next boot)"
             self.journal.event(wall, "remedy", message, vm=vm, applied=False)

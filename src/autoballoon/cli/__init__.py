@@ -59,10 +59,13 @@ def cli(ctx: click.Context, uri: str) -> None:
 
 
 # Each command group lives in its own module and registers itself on ``cli`` when imported.
-from autoballoon.cli import change, inventory  # noqa: E402,F401
-from autoballoon.cli import evaluate  # noqa: E402,F401
-from autoballoon.cli import release  # noqa: E402,F401
-from autoballoon.cli import run  # noqa: E402,F401
+from autoballoon.cli import (  # noqa: E402,F401
+    change,
+    evaluate,
+    inventory,
+    release,
+    run,
+)
 
 
 def main(argv: list[str] | None = None) -> Any:
