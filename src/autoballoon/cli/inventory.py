@@ -74,12 +74,17 @@ def list_(ctx: Context, as_json: bool, daemon_url: str) -> None:
                 g.balloon.model + (" +autodeflate" if g.balloon.autodeflate else ""),
                 str(g.vcpus),
                 policy_text(g.policy),
-                status_text(*judged[g.name]),
+                judged[g.name][0],
             ]
             for g in snap.guests
         ],
         right={2, 3, 4, 5, 6, 7, 9},
     )
+    # Reasons are sentences: below the table they stay readable instead of squeezing every column.
+    for g in snap.guests:
+        status, reason = judged[g.name]
+        if reason and status != "managed":
+            click.echo(f"{g.name}: {status_text(status, reason)}")
 
 
 def status_text(status: str, reason: str) -> str:
