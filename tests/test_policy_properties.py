@@ -1,10 +1,8 @@
-"""Properties of the default policy for any snapshot (hypothesis), and its speed at 1,000 guests."""
+"""Properties of the default policy for any snapshot (hypothesis). Its speed is a benchmark figure
+(bench/bench_policy.py), not a timed test: a shared CI machine cannot make a timing assertion fair."""
 
 from __future__ import annotations
 
-import random
-import statistics
-import time
 from dataclasses import replace
 
 from hypothesis import HealthCheck, given, settings
@@ -120,6 +118,34 @@ def test_sum_of_targets_within_budget_when_floors_fit(case: tuple[HostSnapshot, 
 
 @SETTINGS
 @given(hosts())
+def test_new_growth_is_paid_from_free_memory(case: tuple[HostSnapshot, Tunables]) -> None:
+    """A balloon that shrinks gives its memory back slowly: while it does, the host holds
+    ``max(actual, target)`` of every VM, so growth granted now (beyond targets, balloons and floors)
+    must fit beside that, whenever the host holds what it has now (squeezed's two-phase rule)."""
+    snap, tunables = case
+    tunables = replace(tunables, host_budget_bytes=None)  # the rule is about the host's own memory
+    plan, _, final = outcome(snap, tunables)
+    assert plan.budget is not None
+    transient = 0
+    now_held = 0
+    held = 0
+    grew = False
+    for g in snap.guests:
+        status = plan.status[g.name]
+        actual = g.actual_bytes or 0
+        if status == Status.MANAGED:
+            floor = guards.limits(g, g.policy, tunables)[0]
+            transient += max(final[g.name], actual)
+            now_held += max(actual, floor)
+            grew = grew or final[g.name] > max(g.target_bytes, actual, floor)
+        elif status != Status.EXCLUDED:
+            held += max(final[g.name], actual)
+    if grew and now_held + held <= plan.budget:
+        assert transient + held <= plan.budget
+
+
+@SETTINGS
+@given(hosts())
 def test_guest_under_pressure_is_shrunk_only_when_host_in_danger(case: tuple[HostSnapshot, Tunables]) -> None:
     snap, tunables = case
     plan, state, _ = outcome(snap, tunables)
@@ -144,7 +170,8 @@ def test_stats_less_guest_never_shrunk(case: tuple[HostSnapshot, Tunables]) -> N
 @SETTINGS
 @given(hosts())
 def test_growth_is_never_rate_limited(case: tuple[HostSnapshot, Tunables]) -> None:
-    """With room on the host, every managed guest that wants more gets all it wants in one decision."""
+    """With room on the host, every managed guest that wants more gets all it wants in one decision
+    (on a roomy host, a spare cushion on top)."""
     snap, tunables = case
     roomy = replace(snap, mem_available=1024 * GiB)
     tunables = replace(tunables, host_budget_bytes=None, host_reserve_bytes=0)
@@ -152,7 +179,7 @@ def test_growth_is_never_rate_limited(case: tuple[HostSnapshot, Tunables]) -> No
     for g in roomy.guests:
         mem = state.vms[g.name]
         if plan.status[g.name] == Status.MANAGED and mem.want is not None and mem.want > g.target_bytes:
-            assert final[g.name] == mem.want or mem.want - g.target_bytes < tunables.grow_min_step_bytes
+            assert final[g.name] >= mem.want or mem.want - g.target_bytes < tunables.grow_min_step_bytes
 
 
 def test_reserve_rule() -> None:
@@ -160,60 +187,3 @@ def test_reserve_rule() -> None:
     assert host_reserve(snap, T) == 5 * GiB
     assert host_reserve(replace(snap, mem_total=1 * GiB), T) == T.reserve_bytes
     assert host_reserve(snap, replace(T, host_reserve_bytes=7)) == 7
-
-
-def _fleet(n: int, rng: random.Random) -> list[GuestSnapshot]:
-    out = []
-    for i in range(n):
-        mx = rng.choice([1, 2, 4, 8]) * GiB
-        out.append(
-            GuestSnapshot(
-                name=f"vm{i:04d}",
-                state=VMState.RUNNING,
-                max_bytes=mx,
-                target_bytes=mx,
-                actual_bytes=mx,
-                balloon=BalloonConfig(autodeflate=bool(i % 2), stats_period=1),
-            )
-        )
-    return out
-
-
-def test_decision_time_at_1000_guests() -> None:
-    """1,000 guests with drifting demand, targets applied as a backend would: median under 10 ms of CPU.
-
-    The first ticks shrink every guest (the slowest case: an action and a budget cut per guest)."""
-    rng = random.Random(7)
-    fleet = _fleet(1000, rng)
-    used = [rng.randint(10, 80) * g.max_bytes // 100 for g in fleet]
-    state = PolicyState()
-    durations = []
-    for tick in range(40):
-        now = 2.0 * tick
-        gs = []
-        for i, g in enumerate(fleet):
-            used[i] = max(64 * MiB, min(g.actual_bytes or 0, used[i] + rng.randint(-8, 8) * MiB))
-            total = g.max_bytes if g.balloon.autodeflate else g.actual_bytes or 0
-            hidden = g.max_bytes - (g.actual_bytes or 0) if g.balloon.autodeflate else 0
-            stats = GuestStats(
-                total=total,
-                available=max(0, total - used[i] - hidden),
-                swap_in=0,
-                major_faults=0,
-                last_update=1000.0 + now,
-            )
-            gs.append(replace(g, stats=stats))
-        snap = HostSnapshot(
-            time=now, wall_time=1000.0 + now, mem_total=8192 * GiB, mem_available=2048 * GiB, guests=tuple(gs)
-        )
-        started = time.process_time()
-        plan, state = decide(snap, {}, state, T)
-        durations.append(time.process_time() - started)
-        changes = {a.vm: a.new_target for a in plan.actions}
-        fleet = [
-            replace(g, target_bytes=changes[g.name], actual_bytes=changes[g.name]) if g.name in changes else g
-            for g in gs
-        ]
-    median = statistics.median(durations[1:])
-    print(f"decide() at 1000 guests: median {median * 1e3:.2f} ms, max {max(durations) * 1e3:.2f} ms")
-    assert median < 0.010

@@ -6,11 +6,14 @@ code, and a decision over 1,000 guests takes a few milliseconds. Everything it r
 lives in :class:`PolicyState`, a frozen value the caller passes back in.
 
 The principles (DESIGN.md, "The default policy"): demand rises at once and decays slowly; pressure
-(swap-in, major faults, little MemAvailable, a guest deflating itself) raises it; ``want = demand *
-(1 + buffer) + headroom`` within ``[floor, max]``; growth is immediate and unlimited, shrinking is
-rate-limited with a dead band; when the host budget cannot hold every want, floors come first and the
-rest is water-filled by shares, taking first from the guests with the most surplus, and a guest under
-pressure is never shrunk to feed another unless the host itself is short.
+(swap-in, major faults, little MemAvailable, a guest deflating itself) raises it. Each guest has tiers:
+its need (demand + minimal headroom), its want (need + buffer) and, on a roomy host, a spare for a first
+burst; the cushions scale with how roomy the host is (:func:`roominess`), so an over-committed host
+keeps guests near demand. The highest tier that fits the budget is granted, topped up toward the next;
+when even the needs do not fit, floors come first and the shares water-fill the rest. Growth is
+immediate and never rate-limited, but is paid only from memory free now (a shrinking balloon still
+holds its memory); shrinking is rate-limited with a dead band; a guest under pressure is never shrunk
+to feed another unless the host itself is in danger.
 """
 
 from __future__ import annotations
@@ -49,12 +52,16 @@ class VMMemory(NamedTuple):
     last_grow: float | None = None
     stats_time: float | None = None  # last_update of the stats the rates were measured from
     pressure_at: float | None = None  # last time a pressure signal was seen
-    peak: int | None = None  # slowly decaying peak of measured use
     stuck_until: float | None = None  # a stuck balloon is left alone until then
     shrink_wall: float | None = None  # wall time of the last shrink: wait for stats newer than this
     progress: Progress | None = None  # the stuck detector's mark
     manual_until: float | None = None
     warned_autodeflate: bool = False
+
+
+_WANT, _PLANNED, _LAST_GROW, _SHRINK_WALL = (
+    VMMemory._fields.index(f) for f in ("want", "planned_target", "last_grow", "shrink_wall")
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,12 +83,15 @@ class _Row(NamedTuple):
     guest: GuestSnapshot
     floor: int
     ceiling: int
-    want: int
-    keep: int  # the rate-limited, dead-banded target it would get if the host had room for all
+    need: int  # demand plus the minimal headroom: below it the guest swaps
+    demand: int
+    buffer: float | None  # its own buffer, if its policy sets one
     shares: int
     pressure: bool
-    reason: str  # why it grows or shrinks if budget allows
+    selfdef: bool  # it deflated its balloon by itself since the last look
     step: int  # the most it may be shrunk this tick without a host emergency
+    dead_band: int  # no voluntary shrink smaller than this
+    may_shrink: bool  # not cooling down after growth, and its last shrink's stats came in
     memory: VMMemory  # what to remember, less the decision's outcome
 
 
@@ -150,7 +160,7 @@ def water_fill(lo: Sequence[int], hi: Sequence[int], weights: Sequence[float], a
 
 
 def _share_out(rows: Sequence[_Row], pool: int, danger: bool) -> list[int] | None:
-    """Wants do not fit: move toward the shares-weighted water-fill from the floors, gently.
+    """Needs do not fit: move toward the shares-weighted water-fill from the floors, gently.
 
     The fair share of each VM does not depend on who is under pressure right now (otherwise two
     short guests would take memory from each other in turn). Moving toward it, a VM above its share is
@@ -160,7 +170,7 @@ def _share_out(rows: Sequence[_Row], pool: int, danger: bool) -> list[int] | Non
     """
     floors = [r.floor for r in rows]
     weights = [float(r.shares) for r in rows]
-    fair = water_fill(floors, [r.want for r in rows], weights, pool - sum(floors))
+    fair = water_fill(floors, [r.need for r in rows], weights, pool - sum(floors))
     lo: list[int] = []
     hi: list[int] = []
     for r, share in zip(rows, fair, strict=True):
@@ -168,15 +178,112 @@ def _share_out(rows: Sequence[_Row], pool: int, danger: bool) -> list[int] | Non
         if share < target:
             low = share if danger else max(share, target - r.step)
             if r.pressure and not danger:
-                low = max(low, min(target, r.want))
+                low = max(low, min(target, r.need))
         else:
-            low = min(target, r.want)
+            low = min(target, r.need)
         low = max(low, r.floor)
         lo.append(low)
         hi.append(max(share, low))
     if danger or sum(lo) > pool:
         return None
     return water_fill(lo, hi, weights, pool - sum(lo))
+
+
+def roominess(needs: int, ceilings: int, pool: int, t: Tunables) -> float:
+    """How much of their cushions the guests keep, from 0 (an over-committed host) to 1 (a roomy one).
+
+    ``rho`` is the share of the memory between all needs and all maxima that the host could give: 1 or
+    more when it could hold every guest at its max. Squeezing a roomy host's guests gains it nothing it
+    lacks, while a cushion there absorbs the first burst or job start before any stats show it; on an
+    over-committed host every cushion is memory another guest may need, so cushions shrink toward the
+    minimal headroom as ``rho`` falls to ``roomy_from``.
+    """
+    if ceilings <= needs:
+        return 1.0 if pool >= needs else 0.0
+    rho = (pool - needs) / (ceilings - needs)
+    return min(1.0, max(0.0, (rho - t.roomy_from) / (1.0 - t.roomy_from)))
+
+
+def _cushions(rows: Sequence[_Row], scale: float, t: Tunables) -> tuple[list[int], list[int]]:
+    """Each VM's want (its need plus the buffer) and its roomy goal (the want plus a spare), both
+    scaled by the host's room; a VM's own ``buffer`` policy is kept as it is.
+
+    The spare is the smaller of a multiple of demand and a share of the room left under the max: a
+    cushion a burst of a few times a small demand fits in, without holding big idle guests near max."""
+    align = t.target_align_bytes
+    default_buffer = t.buffer_short + (t.buffer - t.buffer_short) * scale
+    wants: list[int] = []
+    spares: list[int] = []
+    headroom = t.min_headroom_bytes
+    by_demand, by_gap = scale * t.roomy_buffer, scale * t.roomy_gap
+    for r in rows:
+        buffer = r.buffer if r.buffer is not None else default_buffer
+        want = -(-(int(r.demand * (1 + buffer)) + headroom) // align) * align
+        want = max(r.need, min(max(want, r.floor), r.ceiling))
+        wants.append(want)
+        if scale > 0.0:
+            spare = int(min(by_demand * r.demand, by_gap * (r.ceiling - want))) // align * align
+            want = min(want + spare, r.ceiling)
+        spares.append(want)
+    return wants, spares
+
+
+def _goals(tiers: Sequence[Sequence[int]], pool: int) -> list[int] | None:
+    """Where each VM should end: the highest tier that fits the pool in full, topped up toward the next
+    one in proportion to each VM's step between them (so a short host cuts every cushion by the same
+    share, the spares first, then the buffers, before anyone goes below its need). ``tiers``
+    go from the needs up; None when even the needs do not fit (then the shares decide)."""
+    below: Sequence[int] | None = None
+    for tier in reversed(tiers):
+        if sum(tier) <= pool:
+            if below is None:
+                return list(tier)
+            steps = [float(hi - lo) for lo, hi in zip(tier, below, strict=True)]
+            return water_fill(tier, below, steps, pool - sum(tier))
+        below = tier
+    return None
+
+
+def _move(r: _Row, goal: int, t: Tunables) -> int:
+    """Where a VM's target goes toward ``goal`` when the host has room: growth at once; shrinking by at
+    most its step, never within its dead band, while cooling down after growth or waiting for the
+    stats of its last shrink, nor under pressure."""
+    target = r.guest.target_bytes
+    if goal >= target:
+        return goal if goal - target >= t.grow_min_step_bytes or target < r.floor else target
+    if target > r.ceiling:
+        return r.ceiling
+    if r.pressure or target - goal < r.dead_band or not r.may_shrink:
+        return target
+    return max(goal, _align_down(target - r.step, t.target_align_bytes), r.floor)
+
+
+def _pay_growth(rows: Sequence[_Row], alloc: Sequence[int], pool: int) -> list[int]:
+    """Growth is paid only from memory that is free now (Xen squeezed's two-phase rule).
+
+    A shrinking balloon gives its memory back slowly (inflation is slow, deflation fast), so until it
+    has, the host holds ``max(actual, target)`` of every VM. If the plan's growth does not fit beside
+    that in ``pool`` (host MemAvailable less its reserve, plus what the VMs hold), growth beyond what is
+    already granted waits for the freed memory to arrive: VMs under pressure or deflating themselves
+    get it first, the others share the rest by shares. A configured budget caps targets, not this.
+    """
+    transient = [max(a, r.guest.actual_bytes or 0) for r, a in zip(rows, alloc, strict=True)]
+    if sum(transient) <= pool:
+        return list(alloc)
+    lo: list[int] = []
+    urgent: list[int] = []
+    for r, a in zip(rows, alloc, strict=True):
+        actual = r.guest.actual_bytes or 0
+        low = max(actual, min(r.guest.target_bytes, a), min(r.floor, a)) if a > actual else max(a, actual)
+        lo.append(low)
+        urgent.append(a if a > actual and (r.pressure or r.selfdef) else low)
+    room = pool - sum(lo)
+    weights = [float(r.shares) or 1.0 for r in rows]
+    first = water_fill(lo, urgent, weights, room)
+    paid = water_fill(
+        first, [max(a, f) for a, f in zip(alloc, first, strict=True)], weights, room - (sum(first) - sum(lo))
+    )
+    return [p if a > (r.guest.actual_bytes or 0) else a for r, a, p in zip(rows, alloc, paid, strict=True)]
 
 
 def decide(
@@ -244,7 +351,7 @@ def decide(
                 f"target set outside autoballoon; held for {manual_until - now:.0f} s",
             )
             holding = max(target, holding)
-        elif stuck_until is not None or guards.is_stuck(progress, now, t):
+        elif stuck_until is not None or (progress is not None and guards.is_stuck(progress, now, t)):
             st = Status.STUCK
             if stuck_until is None:  # just found: take the balloon where it is, retry later
                 stuck_until = now + t.stuck_retry_s
@@ -308,7 +415,7 @@ def decide(
         # With autodeflate, ``used`` subtracts the balloon as libvirt last heard of it from stats of
         # another instant (on the rig, stats show an inflation a tick before ``actual`` does; stats
         # polled every few seconds lag it). While the balloon moves, a change in ``used`` may be the
-        # balloon's, not the guest's: no trend and no new peak are read from it then.
+        # balloon's, not the guest's: no trend is read from it then.
         tol = t.stuck_tolerance_bytes
         settled = not g.balloon.autodeflate or (
             prev is not None
@@ -350,54 +457,24 @@ def decide(
             demand = raw
         else:
             demand = raw + int((prev_demand - raw) * math.exp(-dt / t.demand_decay_s))
-        # A remembered peak keeps a share of a recent burst's memory: bursts that come back find room.
-        # The peak is of measured use (plus swapped-in memory), never of projections.
-        peak = used if settled or prev is None or prev.peak is None else prev.peak
-        if prev is not None and prev.peak is not None and prev.peak > peak:
-            peak = max(peak, int(prev.peak * math.exp(-dt / t.peak_decay_s)))
-        demand = max(demand, int(peak * t.peak_keep_fraction))
-        buffer = pol.buffer if pol.buffer is not None else t.buffer
-        want = guards.clamp(
-            _align_up(int(demand * (1 + buffer)) + t.min_headroom_bytes, align), floor, ceiling
-        )
-        if selfdef:
-            want = max(want, min(_align_up(actual, align), ceiling))
+        # need: demand plus the minimal headroom (below it the guest swaps). Its cushions (the buffer,
+        # a spare on a roomy host) are sized once the host's room is known, see _cushions().
+        headroom = t.min_headroom_bytes
+        need = guards.clamp(_align_up(demand + headroom, align), floor, ceiling)
+        if selfdef:  # it ran past its swap: what it took back, and more, since it still swaps
+            boost = int(ceiling * t.self_deflate_boost_fraction)
+            need = max(need, min(_align_up(actual + boost, align), ceiling))
         if pressure:
-            want = max(want, min(target, ceiling))
+            need = max(need, min(target, ceiling))
 
-        # --- where it goes if the host has room: grow at once, shrink gradually --------------------
         last_grow = prev.last_grow if prev is not None else None
-        step = max(t.shrink_min_step_bytes, int(ceiling * t.shrink_rate_per_s * (dt or t.interval_s)))
-        if want >= target:
-            keep = want if want - target >= t.grow_min_step_bytes or target < floor else target
-            reason = (
-                "autodeflate"
-                if selfdef
-                else "pressure"
-                if pressure
-                else "floor"
-                if target < floor
-                else "demand"
-            )
-        elif target > ceiling:
-            keep, reason = ceiling, "max"
-        else:
-            dead_band = max(t.shrink_dead_band_bytes, int(ceiling * t.shrink_dead_band_fraction))
-            cooling = last_grow is not None and now - last_grow < t.shrink_cooldown_after_grow_s
-            # One shrink per fresh stats report: the next step is judged on what the last one did.
-            unseen = (
-                prev is not None and prev.shrink_wall is not None and (stats_time or 0) <= prev.shrink_wall
-            )
-            if target - want < dead_band or cooling or unseen:
-                keep = target
-            else:
-                keep = max(want, _align_down(target - step, align), floor)
-            reason = "idle"
+        cooling = last_grow is not None and now - last_grow < t.shrink_cooldown_after_grow_s
+        # One shrink per fresh stats report: the next step is judged on what the last one did.
+        unseen = prev is not None and prev.shrink_wall is not None and (stats_time or 0) <= prev.shrink_wall
         shares = pol.shares if pol.shares is not None else t.default_shares
         memory = VMMemory(
             status=st,
             demand=demand,
-            want=want,
             floor=floor,
             ceiling=ceiling,
             pressure=pressure,
@@ -410,63 +487,93 @@ def decide(
             last_grow=last_grow,
             stats_time=stats_time,
             pressure_at=pressure_at,
-            peak=peak,
             progress=progress,
             warned_autodeflate=warned,
             shrink_wall=prev.shrink_wall if prev is not None else None,
         )
-        rows.append(_Row(g, floor, ceiling, want, keep, shares, pressure, reason, step, memory))
+        rows.append(
+            _Row(  # by position (1,000 of them per tick): guest, floor, ceiling, need, demand, buffer, ...
+                g,
+                floor,
+                ceiling,
+                need,
+                demand,
+                pol.buffer,
+                shares,
+                pressure,
+                selfdef,
+                max(t.shrink_min_step_bytes, int(ceiling * t.shrink_rate_per_s * (dt or t.interval_s))),
+                max(t.shrink_dead_band_bytes, int(ceiling * t.shrink_dead_band_fraction)),
+                not (cooling or unseen),
+                memory,
+            )
+        )
 
     # --- the host budget and the water-fill ---------------------------------------------------------
     reserve = host_reserve(snapshot, t)
-    budget = snapshot.mem_available + counted_actual - reserve
-    if t.host_budget_bytes is not None:
-        budget = min(budget, t.host_budget_bytes)
+    host_budget = snapshot.mem_available + counted_actual - reserve
+    budget = host_budget if t.host_budget_bytes is None else min(host_budget, t.host_budget_bytes)
     pool = budget - held
     danger = snapshot.mem_available < reserve
-    short = False
-    keeps = [r.keep for r in rows]
-    if sum(keeps) <= pool:
-        alloc = keeps
+    needs = [r.need for r in rows]
+    scale = roominess(sum(needs), sum(r.ceiling for r in rows), pool, t)
+    wants, spares = _cushions(rows, scale, t)
+    goals = _goals((needs, wants, spares), pool)
+    short = sum(wants) > pool
+    if goals is not None:
+        keeps = [_move(r, goal, t) for r, goal in zip(rows, goals, strict=True)]
+        if sum(keeps) <= pool:
+            alloc = keeps
+        else:  # growth now, shrinks still on their way: cut the surpluses above the goals, largest first
+            short = True
+            alloc = water_fill(goals, keeps, [1.0] * len(rows), pool - sum(goals))
     else:
         short = True
-        wants = [r.want for r in rows]
-        if sum(wants) <= pool:
-            # Everybody can have what they want: cut the surpluses, the largest first.
-            alloc = water_fill(wants, keeps, [1.0] * len(rows), pool - sum(wants))
-        else:
-            alloc = _share_out(rows, pool, danger)
-            danger = danger or alloc is None
-            if alloc is None:  # even gradual cuts cannot bring the targets within the budget
-                floors = [r.floor for r in rows]
-                alloc = water_fill(floors, wants, [float(r.shares) for r in rows], pool - sum(floors))
+        shared = _share_out(rows, pool, danger)
+        danger = danger or shared is None
+        if shared is None:  # even gradual cuts cannot bring the targets within the budget
+            floors = [r.floor for r in rows]
+            weights = [float(r.shares) for r in rows]
+            shared = water_fill(floors, needs, weights, pool - sum(floors))
+        alloc = shared
+    alloc = _pay_growth(rows, alloc, host_budget - held)  # what the host has, whatever the budget
 
     actions: list[Action] = []
-    for r, a in zip(rows, alloc, strict=True):
+    for r, a, want in zip(rows, alloc, wants, strict=True):
         g = r.guest
         old = g.target_bytes
-        new = guards.safe_target(_align_down(a, align), old, r.floor, r.ceiling, may_shrink=True)
+        new = guards.clamp(a // align * align, r.floor, r.ceiling)  # safe_target(..., may_shrink=True)
         mem = r.memory
         if new != old:
-            reason = r.reason
-            if new < old and new < r.keep:
-                reason = "host-danger" if danger else "host-short"
-            elif new > old and new < r.keep:
-                reason += " (host-short)"
-            actions.append(
-                Action(
-                    vm=g.name,
-                    old_target=old,
-                    new_target=new,
-                    reason=reason,
-                    demand=mem.demand,
-                    available=g.stats.available,
-                    budget=budget,
+            if new > old:
+                reason = (
+                    "autodeflate"
+                    if r.selfdef
+                    else "pressure"
+                    if r.pressure
+                    else "floor"
+                    if old < r.floor
+                    else "demand"
                 )
-            )
-        last_grow = now if new > old else mem.last_grow
-        shrink_wall = snapshot.wall_time if new < old else (r.memory.shrink_wall)
-        new_vms[g.name] = mem._replace(planned_target=new, last_grow=last_grow, shrink_wall=shrink_wall)
+                if new < want:
+                    reason += " (host-short)"
+            elif old > r.ceiling and new == r.ceiling:
+                reason = "max"
+            elif new >= want:
+                reason = "idle"
+            else:
+                reason = "host-danger" if danger else "host-short"
+            # vm, old_target, new_target, reason, demand, available, budget
+            actions.append(Action(g.name, old, new, reason, mem.demand, g.stats.available, budget))
+        # The decision's outcome, set by position: NamedTuple._replace costs microseconds per VM.
+        fields = list(mem)
+        fields[_WANT] = want
+        fields[_PLANNED] = new
+        if new > old:
+            fields[_LAST_GROW] = now
+        elif new < old:
+            fields[_SHRINK_WALL] = snapshot.wall_time
+        new_vms[g.name] = VMMemory._make(fields)
 
     # Held VMs whose balloon is above its target (deflated itself, or stuck): the target follows it up.
     for g, floor, ceiling, why in holds:

