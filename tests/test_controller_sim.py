@@ -57,9 +57,7 @@ def by_name(status: ControllerStatus) -> dict[str, object]:
     return {vm.name: vm for vm in status.vms}
 
 
-def test_idle_guests_converge_to_demand_plus_buffer() -> None:
-    backend = open_sim(
-        """
+IDLE_FLEET = """
 [[guest]]
 name = "idle"
 count = 3
@@ -68,8 +66,12 @@ target = "4G"
 kernel = "100M"
 demand = { shape = "constant", level = "600M" }
 """
-    )
-    controller = run_daemon(backend, 900)
+
+
+def test_idle_guests_converge_to_demand_plus_buffer() -> None:
+    # With the roomy-host spare switched off, what is left is exactly the buffer principle.
+    backend = open_sim(IDLE_FLEET)
+    controller = run_daemon(backend, 900, parse_config({"tunables": {"roomy_buffer": 0}}))
     sim = backend.sim
     t = controller.config.tunables
     for i, vm in enumerate(controller.status().vms):
@@ -79,6 +81,23 @@ demand = { shape = "constant", level = "600M" }
         assert vm.target_bytes < 4 * GiB / 2, vm  # gave most of it back
         assert ideal * 0.9 <= vm.target_bytes <= ideal * 1.15 + t.shrink_dead_band_bytes, (vm, ideal)
         assert vm.target_bytes > need
+    assert not sim.under_pressure.any()
+    assert_no_oom(backend)
+
+
+def test_idle_guests_on_a_roomy_host_also_keep_a_spare() -> None:
+    # By default a host that could hold every guest at max lets each keep a spare for its first burst:
+    # the smaller of roomy_buffer x demand and roomy_gap x the room left under its max.
+    backend = open_sim(IDLE_FLEET)
+    controller = run_daemon(backend, 900)
+    sim = backend.sim
+    t = controller.config.tunables
+    for i, vm in enumerate(controller.status().vms):
+        need = int(sim.demand[i]) + int(sim.kernel[i])
+        want = need * (1 + t.buffer) + t.min_headroom_bytes
+        ideal = want + min(t.roomy_buffer * need, t.roomy_gap * (4 * GiB - want))
+        assert vm.target_bytes < 4 * GiB * 0.75, vm  # still gave a good part back
+        assert ideal * 0.9 <= vm.target_bytes <= ideal * 1.15 + t.shrink_dead_band_bytes, (vm, ideal)
     assert not sim.under_pressure.any()
     assert_no_oom(backend)
 
@@ -111,6 +130,8 @@ demand = { shape = "steps", points = [[0, "600M"], [400, "1400M"]] }
 
 
 def test_overcommitted_host_is_balanced_by_shares() -> None:
+    # Neither need (4 GiB + kernel) fits in its share of a 5 GiB budget, so the floors come first and the
+    # rest is split 3:1 by shares (a guest whose need is below its share would stop at its need).
     backend = open_sim(
         """
 [[guest]]
@@ -119,7 +140,7 @@ max = "8G"
 target = "4G"
 swap = "8G"
 kernel = "100M"
-demand = { shape = "constant", level = "3G" }
+demand = { shape = "constant", level = "4G" }
 policy = { shares = 3000 }
 
 [[guest]]
@@ -128,7 +149,7 @@ max = "8G"
 target = "4G"
 swap = "8G"
 kernel = "100M"
-demand = { shape = "constant", level = "3G" }
+demand = { shape = "constant", level = "4G" }
 policy = { shares = 1000 }
 """,
         ram="20G",
