@@ -25,7 +25,7 @@ from types import MappingProxyType
 from typing import NamedTuple
 
 from autoballoon import guards
-from autoballoon.guards import Progress, Status
+from autoballoon.guards import Progress, Status, clamp
 from autoballoon.model import Action, GuestPolicy, GuestSnapshot, HostSnapshot, Plan
 from autoballoon.tunables import Tunables
 from autoballoon.units import human
@@ -59,9 +59,22 @@ class VMMemory(NamedTuple):
     warned_autodeflate: bool = False
 
 
-_WANT, _PLANNED, _LAST_GROW, _SHRINK_WALL = (
-    VMMemory._fields.index(f) for f in ("want", "planned_target", "last_grow", "shrink_wall")
-)
+#: What a VM seen for the first time remembers: nothing (every field at its default), so the per-VM
+#: code reads ``prev.x`` without testing for a first look each time.
+_FIRST_LOOK = VMMemory()
+
+# A managed VM's memory is built once per tick, by position (keywords cost four times as much over 21
+# fields, 1,000 VMs a tick); this pins the order that code relies on.
+assert VMMemory._fields == (
+    "status", "demand", "want", "floor", "ceiling", "pressure", "seen_time", "seen_target", "seen_actual",
+    "planned_target", "used", "swap_in", "major_faults", "last_grow", "stats_time", "pressure_at",
+    "stuck_until", "shrink_wall", "progress", "manual_until", "warned_autodeflate",
+)  # fmt: skip
+
+# Enum members looked up once: ``Status.MANAGED`` costs ~60 ns each time, several times per VM.
+_MANAGED, _EXCLUDED, _NO_STATS = Status.MANAGED, Status.EXCLUDED, Status.NO_STATS
+_STUCK, _QUARANTINED, _MANUAL_HOLD = Status.STUCK, Status.QUARANTINED, Status.MANUAL_HOLD
+_QUIET_BEFORE_MANAGED = ("", Status.EXCLUDED)  # becoming managed after these is no event
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,9 +91,12 @@ class PolicyState:
 
 
 class _Row(NamedTuple):
-    """A managed VM during one decision."""
+    """A managed VM during one decision: what the budget math needs, and what to remember of it besides
+    the decision's outcome (its VMMemory is built once, when the outcome is known)."""
 
     guest: GuestSnapshot
+    target: int  # guest.target_bytes
+    actual: int  # guest.actual_bytes (never None for a managed VM)
     floor: int
     ceiling: int
     need: int  # demand plus the minimal headroom: below it the guest swaps
@@ -89,10 +105,26 @@ class _Row(NamedTuple):
     shares: int
     pressure: bool
     selfdef: bool  # it deflated its balloon by itself since the last look
-    step: int  # the most it may be shrunk this tick without a host emergency
-    dead_band: int  # no voluntary shrink smaller than this
+    dt: float  # seconds since the last look (0 on the first): sizes its shrink step, see _shrink_step()
     may_shrink: bool  # not cooling down after growth, and its last shrink's stats came in
-    memory: VMMemory  # what to remember, less the decision's outcome
+    used: int
+    last_grow: float | None
+    stats_time: float | None
+    pressure_at: float | None
+    shrink_wall: float | None
+    progress: Progress | None
+    warned: bool  # warned_autodeflate
+
+
+def _shrink_step(r: _Row, t: Tunables) -> int:
+    """The most a VM may be shrunk this tick without a host emergency: a share of its size per second
+    since the last look. Computed only for a VM that is shrinking (most are not, most ticks)."""
+    return max(t.shrink_min_step_bytes, int(r.ceiling * t.shrink_rate_per_s * (r.dt or t.interval_s)))
+
+
+def _dead_band(r: _Row, t: Tunables) -> int:
+    """No voluntary shrink smaller than this: targets do not flap with noise in ``used``."""
+    return max(t.shrink_dead_band_bytes, int(r.ceiling * t.shrink_dead_band_fraction))
 
 
 def host_reserve(snapshot: HostSnapshot, tunables: Tunables) -> int:
@@ -118,16 +150,18 @@ def guest_used(g: GuestSnapshot) -> int | None:
     MemTotal is above what it has (Windows: virtio-win#568) counts the difference as used.
     """
     s = g.stats
-    if s.total is None or s.available is None:
+    total, available = s.total, s.available
+    if total is None or available is None:
         return None
-    used = s.total - s.available
+    used = total - available
     actual = g.actual_bytes
     if actual is not None:
         if g.balloon.autodeflate:
-            used -= max(0, g.max_bytes - actual)
-        elif s.total > actual:
-            used -= s.total - actual
-    return max(0, used)
+            if g.max_bytes > actual:
+                used -= g.max_bytes - actual
+        elif total > actual:
+            used -= total - actual
+    return used if used > 0 else 0
 
 
 def water_fill(lo: Sequence[int], hi: Sequence[int], weights: Sequence[float], amount: int) -> list[int]:
@@ -143,12 +177,14 @@ def water_fill(lo: Sequence[int], hi: Sequence[int], weights: Sequence[float], a
         return list(lo)
     if amount >= sum(caps):
         return [lo[i] + caps[i] for i in range(n)]
-    order = sorted((i for i in range(n) if weights[i] > 0), key=lambda i: caps[i] / weights[i])
+    # Each VM's level to fill its cap, computed once (not once per comparison of the sort).
+    full_at = [caps[i] / weights[i] if weights[i] > 0 else 0.0 for i in range(n)]
+    order = sorted((i for i in range(n) if weights[i] > 0), key=full_at.__getitem__)
     remaining = float(amount)
     weight_left = float(sum(weights[i] for i in order))
     level = 0.0
     for i in order:
-        needed = caps[i] / weights[i]
+        needed = full_at[i]
         if (needed - level) * weight_left <= remaining:
             remaining -= (needed - level) * weight_left
             weight_left -= weights[i]
@@ -159,7 +195,7 @@ def water_fill(lo: Sequence[int], hi: Sequence[int], weights: Sequence[float], a
     return [lo[i] + min(caps[i], int(level * weights[i])) if weights[i] > 0 else lo[i] for i in range(n)]
 
 
-def _share_out(rows: Sequence[_Row], pool: int, danger: bool) -> list[int] | None:
+def _share_out(rows: Sequence[_Row], pool: int, danger: bool, t: Tunables) -> list[int] | None:
     """Needs do not fit: move toward the shares-weighted water-fill from the floors, gently.
 
     The fair share of each VM does not depend on who is under pressure right now (otherwise two
@@ -174,9 +210,9 @@ def _share_out(rows: Sequence[_Row], pool: int, danger: bool) -> list[int] | Non
     lo: list[int] = []
     hi: list[int] = []
     for r, share in zip(rows, fair, strict=True):
-        target = r.guest.target_bytes
+        target = r.target
         if share < target:
-            low = share if danger else max(share, target - r.step)
+            low = share if danger else max(share, target - _shrink_step(r, t))
             if r.pressure and not danger:
                 low = max(low, min(target, r.need))
         else:
@@ -219,7 +255,9 @@ def _cushions(rows: Sequence[_Row], scale: float, t: Tunables) -> tuple[list[int
     for r in rows:
         buffer = r.buffer if r.buffer is not None else default_buffer
         want = -(-(int(r.demand * (1 + buffer)) + headroom) // align) * align
-        want = max(r.need, min(max(want, r.floor), r.ceiling))
+        want = clamp(want, r.floor, r.ceiling)
+        if want < r.need:
+            want = r.need
         wants.append(want)
         if scale > 0.0:
             spare = int(min(by_demand * r.demand, by_gap * (r.ceiling - want))) // align * align
@@ -248,14 +286,14 @@ def _move(r: _Row, goal: int, t: Tunables) -> int:
     """Where a VM's target goes toward ``goal`` when the host has room: growth at once; shrinking by at
     most its step, never within its dead band, while cooling down after growth or waiting for the
     stats of its last shrink, nor under pressure."""
-    target = r.guest.target_bytes
+    target = r.target
     if goal >= target:
         return goal if goal - target >= t.grow_min_step_bytes or target < r.floor else target
     if target > r.ceiling:
         return r.ceiling
-    if r.pressure or target - goal < r.dead_band or not r.may_shrink:
+    if r.pressure or not r.may_shrink or target - goal < _dead_band(r, t):
         return target
-    return max(goal, _align_down(target - r.step, t.target_align_bytes), r.floor)
+    return max(goal, _align_down(target - _shrink_step(r, t), t.target_align_bytes), r.floor)
 
 
 def _pay_growth(rows: Sequence[_Row], alloc: Sequence[int], pool: int) -> list[int]:
@@ -267,14 +305,13 @@ def _pay_growth(rows: Sequence[_Row], alloc: Sequence[int], pool: int) -> list[i
     already granted waits for the freed memory to arrive: VMs under pressure or deflating themselves
     get it first, the others share the rest by shares. A configured budget caps targets, not this.
     """
-    transient = [max(a, r.guest.actual_bytes or 0) for r, a in zip(rows, alloc, strict=True)]
-    if sum(transient) <= pool:
+    if sum([r.actual if r.actual > a else a for r, a in zip(rows, alloc, strict=True)]) <= pool:
         return list(alloc)
     lo: list[int] = []
     urgent: list[int] = []
     for r, a in zip(rows, alloc, strict=True):
-        actual = r.guest.actual_bytes or 0
-        low = max(actual, min(r.guest.target_bytes, a), min(r.floor, a)) if a > actual else max(a, actual)
+        actual = r.actual
+        low = max(actual, min(r.target, a), min(r.floor, a)) if a > actual else max(a, actual)
         lo.append(low)
         urgent.append(a if a > actual and (r.pressure or r.selfdef) else low)
     room = pool - sum(lo)
@@ -283,7 +320,7 @@ def _pay_growth(rows: Sequence[_Row], alloc: Sequence[int], pool: int) -> list[i
     paid = water_fill(
         first, [max(a, f) for a, f in zip(alloc, first, strict=True)], weights, room - (sum(first) - sum(lo))
     )
-    return [p if a > (r.guest.actual_bytes or 0) else a for r, a, p in zip(rows, alloc, paid, strict=True)]
+    return [p if a > r.actual else a for r, a, p in zip(rows, alloc, paid, strict=True)]
 
 
 def decide(
@@ -300,7 +337,10 @@ def decide(
     t = tunables
     now = snapshot.time
     align = t.target_align_bytes
+    headroom = t.min_headroom_bytes
+    tol = t.stuck_tolerance_bytes
     prev_vms = state.vms
+    quarantined = state.quarantined
     new_vms: dict[str, VMMemory] = {}
     status: dict[str, str] = {}
     reasons: dict[str, str] = {}
@@ -313,46 +353,40 @@ def decide(
     for g in snapshot.guests:
         name = g.name
         pol = policies.get(name) or g.policy
-        prev = prev_vms.get(name)
+        prev = prev_vms.get(name, _FIRST_LOOK)
         floor, ceiling = guards.limits(g, pol, t)
         target = g.target_bytes
         actual = g.actual_bytes
 
         excluded = guards.exclusion(g, pol)
         if excluded is not None:
-            status[name] = Status.EXCLUDED
+            status[name] = _EXCLUDED
             reasons[name] = excluded
-            new_vms[name] = VMMemory(
-                status=Status.EXCLUDED, seen_time=now, seen_target=target, seen_actual=actual
-            )
+            new_vms[name] = VMMemory(status=_EXCLUDED, seen_time=now, seen_target=target, seen_actual=actual)
             continue
 
-        seen_target = prev.seen_target if prev else None
-        progress = guards.track_progress(prev.progress if prev else None, actual, target, now, t)
-        manual_until = prev.manual_until if prev else None
-        if guards.manual_change(target, seen_target, prev.planned_target if prev else None):
+        seen_target = prev.seen_target
+        progress = guards.track_progress(prev.progress, actual, target, now, t)
+        manual_until = prev.manual_until
+        if guards.manual_change(target, seen_target, prev.planned_target):
             manual_until = now + t.manual_grace_s
         if manual_until is not None and manual_until <= now:
             manual_until = None
-        selfdef = prev is not None and guards.self_deflated(actual, prev.seen_actual, target, seen_target, t)
+        selfdef = guards.self_deflated(actual, prev.seen_actual, target, seen_target, t)
         follow = "autodeflate" if selfdef else ""  # why a held VM's target follows its actual up
-        stuck_until = prev.stuck_until if prev is not None and prev.stuck_until is not None else None
+        stuck_until = prev.stuck_until
         if stuck_until is not None and stuck_until <= now:
             stuck_until = None
-        hold = guards.hold_reason(g, snapshot.wall_time, t)
         holding = actual if actual is not None else target
 
-        if name in state.quarantined:
-            st, why = Status.QUARANTINED, state.quarantined[name]
+        if name in quarantined:
+            st, why = _QUARANTINED, quarantined[name]
             holding = max(target, holding)
         elif manual_until is not None:
-            st, why = (
-                Status.MANUAL_HOLD,
-                f"target set outside autoballoon; held for {manual_until - now:.0f} s",
-            )
+            st, why = _MANUAL_HOLD, f"target set outside autoballoon; held for {manual_until - now:.0f} s"
             holding = max(target, holding)
         elif stuck_until is not None or (progress is not None and guards.is_stuck(progress, now, t)):
-            st = Status.STUCK
+            st = _STUCK
             if stuck_until is None:  # just found: take the balloon where it is, retry later
                 stuck_until = now + t.stuck_retry_s
                 follow = "stuck" if actual is not None and actual > target else ""
@@ -362,28 +396,28 @@ def decide(
                 )
             else:
                 why = f"balloon did not follow its target; left alone for {stuck_until - now:.0f} s more"
-        elif hold is not None:
-            st, why = Status.NO_STATS, hold + "; held, never shrunk"
+        elif (hold := guards.hold_reason(g, snapshot.wall_time, t)) is not None:
+            st, why = _NO_STATS, hold + "; held, never shrunk"
             holding = max(target, holding)
         else:
-            st, why = Status.MANAGED, ""
+            st, why = _MANAGED, ""
 
-        prev_status = prev.status if prev else ""
-        if st != prev_status and (st != Status.MANAGED or prev_status not in ("", Status.EXCLUDED)):
+        prev_status = prev.status
+        if st != prev_status and (st != _MANAGED or prev_status not in _QUIET_BEFORE_MANAGED):
             events.append(f"{name}: {st}" + (f": {why}" if why else ""))
         status[name] = st
         reasons[name] = why
-        warned = prev.warned_autodeflate if prev else False
+        warned = prev.warned_autodeflate
 
-        if st != Status.MANAGED:
+        if st != _MANAGED:
             counted_actual += actual if actual is not None else target
             if follow and actual is not None:
-                holding = max(holding, min(_align_up(actual, t.target_align_bytes), ceiling))
+                holding = max(holding, min(_align_up(actual, align), ceiling))
                 holds.append((g, floor, ceiling, follow))
             held += holding
             new_vms[name] = VMMemory(
                 status=st,
-                demand=prev.demand if prev else None,
+                demand=prev.demand,
                 floor=floor,
                 ceiling=ceiling,
                 seen_time=now,
@@ -393,7 +427,7 @@ def decide(
                 used=guest_used(g),
                 swap_in=g.stats.swap_in,
                 major_faults=g.stats.major_faults,
-                last_grow=prev.last_grow if prev else None,
+                last_grow=prev.last_grow,
                 stuck_until=stuck_until,
                 progress=progress,
                 manual_until=manual_until,
@@ -404,7 +438,8 @@ def decide(
         # --- a managed VM: estimate demand --------------------------------------------------------
         assert actual is not None  # hold_reason() holds VMs whose balloon never answered
         counted_actual += actual
-        if not g.balloon.autodeflate and not warned:
+        autodeflate = g.balloon.autodeflate
+        if not autodeflate and not warned:
             events.append(
                 f"{name}: warning: managed without autodeflate; a sudden allocation faster than one tick can "
                 f"OOM-kill in the guest (fix at next boot: autoballoon balloon {name} --autodeflate on)"
@@ -416,22 +451,20 @@ def decide(
         # another instant (on the rig, stats show an inflation a tick before ``actual`` does; stats
         # polled every few seconds lag it). While the balloon moves, a change in ``used`` may be the
         # balloon's, not the guest's: no trend is read from it then.
-        tol = t.stuck_tolerance_bytes
-        settled = not g.balloon.autodeflate or (
-            prev is not None
-            and prev.seen_actual is not None
-            and prev.seen_target == target
+        settled = not autodeflate or (
+            prev.seen_actual is not None
+            and seen_target == target
             and abs(actual - prev.seen_actual) <= tol
             and abs(actual - target) <= tol
         )
         available = stats.available or 0
         signal = available < t.low_available_bytes or selfdef
         raw = used
-        dt = now - prev.seen_time if prev is not None and prev.seen_time is not None else 0.0
+        dt = now - prev.seen_time if prev.seen_time is not None else 0.0
         # Rates are per second of *stats* time: a guest polled every 10 s shows 10 s of change at once.
         stats_time = stats.last_update
-        sdt = stats_time - prev.stats_time if prev is not None and prev.stats_time and stats_time else 0.0
-        if sdt > 0 and prev is not None:
+        sdt = stats_time - prev.stats_time if prev.stats_time and stats_time else 0.0
+        if sdt > 0:  # (never on a first look: it has no stats_time)
             if settled and prev.used is not None and used > prev.used:
                 raw += int((used - prev.used) / sdt * t.trend_lookahead_s)
             boost = 0
@@ -448,64 +481,51 @@ def decide(
             if boost:
                 signal = True
                 raw += boost + int(ceiling * t.pressure_boost_fraction)
-        elif prev is not None and sdt == 0 and prev.stats_time:
+        elif sdt == 0 and prev.stats_time:
             stats_time = prev.stats_time  # nothing new: keep measuring rates from the last report
-        pressure_at = now if signal else prev.pressure_at if prev is not None else None
+        pressure_at = now if signal else prev.pressure_at
         pressure = pressure_at is not None and now - pressure_at < t.pressure_hold_s
-        prev_demand = prev.demand if prev is not None else None
+        prev_demand = prev.demand
         if prev_demand is None or raw >= prev_demand or dt <= 0:
             demand = raw
         else:
             demand = raw + int((prev_demand - raw) * math.exp(-dt / t.demand_decay_s))
         # need: demand plus the minimal headroom (below it the guest swaps). Its cushions (the buffer,
         # a spare on a roomy host) are sized once the host's room is known, see _cushions().
-        headroom = t.min_headroom_bytes
-        need = guards.clamp(_align_up(demand + headroom, align), floor, ceiling)
+        need = clamp(_align_up(demand + headroom, align), floor, ceiling)
         if selfdef:  # it ran past its swap: what it took back, and more, since it still swaps
             boost = int(ceiling * t.self_deflate_boost_fraction)
             need = max(need, min(_align_up(actual + boost, align), ceiling))
         if pressure:
             need = max(need, min(target, ceiling))
 
-        last_grow = prev.last_grow if prev is not None else None
+        last_grow = prev.last_grow
         cooling = last_grow is not None and now - last_grow < t.shrink_cooldown_after_grow_s
         # One shrink per fresh stats report: the next step is judged on what the last one did.
-        unseen = prev is not None and prev.shrink_wall is not None and (stats_time or 0) <= prev.shrink_wall
-        shares = pol.shares if pol.shares is not None else t.default_shares
-        memory = VMMemory(
-            status=st,
-            demand=demand,
-            floor=floor,
-            ceiling=ceiling,
-            pressure=pressure,
-            seen_time=now,
-            seen_target=target,
-            seen_actual=actual,
-            used=used,
-            swap_in=stats.swap_in,
-            major_faults=stats.major_faults,
-            last_grow=last_grow,
-            stats_time=stats_time,
-            pressure_at=pressure_at,
-            progress=progress,
-            warned_autodeflate=warned,
-            shrink_wall=prev.shrink_wall if prev is not None else None,
-        )
+        shrink_wall = prev.shrink_wall
+        unseen = shrink_wall is not None and (stats_time or 0) <= shrink_wall
         rows.append(
-            _Row(  # by position (1,000 of them per tick): guest, floor, ceiling, need, demand, buffer, ...
+            _Row(  # by position (1,000 of them per tick), in _Row's field order
                 g,
+                target,
+                actual,
                 floor,
                 ceiling,
                 need,
                 demand,
                 pol.buffer,
-                shares,
+                pol.shares if pol.shares is not None else t.default_shares,
                 pressure,
                 selfdef,
-                max(t.shrink_min_step_bytes, int(ceiling * t.shrink_rate_per_s * (dt or t.interval_s))),
-                max(t.shrink_dead_band_bytes, int(ceiling * t.shrink_dead_band_fraction)),
+                dt,
                 not (cooling or unseen),
-                memory,
+                used,
+                last_grow,
+                stats_time,
+                pressure_at,
+                shrink_wall,
+                progress,
+                warned,
             )
         )
 
@@ -516,7 +536,7 @@ def decide(
     pool = budget - held
     danger = snapshot.mem_available < reserve
     needs = [r.need for r in rows]
-    scale = roominess(sum(needs), sum(r.ceiling for r in rows), pool, t)
+    scale = roominess(sum(needs), sum([r.ceiling for r in rows]), pool, t)
     wants, spares = _cushions(rows, scale, t)
     goals = _goals((needs, wants, spares), pool)
     short = sum(wants) > pool
@@ -529,7 +549,7 @@ def decide(
             alloc = water_fill(goals, keeps, [1.0] * len(rows), pool - sum(goals))
     else:
         short = True
-        shared = _share_out(rows, pool, danger)
+        shared = _share_out(rows, pool, danger, t)
         danger = danger or shared is None
         if shared is None:  # even gradual cuts cannot bring the targets within the budget
             floors = [r.floor for r in rows]
@@ -541,9 +561,9 @@ def decide(
     actions: list[Action] = []
     for r, a, want in zip(rows, alloc, wants, strict=True):
         g = r.guest
-        old = g.target_bytes
-        new = guards.clamp(a // align * align, r.floor, r.ceiling)  # safe_target(..., may_shrink=True)
-        mem = r.memory
+        old = r.target
+        new = clamp(a // align * align, r.floor, r.ceiling)  # safe_target(..., may_shrink=True)
+        last_grow, shrink_wall = r.last_grow, r.shrink_wall
         if new != old:
             if new > old:
                 reason = (
@@ -557,23 +577,43 @@ def decide(
                 )
                 if new < want:
                     reason += " (host-short)"
-            elif old > r.ceiling and new == r.ceiling:
-                reason = "max"
-            elif new >= want:
-                reason = "idle"
+                last_grow = now
             else:
-                reason = "host-danger" if danger else "host-short"
+                if old > r.ceiling and new == r.ceiling:
+                    reason = "max"
+                elif new >= want:
+                    reason = "idle"
+                else:
+                    reason = "host-danger" if danger else "host-short"
+                shrink_wall = snapshot.wall_time
             # vm, old_target, new_target, reason, demand, available, budget
-            actions.append(Action(g.name, old, new, reason, mem.demand, g.stats.available, budget))
-        # The decision's outcome, set by position: NamedTuple._replace costs microseconds per VM.
-        fields = list(mem)
-        fields[_WANT] = want
-        fields[_PLANNED] = new
-        if new > old:
-            fields[_LAST_GROW] = now
-        elif new < old:
-            fields[_SHRINK_WALL] = snapshot.wall_time
-        new_vms[g.name] = VMMemory._make(fields)
+            actions.append(Action(g.name, old, new, reason, r.demand, g.stats.available, budget))
+        stats = g.stats
+        new_vms[g.name] = VMMemory._make(  # by position, in the order pinned under VMMemory
+            (
+                _MANAGED,
+                r.demand,
+                want,
+                r.floor,
+                r.ceiling,
+                r.pressure,
+                now,  # seen_time
+                old,  # seen_target
+                r.actual,  # seen_actual
+                new,  # planned_target
+                r.used,
+                stats.swap_in,
+                stats.major_faults,
+                last_grow,
+                r.stats_time,
+                r.pressure_at,
+                None,  # stuck_until: a managed VM is not stuck
+                shrink_wall,
+                r.progress,
+                None,  # manual_until: nor held after a manual change
+                r.warned,
+            )
+        )
 
     # Held VMs whose balloon is above its target (deflated itself, or stuck): the target follows it up.
     for g, floor, ceiling, why in holds:
