@@ -544,7 +544,7 @@ def decide(
             demand = raw + int((prev_demand - raw) * math.exp(-dt / t.demand_decay_s))
         # need: demand plus the minimal headroom (below it the guest swaps). Its cushions (the buffer,
         # a spare on a roomy host) are sized once the host's room is known, see _cushions().
-        need = clamp(_align_up(demand + headroom, align), floor, ceiling)
+        need = clamp(-(-(demand + headroom) // align) * align, floor, ceiling)  # _align_up(), inline
         if selfdef:  # it ran past its swap: what it took back, and more, since it still swaps
             boost = int(ceiling * t.self_deflate_boost_fraction)
             need = max(need, min(_align_up(actual + boost, align), ceiling))
@@ -557,27 +557,29 @@ def decide(
         shrink_wall = prev.shrink_wall
         unseen = shrink_wall is not None and (stats_time or 0) <= shrink_wall
         rows.append(
-            _Row(  # by position (1,000 of them per tick), in _Row's field order
-                g,
-                target,
-                actual,
-                floor,
-                ceiling,
-                need,
-                demand,
-                pol.buffer,
-                pol.shares if pol.shares is not None else t.default_shares,
-                pressure,
-                selfdef,
-                dt,
-                not (cooling or unseen),
-                used,
-                last_grow,
-                stats_time,
-                pressure_at,
-                shrink_wall,
-                progress,
-                warned,
+            _Row._make(  # from a plain tuple (half the cost of _Row(...)), in _Row's field order
+                (
+                    g,
+                    target,
+                    actual,
+                    floor,
+                    ceiling,
+                    need,
+                    demand,
+                    pol.buffer,
+                    pol.shares if pol.shares is not None else t.default_shares,
+                    pressure,
+                    selfdef,
+                    dt,
+                    not (cooling or unseen),
+                    used,
+                    last_grow,
+                    stats_time,
+                    pressure_at,
+                    shrink_wall,
+                    progress,
+                    warned,
+                )
             )
         )
 
