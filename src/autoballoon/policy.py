@@ -99,9 +99,15 @@ class PolicyState:
 
 class _Row(NamedTuple):
     """A managed VM during one decision: what the budget math needs, and what to remember of it besides
-    the decision's outcome (its VMMemory is built once, when the outcome is known)."""
+    the decision's outcome (its VMMemory is built once, when the outcome is known).
 
-    guest: GuestSnapshot
+    The per-VM loop keeps each row as a plain tuple of numbers, strings and None, named by this class
+    when read (``_Row._make``): the garbage collector stops tracking such a tuple at its first pass, so
+    the rows of a tick do not join the objects every full collection walks (a NamedTuple, or a row
+    holding the GuestSnapshot, stays tracked): measured, a tenth of the tick at 10,000 guests.
+    """
+
+    name: str
     target: int  # guest.target_bytes
     actual: int  # guest.actual_bytes (never None for a managed VM)
     floor: int
@@ -121,6 +127,9 @@ class _Row(NamedTuple):
     shrink_wall: float | None
     progress: Progress | None
     warned: bool  # warned_autodeflate
+    available: int | None  # the guest's stats, for the action and the memory
+    swap_in: int | None
+    major_faults: int | None
 
 
 _ROW_INDEX = {name: i for i, name in enumerate(_Row._fields)}
@@ -147,7 +156,7 @@ class _Fleet(NamedTuple):
     dt: F64
 
 
-def _fleet(rows: Sequence[_Row]) -> _Fleet:
+def _fleet(rows: Sequence[tuple[Any, ...]]) -> _Fleet:
     columns = tuple(zip(*rows, strict=True)) or ((),) * len(_Row._fields)
 
     def column(name: str, dtype: type) -> npt.NDArray[Any]:
@@ -165,6 +174,11 @@ def _fleet(rows: Sequence[_Row]) -> _Fleet:
         may_shrink=column("may_shrink", np.bool_),
         dt=column("dt", np.float64),
     )
+
+
+def _named(rows: Sequence[tuple[Any, ...]]) -> list[_Row]:
+    """The rows with their field names, for the steps that are rare enough not to mind the cost."""
+    return [_Row._make(r) for r in rows]
 
 
 def _shrink_steps(f: _Fleet, t: Tunables) -> I64:
@@ -346,7 +360,7 @@ def _move(f: _Fleet, goal: I64, t: Tunables) -> I64:
     return np.where(goal >= target, grown, shrunk)
 
 
-def _pay_growth(rows: Sequence[_Row], f: _Fleet, alloc: I64, pool: int) -> I64:
+def _pay_growth(raw_rows: Sequence[tuple[Any, ...]], f: _Fleet, alloc: I64, pool: int) -> I64:
     """Growth is paid only from memory that is free now (Xen squeezed's two-phase rule).
 
     A shrinking balloon gives its memory back slowly (inflation is slow, deflation fast), so until it
@@ -357,6 +371,7 @@ def _pay_growth(rows: Sequence[_Row], f: _Fleet, alloc: I64, pool: int) -> I64:
     """
     if int(np.maximum(f.actual, alloc).sum()) <= pool:
         return alloc
+    rows = _named(raw_rows)
     lo: list[int] = []
     urgent: list[int] = []
     wanted = alloc.tolist()
@@ -397,7 +412,7 @@ def decide(
     status: dict[str, str] = {}
     reasons: dict[str, str] = {}
     events: list[str] = []
-    rows: list[_Row] = []
+    rows: list[tuple[Any, ...]] = []  # _Row's fields, see there
     held = 0  # memory the non-managed running VMs hold or are going to
     counted_actual = 0  # what every counted VM holds now
     holds: list[tuple[GuestSnapshot, int, int, str]] = []  # held VMs whose target follows actual up
@@ -557,29 +572,30 @@ def decide(
         shrink_wall = prev.shrink_wall
         unseen = shrink_wall is not None and (stats_time or 0) <= shrink_wall
         rows.append(
-            _Row._make(  # from a plain tuple (half the cost of _Row(...)), in _Row's field order
-                (
-                    g,
-                    target,
-                    actual,
-                    floor,
-                    ceiling,
-                    need,
-                    demand,
-                    pol.buffer,
-                    pol.shares if pol.shares is not None else t.default_shares,
-                    pressure,
-                    selfdef,
-                    dt,
-                    not (cooling or unseen),
-                    used,
-                    last_grow,
-                    stats_time,
-                    pressure_at,
-                    shrink_wall,
-                    progress,
-                    warned,
-                )
+            (  # in _Row's field order
+                name,
+                target,
+                actual,
+                floor,
+                ceiling,
+                need,
+                demand,
+                pol.buffer,
+                pol.shares if pol.shares is not None else t.default_shares,
+                pressure,
+                selfdef,
+                dt,
+                not (cooling or unseen),
+                used,
+                last_grow,
+                stats_time,
+                pressure_at,
+                shrink_wall,
+                progress,
+                warned,
+                stats.available,
+                stats.swap_in,
+                stats.major_faults,
             )
         )
 
@@ -603,11 +619,11 @@ def decide(
             alloc = np.array(cut, dtype=np.int64)
     else:
         short = True
-        shared = _share_out(rows, _shrink_steps(f, t).tolist(), pool, danger)
+        shared = _share_out(_named(rows), _shrink_steps(f, t).tolist(), pool, danger)
         danger = danger or shared is None
         if shared is None:  # even gradual cuts cannot bring the targets within the budget
             floors = f.floor.tolist()
-            weights = [float(r.shares) for r in rows]
+            weights = [float(r.shares) for r in _named(rows)]
             shared = water_fill(floors, f.need.tolist(), weights, pool - sum(floors))
         alloc = np.array(shared, dtype=np.int64)
     alloc = _pay_growth(rows, f, alloc, host_budget - held)  # what the host has, whatever the budget
@@ -615,8 +631,7 @@ def decide(
     news = np.minimum(np.maximum(_align_down(alloc, align), f.floor), f.ceiling).tolist()
 
     actions: list[Action] = []
-    for r, new, want in zip(rows, news, wants.tolist(), strict=True):
-        g = r.guest
+    for r, new, want in zip(map(_Row._make, rows), news, wants.tolist(), strict=True):
         old = r.target
         last_grow, shrink_wall = r.last_grow, r.shrink_wall
         if new != old:
@@ -642,9 +657,8 @@ def decide(
                     reason = "host-danger" if danger else "host-short"
                 shrink_wall = snapshot.wall_time
             # vm, old_target, new_target, reason, demand, available, budget
-            actions.append(Action(g.name, old, new, reason, r.demand, g.stats.available, budget))
-        stats = g.stats
-        new_vms[g.name] = VMMemory._make(  # by position, in the order pinned under VMMemory
+            actions.append(Action(r.name, old, new, reason, r.demand, r.available, budget))
+        new_vms[r.name] = VMMemory._make(  # by position, in the order pinned under VMMemory
             (
                 _MANAGED,
                 r.demand,
@@ -657,8 +671,8 @@ def decide(
                 r.actual,  # seen_actual
                 new,  # planned_target
                 r.used,
-                stats.swap_in,
-                stats.major_faults,
+                r.swap_in,
+                r.major_faults,
                 last_grow,
                 r.stats_time,
                 r.pressure_at,
