@@ -67,11 +67,11 @@ class VMMemory(NamedTuple):
 
 
 #: What a VM seen for the first time remembers: nothing (every field at its default), so the per-VM
-#: code reads ``prev.x`` without testing for a first look each time.
+#: code reads what a VM remembers without testing for a first look each time.
 _FIRST_LOOK = VMMemory()
 
-# A managed VM's memory is built once per tick, by position (keywords cost four times as much over 21
-# fields, 1,000 VMs a tick); this pins the order that code relies on.
+# decide() reads each VM's memory and builds a managed VM's new one by position (by name, over 21
+# fields and 1,000 VMs a tick, it costs several times as much): this pins the order it relies on.
 assert VMMemory._fields == (
     "status", "demand", "want", "floor", "ceiling", "pressure", "seen_time", "seen_target", "seen_actual",
     "planned_target", "used", "swap_in", "major_faults", "last_grow", "stats_time", "pressure_at",
@@ -101,10 +101,11 @@ class _Row(NamedTuple):
     """A managed VM during one decision: what the budget math needs, and what to remember of it besides
     the decision's outcome (its VMMemory is built once, when the outcome is known).
 
-    The per-VM loop keeps each row as a plain tuple of numbers, strings and None, named by this class
-    when read (``_Row._make``): the garbage collector stops tracking such a tuple at its first pass, so
-    the rows of a tick do not join the objects every full collection walks (a NamedTuple, or a row
-    holding the GuestSnapshot, stays tracked): measured, a tenth of the tick at 10,000 guests.
+    The per-VM loop keeps each row as a plain tuple of numbers, strings and None, in this order: the
+    garbage collector stops tracking such a tuple at its first pass, so the rows of a tick do not join
+    the objects every full collection walks (a NamedTuple, or a row holding the GuestSnapshot, stays
+    tracked; measured: a tenth of the tick at 10,000 guests). decide() builds and unpacks rows by
+    position, the rare steps name them with ``_Row._make``; a change of fields changes all three.
     """
 
     name: str
@@ -118,7 +119,7 @@ class _Row(NamedTuple):
     shares: int
     pressure: bool
     selfdef: bool  # it deflated its balloon by itself since the last look
-    dt: float  # seconds since the last look (0 on the first): sizes its shrink step, see _shrink_step()
+    dt: float  # seconds since the last look (0 on the first): sizes its shrink step, see _shrink_steps()
     may_shrink: bool  # not cooling down after growth, and its last shrink's stats came in
     used: int
     last_grow: float | None
@@ -421,6 +422,10 @@ def decide(
         name = g.name
         pol = policies.get(name) or g.policy
         prev = prev_vms.get(name, _FIRST_LOOK)
+        # What it remembers, all at once, in VMMemory's order (a field at a time costs more).
+        (prev_status, prev_demand, _, _, _, _, prev_seen_time, seen_target, seen_actual, planned_target,
+         prev_used, prev_swap_in, prev_major_faults, last_grow, prev_stats_time, prev_pressure_at,
+         stuck_until, shrink_wall, prev_progress, manual_until, warned) = prev  # fmt: skip
         floor, ceiling = guards.limits(g, pol, t)
         target = g.target_bytes
         actual = g.actual_bytes
@@ -432,16 +437,13 @@ def decide(
             new_vms[name] = VMMemory(status=_EXCLUDED, seen_time=now, seen_target=target, seen_actual=actual)
             continue
 
-        seen_target = prev.seen_target
-        progress = guards.track_progress(prev.progress, actual, target, now, t)
-        manual_until = prev.manual_until
-        if guards.manual_change(target, seen_target, prev.planned_target):
+        progress = guards.track_progress(prev_progress, actual, target, now, t)
+        if guards.manual_change(target, seen_target, planned_target):
             manual_until = now + t.manual_grace_s
         if manual_until is not None and manual_until <= now:
             manual_until = None
-        selfdef = guards.self_deflated(actual, prev.seen_actual, target, seen_target, t)
+        selfdef = guards.self_deflated(actual, seen_actual, target, seen_target, t)
         follow = "autodeflate" if selfdef else ""  # why a held VM's target follows its actual up
-        stuck_until = prev.stuck_until
         if stuck_until is not None and stuck_until <= now:
             stuck_until = None
         holding = actual if actual is not None else target
@@ -469,12 +471,10 @@ def decide(
         else:
             st, why = _MANAGED, ""
 
-        prev_status = prev.status
         if st != prev_status and (st != _MANAGED or prev_status not in _QUIET_BEFORE_MANAGED):
             events.append(f"{name}: {st}" + (f": {why}" if why else ""))
         status[name] = st
         reasons[name] = why
-        warned = prev.warned_autodeflate
 
         if st != _MANAGED:
             counted_actual += actual if actual is not None else target
@@ -484,7 +484,7 @@ def decide(
             held += holding
             new_vms[name] = VMMemory(
                 status=st,
-                demand=prev.demand,
+                demand=prev_demand,
                 floor=floor,
                 ceiling=ceiling,
                 seen_time=now,
@@ -494,7 +494,7 @@ def decide(
                 used=guest_used(g),
                 swap_in=g.stats.swap_in,
                 major_faults=g.stats.major_faults,
-                last_grow=prev.last_grow,
+                last_grow=last_grow,
                 stuck_until=stuck_until,
                 progress=progress,
                 manual_until=manual_until,
@@ -519,40 +519,39 @@ def decide(
         # polled every few seconds lag it). While the balloon moves, a change in ``used`` may be the
         # balloon's, not the guest's: no trend is read from it then.
         settled = not autodeflate or (
-            prev.seen_actual is not None
+            seen_actual is not None
             and seen_target == target
-            and abs(actual - prev.seen_actual) <= tol
+            and abs(actual - seen_actual) <= tol
             and abs(actual - target) <= tol
         )
         available = stats.available or 0
         signal = available < t.low_available_bytes or selfdef
         raw = used
-        dt = now - prev.seen_time if prev.seen_time is not None else 0.0
+        dt = now - prev_seen_time if prev_seen_time is not None else 0.0
         # Rates are per second of *stats* time: a guest polled every 10 s shows 10 s of change at once.
         stats_time = stats.last_update
-        sdt = stats_time - prev.stats_time if prev.stats_time and stats_time else 0.0
+        sdt = stats_time - prev_stats_time if prev_stats_time and stats_time else 0.0
         if sdt > 0:  # (never on a first look: it has no stats_time)
-            if settled and prev.used is not None and used > prev.used:
-                raw += int((used - prev.used) / sdt * t.trend_lookahead_s)
+            if settled and prev_used is not None and used > prev_used:
+                raw += int((used - prev_used) / sdt * t.trend_lookahead_s)
             boost = 0
-            if prev.swap_in is not None and stats.swap_in is not None and stats.swap_in > prev.swap_in:
-                swapped = stats.swap_in - prev.swap_in
+            if prev_swap_in is not None and stats.swap_in is not None and stats.swap_in > prev_swap_in:
+                swapped = stats.swap_in - prev_swap_in
                 if swapped / sdt > t.swap_in_pressure_bytes_per_s:
                     boost = swapped
             if (
-                prev.major_faults is not None
+                prev_major_faults is not None
                 and stats.major_faults is not None
-                and (stats.major_faults - prev.major_faults) / sdt > t.major_fault_pressure_per_s
+                and (stats.major_faults - prev_major_faults) / sdt > t.major_fault_pressure_per_s
             ):
                 boost = max(boost, 1)
             if boost:
                 signal = True
                 raw += boost + int(ceiling * t.pressure_boost_fraction)
-        elif sdt == 0 and prev.stats_time:
-            stats_time = prev.stats_time  # nothing new: keep measuring rates from the last report
-        pressure_at = now if signal else prev.pressure_at
+        elif sdt == 0 and prev_stats_time:
+            stats_time = prev_stats_time  # nothing new: keep measuring rates from the last report
+        pressure_at = now if signal else prev_pressure_at
         pressure = pressure_at is not None and now - pressure_at < t.pressure_hold_s
-        prev_demand = prev.demand
         if prev_demand is None or raw >= prev_demand or dt <= 0:
             demand = raw
         else:
@@ -566,10 +565,8 @@ def decide(
         if pressure:
             need = max(need, min(target, ceiling))
 
-        last_grow = prev.last_grow
         cooling = last_grow is not None and now - last_grow < t.shrink_cooldown_after_grow_s
         # One shrink per fresh stats report: the next step is judged on what the last one did.
-        shrink_wall = prev.shrink_wall
         unseen = shrink_wall is not None and (stats_time or 0) <= shrink_wall
         rows.append(
             (  # in _Row's field order
@@ -631,25 +628,27 @@ def decide(
     news = np.minimum(np.maximum(_align_down(alloc, align), f.floor), f.ceiling).tolist()
 
     actions: list[Action] = []
-    for r, new, want in zip(map(_Row._make, rows), news, wants.tolist(), strict=True):
-        old = r.target
-        last_grow, shrink_wall = r.last_grow, r.shrink_wall
+    for row, new, want in zip(rows, news, wants.tolist(), strict=True):
+        # The row's fields at once, named as in _Row (a field at a time costs a third of this loop).
+        (name, old, actual, floor, ceiling, _, demand, _, _, pressure, selfdef, _, _, used,
+         last_grow, stats_time, pressure_at, shrink_wall, progress, warned,
+         available, swap_in, major_faults) = row  # fmt: skip
         if new != old:
             if new > old:
                 reason = (
                     "autodeflate"
-                    if r.selfdef
+                    if selfdef
                     else "pressure"
-                    if r.pressure
+                    if pressure
                     else "floor"
-                    if old < r.floor
+                    if old < floor
                     else "demand"
                 )
                 if new < want:
                     reason += " (host-short)"
                 last_grow = now
             else:
-                if old > r.ceiling and new == r.ceiling:
+                if old > ceiling and new == ceiling:
                     reason = "max"
                 elif new >= want:
                     reason = "idle"
@@ -657,30 +656,30 @@ def decide(
                     reason = "host-danger" if danger else "host-short"
                 shrink_wall = snapshot.wall_time
             # vm, old_target, new_target, reason, demand, available, budget
-            actions.append(Action(r.name, old, new, reason, r.demand, r.available, budget))
-        new_vms[r.name] = VMMemory._make(  # by position, in the order pinned under VMMemory
+            actions.append(Action(name, old, new, reason, demand, available, budget))
+        new_vms[name] = VMMemory._make(  # by position, in the order pinned under VMMemory
             (
                 _MANAGED,
-                r.demand,
+                demand,
                 want,
-                r.floor,
-                r.ceiling,
-                r.pressure,
+                floor,
+                ceiling,
+                pressure,
                 now,  # seen_time
                 old,  # seen_target
-                r.actual,  # seen_actual
+                actual,  # seen_actual
                 new,  # planned_target
-                r.used,
-                r.swap_in,
-                r.major_faults,
+                used,
+                swap_in,
+                major_faults,
                 last_grow,
-                r.stats_time,
-                r.pressure_at,
+                stats_time,
+                pressure_at,
                 None,  # stuck_until: a managed VM is not stuck
                 shrink_wall,
-                r.progress,
+                progress,
                 None,  # manual_until: nor held after a manual change
-                r.warned,
+                warned,
             )
         )
 
