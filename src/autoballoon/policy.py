@@ -158,6 +158,7 @@ class _Fleet(NamedTuple):
 
 
 def _fleet(rows: Sequence[tuple[Any, ...]]) -> _Fleet:
+    """The rows' columns the budget math needs, transposed once (in C) and converted to arrays."""
     columns = tuple(zip(*rows, strict=True)) or ((),) * len(_Row._fields)
 
     def column(name: str, dtype: type) -> npt.NDArray[Any]:
