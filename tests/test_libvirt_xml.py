@@ -10,6 +10,7 @@ from autoballoon.backends.libvirt import xml as lvxml
 from autoballoon.errors import InvalidValueError, RefusedError
 from autoballoon.model import BalloonChange, GuestPolicy
 from autoballoon.units import KiB, MiB
+from tests.needs import need_module
 
 DOMAIN = """\
 <domain type='kvm' xmlns:qemu='http://libvirt.org/schemas/domain/qemu/1.0'>
@@ -149,7 +150,7 @@ def test_describe_change() -> None:
 
 
 def test_stats_mapping_renames_and_converts() -> None:
-    pytest.importorskip("libvirt")  # the stats module names libvirt's state constants
+    need_module("libvirt", "pip install 'autoballoon[libvirt]'")  # stats names libvirt's state constants
     from autoballoon.backends.libvirt import stats as lvstats
 
     bulk = {

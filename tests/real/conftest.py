@@ -31,6 +31,7 @@ from typing import Any, NoReturn
 
 import pytest
 
+from tests.needs import missing
 from tests.rig import daemons
 from tests.rig.domains import (
     Guest,
@@ -51,9 +52,7 @@ STOP_DAEMONS = CI or os.environ.get("AUTOBALLOON_RIG_STOP_DAEMONS") == "1"
 
 def rig_unavailable(reason: str) -> NoReturn:
     """Under CI a missing rig is a failure; on a workstation the real-VM tests skip, saying why."""
-    if CI:
-        pytest.fail(f"real-VM rig cannot start (CI=true, so this fails): {reason}", pytrace=False)
-    pytest.skip(f"real-VM rig unavailable: {reason}")
+    missing(f"real-VM rig unavailable: {reason}")
 
 
 @dataclass

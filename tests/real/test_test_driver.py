@@ -8,11 +8,10 @@ fallback. No daemon is needed: the test driver lives inside the client process.
 
 from __future__ import annotations
 
-import pytest
-
+from tests.needs import need_module
 from tests.rig.cli import cli_json
 
-pytest.importorskip("libvirt", reason="libvirt-python is not installed: pip install 'autoballoon[libvirt]'")
+need_module("libvirt", "pip install 'autoballoon[libvirt]' (needs libvirt-dev and pkg-config)")
 
 URI = "test:///default"
 GiB = 1024**3
