@@ -277,12 +277,16 @@ class Controller:
             self.journal.action(wall, action, host_available=host_available, applied=False)
             self._count(action)
             return
+        self._apply(backend, action, wall, host_available)
+
+    def _apply(self, backend: Backend, action: Action, wall: float, host_available: int | None) -> None:
+        """Set one target and journal the outcome. A VM that vanished since the snapshot is an event,
+        not an error; a lost connection propagates so the loop reconnects."""
         try:
             backend.set_target(action.vm, action.new_target)
-        except UnknownVMError as e:  # the VM went away between snapshot and action: not an error
-            self.journal.event(
-                wall, "vm-gone", f"{action.vm}: disappeared before its change ({e})", vm=action.vm
-            )
+        except UnknownVMError as e:
+            message = f"{action.vm}: gone before its {action.reason} change was applied ({e})"
+            self.journal.event(wall, "vm-gone", message, vm=action.vm)
             return
         except ConnectionLostError:
             raise
@@ -408,20 +412,7 @@ class Controller:
         for vm, target in targets.items():
             guest = snapshot.guest(vm) if snapshot is not None else None
             old = guest.target_bytes if guest is not None else target
-            action = Action(vm, old, target, "manual")
-            try:
-                backend.set_target(vm, target)
-            except UnknownVMError as e:
-                self.journal.event(wall, "vm-gone", f"{vm}: manual target not applied ({e})", vm=vm)
-                continue
-            except ConnectionLostError:
-                raise
-            except BackendError as e:
-                self._action_errors += 1
-                self.journal.action(wall, action, host_available=None, applied=False, error=str(e))
-                continue
-            self.journal.action(wall, action, host_available=None, applied=True)
-            self._count(action)
+            self._apply(backend, Action(vm, old, target, "manual"), wall, None)
 
     # --- exit ----------------------------------------------------------------------------------
 
