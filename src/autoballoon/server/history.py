@@ -70,14 +70,16 @@ class History:
             prev = self._last
             if prev is not None and snap.time <= prev.time:
                 return False
+            # By name once: a lookup per guest through HostSnapshot.guest() would be quadratic in VMs.
+            before = {g.name: g for g in prev.guests} if prev is not None else {}
+            prev_time = prev.time if prev is not None else None
             live = set()
             for g in snap.guests:
                 live.add(g.name)
-                before = prev.guest(g.name) if prev is not None else None
                 ring = self._rings.get(g.name)
                 if ring is None:
                     ring = self._rings[g.name] = deque(maxlen=self._points)
-                ring.append(point_of(g, snap.time, before, prev.time if prev else None))
+                ring.append(point_of(g, snap.time, before.get(g.name), prev_time))
             for name in list(self._rings):
                 if name not in live:
                     del self._rings[name]
