@@ -78,8 +78,9 @@ class ControllerSource:
         self._hist = _Histogram(tunables.tick_buckets_s)
         self._ticks_seen = 0
         self._seq = 0
-        #: Journal entries already numbered, by identity; holding them keeps their ids from being reused.
-        self._numbered: dict[int, tuple[JournalEntry, int]] = {}
+        #: Journal entries already numbered, by identity, with their numbered copy; holding the entry keeps
+        #: its id from being reused, and reusing the copy spares rebuilding the whole ring every tick.
+        self._numbered: dict[int, tuple[JournalEntry, Mapping[str, Any]]] = {}
         self._actions: Counter[tuple[str, str]] = Counter()
         self._config = config_json(controller)
         self._view = ServerView(uri=controller.uri, config=self._config)
@@ -125,10 +126,10 @@ class ControllerSource:
             known = self._numbered.get(id(entry))
             if known is None:
                 self._seq += 1
-                known = self._numbered[id(entry)] = (entry, self._seq)
+                known = self._numbered[id(entry)] = (entry, {"seq": self._seq, **entry})
                 if entry.get("kind") == "action" and entry.get("applied"):
                     self._actions[(str(entry.get("direction")), str(entry.get("reason")))] += 1
-            out.append({"seq": known[1], **entry})
+            out.append(known[1])
         return tuple(out)
 
     def _build(self, status: ControllerStatus, events: tuple[Mapping[str, Any], ...]) -> ServerView:
