@@ -33,7 +33,6 @@ from autoballoon.model import Action, GuestPolicy, GuestSnapshot, HostSnapshot, 
 from autoballoon.tunables import Tunables
 from autoballoon.units import human
 
-_EMPTY: Mapping[str, object] = MappingProxyType({})
 I64 = npt.NDArray[np.int64]
 F64 = npt.NDArray[np.float64]
 Bools = npt.NDArray[np.bool_]
@@ -617,11 +616,12 @@ def decide(
             alloc = np.array(cut, dtype=np.int64)
     else:
         short = True
-        shared = _share_out(_named(rows), _shrink_steps(f, t).tolist(), pool, danger)
+        named = _named(rows)
+        shared = _share_out(named, _shrink_steps(f, t).tolist(), pool, danger)
         danger = danger or shared is None
         if shared is None:  # even gradual cuts cannot bring the targets within the budget
             floors = f.floor.tolist()
-            weights = [float(r.shares) for r in _named(rows)]
+            weights = [float(r.shares) for r in named]
             shared = water_fill(floors, f.need.tolist(), weights, pool - sum(floors))
         alloc = np.array(shared, dtype=np.int64)
     alloc = _pay_growth(rows, f, alloc, host_budget - held)  # what the host has, whatever the budget
