@@ -10,10 +10,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
-from typing import Literal
+from typing import Literal, get_args
 
 BalloonModel = Literal["virtio", "virtio-transitional", "virtio-non-transitional", "xen", "none"]
-BALLOON_MODELS: tuple[str, ...] = ("virtio", "virtio-transitional", "virtio-non-transitional", "xen", "none")
+#: The same names as a tuple, for checks and choices at run time (one list, so the two cannot drift).
+BALLOON_MODELS: tuple[str, ...] = get_args(BalloonModel)
 
 GuestOS = Literal["linux", "windows", "other", "unknown"]
 
