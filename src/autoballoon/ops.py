@@ -24,6 +24,8 @@ class OperatorLimits:
     #: No guest is ever ballooned below this: a Linux guest under 64 MiB stops being useful or crashes.
     min_guest_bytes: int = 64 * MiB
     max_shares: int = 1_000_000
+    #: The largest per-VM buffer, as a fraction of demand (10 = 1000 %): more is surely a typo.
+    max_buffer: float = 10.0
     max_stats_period_s: int = 86_400
     max_vcpus: int = 4096
 
@@ -136,36 +138,15 @@ def set_balloon(
 
 def validate_policy(guest: GuestSnapshot, policy: GuestPolicy, limits: OperatorLimits = LIMITS) -> None:
     """A per-VM policy must be consistent with the VM it is for."""
-    if policy.min_bytes is not None:
-        if policy.min_bytes < limits.min_guest_bytes:
-            raise LimitError(
-                guest.name,
-                "policy minimum",
-                format_size(policy.min_bytes),
-                f"below the smallest target allowed, {format_size(limits.min_guest_bytes)}",
-            )
-        if policy.min_bytes > guest.max_bytes:
-            raise LimitError(
-                guest.name,
-                "policy minimum",
-                format_size(policy.min_bytes),
-                f"above the VM's <memory> {format_size(guest.max_bytes)}",
-            )
-    if policy.max_bytes is not None:
-        if policy.max_bytes > guest.max_bytes:
-            raise LimitError(
-                guest.name,
-                "policy maximum",
-                format_size(policy.max_bytes),
-                f"above the VM's <memory> {format_size(guest.max_bytes)}",
-            )
-        if policy.max_bytes < limits.min_guest_bytes:
-            raise LimitError(
-                guest.name,
-                "policy maximum",
-                format_size(policy.max_bytes),
-                f"below the smallest target allowed, {format_size(limits.min_guest_bytes)}",
-            )
+    for what, value in (("policy minimum", policy.min_bytes), ("policy maximum", policy.max_bytes)):
+        if value is None:
+            continue
+        if value < limits.min_guest_bytes:
+            limit = f"below the smallest target allowed, {format_size(limits.min_guest_bytes)}"
+            raise LimitError(guest.name, what, format_size(value), limit)
+        if value > guest.max_bytes:
+            limit = f"above the VM's <memory> {format_size(guest.max_bytes)}"
+            raise LimitError(guest.name, what, format_size(value), limit)
     if policy.min_bytes is not None and policy.max_bytes is not None and policy.min_bytes > policy.max_bytes:
         raise LimitError(
             guest.name,
@@ -175,8 +156,10 @@ def validate_policy(guest: GuestSnapshot, policy: GuestPolicy, limits: OperatorL
         )
     if policy.shares is not None and not (1 <= policy.shares <= limits.max_shares):
         raise InvalidValueError("shares", policy.shares, f"a whole number from 1 to {limits.max_shares}")
-    if policy.buffer is not None and not (0.0 <= policy.buffer <= 10.0):
-        raise InvalidValueError("buffer", policy.buffer, "a percentage from 0 to 1000")
+    if policy.buffer is not None and not (0.0 <= policy.buffer <= limits.max_buffer):
+        raise InvalidValueError(
+            "buffer", policy.buffer, f"a percentage from 0 to {limits.max_buffer * 100:g}"
+        )
 
 
 def update_policy(backend: Backend, vm: str, **changes: object) -> GuestPolicy:
