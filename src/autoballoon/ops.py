@@ -27,7 +27,6 @@ class OperatorLimits:
     #: The largest per-VM buffer, as a fraction of demand (10 = 1000 %): more is surely a typo.
     max_buffer: float = 10.0
     max_stats_period_s: int = 86_400
-    max_vcpus: int = 4096
 
 
 LIMITS = OperatorLimits()
@@ -100,7 +99,6 @@ def setvcpus(
     *,
     live: bool = False,
     config: bool = False,
-    limits: OperatorLimits = LIMITS,
 ) -> ChangeResult:
     guest = backend.guest(vm)
     if count < 1:
