@@ -11,8 +11,10 @@ from typing import Any
 
 import pytest
 
-from autoballoon.server import RunningServer, serve
+from autoballoon.errors import InvalidValueError
+from autoballoon.server import DEFAULT_LISTEN, RunningServer, serve
 from autoballoon.server.auth import load_token
+from autoballoon.server.http import parse_listen
 from autoballoon.server.tunables import TUNABLES
 from autoballoon.units import GiB, MiB
 from tests.server_fakes import FakeSource
@@ -316,3 +318,13 @@ def test_static_pages_and_security_headers(readonly: RunningServer) -> None:
     assert b"http" not in call(readonly.url + "style.css")[1]  # no external fonts or images
     assert call(readonly.url + "nothing.html")[0] == 404
     assert call(readonly.url + "../pyproject.toml")[0] == 404
+
+
+def test_listen_address_defaults_to_loopback_never_every_interface() -> None:
+    assert DEFAULT_LISTEN.startswith("127.0.0.1:")
+    assert parse_listen(":9180") == ("127.0.0.1", 9180)
+    assert parse_listen("[::1]:9180") == ("::1", 9180)
+    assert parse_listen("0.0.0.0:80") == ("0.0.0.0", 80)  # every interface only when asked for
+    for bad in ("9180", "host:", "host:port", "127.0.0.1:65536", "127.0.0.1:-1"):
+        with pytest.raises(InvalidValueError, match="--listen"):
+            parse_listen(bad)
