@@ -17,7 +17,7 @@ import statistics
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
@@ -34,7 +34,7 @@ from autoballoon.errors import (
 )
 from autoballoon.guards import Status
 from autoballoon.journal import Journal, JournalEntry
-from autoballoon.model import Action, BalloonChange, GuestPolicy, HostSnapshot, Plan
+from autoballoon.model import Action, BalloonChange, GuestPolicy, GuestSnapshot, HostSnapshot, Plan
 from autoballoon.policy import PolicyState, guest_used
 from autoballoon.units import human
 
@@ -215,11 +215,7 @@ class Controller:
         self._backoff = self.config.tunables.reconnect_initial_s
         for g in snapshot.guests:
             self._start_targets.setdefault(g.name, g.target_bytes)
-        with self._lock:
-            runtime = dict(self._runtime_policies)
-        policies = {
-            g.name: self.config.policy_for(g.name, g.policy, runtime.get(g.name)) for g in snapshot.guests
-        }
+        policies = self._policies(snapshot.guests)
         os_types = {g.name: o for g in snapshot.guests if (o := self.config.os_for(g.name)) is not None}
         plan, state, self._health, health_events = health.step(
             snapshot, policies, self._state, self._health, self.config.tunables, self.config.health, os_types
@@ -239,6 +235,13 @@ class Controller:
         except ConnectionLostError as e:
             self._backend_failed(e)
         return plan
+
+    def _policies(self, guests: Iterable[GuestSnapshot]) -> dict[str, GuestPolicy]:
+        """Each VM's effective policy; the one place that layers the run-time overrides (set from other
+        threads, hence the lock) over the config and the VM's metadata."""
+        with self._lock:
+            runtime = dict(self._runtime_policies)
+        return {g.name: self.config.policy_for(g.name, g.policy, runtime.get(g.name)) for g in guests}
 
     def _health_event(self, backend: Backend, event: health.HealthEvent, wall: float) -> None:
         """Journal and log what the health guard saw; on a quarantine, name (or apply) the remedy."""
@@ -347,11 +350,7 @@ class Controller:
         guest = snapshot.guest(vm) if snapshot is not None else None
         if guest is None:
             raise UnknownVMError(vm, snapshot.names if snapshot is not None else None)
-        with self._lock:
-            runtime = self._runtime_policies.get(vm)
-        floor, ceiling = guards.limits(
-            guest, self.config.policy_for(vm, guest.policy, runtime), self.config.tunables
-        )
+        floor, ceiling = guards.limits(guest, self._policies([guest])[vm], self.config.tunables)
         if target_bytes > ceiling:
             raise LimitError(vm, "target", human(target_bytes), f"above its maximum of {human(ceiling)}")
         if target_bytes < floor:
@@ -404,9 +403,9 @@ class Controller:
             try:
                 backend.set_policy(vm, policy)
                 self.journal.event(wall, "policy", f"{vm}: policy stored: {policy.to_json()}", vm=vm)
+            except ConnectionLostError:
+                raise
             except (UnknownVMError, BackendError) as e:
-                if isinstance(e, ConnectionLostError):
-                    raise
                 self.journal.event(wall, "error", f"{vm}: storing policy failed: {e}", vm=vm)
         snapshot = self._last[0]
         for vm, target in targets.items():
@@ -438,14 +437,10 @@ class Controller:
             )
             return
         statuses = self._last[1].status if self._last[1] is not None else {}
-        with self._lock:
-            runtime = dict(self._runtime_policies)
-        for g in snapshot.guests:
-            if statuses.get(g.name) not in _RESTORABLE:
-                continue
-            _, ceiling = guards.limits(
-                g, self.config.policy_for(g.name, g.policy, runtime.get(g.name)), self.config.tunables
-            )
+        restorable = [g for g in snapshot.guests if statuses.get(g.name) in _RESTORABLE]
+        policies = self._policies(restorable)
+        for g in restorable:
+            _, ceiling = guards.limits(g, policies[g.name], self.config.tunables)
             if self.config.restore_to == "start":
                 goal = min(self._start_targets.get(g.name, g.max_bytes), ceiling)
             else:
