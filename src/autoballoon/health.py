@@ -47,7 +47,7 @@ _PERCENT = 100.0
 
 @dataclass(frozen=True, slots=True)
 class HealthTunables:
-    """The knobs of the health guard (config ``[health]``). Shares of CPU are of the guest's vCPUs."""
+    """The knobs of the health guard (config ``[guard]``). Shares of CPU are of the guest's vCPUs."""
 
     #: Turn the whole guard off (no storm detection, no host pause, no Windows floor).
     enabled: bool = True
@@ -191,6 +191,12 @@ def _watch(g: GuestSnapshot, prev: VMHealth | None, now: float, t: HealthTunable
     )
 
 
+def _unwatched(h: VMHealth) -> VMHealth:
+    """A released VM's record: its CPU samples and baseline kept, but no balloon change or storm run
+    remembered, so only a new inflation after the release can quarantine it again."""
+    return h._replace(changed_at=None, window_from=None, hot_since=None)
+
+
 def _storm(vm: VMHealth, start: float, t: HealthTunables) -> float | None:
     """The new start of the VM's storm run, or None if this sample is no storm the balloon can explain."""
     if vm.load is None or vm.baseline is None or vm.changed_at is None:
@@ -237,8 +243,8 @@ def observe(
         prev = state.vms.get(g.name)
         if not g.state.active or not g.balloon.enabled:
             continue  # forgotten: a VM that comes back starts a fresh baseline
-        if prev is not None and any(e.vm == g.name and e.kind == "release" for e in events):
-            prev = prev._replace(changed_at=None, window_from=None, hot_since=None)
+        if prev is not None and g.name in state.quarantined and g.name not in quarantined:
+            prev = _unwatched(prev)  # its quarantine just ended
         start = prev.cpu_at if prev is not None and prev.cpu_at is not None else now
         h = _watch(g, prev, now, t)
         if h.changed_at is not None and h.changed_at != (prev.changed_at if prev else None):
@@ -307,7 +313,7 @@ def release(state: HealthState, vm: str, now: float) -> HealthState:
     quarantined = {k: v for k, v in state.quarantined.items() if k != vm}
     vms = dict(state.vms)
     if vm in vms:
-        vms[vm] = vms[vm]._replace(changed_at=None, window_from=None, hot_since=None)
+        vms[vm] = _unwatched(vms[vm])
     return replace(state, quarantined=MappingProxyType(quarantined), vms=MappingProxyType(vms), time=now)
 
 
