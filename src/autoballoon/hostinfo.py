@@ -13,9 +13,10 @@ import socket
 from dataclasses import dataclass
 from pathlib import Path
 
-KIB = 1024
+from autoballoon.units import KiB
+
 #: Sizes in /proc/meminfo are printed as "kB" but are KiB.
-MEMINFO_UNIT_BYTES = KIB
+MEMINFO_UNIT_BYTES = KiB
 
 
 @dataclass(frozen=True, slots=True)
