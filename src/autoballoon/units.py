@@ -44,6 +44,11 @@ ACCEPTED_FORMS = (
     "(for example 524288, 512M, 1.5GiB, 2GB)"
 )
 
+#: The binary units text for a user is written in, largest first.
+_BINARY_UNITS = (("TiB", TiB), ("GiB", GiB), ("MiB", MiB), ("KiB", KiB))
+
+_PERCENT_FORMS = "a percentage from 0 to 1000, like 20 or 20%"
+
 _SIZE_RE = re.compile(r"^\s*(?P<num>\d+(?:\.\d+)?|\.\d+)\s*(?P<unit>[A-Za-z]*)\s*$")
 
 
@@ -85,7 +90,7 @@ def format_size(n: int) -> str:
     """Exact, re-parseable text for ``n`` bytes: the largest binary unit that divides it, else bytes."""
     if n < 0:
         raise ValueError(f"sizes are never negative: {n}")
-    for suffix, scale in (("TiB", TiB), ("GiB", GiB), ("MiB", MiB), ("KiB", KiB)):
+    for suffix, scale in _BINARY_UNITS:
         if n and n % scale == 0:
             return f"{n // scale}{suffix}"
     return f"{n}B"
@@ -97,25 +102,26 @@ def human(n: int | None, *, digits: int = 1) -> str:
         return "-"
     sign = "-" if n < 0 else ""
     n = abs(n)
-    for suffix, scale in (("TiB", TiB), ("GiB", GiB), ("MiB", MiB), ("KiB", KiB)):
+    for suffix, scale in _BINARY_UNITS:
         if n >= scale:
             return f"{sign}{n / scale:.{digits}f} {suffix}"
     return f"{sign}{n} B"
 
 
 def parse_percent(text: str | float | int, *, what: str = "percentage") -> float:
-    """Parse ``20``, ``20%`` or ``0.2``-style input as a fraction (0.2). Accepts 0 to 1000 percent."""
+    """Parse a percentage, ``20`` or ``20%``, as the fraction 0.2 (a bare number is percent, never a
+    fraction: ``0.2`` is 0.2 %). Accepts 0 to 1000 percent."""
     raw = text
     if isinstance(text, bool):
-        raise InvalidValueError(what, raw, "a percentage from 0 to 1000, like 20 or 20%")
+        raise InvalidValueError(what, raw, _PERCENT_FORMS)
     if isinstance(text, str):
         stripped = text.strip().removesuffix("%").strip()
         try:
             number = float(stripped)
         except ValueError:
-            raise InvalidValueError(what, raw, "a percentage from 0 to 1000, like 20 or 20%") from None
+            raise InvalidValueError(what, raw, _PERCENT_FORMS) from None
     else:
         number = float(text)
     if not (0.0 <= number <= 1000.0):
-        raise InvalidValueError(what, raw, "a percentage from 0 to 1000, like 20 or 20%")
+        raise InvalidValueError(what, raw, _PERCENT_FORMS)
     return number / 100.0
