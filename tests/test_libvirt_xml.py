@@ -174,7 +174,8 @@ def test_stats_mapping_renames_and_converts() -> None:
     assert s.caches == 3104 * KiB and s.swap_in == 2 * KiB and s.major_faults == 7
     assert s.swap_out is None and s.oom_kills is None  # absent stays absent
     assert s.last_update == 1795727999.0
-    assert lvstats.actual_bytes(raw) == 204800 * KiB
+    assert lvstats.actual_bytes(raw) == 204800 * KiB and lvstats.maximum_bytes(raw) == 524288 * KiB
+    assert lvstats.maximum_bytes({"maximum": 2**64 - 1}) is None and lvstats.maximum_bytes({}) is None
     assert lvstats.vm_state(bulk) is not None and lvstats.vm_state(bulk).value == "running"
     assert lvstats.vcpu_counts(bulk) == (1, 2) and lvstats.cpu_time_ns(bulk) == 3055198000
     assert lvstats.has_balloon_fields(bulk) and not lvstats.has_balloon_fields({"state.state": 1})

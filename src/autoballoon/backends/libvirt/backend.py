@@ -239,7 +239,7 @@ class LibvirtBackend:
         vcpus, max_vcpus = lvstats.vcpu_counts(record)
         uuid = dom.UUIDString()
         actual = lvstats.actual_bytes(raw) if state.active else None
-        max_bytes = lvstats.actual_bytes({"actual": raw.get("maximum")}) or cfg.max_bytes
+        max_bytes = lvstats.maximum_bytes(raw) or cfg.max_bytes
         return GuestSnapshot(
             name=dom.name(),
             state=state,

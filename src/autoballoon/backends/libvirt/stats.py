@@ -89,6 +89,11 @@ def actual_bytes(raw: Mapping[str, Any]) -> int | None:
     return _kib(raw, "actual")
 
 
+def maximum_bytes(raw: Mapping[str, Any]) -> int | None:
+    """The balloon's ceiling as libvirt reports it (the live ``<memory>``)."""
+    return _kib(raw, "maximum")
+
+
 def has_balloon_fields(record: Mapping[str, Any]) -> bool:
     """Whether a bulk record carries balloon data (the test driver and old libvirt return none)."""
     return any(key.startswith(BULK_PREFIX) for key in record)
