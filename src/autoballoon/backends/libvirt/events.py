@@ -16,6 +16,8 @@ from dataclasses import dataclass
 
 import libvirt
 
+from autoballoon.units import KiB
+
 log = logging.getLogger(__name__)
 
 _loop_lock = threading.Lock()
@@ -78,7 +80,7 @@ class DomainEvents:
         with self._lock:
             uuid = dom.UUIDString()
             self._dirty.add(uuid)
-            self._balloon[dom.name()] = BalloonChangeEvent(actual_kib * 1024, time.monotonic())
+            self._balloon[dom.name()] = BalloonChangeEvent(actual_kib * KiB, time.monotonic())
 
     def _on_close(self, _conn: object, reason: int, _op: object) -> None:
         log.warning("libvirt connection closed (reason %d)", reason)
