@@ -181,7 +181,9 @@ class HttpServer:
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         self._server = _Server((host, port), family, app)
         self._thread = threading.Thread(
-            target=self._server.serve_forever, name="autoballoon-http", kwargs={"poll_interval": 0.2}
+            target=self._server.serve_forever,
+            name="autoballoon-http",
+            kwargs={"poll_interval": app.tunables.shutdown_poll_s},
         )
         self._thread.daemon = True
 

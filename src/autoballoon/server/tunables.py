@@ -31,6 +31,8 @@ class ServerTunables:
     max_body_bytes: int = 64 * 1024
     #: Seconds a client may take to send its request before its thread is freed.
     request_timeout_s: float = 10.0
+    #: Seconds between the accept loop's checks for ``stop()``: the most stopping the server can take.
+    shutdown_poll_s: float = 0.2
     #: Seconds a POST waits for the controller to take a submitted change before answering 202.
     submit_wait_s: float = 5.0
     #: When the controller's ``on_tick`` is not wired to the server, how long one ``status()`` is reused.
