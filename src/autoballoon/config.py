@@ -20,7 +20,7 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, create_model
 
 from autoballoon.errors import InvalidValueError
 from autoballoon.health import HealthTunables
@@ -265,8 +265,8 @@ _SINGLE_MODELS: dict[str, type[BaseModel]] = {}
 
 
 def _single_value_model(key: str) -> type[BaseModel]:
-    from pydantic import create_model
-
+    """A model that validates one ``[tunables]`` key, so that a refusal names exactly that key; built
+    on first use and kept, since a config file names only a few of the many tunables."""
     if key not in _SINGLE_MODELS:
         _SINGLE_MODELS[key] = create_model(  # type: ignore[call-overload]
             f"Tunable_{key}", __config__=ConfigDict(extra="forbid"), **{key: (_TUNABLE_TYPES[key], ...)}
