@@ -8,7 +8,7 @@ seconds (``_s``), fractions are floats (0.2 = 20 %).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 from autoballoon.units import MiB
 
@@ -120,10 +120,6 @@ class Tunables:
     journal_ring_size: int = 1000
     #: Tick durations kept for the status statistics.
     tick_history: int = 300
-
-    @classmethod
-    def field_names(cls) -> tuple[str, ...]:
-        return tuple(f.name for f in fields(cls))
 
 
 DEFAULT_TUNABLES = Tunables()
