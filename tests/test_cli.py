@@ -7,6 +7,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from dataclasses import asdict
+from pathlib import Path
 
 import pytest
 
@@ -172,3 +173,23 @@ def test_below_the_global_minimum_is_refused(backend: Backend, capsys: pytest.Ca
     code, _, err = run(capsys, "setmem", vm, "32M")
     assert code == 2 and "smallest target autoballoon allows 64MiB" in err
     assert state(backend) == before
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "named"),
+    [("--listen", "nowhere", "--listen address"), ("--api-token-file", "missing-token", "API token file")],
+)
+def test_run_refuses_a_bad_server_option_before_creating_the_journal(
+    backend: Backend,
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    option: str,
+    value: str,
+    named: str,
+) -> None:
+    journal = tmp_path / "journal" / "j.jsonl"
+    if option == "--api-token-file":
+        value = str(tmp_path / value)
+    code, _, err = run(capsys, "run", "--journal", str(journal), option, value)
+    assert code == 2 and named in err and value in err
+    assert not journal.parent.exists()

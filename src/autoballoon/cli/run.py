@@ -25,6 +25,8 @@ from autoballoon.config import DEFAULT_CONFIG_PATH, load_config
 from autoballoon.controller import Controller, ControllerStatus
 from autoballoon.journal import Journal
 from autoballoon.server import DEFAULT_LISTEN, serve_controller
+from autoballoon.server.auth import load_token
+from autoballoon.server.http import parse_listen
 from autoballoon.units import human
 
 
@@ -106,13 +108,18 @@ def run_command(
     config = load_config(config_path)
     if interval is not None:
         config = config.with_interval(interval)
+    serving = not (no_http or once)
+    if serving:  # a bad address or token file is refused before the journal file is created
+        parse_listen(listen)
+        if api_token_file is not None:
+            load_token(api_token_file)
     journal = Journal(journal_path or config.journal_path, ring_size=config.tunables.journal_ring_size)
     backend = ctx.backend
     clock: Clock = getattr(backend, "clock", None) or RealClock()
     controller = Controller(
         backend, clock, config, journal, dry_run=dry_run, reopen=lambda: open_backend(ctx.uri), uri=ctx.uri
     )
-    http = None if no_http or once else serve_controller(controller, listen, token_file=api_token_file)
+    http = None if not serving else serve_controller(controller, listen, token_file=api_token_file)
     if http is not None:
         click.echo(f"autoballoon: dashboard {http.url} · metrics {http.url}metrics · API {http.url}api/v1/")
     after_tick = http.on_tick if http is not None else (lambda c: None)
