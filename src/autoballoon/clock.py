@@ -1,8 +1,8 @@
 """Time as the controller sees it: real (monotonic) in production, virtual in the simulator.
 
-The controller only ever calls ``now()`` and ``sleep()``. A virtual clock makes a simulated day run in
-seconds, and makes every controller test deterministic. Listeners let the simulator advance its world
-whenever virtual time passes, so "sleeping" on a virtual clock *is* stepping the simulation.
+The controller only ever calls ``now()``, ``wall()`` and ``sleep()``. A virtual clock makes a simulated
+day run in seconds, and makes every controller test deterministic. Listeners let the simulator advance its
+world whenever virtual time passes, so "sleeping" on a virtual clock *is* stepping the simulation.
 """
 
 from __future__ import annotations
