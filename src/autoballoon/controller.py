@@ -231,7 +231,7 @@ class Controller:
         self._last = (snapshot, plan, state)
         try:
             for action in plan.actions:
-                self._act(backend, action, snapshot.mem_available, wall)
+                self._act(backend, action, wall, snapshot.mem_available)
         except ConnectionLostError as e:
             self._backend_failed(e)
         return plan
@@ -275,7 +275,8 @@ class Controller:
         self.journal.event(wall, "remedy", message, vm=vm, applied=True, next_boot=True)
         log.warning("%s", message)
 
-    def _act(self, backend: Backend, action: Action, host_available: int, wall: float) -> None:
+    def _act(self, backend: Backend, action: Action, wall: float, host_available: int) -> None:
+        """Apply the daemon's own action (the policy's, or a restore at exit); a dry run only journals it."""
         if self.dry_run:
             self.journal.action(wall, action, host_available=host_available, applied=False)
             self._count(action)
@@ -456,8 +457,8 @@ class Controller:
                         available=g.stats.available,
                         budget=self._last[2].budget,
                     ),
-                    snapshot.mem_available,
                     wall,
+                    snapshot.mem_available,
                 )
 
     # --- reading -------------------------------------------------------------------------------
