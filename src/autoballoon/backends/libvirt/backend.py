@@ -290,7 +290,7 @@ class LibvirtBackend:
         available = total
         try:
             node = conn.getMemoryStats(libvirt.VIR_NODE_MEMORY_STATS_ALL_CELLS, 0)
-            total = node.get("total", memory_mib * KiB) * KiB
+            total = node["total"] * KiB if "total" in node else memory_mib * MiB
             # No MemAvailable over the wire: free + buffers + cached is the closest libvirt offers.
             available = sum(node.get(k, 0) for k in ("free", "buffers", "cached")) * KiB
         except libvirt.libvirtError:
