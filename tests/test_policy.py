@@ -16,7 +16,7 @@ from autoballoon.model import (
     Plan,
     VMState,
 )
-from autoballoon.policy import PolicyState, decide, guest_used, roominess, water_fill
+from autoballoon.policy import PolicyState, decide, roominess, water_fill
 from autoballoon.tunables import Tunables
 from autoballoon.units import GiB, MiB
 
@@ -95,10 +95,10 @@ def want_of(used: int, tunables: Tunables = T) -> int:
 def test_guest_used_subtracts_balloon_counted_in_memtotal() -> None:
     g = make_guest(max_bytes=4 * GiB, target=2 * GiB, used=1 * GiB, autodeflate=True)
     assert g.stats.total == 4 * GiB
-    assert guest_used(g) == 1 * GiB
+    assert g.used_bytes == 1 * GiB
     plain = make_guest(max_bytes=4 * GiB, target=2 * GiB, used=1 * GiB, autodeflate=False)
-    assert guest_used(plain) == 1 * GiB
-    assert guest_used(make_guest(used=None)) is None
+    assert plain.used_bytes == 1 * GiB
+    assert make_guest(used=None).used_bytes is None
 
 
 def test_growth_is_immediate_and_unlimited() -> None:

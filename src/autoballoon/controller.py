@@ -35,7 +35,7 @@ from autoballoon.errors import (
 from autoballoon.guards import Status
 from autoballoon.journal import Journal, JournalEntry
 from autoballoon.model import Action, BalloonChange, GuestPolicy, GuestSnapshot, HostSnapshot, Plan
-from autoballoon.policy import PolicyState, guest_used
+from autoballoon.policy import PolicyState
 from autoballoon.units import human
 
 #: Statuses of VMs that autoballoon has been ballooning (and so restores on exit).
@@ -478,7 +478,7 @@ class Controller:
                         max_bytes=g.max_bytes,
                         target_bytes=g.target_bytes,
                         actual_bytes=g.actual_bytes,
-                        used_bytes=guest_used(g),
+                        used_bytes=g.used_bytes,
                         demand_bytes=mem.demand if mem else None,
                         want_bytes=mem.want if mem else None,
                         floor_bytes=mem.floor if mem else None,

@@ -123,18 +123,27 @@ class GuestSnapshot:
 
     @property
     def used_bytes(self) -> int | None:
-        """What the guest really uses: MemTotal - MemAvailable, minus the balloon when autodeflate hides it.
+        """What the guest really uses: MemTotal - MemAvailable, less any balloon it counts as used.
 
-        With ``deflate-on-oom`` the Linux driver does not lower MemTotal, so ballooned pages look used;
-        subtracting the balloon (max - actual) gives the true figure (see the reference, section 5.1).
+        With ``deflate-on-oom`` the Linux driver leaves MemTotal alone, so the whole balloon (max - actual)
+        shows as used (measured on the rig: MemAvailable falls by exactly what the balloon takes; see the
+        reference, section 5.1). A guest whose MemTotal is above what it has (Windows: virtio-win#568)
+        counts the difference as used. The policy, the tables, the API and the metrics all read this one
+        figure, so they never disagree.
         """
         s = self.stats
-        if s.total is None or s.available is None:
+        total, available = s.total, s.available
+        if total is None or available is None:
             return None
-        used = s.total - s.available
-        if self.balloon.autodeflate and self.actual_bytes is not None:
-            used -= max(0, self.max_bytes - self.actual_bytes)
-        return max(0, used)
+        used = total - available
+        actual = self.actual_bytes
+        if actual is not None:
+            if self.balloon.autodeflate:
+                if self.max_bytes > actual:
+                    used -= self.max_bytes - actual
+            elif total > actual:
+                used -= total - actual
+        return used if used > 0 else 0
 
     def stats_age(self, now_wall: float) -> float | None:
         """Seconds since the guest last reported, or None if it never did."""

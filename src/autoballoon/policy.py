@@ -204,28 +204,6 @@ def _align_down(n: _N, align: int) -> _N:
     return n // align * align  # type: ignore[operator, no-any-return]
 
 
-def guest_used(g: GuestSnapshot) -> int | None:
-    """What the guest really uses: MemTotal - MemAvailable, less any balloon it counts as used.
-
-    With autodeflate the Linux driver leaves MemTotal alone, so the whole balloon (max - actual) shows
-    as used (measured on the rig: MemAvailable falls by exactly what the balloon takes). A guest whose
-    MemTotal is above what it has (Windows: virtio-win#568) counts the difference as used.
-    """
-    s = g.stats
-    total, available = s.total, s.available
-    if total is None or available is None:
-        return None
-    used = total - available
-    actual = g.actual_bytes
-    if actual is not None:
-        if g.balloon.autodeflate:
-            if g.max_bytes > actual:
-                used -= g.max_bytes - actual
-        elif total > actual:
-            used -= total - actual
-    return used if used > 0 else 0
-
-
 def water_fill(lo: Sequence[int], hi: Sequence[int], weights: Sequence[float], amount: int) -> list[int]:
     """Give each ``i`` ``lo[i]`` plus ``level * weights[i]`` of ``amount``, never above ``hi[i]``.
 
@@ -491,7 +469,7 @@ def decide(
                 seen_target=target,
                 seen_actual=actual,
                 planned_target=target,
-                used=guest_used(g),
+                used=g.used_bytes,
                 swap_in=g.stats.swap_in,
                 major_faults=g.stats.major_faults,
                 last_grow=last_grow,
@@ -513,7 +491,7 @@ def decide(
             )
             warned = True
         stats = g.stats
-        used = guest_used(g) or 0
+        used = g.used_bytes or 0
         # With autodeflate, ``used`` subtracts the balloon as libvirt last heard of it from stats of
         # another instant (on the rig, stats show an inflation a tick before ``actual`` does; stats
         # polled every few seconds lag it). While the balloon moves, a change in ``used`` may be the
