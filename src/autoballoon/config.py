@@ -24,7 +24,8 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationEr
 
 from autoballoon.errors import InvalidValueError
 from autoballoon.health import HealthTunables
-from autoballoon.model import GuestPolicy
+from autoballoon.model import MAX_BUFFER, GuestPolicy
+from autoballoon.ops import LIMITS
 from autoballoon.tunables import Tunables
 from autoballoon.units import parse_percent, parse_size
 
@@ -50,9 +51,9 @@ def _fraction(value: Any) -> float:
         if not value.strip().endswith("%"):
             raise ValueError(FRACTION_FORMS)
         return parse_percent(value)
-    if isinstance(value, int | float) and 0 <= value <= 10:
+    if isinstance(value, int | float) and 0 <= value <= MAX_BUFFER:
         return float(value)
-    raise ValueError(FRACTION_FORMS + ", from 0 to 10")
+    raise ValueError(FRACTION_FORMS + f", from 0 to {MAX_BUFFER:g}")
 
 
 Size = Annotated[int, BeforeValidator(_size)]
@@ -69,7 +70,7 @@ class VMSection(_Strict):
 
     min: Size | None = None
     max: Size | None = None
-    shares: Annotated[int, Field(ge=0, strict=True)] | None = None
+    shares: Annotated[int, Field(ge=1, le=LIMITS.max_shares, strict=True)] | None = None
     buffer: Fraction | None = None
     exclude: bool = False
     #: The guest OS when libvirt cannot tell (no libosinfo metadata): Windows guests get a safe floor.

@@ -72,6 +72,11 @@ class BalloonConfig:
         return self.model != "none"
 
 
+#: The largest per-VM buffer accepted anywhere (config, CLI, API, metadata, scenarios): 10 = 1000 % above
+#: demand. Past that a "buffer" is just a VM that is never ballooned, which ``exclude`` says plainly.
+MAX_BUFFER = 10.0
+
+
 @dataclass(frozen=True, slots=True)
 class GuestPolicy:
     """Per-VM policy. ``None`` fields fall back to the daemon's defaults."""

@@ -13,7 +13,14 @@ from typing import Literal
 
 from autoballoon.backends.base import Backend
 from autoballoon.errors import InvalidValueError, LimitError
-from autoballoon.model import BALLOON_MODELS, BalloonChange, ChangeResult, GuestPolicy, GuestSnapshot
+from autoballoon.model import (
+    BALLOON_MODELS,
+    MAX_BUFFER,
+    BalloonChange,
+    ChangeResult,
+    GuestPolicy,
+    GuestSnapshot,
+)
 from autoballoon.units import MiB, format_size
 
 
@@ -25,7 +32,7 @@ class OperatorLimits:
     min_guest_bytes: int = 64 * MiB
     max_shares: int = 1_000_000
     #: The largest per-VM buffer, as a fraction of demand (10 = 1000 %): more is surely a typo.
-    max_buffer: float = 10.0
+    max_buffer: float = MAX_BUFFER
     max_stats_period_s: int = 86_400
 
 

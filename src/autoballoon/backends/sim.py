@@ -22,6 +22,7 @@ from autoballoon.clock import VirtualClock
 from autoballoon.errors import InvalidValueError, LimitError, RefusedError, UnknownVMError
 from autoballoon.model import (
     BALLOON_MODELS,
+    MAX_BUFFER,
     BalloonChange,
     BalloonConfig,
     ChangeResult,
@@ -338,5 +339,7 @@ def _check_policy(name: str, policy: GuestPolicy, max_bytes: int) -> None:
         )
     if policy.shares is not None and policy.shares < 0:
         raise LimitError(name, "policy shares", str(policy.shares), "must be 0 or more")
-    if policy.buffer is not None and not 0 <= policy.buffer <= 10:
-        raise LimitError(name, "policy buffer", f"{policy.buffer:.0%}", "must be from 0% to 1000%")
+    if policy.buffer is not None and not 0 <= policy.buffer <= MAX_BUFFER:
+        raise LimitError(
+            name, "policy buffer", f"{policy.buffer:.0%}", f"must be from 0% to {MAX_BUFFER:.0%}"
+        )

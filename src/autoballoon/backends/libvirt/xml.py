@@ -13,7 +13,7 @@ import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 
 from autoballoon.errors import InvalidValueError, RefusedError
-from autoballoon.model import BALLOON_MODELS, BalloonChange, BalloonConfig, GuestOS, GuestPolicy
+from autoballoon.model import BALLOON_MODELS, MAX_BUFFER, BalloonChange, BalloonConfig, GuestOS, GuestPolicy
 from autoballoon.units import KiB, parse_size
 
 log = logging.getLogger(__name__)
@@ -192,8 +192,10 @@ def validate_policy(vm: str, policy: GuestPolicy) -> None:
     for what, value in (("min", policy.min_bytes), ("max", policy.max_bytes), ("shares", policy.shares)):
         if value is not None and value < 0:
             raise InvalidValueError(f"policy {what} for VM {vm!r}", value, "a value of 0 or more")
-    if policy.buffer is not None and not 0 <= policy.buffer <= 10:
-        raise InvalidValueError(f"policy buffer for VM {vm!r}", policy.buffer, "a fraction from 0 to 10")
+    if policy.buffer is not None and not 0 <= policy.buffer <= MAX_BUFFER:
+        raise InvalidValueError(
+            f"policy buffer for VM {vm!r}", policy.buffer, f"a fraction from 0 to {MAX_BUFFER:g}"
+        )
     if policy.min_bytes is not None and policy.max_bytes is not None and policy.min_bytes > policy.max_bytes:
         raise InvalidValueError(
             f"policy min for VM {vm!r}", policy.min_bytes, f"at most the policy max {policy.max_bytes}"
