@@ -12,6 +12,7 @@ from autoballoon.backends.libvirt import LibvirtBackend, LibvirtTunables
 from autoballoon.errors import ConnectionLostError, LimitError, RefusedError, UnknownVMError
 from autoballoon.hostinfo import read_host_info
 from autoballoon.model import VMState
+from autoballoon.units import MiB
 from tests.real.conftest import Rig, rig_unavailable
 from tests.rig import daemons
 from tests.rig.domains import URI, Guest
@@ -19,7 +20,6 @@ from tests.rig.waiting import wait_for
 
 pytestmark = pytest.mark.realvm
 
-MiB = 1024**2
 DEADLINE_S = 5.0
 STATS_WAIT_S = 1.5
 

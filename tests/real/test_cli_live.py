@@ -6,13 +6,13 @@ from typing import Any
 
 import pytest
 
+from autoballoon.units import MiB
 from tests.rig.cli import cli_json, run_cli
 from tests.rig.domains import Guest
 from tests.rig.waiting import wait_for
 
 pytestmark = pytest.mark.realvm
 
-MiB = 1024**2
 FRESH_S = 5.0
 ALLOC_MIB = 150
 MIN_DROP = 100 * MiB

@@ -21,14 +21,13 @@ import libvirt
 import pytest
 
 from autoballoon.journal import read_journal
+from autoballoon.units import KiB, MiB
 from tests.real.conftest import Rig
 from tests.rig.domains import Guest
 from tests.rig.waiting import wait_for
 
 pytestmark = pytest.mark.realvm
 
-MiB = 1024**2
-KiB = 1024
 GUEST_MIB = 512
 INTERVAL_S = 1.0
 SUSTAIN_S = 4

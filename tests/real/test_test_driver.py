@@ -8,13 +8,13 @@ fallback. No daemon is needed: the test driver lives inside the client process.
 
 from __future__ import annotations
 
+from autoballoon.units import GiB
 from tests.needs import need_module
 from tests.rig.cli import cli_json
 
 need_module("libvirt", "pip install 'autoballoon[libvirt]' (needs libvirt-dev and pkg-config)")
 
 URI = "test:///default"
-GiB = 1024**3
 
 
 def test_list_shows_the_builtin_domain_with_static_stats() -> None:
