@@ -19,9 +19,8 @@ from collections.abc import Callable
 
 import numpy as np
 
-from autoballoon.evaluate import mom, proxmox
 from autoballoon.model import BalloonConfig, GuestPolicy, GuestSnapshot, GuestStats, HostSnapshot, VMState
-from autoballoon.policy import PolicyState, decide
+from autoballoon.policy import Inputs, PolicyState, decide, mom, proxmox
 from autoballoon.tunables import Tunables
 from autoballoon.units import GiB, MiB
 
@@ -121,7 +120,7 @@ def shrinking_fleet(n: int, ticks: int, seed: int = 7) -> list[float]:
             )
         snap = HostSnapshot(now, EPOCH + now, ram, ram // 4, guests=tuple(guests))
         t0 = time.perf_counter()
-        plan, state = decide(snap, {}, state, tunables)
+        plan, state = decide(snap, Inputs(), state, tunables)
         times.append(time.perf_counter() - t0)
         for action in plan.actions:
             target[int(action.vm[2:])] = action.new_target
@@ -144,7 +143,7 @@ def default_policy(tunables: Tunables) -> Callable[[HostSnapshot], object]:
 
     def tick(snap: HostSnapshot) -> object:
         nonlocal state
-        plan, state = decide(snap, {}, state, tunables)
+        plan, state = decide(snap, Inputs(), state, tunables)
         return plan
 
     return tick

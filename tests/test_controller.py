@@ -18,7 +18,7 @@ from autoballoon.guards import Status
 from autoballoon.journal import Journal, read_journal
 from autoballoon.model import BalloonChange, ChangeResult, GuestPolicy, GuestSnapshot, HostSnapshot
 from autoballoon.units import GiB, MiB
-from tests.test_policy import make_guest
+from tests.helpers import make_guest
 
 
 class FakeBackend:

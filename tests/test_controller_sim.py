@@ -68,36 +68,21 @@ demand = { shape = "constant", level = "600M" }
 """
 
 
-def test_idle_guests_converge_to_demand_plus_buffer() -> None:
-    # With the roomy-host spare switched off, what is left is exactly the buffer principle.
-    backend = open_sim(IDLE_FLEET)
-    controller = run_daemon(backend, 900, parse_config({"tunables": {"roomy_buffer": 0}}))
-    sim = backend.sim
-    t = controller.config.tunables
-    for i, vm in enumerate(controller.status().vms):
-        assert vm.status == Status.MANAGED
-        need = int(sim.demand[i]) + int(sim.kernel[i])
-        ideal = need * (1 + t.buffer) + t.min_headroom_bytes
-        assert vm.target_bytes < 4 * GiB / 2, vm  # gave most of it back
-        assert ideal * 0.9 <= vm.target_bytes <= ideal * 1.15 + t.shrink_dead_band_bytes, (vm, ideal)
-        assert vm.target_bytes > need
-    assert not sim.under_pressure.any()
-    assert_no_oom(backend)
-
-
-def test_idle_guests_on_a_roomy_host_also_keep_a_spare() -> None:
-    # By default a host that could hold every guest at max lets each keep a spare for its first burst:
-    # the smaller of roomy_buffer x demand and roomy_gap x the room left under its max.
+def test_idle_guests_converge_to_need_plus_cushion() -> None:
+    """Idle guests give back all but their need (demand plus headroom) and a cushion for one reaction
+    time of growth or a first burst, whichever is larger: here the burst prior, a quarter of 4 GiB."""
     backend = open_sim(IDLE_FLEET)
     controller = run_daemon(backend, 900)
     sim = backend.sim
     t = controller.config.tunables
     for i, vm in enumerate(controller.status().vms):
-        need = int(sim.demand[i]) + int(sim.kernel[i])
-        want = need * (1 + t.buffer) + t.min_headroom_bytes
-        ideal = want + min(t.roomy_buffer * need, t.roomy_gap * (4 * GiB - want))
-        assert vm.target_bytes < 4 * GiB * 0.75, vm  # still gave a good part back
-        assert ideal * 0.9 <= vm.target_bytes <= ideal * 1.15 + t.shrink_dead_band_bytes, (vm, ideal)
+        assert vm.status == Status.MANAGED
+        used = int(sim.demand[i]) + int(sim.kernel[i])
+        latency = t.interval_s + sim.balloons[i].stats_period + t.actuation_s  # type: ignore[operator]
+        cushion = max(int(4 * GiB * t.jump_prior_fraction), int(t.growth_allowance_bytes_per_s * latency))
+        ideal = used + t.min_headroom_bytes + cushion
+        assert vm.target_bytes < 4 * GiB * 0.6, vm  # gave a good part back
+        assert ideal * 0.95 <= vm.target_bytes <= ideal * 1.1 + t.shrink_dead_band_bytes, (vm, ideal)
     assert not sim.under_pressure.any()
     assert_no_oom(backend)
 

@@ -6,11 +6,12 @@ from dataclasses import replace
 
 from autoballoon import guards
 from autoballoon.guards import Progress, Status
+from autoballoon.health import HealthState, Quarantine
 from autoballoon.model import BalloonConfig, GuestPolicy, VMState
 from autoballoon.policy import PolicyState, decide
 from autoballoon.tunables import Tunables
 from autoballoon.units import GiB, MiB
-from tests.test_policy import make_guest, make_host
+from tests.helpers import inputs, make_guest, make_host
 
 T = Tunables()
 
@@ -73,7 +74,7 @@ def test_manual_change_and_self_deflation() -> None:
 
 def _tick(state: PolicyState, now: float, **kw: object):  # type: ignore[no-untyped-def]
     g = make_guest(time=now, **kw)  # type: ignore[arg-type]
-    return decide(make_host(g, time=now), {}, state, T)
+    return decide(make_host(g, time=now), inputs(), state, T)
 
 
 def test_stuck_guest_is_reported_reset_and_retried_later() -> None:
@@ -91,7 +92,7 @@ def test_stuck_guest_is_reported_reset_and_retried_later() -> None:
         now += 2.0
     assert plan is not None and plan.status["vm"] == Status.STUCK
     assert now <= 2 * T.stuck_after_s + 40  # found within the shrink ramp plus stuck_after_s
-    assert any("stuck" in e for e in plan.events)
+    assert [e.kind for e in plan.events] == ["status"] and "stuck" in plan.events[0].message
     (reset,) = plan.actions
     assert reset.reason == "stuck" and reset.new_target == 4 * GiB  # target back where the balloon is
     plan, state = _tick(state, now + 2, target=4 * GiB, actual=4 * GiB, used=500 * MiB)
@@ -117,12 +118,13 @@ def test_stats_less_guest_held_and_reported() -> None:
     plan, _ = _tick(PolicyState(), 0.0, target=3 * GiB, used=None)
     assert plan.status["vm"] == Status.NO_STATS and plan.actions == ()
     assert "never shrunk" in plan.status_reason["vm"]
-    assert any("no-stats" in e for e in plan.events)
+    assert [(e.kind, e.fields["status"]) for e in plan.events] == [("status", "no-stats")]
 
 
-def test_quarantined_guest_is_left_alone() -> None:
-    state = replace(PolicyState(), quarantined={"vm": "CPU storm while ballooned"})
-    plan, _ = _tick(state, 0.0, target=3 * GiB, used=100 * MiB)
+def test_quarantined_guest_is_left_alone_at_its_max() -> None:
+    health = HealthState(quarantined={"vm": Quarantine(0.0, None, "CPU storm while ballooned")})
+    g = make_guest(max_bytes=4 * GiB, target=4 * GiB, used=100 * MiB)
+    plan, _ = decide(make_host(g), inputs(health=health), PolicyState(), T)
     assert plan.status["vm"] == Status.QUARANTINED and plan.actions == ()
     assert plan.status_reason["vm"] == "CPU storm while ballooned"
 
@@ -132,6 +134,6 @@ def test_stale_stats_hold_a_guest_that_had_fresh_ones() -> None:
     assert plan.status["vm"] == Status.MANAGED
     g = make_guest(target=plan.actions[0].new_target, used=100 * MiB, time=0.0)
     g = replace(g, stats=replace(g.stats, last_update=1000.0))
-    plan, _ = decide(make_host(g, time=T.stats_stale_s + 5), {}, state, T)
+    plan, _ = decide(make_host(g, time=T.stats_stale_s + 5), inputs(), state, T)
     assert plan.status["vm"] == Status.NO_STATS and plan.actions == ()
     assert f"stale ({T.stats_stale_s + 5:.0f} s old)" in plan.status_reason["vm"]

@@ -1,4 +1,4 @@
-"""The health guard as pure functions: CPU-storm quarantine, host pause, Windows floor, plan guarding."""
+"""The health guard as pure functions: CPU-storm quarantine, host pause, the verdicts a decision reads."""
 
 from __future__ import annotations
 
@@ -9,10 +9,9 @@ import pytest
 from autoballoon import guards, health
 from autoballoon.config import parse_config
 from autoballoon.errors import InvalidValueError
-from autoballoon.guards import Status
 from autoballoon.health import HealthState, HealthTunables
-from autoballoon.model import Action, GuestPolicy, GuestSnapshot, GuestStats, HostSnapshot, Plan, VMState
-from autoballoon.policy import PolicyState
+from autoballoon.model import GuestPolicy, GuestSnapshot, GuestStats, HostSnapshot, VMState
+from autoballoon.policy import Inputs, PolicyState, decide
 from autoballoon.tunables import Tunables
 from autoballoon.units import GiB, MiB
 
@@ -97,7 +96,7 @@ def test_a_guest_that_storms_after_a_shrink_is_quarantined_within_the_window() -
     q = state.quarantined["win"]
     assert q.since - changed <= H.window_s
     assert q.since - changed >= H.sustain_s
-    assert quarantines[0].detect_s == pytest.approx(q.since - changed)
+    assert quarantines[0].fields["detect_s"] == pytest.approx(q.since - changed)
     assert "autoballoon balloon win --model none" in quarantines[0].message
     assert "autoballoon release win" in q.reason
     assert q.until == pytest.approx(q.since + H.quarantine_s)
@@ -167,10 +166,7 @@ def test_host_load_pauses_shrinking_after_a_change_and_resumes_when_it_clears() 
     state, events = health.observe(host(t + 6, g.snap(), load=12.0), state, H)
     assert state.paused is not None and "host load 12.0 on 4 CPUs" in state.paused
     assert [e.kind for e in events] == ["pause"]
-    plan = Plan(actions=(Action("vm", 3 * GiB, 2 * GiB, "idle"), Action("other", GiB, 2 * GiB, "demand")))
-    guarded = health.guard_plan(plan, host(t + 6, g.snap()), replace(state), {}, H)
-    assert [a.vm for a in guarded.actions] == ["other"]  # growth goes on, the shrink waits
-    assert "held" in guarded.status_reason["vm"]
+    assert health.shrink_hold(state, g.snap(), H) == state.paused  # every shrink waits (growth never)
     # Load falls under the cores, but the pause holds for host_pause_hold_s.
     state, events = health.observe(host(t + 8, g.snap(), load=3.0), state, H)
     assert state.paused is not None and not events
@@ -191,24 +187,18 @@ def test_thermal_throttling_after_a_change_pauses_shrinking() -> None:
     assert state.paused is None
 
 
-def test_guard_plan_deflates_quarantined_vms_to_their_ceiling_only() -> None:
-    q = health.Quarantine(since=0.0, until=None, reason="storm")
-    state = HealthState(quarantined={"win": q}, vms={"win": health.VMHealth(baseline=0.1, watched_s=10.0)})
-    snap = host(10.0, guest("win", 10 * NS, target=2 * GiB))
-    plan = Plan(actions=(Action("win", 2 * GiB, 2 * GiB + 512 * MiB, "autodeflate"),))
-    guarded = health.guard_plan(plan, snap, state, {"win": 3 * GiB}, H)
-    assert guarded.actions == (Action("win", 2 * GiB, 3 * GiB, "quarantine", available=GiB),)
-
-
 def test_no_shrink_before_a_cpu_baseline() -> None:
     snap = host(0.0, guest("new", 0, target=4 * GiB))
     state, _ = health.observe(snap, HealthState(), H)
-    plan = Plan(actions=(Action("new", 4 * GiB, 3 * GiB, "idle"),))
-    assert health.guard_plan(plan, snap, state, {}, H).actions == ()
-    blind = host(0.0, replace(guest("new", 0), cpu_time_ns=None))  # no CPU counter: cannot watch, no veto
-    assert health.guard_plan(plan, blind, state, {}, H).actions == plan.actions
-    off = replace(H, enabled=False)
-    assert health.guard_plan(plan, snap, state, {}, off) is plan
+    assert "CPU baseline" in (health.shrink_hold(state, snap.guests[0], H) or "")
+    blind = replace(guest("new", 0), cpu_time_ns=None)  # no CPU counter: cannot watch, no veto
+    assert health.shrink_hold(state, blind, H) is None
+    assert health.shrink_hold(state, snap.guests[0], replace(H, enabled=False)) is None
+    later = snap
+    for k in range(1, 4):
+        later = host(k * STEP, guest("new", k * NS // 10, target=4 * GiB))
+        state, _ = health.observe(later, state, H)
+    assert health.shrink_hold(state, later.guests[0], H) is None  # watched long enough
 
 
 def test_windows_guests_get_a_safe_floor() -> None:
@@ -220,23 +210,13 @@ def test_windows_guests_get_a_safe_floor() -> None:
     high = GuestPolicy(min_bytes=6 * GiB)
     assert guards.os_floor(high, "windows", 16 * GiB, min_bytes=2 * GiB, min_fraction=0.25) is high
     snap = host(0.0, guest("w", 0, os_type="windows"), guest("l", 0), guest("cfg", 0))
-    policies = health.os_policies(snap, {}, {"cfg": "windows"}, H)
-    assert set(policies) == {"w", "cfg"} and policies["w"].min_bytes == 2 * GiB
-
-
-def test_step_holds_a_quarantined_vm_and_the_policy_never_shrinks_it() -> None:
-    g = guest("win", 0, target=2 * GiB)
-    q = health.Quarantine(since=0.0, until=None, reason="CPU storm")
-    hstate = HealthState(quarantined={"win": q})
-    result = health.step(host(0.0, g), {}, PolicyState(), hstate, Tunables(), H)
-    assert result.plan.status["win"] == Status.QUARANTINED
-    (action,) = result.plan.actions
-    assert (action.vm, action.old_target, action.new_target, action.reason) == (
-        "win",
-        2 * GiB,
-        4 * GiB,
-        "quarantine",
-    )
+    inputs = Inputs(health_tunables=H, os_types={"cfg": "windows"})
+    plan, _ = decide(snap, inputs, PolicyState(), Tunables())
+    assert {n: plan.guests[n].floor for n in ("w", "l", "cfg")} == {
+        "w": 2 * GiB,
+        "l": Tunables().global_min_bytes,
+        "cfg": 2 * GiB,
+    }
 
 
 def test_health_config_section() -> None:

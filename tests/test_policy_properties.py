@@ -7,13 +7,15 @@ from dataclasses import replace
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, initialize, rule
 
 from autoballoon import guards
 from autoballoon.guards import Status
 from autoballoon.model import BalloonConfig, GuestPolicy, GuestSnapshot, GuestStats, HostSnapshot, VMState
-from autoballoon.policy import PolicyState, decide, host_reserve
+from autoballoon.policy import Inputs, PolicyState, decide, host_reserve
 from autoballoon.tunables import Tunables
 from autoballoon.units import GiB, MiB
+from tests.helpers import make_guest, make_host, targets
 
 T = Tunables()
 
@@ -72,7 +74,7 @@ def hosts(draw: st.DrawFn) -> tuple[HostSnapshot, Tunables]:
 
 
 def outcome(snap: HostSnapshot, tunables: Tunables):  # type: ignore[no-untyped-def]
-    plan, state = decide(snap, {}, PolicyState(), tunables)
+    plan, state = decide(snap, Inputs(), PolicyState(), tunables)
     final = {g.name: g.target_bytes for g in snap.guests}
     final.update({a.vm: a.new_target for a in plan.actions})
     return plan, state, final
@@ -148,9 +150,9 @@ def test_new_growth_is_paid_from_free_memory(case: tuple[HostSnapshot, Tunables]
 @given(hosts())
 def test_guest_under_pressure_is_shrunk_only_when_host_in_danger(case: tuple[HostSnapshot, Tunables]) -> None:
     snap, tunables = case
-    plan, state, _ = outcome(snap, tunables)
+    plan, _, _ = outcome(snap, tunables)
     for a in plan.actions:
-        if a.direction == "shrink" and state.vms[a.vm].pressure:
+        if a.direction == "shrink" and plan.guests[a.vm].pressure:
             g = snap.guest(a.vm)
             assert g is not None
             ceiling = guards.limits(g, g.policy, tunables)[1]
@@ -170,16 +172,15 @@ def test_stats_less_guest_never_shrunk(case: tuple[HostSnapshot, Tunables]) -> N
 @SETTINGS
 @given(hosts())
 def test_growth_is_never_rate_limited(case: tuple[HostSnapshot, Tunables]) -> None:
-    """With room on the host, every managed guest that wants more gets all it wants in one decision
-    (on a roomy host, a spare cushion on top)."""
+    """With room on the host, every managed guest that wants more gets all it wants in one decision"""
     snap, tunables = case
     roomy = replace(snap, mem_available=1024 * GiB)
     tunables = replace(tunables, host_budget_bytes=None, host_reserve_bytes=0)
-    plan, state, final = outcome(roomy, tunables)
+    plan, _, final = outcome(roomy, tunables)
     for g in roomy.guests:
-        mem = state.vms[g.name]
-        if plan.status[g.name] == Status.MANAGED and mem.want is not None and mem.want > g.target_bytes:
-            assert final[g.name] >= mem.want or mem.want - g.target_bytes < tunables.grow_min_step_bytes
+        want = plan.guests[g.name].want
+        if plan.status[g.name] == Status.MANAGED and want is not None and want > g.target_bytes:
+            assert final[g.name] >= want or want - g.target_bytes < tunables.grow_min_step_bytes
 
 
 def test_reserve_rule() -> None:
@@ -187,3 +188,96 @@ def test_reserve_rule() -> None:
     assert host_reserve(snap, T) == 5 * GiB
     assert host_reserve(replace(snap, mem_total=1 * GiB), T) == T.reserve_bytes
     assert host_reserve(snap, replace(T, host_reserve_bytes=7)) == 7
+
+
+class PolicyOverTime(RuleBasedStateMachine):
+    """The policy over many ticks of a host whose guests allocate, free, stall their balloons and stop
+    reporting at random, with its own targets applied each tick (the balloon moving part of the way).
+    After every decision: every target within ``[floor, max]``, no guest without fresh stats shrunk,
+    and on a host with room, every managed guest that wants more gets all of it at once."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.time = 0.0
+        self.state = PolicyState()
+        self.guests: dict[str, GuestSnapshot] = {}
+        self.roomy = True
+
+    @initialize(count=st.integers(1, 5), data=st.data())
+    def boot(self, count: int, data: st.DataObject) -> None:
+        for i in range(count):
+            max_bytes = data.draw(st.integers(256, 8192)) * MiB
+            self.guests[f"vm{i}"] = make_guest(
+                f"vm{i}",
+                max_bytes=max_bytes,
+                used=data.draw(st.integers(32, max_bytes // MiB // 2)) * MiB,
+                autodeflate=data.draw(st.booleans()),
+                time=0.0,
+            )
+
+    @rule(name=st.sampled_from(["vm0", "vm1", "vm2", "vm3", "vm4"]), mib=st.integers(-2048, 2048))
+    def allocate(self, name: str, mib: int) -> None:
+        g = self.guests.get(name)
+        if g is None or g.used_bytes is None:
+            return
+        used = min(max(16 * MiB, g.used_bytes + mib * MiB), g.max_bytes)
+        self.guests[name] = self._guest(g, used=used, fresh=True)
+
+    @rule(name=st.sampled_from(["vm0", "vm1", "vm2", "vm3", "vm4"]))
+    def stop_reporting(self, name: str) -> None:
+        g = self.guests.get(name)
+        if g is not None:
+            self.guests[name] = replace(g, stats=GuestStats())
+
+    @rule(roomy=st.booleans())
+    def host_room(self, roomy: bool) -> None:
+        self.roomy = roomy
+
+    @rule(seconds=st.floats(0.5, 60.0), share=st.floats(0.0, 1.0))
+    def tick(self, seconds: float, share: float) -> None:
+        self.time += seconds
+        guests = {n: self._guest(g, fresh=g.stats.present) for n, g in self.guests.items()}
+        available = 256 * GiB if self.roomy else 1 * GiB
+        snap = make_host(*guests.values(), time=self.time, available=available)
+        t = replace(T, host_reserve_bytes=0)
+        plan, self.state = decide(snap, Inputs(), self.state, t)
+        for a in plan.actions:
+            g = guests[a.vm]
+            floor, ceiling = guards.limits(g, g.policy, t)
+            assert floor <= a.new_target <= ceiling <= g.max_bytes, a
+            if a.direction == "shrink":
+                assert plan.status[a.vm] == Status.MANAGED, (a, plan.status_reason[a.vm])
+                assert guards.hold_reason(g, snap.wall_time, t) is None
+        if self.roomy:
+            final = targets(plan, snap)
+            for g in guests.values():
+                want = plan.guests[g.name].want
+                if plan.status[g.name] == Status.MANAGED and want is not None and want > g.target_bytes:
+                    assert final[g.name] >= want or want - g.target_bytes < t.grow_min_step_bytes
+        for a in plan.actions:  # the balloon moves part of the way toward its new target
+            g = guests[a.vm]
+            actual = g.actual_bytes or a.new_target
+            moved = actual + int((a.new_target - actual) * share)
+            guests[a.vm] = replace(g, target_bytes=a.new_target, actual_bytes=moved)
+        self.guests = guests
+
+    def _guest(self, g: GuestSnapshot, *, used: int | None = None, fresh: bool) -> GuestSnapshot:
+        """``g`` now: its stats stamped now if it reports, or ageing if it stopped."""
+        if not fresh:
+            return g
+        used = g.used_bytes if used is None else used
+        return make_guest(
+            g.name,
+            max_bytes=g.max_bytes,
+            target=g.target_bytes,
+            actual=g.actual_bytes,
+            used=min(used or 0, g.actual_bytes or g.max_bytes) if not g.balloon.autodeflate else used,
+            autodeflate=g.balloon.autodeflate,
+            time=self.time,
+        )
+
+
+TestPolicyOverTime = PolicyOverTime.TestCase
+TestPolicyOverTime.settings = settings(
+    max_examples=150, stateful_step_count=30, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)

@@ -8,17 +8,19 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from autoballoon.evaluate import mom, proxmox
 from autoballoon.evaluate.policies import (
-    MomPolicy,
     OraclePolicy,
     StaticPolicy,
     oracle_headroom,
     oracle_targets,
 )
+from autoballoon.health import HealthState, Quarantine
 from autoballoon.model import GuestPolicy, GuestSnapshot, GuestStats, HostSnapshot, VMState
+from autoballoon.policy import Inputs, mom, proxmox
+from autoballoon.policy.reference import MomPolicy, ProxmoxPolicy, budget_view
 from autoballoon.sim.engine import Simulation
 from autoballoon.sim.scenario import loads_scenario
+from autoballoon.tunables import Tunables
 from autoballoon.units import GiB, MiB
 
 
@@ -104,12 +106,51 @@ def test_mom_averages_the_last_ten_samples() -> None:
     assert list(state.mem_unused["a"]) == [f * MiB for f in range(10, 20)]
 
 
-def test_mom_adapter_decides_on_every_second_sample() -> None:
-    policy = MomPolicy()
+def test_mom_policy_decides_on_every_second_sample() -> None:
+    policy = MomPolicy(Tunables())
     snap = host(40 * GiB, guest("a", actual=4 * GiB))
     assert policy.interval_s == 5.0
-    assert policy.tick(0.0, snap) == {}
-    assert policy.tick(5.0, snap) == {"a": int(4 * GiB * 1.05)}
+    plan, state = policy.decide(snap, Inputs(), policy.initial_state())
+    assert plan.actions == ()
+    plan, state = policy.decide(snap, Inputs(), state)
+    assert [(a.vm, a.new_target, a.reason) for a in plan.actions] == [("a", int(4 * GiB * 1.05), "mom-grow")]
+
+
+def test_reference_policies_obey_the_daemon_rules() -> None:
+    """Whatever their algorithm says: no shrink without fresh stats, a quarantined VM goes to its ceiling,
+    no target below the floor."""
+    tun = Tunables()
+    stale = guest("stale", actual=8 * GiB, free=7 * GiB)
+    squeezed = guest("squeezed", actual=200 * MiB, max_b=8 * GiB, free=150 * MiB, min_b=None)
+    sick = guest("sick", actual=2 * GiB, free=1 * GiB)
+    snap = host(1 * GiB, stale, squeezed, sick)  # MOM: host short, shrink everyone
+    snap = HostSnapshot(
+        time=0.0, wall_time=1.0 + 2 * tun.stats_stale_s, mem_total=64 * GiB, mem_available=1 * GiB,
+        guests=(stale, squeezed, sick),
+    )  # fmt: skip
+    health = HealthState(quarantined={"sick": Quarantine(0.0, None, "CPU storm")})
+    for policy in (MomPolicy(tun), ProxmoxPolicy(tun)):
+        state = policy.initial_state()
+        for _ in range(2):
+            plan, state = policy.decide(snap, Inputs(health=health), state)
+        moves = {a.vm: a for a in plan.actions}
+        assert "stale" not in moves or moves["stale"].direction == "grow", (policy.name, moves)
+        assert moves["sick"].new_target == 8 * GiB and moves["sick"].reason == "quarantine"
+        assert plan.status["stale"] == "no-stats" and plan.status["sick"] == "quarantined"
+        assert all(a.new_target >= tun.global_min_bytes for a in plan.actions)
+
+
+def test_with_a_budget_reference_policies_see_the_budget_as_their_host() -> None:
+    tun = Tunables(host_budget_bytes=3 * GiB, host_reserve_bytes=0)
+    snap = host(40 * GiB, guest("a", actual=1 * GiB), guest("b", actual=1 * GiB))
+    view = budget_view(snap, Inputs(), tun)
+    assert (view.mem_total, view.mem_available) == (3 * GiB, 1 * GiB)
+    # Proxmox aims at 80 % of that host (2.4 GiB used), so it gives 0.4 GiB, 100 MiB per VM per cycle
+    plan, _ = ProxmoxPolicy(tun).decide(snap, Inputs(), None)
+    assert [a.new_target - a.old_target for a in plan.actions] == [100 * MiB, 100 * MiB]
+    big = Tunables(host_budget_bytes=5 * GiB, host_reserve_bytes=0)
+    plan, _ = ProxmoxPolicy(big).decide(snap, Inputs(), None)  # aims at 4 GiB: 2 GiB to give
+    assert [a.new_target - a.old_target for a in plan.actions] == [100 * MiB, 100 * MiB]
 
 
 @settings(max_examples=200, deadline=None)

@@ -1,8 +1,10 @@
 """The only loop: collect → decide → act → record, at a fixed interval, surviving a flaky hypervisor.
 
-Everything that decides is pure (:mod:`autoballoon.policy`, :mod:`autoballoon.guards`); this module is
-the imperative shell around it. It owns the backend connection (reconnecting with back-off), applies
-the plan (or only journals it in a dry run), keeps counters, and publishes a frozen
+Everything that decides is pure (:mod:`autoballoon.policy`, :mod:`autoballoon.health`); this module is
+the imperative shell around it. One tick: take a snapshot; let the health guard observe it; hand the
+snapshot, the guard's state and each VM's effective policy to the policy's ``decide``; apply the plan's
+actions as they are (or only journal them in a dry run) and journal its events. The controller owns the
+backend connection (reconnecting with back-off), keeps counters, and publishes a frozen
 :class:`ControllerStatus` that other threads (the HTTP server, a live table) may read at any time.
 Other threads never call the backend themselves: manual targets and policy changes are queued with
 :meth:`Controller.submit_target` / :meth:`Controller.submit_policy` and applied by the loop's own thread
@@ -34,14 +36,25 @@ from autoballoon.errors import (
 )
 from autoballoon.guards import Status
 from autoballoon.journal import Journal, JournalEntry
-from autoballoon.model import Action, BalloonChange, GuestPolicy, GuestSnapshot, HostSnapshot, Plan
-from autoballoon.policy import PolicyState
+from autoballoon.model import (
+    Action,
+    BalloonChange,
+    Event,
+    GuestDecision,
+    GuestPolicy,
+    GuestSnapshot,
+    HostSnapshot,
+    Plan,
+)
+from autoballoon.policy import DefaultPolicy, Inputs, Policy
 from autoballoon.units import human
 
 #: Statuses of VMs that autoballoon has been ballooning (and so restores on exit).
 _RESTORABLE = (Status.MANAGED, Status.STUCK, Status.NO_STATS, Status.MANUAL_HOLD)
 
-log = logging.getLogger("autoballoon.health")
+log = logging.getLogger(__name__)
+#: Tick durations kept for the status statistics.
+_TICK_WINDOW = 300
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,6 +134,7 @@ class Controller:
         dry_run: bool = False,
         reopen: Callable[[], Backend] | None = None,
         uri: str | None = None,
+        policy: Policy | None = None,
     ) -> None:
         self.backend = backend
         self.clock = clock
@@ -129,10 +143,11 @@ class Controller:
         self.dry_run = dry_run
         self.reopen = reopen
         self.uri = uri or (backend.uri if backend is not None else "")
-        self._state = PolicyState()
+        self.policy: Policy = policy if policy is not None else DefaultPolicy(config.tunables)
+        self._state = self.policy.initial_state()
         self._health = health.HealthState()
         self._pending_releases: set[str] = set()
-        self._last: tuple[HostSnapshot | None, Plan | None, PolicyState] = (None, None, self._state)
+        self._last: tuple[HostSnapshot | None, Plan | None] = (None, None)
         self._start_targets: dict[str, int] = {}
         self._lock = threading.Lock()
         self._pending_targets: dict[str, int] = {}
@@ -140,7 +155,7 @@ class Controller:
         self._runtime_policies: dict[str, GuestPolicy] = {}
         self._directions: Counter[str] = Counter()
         self._reasons: Counter[str] = Counter()
-        self._durations: deque[float] = deque(maxlen=config.tunables.tick_history)
+        self._durations: deque[float] = deque(maxlen=_TICK_WINDOW)
         self._ticks = 0
         self._action_errors = 0
         self._backend_errors = 0
@@ -171,10 +186,11 @@ class Controller:
         self.journal.event(
             self.clock.wall(),
             "start",
-            f"autoballoon started on {self.uri} every {self.config.interval_s:g} s"
-            + (" (dry run: deciding only)" if self.dry_run else ""),
+            f"autoballoon started on {self.uri} with the {self.policy.name} policy every "
+            f"{self.policy.interval_s:g} s" + (" (dry run: deciding only)" if self.dry_run else ""),
             dry_run=self.dry_run,
             config=self.config.source,
+            policy=self.policy.name,
         )
         done = 0
         try:
@@ -186,7 +202,7 @@ class Controller:
                     on_tick(self)
                 if max_ticks is not None and done >= max_ticks:
                     break
-                delay = self.config.interval_s - (self.clock.now() - begun)
+                delay = self.policy.interval_s - (self.clock.now() - begun)
                 if self._retry_at is not None:
                     delay = max(delay, self._retry_at - self.clock.now())
                 self._sleep(delay, stop)
@@ -215,20 +231,18 @@ class Controller:
         self._backoff = self.config.tunables.reconnect_initial_s
         for g in snapshot.guests:
             self._start_targets.setdefault(g.name, g.target_bytes)
-        policies = self._policies(snapshot.guests)
-        os_types = {g.name: o for g in snapshot.guests if (o := self.config.os_for(g.name)) is not None}
-        plan, state, self._health, health_events = health.step(
-            snapshot, policies, self._state, self._health, self.config.tunables, self.config.health, os_types
+        self._health, guard_events = health.observe(snapshot, self._health, self.config.health)
+        inputs = Inputs(
+            policies=self._policies(snapshot.guests),
+            health=self._health,
+            health_tunables=self.config.health,
+            os_types={g.name: o for g in snapshot.guests if (o := self.config.os_for(g.name)) is not None},
         )
+        plan, self._state = self.policy.decide(snapshot, inputs, self._state)
+        self._last = (snapshot, plan)
         wall = self.clock.wall()
-        for message in plan.events:
-            vm, _, text = message.partition(": ")
-            kind = "warning" if text.startswith("warning") else "status"
-            self.journal.event(wall, kind, message, vm=vm if vm in plan.status else None)
-        for event in health_events:
-            self._health_event(backend, event, wall)
-        self._state = state
-        self._last = (snapshot, plan, state)
+        for event in (*guard_events, *plan.events):
+            self._journal_event(backend, event, wall)
         try:
             for action in plan.actions:
                 self._act(backend, action, wall, snapshot.mem_available)
@@ -243,13 +257,12 @@ class Controller:
             runtime = dict(self._runtime_policies)
         return {g.name: self.config.policy_for(g.name, g.policy, runtime.get(g.name)) for g in guests}
 
-    def _health_event(self, backend: Backend, event: health.HealthEvent, wall: float) -> None:
-        """Journal and log what the health guard saw; on a quarantine, name (or apply) the remedy."""
-        extra: dict[str, object] = {}
-        if event.kind == "quarantine" and event.vm is not None:
-            extra = {"remedy": health.remedy(event.vm), "detect_s": event.detect_s}
-        self.journal.event(wall, event.kind, event.message, vm=event.vm, **extra)
-        log.warning("%s", event.message)
+    def _journal_event(self, backend: Backend, event: Event, wall: float) -> None:
+        """Journal what the policy or the guard raised; log the guard's; on a quarantine, apply the
+        remedy when the config asks for it."""
+        self.journal.event(wall, event.kind, event.message, vm=event.vm, **event.fields)
+        if event.kind in health.EVENT_KINDS:
+            log.warning("%s", event.message)
         if event.kind == "quarantine" and event.vm is not None and self.config.health.disable_balloon:
             self._disable_balloon(backend, event.vm, wall)
 
@@ -455,7 +468,7 @@ class Controller:
                         goal,
                         f"restore-{self.config.restore_to}",
                         available=g.stats.available,
-                        budget=self._last[2].budget,
+                        budget=self._last[1].budget if self._last[1] is not None else None,
                     ),
                     wall,
                     snapshot.mem_available,
@@ -465,11 +478,11 @@ class Controller:
 
     def status(self, *, journal_entries: int = 100) -> ControllerStatus:
         """A frozen, consistent picture of the last tick; safe to call from any thread."""
-        snapshot, plan, state = self._last
+        snapshot, plan = self._last
         vms: list[VMStatus] = []
         if snapshot is not None and plan is not None:
             for g in snapshot.guests:
-                mem = state.vms.get(g.name)
+                judged = plan.guests.get(g.name, GuestDecision())
                 vms.append(
                     VMStatus(
                         name=g.name,
@@ -479,11 +492,11 @@ class Controller:
                         target_bytes=g.target_bytes,
                         actual_bytes=g.actual_bytes,
                         used_bytes=g.used_bytes,
-                        demand_bytes=mem.demand if mem else None,
-                        want_bytes=mem.want if mem else None,
-                        floor_bytes=mem.floor if mem else None,
-                        ceiling_bytes=mem.ceiling if mem else None,
-                        pressure=mem.pressure if mem else False,
+                        demand_bytes=judged.demand,
+                        want_bytes=judged.want,
+                        floor_bytes=judged.floor,
+                        ceiling_bytes=judged.ceiling,
+                        pressure=judged.pressure,
                         autodeflate=g.balloon.autodeflate,
                         start_target_bytes=self._start_targets.get(g.name),
                     )
@@ -507,15 +520,15 @@ class Controller:
             uri=self.uri,
             dry_run=self.dry_run,
             connected=self.backend is not None and self._retry_at is None,
-            interval_s=self.config.interval_s,
+            interval_s=self.policy.interval_s,
             ticks=self._ticks,
             time=snapshot.time if snapshot is not None else None,
             snapshot=snapshot,
             plan=plan,
             vms=tuple(vms),
-            budget_bytes=state.budget,
-            reserve_bytes=state.reserve,
-            host_short=state.host_short,
+            budget_bytes=plan.budget if plan is not None else None,
+            reserve_bytes=plan.reserve if plan is not None else None,
+            host_short=plan.host_short if plan is not None else False,
             tick=tick,
             actions_by_direction=directions,
             actions_by_reason=reasons,

@@ -22,9 +22,10 @@ what the policy does not:
 The remedy for a storming guest is to remove its balloon device: ``autoballoon balloon VM --model none``
 (the device cannot simply be deleted; the change takes effect at the next boot). Every quarantine names it.
 
-Like the policy this is pure: :func:`observe` and :func:`guard_plan` read only their arguments (time is
-``snapshot.time``) and everything remembered lives in a frozen :class:`HealthState`. :func:`step` runs
-guard, policy and guard again in the order the controller and the evaluation harness both use.
+Like the policy this is pure: :func:`observe` reads only its arguments (time is ``snapshot.time``) and
+everything remembered lives in a frozen :class:`HealthState`. The guard never edits a plan: its state is an
+input of the next decision (:class:`autoballoon.policy.Inputs`), which quarantines, pauses and holds
+shrinks itself, reading the guard's verdicts through :func:`shrink_hold` and ``HealthState.quarantined``.
 """
 
 from __future__ import annotations
@@ -35,10 +36,7 @@ from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import NamedTuple
 
-from autoballoon import guards
-from autoballoon.model import Action, GuestPolicy, GuestSnapshot, HostSnapshot, Plan
-from autoballoon.policy import PolicyState, decide
-from autoballoon.tunables import Tunables
+from autoballoon.model import Event, GuestSnapshot, HostSnapshot
 from autoballoon.units import GiB
 
 _NS = 1e9
@@ -87,6 +85,10 @@ class HealthTunables:
 DEFAULT_HEALTH = HealthTunables()
 
 
+#: The kinds of event the guard raises (the controller also logs these at warning level).
+EVENT_KINDS = ("quarantine", "release", "pause", "resume")
+
+
 def remedy(vm: str) -> str:
     """The one command that removes a guest's balloon device (effective at the next boot)."""
     return f"autoballoon balloon {vm} --model none"
@@ -116,16 +118,6 @@ class Quarantine(NamedTuple):
     reason: str
 
 
-class HealthEvent(NamedTuple):
-    """Something the operator must hear about; ``kind`` is the journal kind."""
-
-    vm: str | None
-    kind: str  # "quarantine", "release", "pause", "resume"
-    message: str
-    #: quarantine: seconds from the first balloon change of the run that led to it, to the detection
-    detect_s: float | None = None
-
-
 @dataclass(frozen=True, slots=True)
 class HealthState:
     """Everything the guard remembers. Start with ``HealthState()``; always pass back the one returned."""
@@ -140,7 +132,7 @@ class HealthState:
     time: float | None = None
 
     def reasons(self) -> Mapping[str, str]:
-        """Quarantined VMs and why, as :class:`~autoballoon.policy.PolicyState` takes them."""
+        """Quarantined VMs and why (for the API and the CLI's ``status`` column)."""
         return {vm: q.reason for vm, q in self.quarantined.items()}
 
 
@@ -221,21 +213,19 @@ def _quarantine_reason(vm: str, h: VMHealth, vcpus: int, t: HealthTunables) -> s
 
 def observe(
     snapshot: HostSnapshot, state: HealthState, tunables: HealthTunables = DEFAULT_HEALTH
-) -> tuple[HealthState, tuple[HealthEvent, ...]]:
+) -> tuple[HealthState, tuple[Event, ...]]:
     """Measure every guest and the host; quarantine storms, expire quarantines, pause or resume shrinking."""
     t = tunables
     now = snapshot.time
     if not t.enabled:
         return replace(state, time=now), ()
-    events: list[HealthEvent] = []
+    events: list[Event] = []
     quarantined = dict(state.quarantined)
     for vm, q in state.quarantined.items():
         if q.until is not None and now >= q.until:
             del quarantined[vm]
             events.append(
-                HealthEvent(
-                    vm, "release", f"{vm}: quarantine ended after {now - q.since:.0f} s; ballooned again"
-                )
+                Event(vm, "release", f"{vm}: quarantine ended after {now - q.since:.0f} s; ballooned again")
             )
     vms: dict[str, VMHealth] = {}
     last_change = state.last_change
@@ -260,7 +250,8 @@ def observe(
             quarantined[g.name] = Quarantine(since=now, until=until, reason=reason)
             assert h.changed_at is not None  # _storm() needs a change
             first = h.window_from if h.window_from is not None else h.changed_at
-            events.append(HealthEvent(g.name, "quarantine", f"{g.name}: quarantined: {reason}", now - first))
+            fields = {"remedy": remedy(g.name), "detect_s": now - first}
+            events.append(Event(g.name, "quarantine", f"{g.name}: quarantined: {reason}", fields))
             h = h._replace(hot_since=None)
         vms[g.name] = h
     paused, until, pause_event = _host_pause(snapshot, state, last_change, t)
@@ -280,7 +271,7 @@ def observe(
 
 def _host_pause(
     snapshot: HostSnapshot, state: HealthState, last_change: float | None, t: HealthTunables
-) -> tuple[str | None, float | None, HealthEvent | None]:
+) -> tuple[str | None, float | None, Event | None]:
     """(why shrinking is paused or None, until when at least, the event if that changed)."""
     now = snapshot.time
     cores = max(1, snapshot.cpu_count)
@@ -296,13 +287,13 @@ def _host_pause(
         if not triggers or not recent:
             return None, None, None
         why = " and ".join(triggers) + " after balloon changes"
-        return why, now + t.host_pause_hold_s, HealthEvent(None, "pause", f"shrinking paused: {why}")
+        return why, now + t.host_pause_hold_s, Event(None, "pause", f"shrinking paused: {why}")
     if triggers:
         return state.paused, now + t.host_pause_hold_s, None
     calm = load is None or load <= t.host_load_clear_factor * cores
     if calm and (state.pause_until is None or now >= state.pause_until):
         message = "shrinking resumed: host load and CPU temperature back to normal"
-        return None, None, HealthEvent(None, "resume", message)
+        return None, None, Event(None, "resume", message)
     return state.paused, state.pause_until, None
 
 
@@ -317,120 +308,33 @@ def release(state: HealthState, vm: str, now: float) -> HealthState:
     return replace(state, quarantined=MappingProxyType(quarantined), vms=MappingProxyType(vms), time=now)
 
 
-def os_policies(
-    snapshot: HostSnapshot,
-    policies: Mapping[str, GuestPolicy],
-    os_types: Mapping[str, str],
-    tunables: HealthTunables = DEFAULT_HEALTH,
-) -> dict[str, GuestPolicy]:
-    """``policies`` with the Windows floor applied to every Windows guest (``os_types`` overrides what
-    the backend detected)."""
-    out = dict(policies)
+def shrink_hold(
+    state: HealthState, guest: GuestSnapshot, tunables: HealthTunables = DEFAULT_HEALTH
+) -> str | None:
+    """Why the guard forbids shrinking this VM now, or None: the host is paused, or the guard has not yet
+    watched the guest's CPU long enough to tell a storm from its own load (a guest whose CPU time is
+    not reported cannot be watched, and is not held for it)."""
     if not tunables.enabled:
-        return out
-    for g in snapshot.guests:
-        os_type = os_types.get(g.name, g.os_type)
-        if os_type == "windows":
-            base = out.get(g.name) or g.policy
-            out[g.name] = guards.os_floor(
-                base,
-                os_type,
-                g.max_bytes,
-                min_bytes=tunables.windows_min_bytes,
-                min_fraction=tunables.windows_min_fraction,
-            )
-    return out
-
-
-def guard_plan(
-    plan: Plan,
-    snapshot: HostSnapshot,
-    state: HealthState,
-    ceilings: Mapping[str, int],
-    tunables: HealthTunables = DEFAULT_HEALTH,
-) -> Plan:
-    """The policy's plan, made safe: quarantined VMs go to their ceiling and nothing else; while the host
-    is paused, or while a VM has no CPU baseline yet, its shrink waits."""
-    if not tunables.enabled:
-        return plan
-    reasons = dict(plan.status_reason)
-    actions: list[Action] = []
-    for a in plan.actions:
-        if a.vm in state.quarantined:
-            continue
-        if a.direction == "shrink":
-            if state.paused is not None:
-                reasons[a.vm] = f"shrink to {a.new_target} B held: {state.paused}"
-                continue
-            h = state.vms.get(a.vm)
-            g = snapshot.guest(a.vm)
-            watchable = g is not None and g.cpu_time_ns is not None
-            if watchable and (h is None or h.baseline is None or h.watched_s < tunables.baseline_min_s):
-                reasons[a.vm] = "shrink waits for a CPU baseline (health guard)"
-                continue
-        actions.append(a)
-    for vm in state.quarantined:
-        g = snapshot.guest(vm)
-        if g is None or not g.state.active or not g.balloon.enabled:
-            continue
-        ceiling = ceilings.get(vm, g.max_bytes)
-        if g.target_bytes < ceiling:
-            actions.append(
-                Action(
-                    vm, g.target_bytes, ceiling, "quarantine", available=g.stats.available, budget=plan.budget
-                )
-            )
-    return replace(plan, actions=tuple(actions), status_reason=reasons)
-
-
-def ceilings(
-    snapshot: HostSnapshot, policies: Mapping[str, GuestPolicy], tunables: Tunables
-) -> dict[str, int]:
-    """Each quarantined-or-not VM's ceiling (its max, or a lower policy max): where a quarantine sends it."""
-    return {g.name: guards.limits(g, policies.get(g.name) or g.policy, tunables)[1] for g in snapshot.guests}
-
-
-class Step(NamedTuple):
-    plan: Plan
-    policy_state: PolicyState
-    health_state: HealthState
-    events: tuple[HealthEvent, ...]
-
-
-def step(
-    snapshot: HostSnapshot,
-    policies: Mapping[str, GuestPolicy],
-    policy_state: PolicyState,
-    health_state: HealthState,
-    tunables: Tunables,
-    health: HealthTunables = DEFAULT_HEALTH,
-    os_types: Mapping[str, str] | None = None,
-) -> Step:
-    """One decision with the guard around the policy: observe → decide (quarantined VMs held) → guard.
-
-    The controller and the evaluation harness both call this, so what is measured is what runs.
-    """
-    hstate, events = observe(snapshot, health_state, health)
-    effective = os_policies(snapshot, policies, os_types or {}, health)
-    pstate = replace(policy_state, quarantined=MappingProxyType(dict(hstate.reasons())))
-    plan, pstate = decide(snapshot, effective, pstate, tunables)
-    limits = ceilings(snapshot, effective, tunables) if hstate.quarantined else {}
-    plan = guard_plan(plan, snapshot, hstate, limits, health)
-    return Step(plan, pstate, hstate, events)
+        return None
+    if state.paused is not None:
+        return state.paused
+    if guest.cpu_time_ns is None:
+        return None
+    h = state.vms.get(guest.name)
+    if h is None or h.baseline is None or h.watched_s < tunables.baseline_min_s:
+        return "waiting for a CPU baseline (health guard)"
+    return None
 
 
 __all__ = [
     "DEFAULT_HEALTH",
-    "HealthEvent",
+    "EVENT_KINDS",
     "HealthState",
     "HealthTunables",
     "Quarantine",
-    "Step",
     "VMHealth",
-    "guard_plan",
     "observe",
-    "os_policies",
     "release",
     "remedy",
-    "step",
+    "shrink_hold",
 ]

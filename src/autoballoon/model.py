@@ -8,7 +8,8 @@ means (a guest without stats is never shrunk).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Literal, get_args
 
@@ -156,9 +157,6 @@ class GuestSnapshot:
             return None
         return max(0.0, now_wall - self.stats.last_update)
 
-    def with_changes(self, **changes: object) -> GuestSnapshot:
-        return replace(self, **changes)  # type: ignore[arg-type]
-
 
 @dataclass(frozen=True, slots=True)
 class HostSnapshot:
@@ -234,14 +232,45 @@ class Action:
 
 
 @dataclass(frozen=True, slots=True)
+class Event:
+    """Something the operator must hear about, raised by a decision or the health guard.
+
+    ``kind`` is the journal's kind (``status``, ``warning``, ``quarantine``, ``release``, ``pause``,
+    ``resume``...); ``fields`` carries the figures behind it, journalled as they are.
+    """
+
+    vm: str | None
+    kind: str
+    message: str
+    fields: Mapping[str, object] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class GuestDecision:
+    """The figures a decision judged one VM by, for tables, the API and the dashboard."""
+
+    demand: int | None = None  # estimated demand (bytes)
+    want: int | None = None  # what it should have: demand plus headroom plus its cushion
+    floor: int | None = None
+    ceiling: int | None = None
+    pressure: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class Plan:
-    """Everything one policy decision produced: actions to apply and per-VM status for display."""
+    """Everything one decision produced: the actions to apply, each VM's status, and the events.
+
+    A plan is final when it is made: the controller applies its actions as they are.
+    """
 
     actions: tuple[Action, ...] = ()
-    status: dict[str, str] = field(default_factory=dict)  # VM -> managed/excluded/no-stats/stuck/...
-    status_reason: dict[str, str] = field(default_factory=dict)
-    budget: int | None = None
-    events: tuple[str, ...] = ()  # operator-facing warnings raised by this decision
+    status: Mapping[str, str] = field(default_factory=dict)  # VM -> managed/excluded/no-stats/stuck/...
+    status_reason: Mapping[str, str] = field(default_factory=dict)
+    budget: int | None = None  # memory all ballooned VMs may hold together
+    reserve: int | None = None  # host memory never handed to guests
+    host_short: bool = False  # the budget could not hold every guest's want
+    guests: Mapping[str, GuestDecision] = field(default_factory=dict)
+    events: tuple[Event, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

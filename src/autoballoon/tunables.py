@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from autoballoon.units import MiB
+from autoballoon.units import GiB, KiB, MiB
 
 
 @dataclass(frozen=True, slots=True)
@@ -18,27 +18,55 @@ class Tunables:
     """The knobs of the default balloon policy. The defaults favour "no harm" over the last MiB reclaimed."""
 
     # --- what a guest should get -------------------------------------------------------------------
-    #: Fraction kept above the estimated demand (Hyper-V's default memory buffer is 20 %).
+    #: Fraction of demand kept above it at the least (Hyper-V's default memory buffer is 20 %). The
+    #: cushion below is usually larger; a VM's own ``buffer`` policy raises this one.
     buffer: float = 0.20
-    #: Absolute headroom added on top of ``demand * (1 + buffer)``: small guests need it most, since a
-    #: percentage of a small demand is a few MiB and one burst of page-cache or a fork eats it.
+    #: Memory a guest needs beyond its demand not to be under pressure: the kernel's free watermarks,
+    #: the page cache its programs run from, and what MemAvailable overstates (on the rig's Linux 6.1
+    #: guests the OOM killer fired with 14-24 MiB still reported available).
     min_headroom_bytes: int = 64 * MiB
+    #: Below ``demand + oom_margin`` a guest without swap is OOM-killed: the MemAvailable a real guest
+    #: still reports when its OOM killer fires (measured on the rig: 14-24 MiB), with some margin.
+    oom_margin_bytes: int = 32 * MiB
     #: The lowest target ever set, whatever a VM's own ``min`` says: below this Linux guests thrash.
     global_min_bytes: int = 128 * MiB
-    #: Targets are rounded up to this (libvirt speaks KiB; a MiB grain keeps the journal readable).
+    #: Targets are rounded to this (libvirt speaks KiB; a MiB grain keeps the journal readable).
     target_align_bytes: int = 1 * MiB
     #: Weight of a VM in the water-fill when it has none of its own (Proxmox's default is 1000).
     default_shares: int = 1000
+
+    # --- the cushion: what one reaction time can bring ---------------------------------------------
+    # A guest's cushion (its want above its need) must hold whatever it can allocate before the daemon
+    # sees it and its balloon deflates: one reaction time, ``interval + stats period + actuation``.
+    # Growth is never rate-limited, but it cannot come sooner than that; a guest that outgrows its
+    # cushion within one reaction time is OOM-killed if it has no swap and no autodeflate.
+    #: Seconds from a new target to the balloon having moved (libvirt round trip plus deflation:
+    #: measured on the rig, 312 MiB deflate in about 0.15 s, a setmem reflected within a second).
+    actuation_s: float = 1.0
+    #: The stats period assumed for a guest whose period is not known (libvirt reports none over QMP).
+    default_stats_period_s: float = 10.0
+    #: Growth every guest's cushion covers for one reaction time before any growth was seen: a guest
+    #: ramping its memory this fast is never OOM-killed (the rig's ramps run at 10-40 MiB/s).
+    growth_allowance_bytes_per_s: int = 40 * MiB
+    #: A first sudden allocation of this share of a guest's maximum (but at most ``jump_prior_max``)
+    #: fits in its cushion: nothing about a guest says in advance how big its first burst will be.
+    jump_prior_fraction: float = 0.25
+    jump_prior_max_bytes: int = 1 * GiB
+    #: A rise of ``used`` between two stats reports smaller than this is noise, not a jump.
+    jump_min_bytes: int = 16 * MiB
+    #: Jumps and growth rates a guest has shown are remembered, fading with this half-life: a guest
+    #: that once allocated 2 GiB at once keeps room for it for hours after.
+    history_half_life_s: float = 4 * 3600.0
 
     # --- demand estimation -------------------------------------------------------------------------
     #: Time constant of demand decay: demand rises at once but falls towards ``used`` with this
     #: exponential time constant, so a guest that just freed memory is not squeezed straight away.
     demand_decay_s: float = 60.0
-    #: When ``used`` is rising, demand is projected this far ahead at the observed rate, so that the
-    #: balloon deflates ahead of a steadily growing guest instead of one tick behind it.
+    #: When ``used`` is rising, demand is projected at least this far ahead at the observed rate (and
+    #: at least one reaction time), so the balloon deflates ahead of a steadily growing guest.
     trend_lookahead_s: float = 6.0
     #: Swap-in above this rate (bytes/s) means the guest is short of memory now.
-    swap_in_pressure_bytes_per_s: int = 256 * 1024
+    swap_in_pressure_bytes_per_s: int = 256 * KiB
     #: Major faults above this rate mean the guest is re-reading evicted pages (working set too big).
     major_fault_pressure_per_s: float = 200.0
     #: A guest whose MemAvailable is below this is under pressure even before it swaps.
@@ -49,22 +77,8 @@ class Tunables:
     #: A guest stays "under pressure" this long after its last pressure signal (stats come in bursts).
     pressure_hold_s: float = 10.0
     #: A guest that deflated its balloon by itself (autodeflate) ran past its swap: it gets what it
-    #: took plus this fraction of its max at once, since it is still swapping what did not fit.
+    #: took plus this fraction of its max at once, since it is still short of what did not fit.
     self_deflate_boost_fraction: float = 0.15
-    #: How roomy the host is scales every cushion: ``rho`` is the share of the memory between all
-    #: guests' needs and all their maxima that the host could give (1 when it could hold every guest at
-    #: its max). From ``rho = 1`` down to ``roomy_from`` the default buffer falls from ``buffer`` to
-    #: ``buffer_short`` and the spare fades out. An over-committed host keeps guests at demand plus a
-    #: thin margin, since any cushion there is memory another guest may need (measured: the evaluation's
-    #: fleet-day, overcommit and stuck-balloon hosts sit at rho 0.1-0.55; with 20 % buffers there, the
-    #: wants outgrew the budget and pushed guests below demand); a roomy host loses nothing it lacks.
-    roomy_from: float = 0.5
-    buffer_short: float = 0.05
-    #: On a roomy host each guest also keeps a spare of this fraction of its demand: it absorbs a first
-    #: burst or job start that no stats have shown yet (the evaluation's spikes triple a cache's
-    #: demand at once). A short host takes the spares back first.
-    roomy_buffer: float = 1.7
-    roomy_gap: float = 0.5
 
     # --- how targets move --------------------------------------------------------------------------
     #: Voluntary shrinking is limited to this fraction of the VM's maximum per second, so a guest is
@@ -107,6 +121,10 @@ class Tunables:
     #: A stuck balloon's target is set back to where the balloon is, and it is left alone this long
     #: before autoballoon tries to move it again.
     stuck_retry_s: float = 300.0
+    #: A grow whose balloon has not moved toward it for this long is sent again: a guest that needs
+    #: memory is never left waiting on a request that got lost (seen with a libvirtd busy re-probing
+    #: QEMU: the call returned, the balloon did not move).
+    grow_retry_s: float = 5.0
 
     # --- controller --------------------------------------------------------------------------------
     #: Seconds between two decisions.
@@ -118,8 +136,6 @@ class Tunables:
     reconnect_max_s: float = 30.0
     #: Journal entries kept in memory for the status API and dashboard.
     journal_ring_size: int = 1000
-    #: Tick durations kept for the status statistics.
-    tick_history: int = 300
 
 
 DEFAULT_TUNABLES = Tunables()

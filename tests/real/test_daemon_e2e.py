@@ -40,7 +40,7 @@ EXIT_TIMEOUT_S = 30.0
 KNOWN_REASONS = {
     "idle", "demand", "pressure", "floor", "max", "autodeflate", "stuck", "host-short", "host-danger",
     "demand (host-short)", "pressure (host-short)", "autodeflate (host-short)", "floor (host-short)",
-    "restore-max",
+    "restore-max", "retry",
 }  # fmt: skip
 
 

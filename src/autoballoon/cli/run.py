@@ -24,6 +24,7 @@ from autoballoon.clock import Clock, RealClock
 from autoballoon.config import DEFAULT_CONFIG_PATH, load_config
 from autoballoon.controller import Controller, ControllerStatus
 from autoballoon.journal import Journal
+from autoballoon.policy import POLICY_NAMES, create_policy
 from autoballoon.server import DEFAULT_LISTEN, serve_controller
 from autoballoon.server.auth import load_token
 from autoballoon.server.http import parse_listen
@@ -69,7 +70,20 @@ def status_table(status: ControllerStatus) -> Group:
     help=f"TOML config file (default: {DEFAULT_CONFIG_PATH} when it exists).",
 )
 @click.option(
-    "--interval", type=float, default=None, help="Seconds between decisions (default 2, at least 0.5)."
+    "--policy",
+    "policy_name",
+    type=click.Choice(POLICY_NAMES),
+    default="autoballoon",
+    show_default=True,
+    help="The balloon policy: autoballoon's own, or a published reference (oVirt MOM, Proxmox VE, or none) "
+    "to compare on this host, e.g. with --dry-run. A reference policy runs at its own published interval; "
+    "with a [host] budget it sees the budget as its host's memory.",
+)
+@click.option(
+    "--interval",
+    type=float,
+    default=None,
+    help="Seconds between decisions of the autoballoon policy (default 2, at least 0.5).",
 )
 @click.option("--dry-run", is_flag=True, help="Decide and journal, but never change a VM.")
 @click.option(
@@ -95,6 +109,7 @@ def status_table(status: ControllerStatus) -> Group:
 def run_command(
     ctx: Context,
     config_path: Path | None,
+    policy_name: str,
     interval: float | None,
     dry_run: bool,
     journal_path: str | None,
@@ -117,7 +132,14 @@ def run_command(
     backend = ctx.backend
     clock: Clock = getattr(backend, "clock", None) or RealClock()
     controller = Controller(
-        backend, clock, config, journal, dry_run=dry_run, reopen=lambda: open_backend(ctx.uri), uri=ctx.uri
+        backend,
+        clock,
+        config,
+        journal,
+        dry_run=dry_run,
+        reopen=lambda: open_backend(ctx.uri),
+        uri=ctx.uri,
+        policy=create_policy(policy_name, config.tunables),
     )
     http = None if not serving else serve_controller(controller, listen, token_file=api_token_file)
     if http is not None:

@@ -20,12 +20,12 @@ from typing import Protocol
 import numpy as np
 import numpy.typing as npt
 
+from autoballoon import policy as daemon_policy
 from autoballoon.config import parse_config
 from autoballoon.errors import InvalidValueError
-from autoballoon.evaluate import mom, proxmox
-from autoballoon.health import DEFAULT_HEALTH, HealthState, HealthTunables, step
+from autoballoon.health import DEFAULT_HEALTH, HealthState, HealthTunables, observe
 from autoballoon.model import HostSnapshot
-from autoballoon.policy import PolicyState
+from autoballoon.policy import Inputs
 from autoballoon.sim.engine import Simulation
 from autoballoon.tunables import DEFAULT_TUNABLES, Tunables
 
@@ -112,63 +112,26 @@ class OraclePolicy:
         return oracle_targets(future, self._headroom, self._floor, self._ceiling, self._balloonable)
 
 
-class MomPolicy:
-    """oVirt MOM: samples every 5 s, decides on every second sample (every 10 s)."""
+class DaemonPolicy:
+    """A daemon policy (the default one, MOM, Proxmox) exactly as the controller runs it: the health guard
+    observes each snapshot, then the policy decides with the guard's state, at the policy's own interval.
+    The harness applies the targets the plan's actions set."""
 
-    name = "mom"
     needs_snapshot = True
 
-    def __init__(self, tunables: mom.MomTunables = mom.DEFAULT_MOM) -> None:
-        self.tunables = tunables
-        self.interval_s = tunables.sample_interval_s
-        self._every = max(1, round(tunables.policy_interval_s / tunables.sample_interval_s))
-        self._samples = 0
-        self._state = mom.MomState()
-
-    def tick(self, now: float, snapshot: HostSnapshot | None) -> Targets:
-        assert snapshot is not None
-        self._state = mom.observe(self._state, snapshot, self.tunables)
-        self._samples += 1
-        if self._samples % self._every:
-            return {}
-        return mom.decide(self._state, snapshot, self.tunables)
-
-
-class ProxmoxPolicy:
-    """Proxmox VE's pvestatd auto-balloon: stateless, every 10 s."""
-
-    name = "proxmox"
-    needs_snapshot = True
-
-    def __init__(self, tunables: proxmox.ProxmoxTunables = proxmox.DEFAULT_PROXMOX) -> None:
-        self.tunables = tunables
-        self.interval_s = tunables.interval_s
-
-    def tick(self, now: float, snapshot: HostSnapshot | None) -> Targets:
-        assert snapshot is not None
-        return proxmox.decide(snapshot, self.tunables)
-
-
-class AutoballoonPolicy:
-    """The project's default policy with its health guard, exactly as the controller runs them."""
-
-    name = "autoballoon"
-    needs_snapshot = True
-
-    def __init__(
-        self, tunables: Tunables = DEFAULT_TUNABLES, health: HealthTunables = DEFAULT_HEALTH
-    ) -> None:
-        self.tunables = tunables
+    def __init__(self, policy: daemon_policy.Policy, health: HealthTunables = DEFAULT_HEALTH) -> None:
+        self.policy = policy
+        self.name = policy.name
         self.health = health
-        self.interval_s = tunables.interval_s
-        self._state = PolicyState()
+        self.interval_s = policy.interval_s
+        self._state = policy.initial_state()
         self._health = HealthState()
 
     def tick(self, now: float, snapshot: HostSnapshot | None) -> Targets:
         assert snapshot is not None
-        plan, self._state, self._health, _ = step(
-            snapshot, {}, self._state, self._health, self.tunables, self.health
-        )
+        self._health, _ = observe(snapshot, self._health, self.health)
+        inputs = Inputs(health=self._health, health_tunables=self.health)
+        plan, self._state = self.policy.decide(snapshot, inputs, self._state)
         return {a.vm: a.new_target for a in plan.actions}
 
 
@@ -231,9 +194,9 @@ PolicyFactory = Callable[[Simulation], Policy]
 def factory(name: str, tunables: Tunables = DEFAULT_TUNABLES) -> PolicyFactory:
     """A function building a fresh policy of that name for one simulation run."""
     builders: dict[str, PolicyFactory] = {
-        "autoballoon": lambda sim: AutoballoonPolicy(tunables),
-        "mom": lambda sim: MomPolicy(),
-        "proxmox": lambda sim: ProxmoxPolicy(),
+        "autoballoon": lambda sim: DaemonPolicy(daemon_policy.create_policy("autoballoon", tunables)),
+        "mom": lambda sim: DaemonPolicy(daemon_policy.create_policy("mom", tunables)),
+        "proxmox": lambda sim: DaemonPolicy(daemon_policy.create_policy("proxmox", tunables)),
         "static": lambda sim: StaticPolicy(),
         "oracle": lambda sim: OraclePolicy(sim),
     }

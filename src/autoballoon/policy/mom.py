@@ -14,7 +14,7 @@ MemFree. Guests without stats are left alone, as MOM skips entities missing a re
 
 from __future__ import annotations
 
-from collections import deque
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from autoballoon.model import GuestSnapshot, HostSnapshot
@@ -38,13 +38,16 @@ class MomTunables:
 DEFAULT_MOM = MomTunables()
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
 class MomState:
-    """The sample windows MOM keeps: host free bytes, and per guest (balloon_cur, mem_unused)."""
+    """The sample windows MOM keeps: host free bytes, and per guest (balloon_cur, mem_unused), oldest
+    first, at most ``avg_samples`` each."""
 
-    host_free: deque[int] = field(default_factory=deque)
-    balloon_cur: dict[str, deque[int]] = field(default_factory=dict)
-    mem_unused: dict[str, deque[int]] = field(default_factory=dict)
+    host_free: tuple[int, ...] = ()
+    balloon_cur: Mapping[str, tuple[int, ...]] = field(default_factory=dict)
+    mem_unused: Mapping[str, tuple[int, ...]] = field(default_factory=dict)
+    #: Samples taken so far: MOM decides on every ``policy_interval / sample_interval``-th one.
+    samples: int = 0
 
 
 def _balloon_cur(g: GuestSnapshot) -> int:
@@ -55,31 +58,37 @@ def _eligible(g: GuestSnapshot) -> bool:
     return g.state.active and g.balloon.enabled and not g.policy.exclude
 
 
-def _push(window: deque[int], value: int, size: int) -> None:
-    window.append(value)
-    while len(window) > size:
-        window.popleft()
+def _push(window: tuple[int, ...], value: int, size: int) -> tuple[int, ...]:
+    return (*window, value)[-size:]
 
 
-def _mean(window: deque[int]) -> float:
+def _mean(window: tuple[int, ...]) -> float:
     return sum(window) / len(window)
 
 
 def observe(state: MomState, snap: HostSnapshot, tun: MomTunables = DEFAULT_MOM) -> MomState:
-    """Fold one 5-second sample into the averaging windows (the state is updated in place and returned)."""
-    _push(state.host_free, snap.mem_available, tun.avg_samples)
-    present = set()
+    """Fold one 5-second sample into the averaging windows. A guest that stopped reporting is dropped,
+    so it starts a fresh window when it returns."""
+    n = tun.avg_samples
+    balloon_cur: dict[str, tuple[int, ...]] = {}
+    mem_unused: dict[str, tuple[int, ...]] = {}
     for g in snap.guests:
         if not _eligible(g) or g.stats.free is None:
             continue
-        present.add(g.name)
-        _push(state.balloon_cur.setdefault(g.name, deque()), _balloon_cur(g), tun.avg_samples)
-        _push(state.mem_unused.setdefault(g.name, deque()), g.stats.free, tun.avg_samples)
-    for name in list(state.balloon_cur):
-        if name not in present:  # a guest that stopped reporting starts a fresh window when it returns
-            del state.balloon_cur[name]
-            del state.mem_unused[name]
-    return state
+        balloon_cur[g.name] = _push(state.balloon_cur.get(g.name, ()), _balloon_cur(g), n)
+        mem_unused[g.name] = _push(state.mem_unused.get(g.name, ()), g.stats.free, n)
+    return MomState(
+        host_free=_push(state.host_free, snap.mem_available, n),
+        balloon_cur=balloon_cur,
+        mem_unused=mem_unused,
+        samples=state.samples + 1,
+    )
+
+
+def decides(state: MomState, tun: MomTunables = DEFAULT_MOM) -> bool:
+    """Whether MOM's policy runs after the sample just folded in (every second sample by default)."""
+    every = max(1, round(tun.policy_interval_s / tun.sample_interval_s))
+    return state.samples % every == 0
 
 
 def _big_enough(cur: int, new: int, tun: MomTunables) -> bool:

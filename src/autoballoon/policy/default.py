@@ -1,0 +1,705 @@
+"""The default balloon policy: a pure function from a host snapshot to a plan, in four phases.
+
+``decide(snapshot, inputs, state, tunables) -> (plan, state)`` reads nothing but its arguments (time is
+``snapshot.time``), so the controller, the tests and the evaluation harness run exactly the same code.
+Everything it remembers between ticks lives in :class:`PolicyState`, a frozen value the caller passes back.
+One decision is four phases, each a function below, in this order:
+
+1. **classify** — which VMs may be moved at all and within what limits: excluded, quarantined by the
+   health guard, held after a manual change, stuck, without fresh stats, or managed. The rules are the
+   small pure functions of :mod:`autoballoon.guards`; the guard's verdicts come in through ``inputs``.
+2. **estimate** — each managed VM's demand (rises at once, decays slowly, raised by pressure and by a
+   rising trend) and three tiers of memory: its *OOM floor* (below it the guest is OOM-killed), its
+   *need* (below it the guest is under pressure) and its *want* (the need plus a cushion that holds what
+   the guest can allocate within one reaction time of the daemon, sized from the reaction time, a
+   growth allowance, a prior for a first burst and the jumps the guest has shown, remembered for hours).
+3. **allocate** — share the host's budget: every guest gets its want when the wants fit; when they do
+   not, every cushion is cut by the same share before anyone drops below its need, and every need
+   before anyone drops below its OOM floor. Targets then move toward those goals: growth at once, paid
+   from memory that is free now; shrinking gradually, with a dead band, never while the guest is under
+   pressure (unless the host itself is in danger) and one step per fresh stats report.
+4. **emit** — the actions with their reasons, the events an operator must hear about, and the state
+   to remember.
+
+The order of harms it is built around, worst first: a process OOM-killed in a guest; the host below its
+reserve; a guest under pressure (swapping); memory left unreclaimed.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import NamedTuple
+
+import numpy as np
+import numpy.typing as npt
+
+from autoballoon import guards
+from autoballoon.guards import Progress, Status
+from autoballoon.health import DEFAULT_HEALTH, HealthState, HealthTunables, shrink_hold
+from autoballoon.model import Action, Event, GuestDecision, GuestPolicy, GuestSnapshot, HostSnapshot, Plan
+from autoballoon.policy.fill import fit_tiers, water_fill
+from autoballoon.tunables import Tunables
+from autoballoon.units import human
+
+I64 = npt.NDArray[np.int64]
+
+
+class GuestRecord(NamedTuple):
+    """What the policy remembers about one VM between decisions."""
+
+    status: str = ""
+    seen_time: float | None = None  # snapshot.time of the last look
+    seen_target: int | None = None
+    seen_actual: int | None = None
+    planned_target: int | None = None  # what this policy set (or would have, in a dry run)
+    demand: int | None = None  # smoothed demand estimate
+    used: int | None = None  # ``used`` at the last stats report
+    stats_time: float | None = None  # last_update of the stats the rates are measured from
+    swap_in: int | None = None
+    major_faults: int | None = None
+    rise_rate: float = 0.0  # growth rate of ``used`` over the last report, bytes/s (0 if it fell)
+    rate: float = 0.0  # remembered sustained growth rate, bytes/s, fading
+    jump: int = 0  # remembered largest rise within one report, bytes, fading
+    pressure_at: float | None = None  # last time a pressure signal was seen
+    last_grow: float | None = None
+    shrink_wall: float | None = None  # wall time of the last shrink: wait for stats newer than this
+    progress: Progress | None = None  # the stuck detector's mark
+    stuck_until: float | None = None  # a stuck balloon is left alone until then
+    manual_until: float | None = None  # a manual target is honoured until then
+    retried_at: float | None = None  # when a grow that had not arrived was last sent again
+    warned_autodeflate: bool = False
+
+
+_FIRST_LOOK = GuestRecord()
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyState:
+    """Everything the policy remembers. Start with ``PolicyState()``; always pass back the one returned."""
+
+    guests: Mapping[str, GuestRecord] = field(default_factory=lambda: MappingProxyType({}))
+    time: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Inputs:
+    """What a decision reads besides the snapshot and its own memory."""
+
+    #: Each VM's effective policy (config, metadata and run-time overrides layered); a VM missing here
+    #: uses the policy its snapshot carries.
+    policies: Mapping[str, GuestPolicy] = field(default_factory=dict)
+    #: The health guard's verdicts: quarantines, a host-wide shrink pause, CPU baselines.
+    health: HealthState = field(default_factory=HealthState)
+    health_tunables: HealthTunables = DEFAULT_HEALTH
+    #: Guest OS types named by the operator, overriding what the backend detected.
+    os_types: Mapping[str, str] = field(default_factory=dict)
+
+
+# --- 1. classify ------------------------------------------------------------------------------------
+
+
+class Verdict(NamedTuple):
+    """One VM after classification: may it be moved, within what limits, and what it remembered."""
+
+    guest: GuestSnapshot
+    policy: GuestPolicy
+    record: GuestRecord
+    status: Status
+    reason: str
+    floor: int
+    ceiling: int
+    progress: Progress | None
+    manual_until: float | None
+    stuck_until: float | None
+    self_deflated: bool  # its balloon rose above an unchanged target by itself (autodeflate)
+    shrink_hold: str | None  # why a managed VM may not shrink now (health guard), or None
+
+
+def classify(
+    snapshot: HostSnapshot, inputs: Inputs, state: PolicyState, t: Tunables
+) -> tuple[list[Verdict], list[Verdict]]:
+    """Every VM's verdict: (managed, held), leaving out excluded VMs (outside the budget math)."""
+    now = snapshot.time
+    health = inputs.health
+    guard = inputs.health_tunables
+    managed: list[Verdict] = []
+    held: list[Verdict] = []
+    excluded: list[Verdict] = []
+    for g in snapshot.guests:
+        policy = _effective_policy(g, inputs, guard)
+        record = state.guests.get(g.name, _FIRST_LOOK)
+        floor, ceiling = guards.limits(g, policy, t)
+        target, actual = g.target_bytes, g.actual_bytes
+        excluded_why = guards.exclusion(g, policy)
+        if excluded_why is not None:
+            excluded.append(
+                Verdict(g, policy, record, Status.EXCLUDED, excluded_why, floor, ceiling, None, None, None,
+                        False, None)
+            )  # fmt: skip
+            continue
+        progress = guards.track_progress(record.progress, actual, target, now, t)
+        manual_until = record.manual_until
+        if guards.manual_change(target, record.seen_target, record.planned_target):
+            manual_until = now + t.manual_grace_s
+        if manual_until is not None and manual_until <= now:
+            manual_until = None
+        stuck_until = (
+            record.stuck_until if record.stuck_until is not None and record.stuck_until > now else None
+        )
+        self_deflated = guards.self_deflated(actual, record.seen_actual, target, record.seen_target, t)
+
+        stale = guards.hold_reason(g, snapshot.wall_time, t)
+        if g.name in health.quarantined:
+            status, reason = Status.QUARANTINED, health.quarantined[g.name].reason
+        elif manual_until is not None:
+            status = Status.MANUAL_HOLD
+            reason = f"target set outside autoballoon; held for {manual_until - now:.0f} s"
+        elif stuck_until is not None or (guards.is_stuck(progress, now, t) and _shrinking(progress)):
+            status = Status.STUCK
+            if stuck_until is None:  # just found: take the balloon where it is, try again later
+                stuck_until = now + t.stuck_retry_s
+                reason = (
+                    f"balloon at {human(actual)} did not move toward target {human(target)} for "
+                    f"{t.stuck_after_s:g} s; left alone for {t.stuck_retry_s:g} s"
+                )
+            else:
+                reason = f"balloon did not follow its target; left alone for {stuck_until - now:.0f} s more"
+        elif stale is not None:
+            status, reason = Status.NO_STATS, stale + "; held, never shrunk"
+        else:
+            status, reason = Status.MANAGED, ""
+        verdict = Verdict(
+            g, policy, record, status, reason, floor, ceiling, progress, manual_until, stuck_until,
+            self_deflated, shrink_hold(health, g, guard),
+        )  # fmt: skip
+        (managed if status == Status.MANAGED else held).append(verdict)
+    return managed, held + excluded
+
+
+def _shrinking(progress: Progress | None) -> bool:
+    """A balloon is only "stuck" when it does not inflate: one that does not deflate toward a grow is
+    sent the grow again instead (see :func:`_retries`), since the guest needs that memory."""
+    return progress is not None and progress.inflating
+
+
+def _effective_policy(g: GuestSnapshot, inputs: Inputs, guard: HealthTunables) -> GuestPolicy:
+    policy = inputs.policies.get(g.name) or g.policy
+    if not guard.enabled:
+        return policy
+    return guards.os_floor(
+        policy,
+        inputs.os_types.get(g.name, g.os_type),
+        g.max_bytes,
+        min_bytes=guard.windows_min_bytes,
+        min_fraction=guard.windows_min_fraction,
+    )
+
+
+# --- 2. estimate ------------------------------------------------------------------------------------
+
+
+class Estimate(NamedTuple):
+    """A managed VM's demand and the three tiers of memory it should have."""
+
+    verdict: Verdict
+    used: int
+    demand: int
+    oom_floor: int  # below it the guest is OOM-killed (without swap or autodeflate)
+    need: int  # below it the guest is under pressure
+    want: int  # the need plus a cushion for what one reaction time can bring
+    pressure: bool
+    record: GuestRecord  # what to remember of its stats (the outcome is added in emit)
+
+
+def reaction_time(g: GuestSnapshot, t: Tunables) -> float:
+    """Seconds from a guest allocating memory to its balloon having deflated for it, at worst: the
+    allocation lands just after a stats report, shows in the next one, is read at the next tick and
+    then actuated."""
+    period = g.balloon.stats_period or t.default_stats_period_s
+    return t.interval_s + period + t.actuation_s
+
+
+def estimate(v: Verdict, now: float, t: Tunables) -> Estimate:
+    """Demand and tiers of one managed VM, from its stats and what it remembered."""
+    g, rec = v.guest, v.record
+    stats = g.stats
+    actual = g.actual_bytes if g.actual_bytes is not None else g.target_bytes
+    used = g.used_bytes or 0
+    latency = reaction_time(g, t)
+    # With autodeflate, ``used`` subtracts the balloon as libvirt last heard of it, from stats of another
+    # instant: while the balloon moves, a change in ``used`` may be the balloon's, so no rise is read then.
+    settled = not g.balloon.autodeflate or (
+        rec.seen_actual is not None
+        and rec.seen_target == g.target_bytes
+        and abs(actual - rec.seen_actual) <= t.stuck_tolerance_bytes
+        and abs(actual - g.target_bytes) <= t.stuck_tolerance_bytes
+    )
+
+    # Rates are per second of *stats* time: a guest polled every 10 s shows 10 s of change at once.
+    stats_time = stats.last_update
+    sdt = stats_time - rec.stats_time if stats_time and rec.stats_time else 0.0
+    fresh = sdt > 0
+    if not fresh and rec.stats_time:
+        stats_time = rec.stats_time  # nothing new: keep measuring from the last report
+    dt = now - rec.seen_time if rec.seen_time is not None else 0.0
+    fade = 0.5 ** (dt / t.history_half_life_s) if dt > 0 else 1.0
+    rise_rate, rate, jump = rec.rise_rate, rec.rate * fade, int(rec.jump * fade)
+    raw = used
+    boost = 0
+    signal = (stats.available or 0) < t.low_available_bytes or v.self_deflated
+    if fresh:
+        rise = used - rec.used if rec.used is not None and settled else 0
+        rise_rate = rise / sdt if rise > 0 else 0.0
+        if rise >= t.jump_min_bytes:
+            jump = max(jump, rise)
+        # A rate counts once two reports in a row show it: one jump is not a ramp (the jump is
+        # remembered above, and the cushion keeps room for another like it).
+        sustained = min(rise_rate, rec.rise_rate)
+        rate = max(rate, sustained)
+        if sustained > 0:
+            raw += int(sustained * max(t.trend_lookahead_s, latency))
+        if rec.swap_in is not None and stats.swap_in is not None and stats.swap_in > rec.swap_in:
+            swapped = stats.swap_in - rec.swap_in
+            if swapped / sdt > t.swap_in_pressure_bytes_per_s:
+                boost = swapped
+        if (
+            rec.major_faults is not None
+            and stats.major_faults is not None
+            and (stats.major_faults - rec.major_faults) / sdt > t.major_fault_pressure_per_s
+        ):
+            boost = max(boost, 1)
+    if boost:
+        signal = True
+        raw += boost + int(v.ceiling * t.pressure_boost_fraction)
+    pressure_at = now if signal else rec.pressure_at
+    pressure = pressure_at is not None and now - pressure_at < t.pressure_hold_s
+    if rec.demand is None or raw >= rec.demand or dt <= 0:
+        demand = raw
+    else:
+        demand = raw + int((rec.demand - raw) * math.exp(-dt / t.demand_decay_s))
+
+    align = t.target_align_bytes
+    floor, ceiling = v.floor, v.ceiling
+    oom_floor = guards.clamp(_align_up(demand + t.oom_margin_bytes, align), floor, ceiling)
+    need = guards.clamp(_align_up(demand + t.min_headroom_bytes, align), floor, ceiling)
+    if v.self_deflated:  # it ran past its memory: what it took back, and more, since it is still short
+        took = min(_align_up(actual + int(ceiling * t.self_deflate_boost_fraction), align), ceiling)
+        need = max(need, took)
+        oom_floor = max(oom_floor, min(actual, ceiling))
+    if pressure:  # never less than it has while it is short
+        need = max(need, min(g.target_bytes, ceiling))
+    buffer = v.policy.buffer if v.policy.buffer is not None else t.buffer
+    prior = min(int(ceiling * t.jump_prior_fraction), t.jump_prior_max_bytes)
+    cushion = max(
+        int(demand * buffer),
+        int(t.growth_allowance_bytes_per_s * latency),
+        int(rate * latency),
+        jump,
+        prior,
+    )
+    want = guards.clamp(_align_up(need + cushion, align), need, ceiling)
+    record = rec._replace(
+        used=used,
+        stats_time=stats_time,
+        swap_in=stats.swap_in,
+        major_faults=stats.major_faults,
+        rise_rate=rise_rate,
+        rate=rate,
+        jump=jump,
+        pressure_at=pressure_at,
+    )
+    return Estimate(v, used, demand, oom_floor, need, want, pressure, record)
+
+
+# --- 3. allocate ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Budget:
+    """The host's memory as the allocation sees it."""
+
+    reserve: int  # kept for the host itself
+    host: int  # what the VMs could hold together now: MemAvailable + what they hold - reserve
+    budget: int  # the same, or a configured budget if that is smaller
+    held: int  # what the VMs that are not managed hold (or are going to)
+    danger: bool  # the host is below its reserve now: cushions and pressure no longer protect a guest
+
+
+def host_reserve(snapshot: HostSnapshot, t: Tunables) -> int:
+    """Memory the host keeps for itself: the configured reserve, or a share of its RAM."""
+    if t.host_reserve_bytes is not None:
+        return t.host_reserve_bytes
+    return max(t.reserve_bytes, int(snapshot.mem_total * t.reserve_fraction))
+
+
+def holding(v: Verdict) -> int:
+    """What a VM that is not managed holds in the budget, now and at the end of this decision."""
+    g = v.guest
+    actual = g.actual_bytes if g.actual_bytes is not None else g.target_bytes
+    if v.status == Status.QUARANTINED:
+        return v.ceiling
+    return max(g.target_bytes, actual)
+
+
+def budget(
+    snapshot: HostSnapshot, others: Sequence[Verdict], managed: Sequence[Verdict], t: Tunables
+) -> Budget:
+    reserve = host_reserve(snapshot, t)
+    counted = [*managed, *(v for v in others if v.status != Status.EXCLUDED)]
+    holds = sum(
+        v.guest.actual_bytes if v.guest.actual_bytes is not None else v.guest.target_bytes for v in counted
+    )
+    host = snapshot.mem_available + holds - reserve
+    configured = t.host_budget_bytes
+    return Budget(
+        reserve=reserve,
+        host=host,
+        budget=host if configured is None else min(host, configured),
+        held=sum(holding(v) for v in others if v.status != Status.EXCLUDED),
+        danger=snapshot.mem_available < reserve,
+    )
+
+
+class _Columns(NamedTuple):
+    """The managed VMs' figures the allocation works on, one NumPy array each (index = VM)."""
+
+    target: I64
+    actual: I64
+    floor: I64
+    ceiling: I64
+    oom_floor: I64
+    need: I64
+    want: I64
+    shares: list[float]
+    pressure: npt.NDArray[np.bool_]
+    urgent: npt.NDArray[np.bool_]  # under pressure or deflating itself: paid first
+    may_shrink: npt.NDArray[np.bool_]
+    step: I64  # the most it may shrink this tick
+    dead_band: I64
+
+
+def _columns(estimates: Sequence[Estimate], now: float, t: Tunables) -> _Columns:
+    def ints(values: list[int]) -> I64:
+        return np.array(values, dtype=np.int64).reshape(len(estimates))
+
+    def flags(values: list[bool]) -> npt.NDArray[np.bool_]:
+        return np.array(values, dtype=np.bool_).reshape(len(estimates))
+
+    guests = [e.verdict.guest for e in estimates]
+    records = [e.verdict.record for e in estimates]
+    ceilings = [e.verdict.ceiling for e in estimates]
+    may_shrink = []
+    steps = []
+    for e, rec in zip(estimates, records, strict=True):
+        cooling = rec.last_grow is not None and now - rec.last_grow < t.shrink_cooldown_after_grow_s
+        # One shrink per fresh stats report: the next step is judged on what the last one did.
+        unseen = rec.shrink_wall is not None and (e.record.stats_time or 0.0) <= rec.shrink_wall
+        may_shrink.append(not (cooling or unseen or e.verdict.shrink_hold))
+        dt = now - rec.seen_time if rec.seen_time is not None and now > rec.seen_time else t.interval_s
+        steps.append(max(t.shrink_min_step_bytes, int(e.verdict.ceiling * t.shrink_rate_per_s * dt)))
+    return _Columns(
+        target=ints([g.target_bytes for g in guests]),
+        actual=ints([g.actual_bytes if g.actual_bytes is not None else g.target_bytes for g in guests]),
+        floor=ints([e.verdict.floor for e in estimates]),
+        ceiling=ints(ceilings),
+        oom_floor=ints([e.oom_floor for e in estimates]),
+        need=ints([e.need for e in estimates]),
+        want=ints([e.want for e in estimates]),
+        shares=[
+            float(e.verdict.policy.shares if e.verdict.policy.shares is not None else t.default_shares)
+            for e in estimates
+        ],
+        pressure=flags([e.pressure for e in estimates]),
+        urgent=flags([e.pressure or e.verdict.self_deflated for e in estimates]),
+        may_shrink=flags(may_shrink),
+        step=ints(steps),
+        dead_band=ints(
+            [max(t.shrink_dead_band_bytes, int(c * t.shrink_dead_band_fraction)) for c in ceilings]
+        ),
+    )
+
+
+def goals(c: _Columns, pool: int) -> tuple[I64, bool]:
+    """Where each managed VM should end, and whether even the OOM floors did not fit.
+
+    The highest tier that fits the pool, topped up toward the next (:func:`fit_tiers`): wants, then needs,
+    then OOM floors. When not even the OOM floors fit, the floors come first and the shares water-fill
+    the rest up to the OOM floors: someone will swap or lose a process, and the operator hears of it.
+    """
+    fitted = fit_tiers([c.oom_floor.tolist(), c.need.tolist(), c.want.tolist()], pool)
+    if fitted is not None:
+        return np.array(fitted, dtype=np.int64), False
+    floors = c.floor.tolist()
+    shared = water_fill(floors, c.oom_floor.tolist(), c.shares, pool - sum(floors))
+    return np.array(shared, dtype=np.int64), True
+
+
+def move(c: _Columns, goal: I64, danger: bool, t: Tunables) -> I64:
+    """Each target moved toward its goal: growth at once; shrinking by at most its step, never within its
+    dead band, never while the guest is under pressure or waiting (see :func:`_columns`) — unless the
+    host is in danger, when targets go straight to their goals."""
+    target = c.target
+    grown = np.where((goal - target >= t.grow_min_step_bytes) | (target < c.floor), goal, target)
+    if danger:
+        shrunk = goal
+    else:
+        held = c.pressure | ~c.may_shrink | (target - goal < c.dead_band)
+        stepped = _align_down(target - c.step, t.target_align_bytes)
+        shrunk = np.where(held, target, np.maximum(goal, stepped))
+    shrunk = np.where(target > c.ceiling, c.ceiling, shrunk)
+    moved = np.where(goal >= target, grown, shrunk)
+    return np.minimum(np.maximum(moved, c.floor), c.ceiling)
+
+
+def pay_growth(c: _Columns, alloc: I64, pool: int) -> I64:
+    """Growth is paid only from memory that is free now (Xen squeezed's two-phase rule).
+
+    A shrinking balloon gives its memory back over seconds, so until it has, the host holds
+    ``max(actual, target)`` of every VM. If the growth does not fit beside that in ``pool``, the growth
+    beyond what is already granted waits for the freed memory: urgent VMs (under pressure, deflating
+    themselves) are paid first, the others share the rest by shares.
+    """
+    if int(np.maximum(c.actual, alloc).sum()) <= pool:
+        return alloc
+    growing = alloc > c.actual
+    base = np.where(growing, np.maximum(c.actual, np.minimum(c.target, alloc)), np.maximum(alloc, c.actual))
+    base = np.where(growing & (c.target < c.floor), np.maximum(base, np.minimum(c.floor, alloc)), base)
+    lo = base.tolist()
+    room = pool - sum(lo)
+    urgent = np.where(growing & c.urgent, alloc, base).tolist()
+    first = water_fill(lo, urgent, c.shares, room)
+    rest = water_fill(first, np.maximum(alloc, first).tolist(), c.shares, room - (sum(first) - sum(lo)))
+    return np.where(growing, np.array(rest, dtype=np.int64), alloc)
+
+
+class Allocation(NamedTuple):
+    targets: I64  # the targets to set this tick
+    goals: I64  # where they are headed
+    short: bool  # the wants did not fit
+    danger: bool  # the host is in danger, or only hurting a guest under pressure held the budget
+
+
+def allocate(estimates: Sequence[Estimate], b: Budget, now: float, t: Tunables) -> Allocation:
+    """The targets to set this tick, and where they are headed."""
+    danger = b.danger
+    if not estimates:
+        empty = np.zeros(0, dtype=np.int64)
+        return Allocation(empty, empty, False, danger)
+    c = _columns(estimates, now, t)
+    pool = b.budget - b.held
+    goal, short = goals(c, pool)
+    short = short or int(c.want.sum()) > pool
+    alloc = move(c, goal, b.danger, t)
+    if int(alloc.sum()) > pool:
+        # Growth lands at once, shrinks step by step: to stay within the budget meanwhile, the guests
+        # still above their goals shrink faster, the largest surplus first (never one under pressure,
+        # unless the host is in danger; being above the budget is a worse harm than a fast shrink).
+        lo = np.where(c.pressure & (not danger), alloc, np.minimum(goal, alloc))
+        if int(lo.sum()) > pool:  # only cutting a guest under pressure holds the budget: cut it too
+            lo = np.minimum(goal, alloc)
+            danger = True
+        cut = water_fill(lo.tolist(), alloc.tolist(), [1.0] * len(estimates), pool - int(lo.sum()))
+        alloc = np.array(cut, dtype=np.int64)
+    # The configured budget caps the goals; what growth can be paid from is what the host really has.
+    alloc = pay_growth(c, alloc, b.host - b.held)
+    alloc = np.minimum(np.maximum(_align_down(alloc, t.target_align_bytes), c.floor), c.ceiling)
+    return Allocation(alloc, goal, short, danger)
+
+
+# --- 4. emit ----------------------------------------------------------------------------------------
+
+
+def _grow_reason(e: Estimate, old: int, new: int) -> str:
+    if e.verdict.self_deflated:
+        reason = "autodeflate"
+    elif e.pressure:
+        reason = "pressure"
+    elif old < e.verdict.floor:
+        reason = "floor"
+    else:
+        reason = "demand"
+    return reason + (" (host-short)" if new < e.want else "")
+
+
+def _shrink_reason(e: Estimate, old: int, new: int, danger: bool) -> str:
+    if old > e.verdict.ceiling and new == e.verdict.ceiling:
+        return "max"
+    if new >= e.want:
+        return "idle"
+    return "host-danger" if danger else "host-short"
+
+
+def _retries(v: Verdict, now: float, t: Tunables) -> bool:
+    """A grow whose balloon has not deflated toward it for ``grow_retry_s``: send it again."""
+    p = v.progress
+    if p is None or p.inflating or now - p.since < t.grow_retry_s:
+        return False
+    return v.record.retried_at is None or now - v.record.retried_at >= t.grow_retry_s
+
+
+def _status_event(v: Verdict) -> Event | None:
+    previous = v.record.status
+    if v.status == previous or (v.status == Status.MANAGED and previous in ("", Status.EXCLUDED)):
+        return None
+    message = f"{v.guest.name}: {v.status}" + (f": {v.reason}" if v.reason else "")
+    return Event(v.guest.name, "status", message, {"status": str(v.status), "previous": previous or None})
+
+
+def _autodeflate_warning(v: Verdict) -> Event | None:
+    if v.guest.balloon.autodeflate or v.record.warned_autodeflate:
+        return None
+    name = v.guest.name
+    message = (
+        f"{name}: warning: managed without autodeflate; an allocation larger than its cushion within one "
+        f"reaction time can OOM-kill in the guest (fix at next boot: autoballoon balloon {name} "
+        "--autodeflate on)"
+    )
+    return Event(name, "warning", message, {"autodeflate": False})
+
+
+def decide(
+    snapshot: HostSnapshot, inputs: Inputs, state: PolicyState, tunables: Tunables
+) -> tuple[Plan, PolicyState]:
+    """One decision: the plan for this snapshot and the state to pass to the next call."""
+    t = tunables
+    now = snapshot.time
+    managed, others = classify(snapshot, inputs, state, t)
+    estimates = [estimate(v, now, t) for v in managed]
+    b = budget(snapshot, others, managed, t)
+    allocation = allocate(estimates, b, now, t)
+
+    actions: list[Action] = []
+    events: list[Event] = []
+    records: dict[str, GuestRecord] = {}
+    decisions: dict[str, GuestDecision] = {}
+    status: dict[str, str] = {}
+    reasons: dict[str, str] = {}
+    for e, new in zip(estimates, allocation.targets.tolist(), strict=True):
+        v, g = e.verdict, e.verdict.guest
+        old = g.target_bytes
+        rec = e.record
+        last_grow, shrink_wall, retried_at = rec.last_grow, rec.shrink_wall, rec.retried_at
+        shrink_held = v.shrink_hold is not None and new == old and e.want < old
+        if new > old:
+            actions.append(
+                Action(g.name, old, new, _grow_reason(e, old, new), e.demand, g.stats.available, b.budget)
+            )
+            last_grow = now
+        elif new < old:
+            reason = _shrink_reason(e, old, new, allocation.danger)
+            actions.append(Action(g.name, old, new, reason, e.demand, g.stats.available, b.budget))
+            shrink_wall = snapshot.wall_time
+        elif _retries(v, now, t):
+            actions.append(Action(g.name, old, old, "retry", e.demand, g.stats.available, b.budget))
+            retried_at = now
+        warning = _autodeflate_warning(v)
+        for event in (_status_event(v), warning):
+            if event is not None:
+                events.append(event)
+        status[g.name] = v.status
+        reasons[g.name] = f"shrink held: {v.shrink_hold}" if shrink_held else ""
+        decisions[g.name] = GuestDecision(e.demand, e.want, v.floor, v.ceiling, e.pressure)
+        records[g.name] = rec._replace(
+            status=v.status,
+            seen_time=now,
+            seen_target=old,
+            seen_actual=g.actual_bytes,
+            planned_target=new,
+            demand=e.demand,
+            last_grow=last_grow,
+            shrink_wall=shrink_wall,
+            progress=v.progress,
+            stuck_until=None,
+            manual_until=None,
+            retried_at=retried_at,
+            warned_autodeflate=rec.warned_autodeflate or warning is not None,
+        )
+
+    for v in others:
+        g = v.guest
+        rec = v.record
+        event = _status_event(v)
+        if event is not None:
+            events.append(event)
+        status[g.name] = v.status
+        reasons[g.name] = v.reason
+        decisions[g.name] = GuestDecision(rec.demand, None, v.floor, v.ceiling, False)
+        planned = g.target_bytes
+        retried_at = rec.retried_at
+        if v.status != Status.EXCLUDED:
+            action = _held_action(v, now, t, b.budget)
+            if action is not None:
+                actions.append(action)
+                planned = action.new_target
+                retried_at = now if action.reason == "retry" else retried_at
+        records[g.name] = GuestRecord(
+            status=v.status,
+            seen_time=now,
+            seen_target=g.target_bytes,
+            seen_actual=g.actual_bytes,
+            planned_target=planned,
+            demand=rec.demand,
+            used=g.used_bytes,
+            stats_time=g.stats.last_update,
+            swap_in=g.stats.swap_in,
+            major_faults=g.stats.major_faults,
+            rate=rec.rate,
+            jump=rec.jump,
+            last_grow=now if planned > g.target_bytes else rec.last_grow,
+            progress=v.progress,
+            stuck_until=v.stuck_until,
+            manual_until=v.manual_until,
+            retried_at=retried_at,
+            warned_autodeflate=rec.warned_autodeflate,
+        )
+
+    plan = Plan(
+        actions=tuple(actions),
+        status=status,
+        status_reason=reasons,
+        budget=b.budget,
+        reserve=b.reserve,
+        host_short=allocation.short or allocation.danger,
+        guests=decisions,
+        events=tuple(events),
+    )
+    return plan, PolicyState(guests=MappingProxyType(records), time=now)
+
+
+def _held_action(v: Verdict, now: float, t: Tunables, budget_bytes: int) -> Action | None:
+    """What a VM that is not managed still gets: a quarantined one goes to its ceiling; one whose balloon
+    rose above its target by itself (autodeflate) or got stuck above it has its target follow it up;
+    a grow that has not arrived is sent again. None of them is ever shrunk."""
+    g = v.guest
+    old = g.target_bytes
+    available = g.stats.available
+    if v.status == Status.QUARANTINED:
+        if old < v.ceiling:
+            return Action(g.name, old, v.ceiling, "quarantine", available=available, budget=budget_bytes)
+    else:
+        follow = ""
+        if v.self_deflated:
+            follow = "autodeflate"
+        elif v.status == Status.STUCK and v.record.stuck_until is None:
+            follow = "stuck"  # just found stuck above its target: take the balloon where it is
+        actual = g.actual_bytes
+        if follow and actual is not None:
+            new = guards.safe_target(
+                _align_up(actual, t.target_align_bytes), old, v.floor, v.ceiling, may_shrink=False
+            )
+            if new > old:
+                return Action(g.name, old, new, follow, available=available, budget=budget_bytes)
+    if _retries(v, now, t):
+        return Action(g.name, old, old, "retry", available=available, budget=budget_bytes)
+    return None
+
+
+def _align_up(n: int, align: int) -> int:
+    return -(-n // align) * align
+
+
+def _align_down(n: I64, align: int) -> I64:
+    return n // align * align
