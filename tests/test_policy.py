@@ -373,3 +373,20 @@ def test_guard_pause_and_missing_baseline_hold_shrinks_with_the_reason() -> None
     grow = make_guest(target=1 * GiB, used=900 * MiB, cpu_time_ns=0)
     plan, _ = decide(make_host(grow), inputs(health=HealthState(paused="hot")), PolicyState(), T)
     assert plan.actions and plan.actions[0].direction == "grow"  # growth is never held
+
+
+def test_memory_the_guest_kernel_keeps_out_of_memtotal_counts_as_demand() -> None:
+    """A 512 MiB guest without autodeflate, its balloon at rest at 300 MiB: MemTotal is 270 MiB, since its
+    kernel keeps 30 MiB for itself. A target must cover that too, or the guest has 30 MiB less
+    available than the policy thinks."""
+
+    def snap(time: float, actual: int) -> HostSnapshot:
+        g = make_guest(max_bytes=512 * MiB, target=actual, used=60 * MiB, autodeflate=False, time=time)
+        total = actual - 30 * MiB
+        return make_host(replace(g, stats=replace(g.stats, total=total, available=total - 60 * MiB)), time=time)
+
+    plans, state = run([snap(0, 300 * MiB), snap(2, 300 * MiB)], T)
+    assert plans[0].guests["vm"].demand == 60 * MiB  # not known yet: the balloon may have been moving
+    assert state.guests["vm"].reserved == 30 * MiB and plans[1].guests["vm"].demand == 90 * MiB
+    at_max, _ = run([snap(0, 512 * MiB)], T)  # a balloon at max: MemTotal is the boot size less it
+    assert at_max[0].guests["vm"].demand == 90 * MiB

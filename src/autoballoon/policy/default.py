@@ -57,6 +57,8 @@ class GuestRecord(NamedTuple):
     planned_target: int | None = None  # what this policy set (or would have, in a dry run)
     demand: int | None = None  # smoothed demand estimate
     used: int | None = None  # ``used`` at the last stats report
+    reserved: int = 0  # memory the guest's kernel keeps out of MemTotal (see :func:`kernel_reserved`)
+    seen_wall: float | None = None  # snapshot.wall_time of the last look
     stats_time: float | None = None  # last_update of the stats the rates are measured from
     swap_in: int | None = None
     major_faults: int | None = None
@@ -222,19 +224,39 @@ def reaction_time(g: GuestSnapshot, t: Tunables) -> float:
     return t.interval_s + period + t.actuation_s
 
 
-def estimate(v: Verdict, now: float, t: Tunables) -> Estimate:
+def kernel_reserved(g: GuestSnapshot, rec: GuestRecord, resting: bool) -> int:
+    """Memory the guest's kernel keeps out of MemTotal (its code, the page structures of all its RAM):
+    a target must cover it as well as ``used``, or the guest has less available than the policy thinks
+    (about 30 MiB of a 512 MiB Linux guest). MemTotal is the balloon's size less this when the balloon
+    shrinks MemTotal, and the boot size less this when it does not (autodeflate, a balloon at max);
+    otherwise, only a balloon at rest since the stats were taken tells it, so it is remembered."""
+    total = g.stats.total
+    actual = g.actual_bytes
+    if total is None or actual is None or total > g.max_bytes:
+        return rec.reserved
+    if g.balloon.autodeflate or actual >= g.max_bytes:
+        return g.max_bytes - total
+    if resting and total <= actual:
+        return actual - total
+    return rec.reserved
+
+
+def estimate(v: Verdict, now: float, wall: float, t: Tunables) -> Estimate:
     """Demand and tiers of one managed VM, from its stats and what it remembered."""
     g, rec = v.guest, v.record
     stats = g.stats
     actual = g.actual_bytes if g.actual_bytes is not None else g.target_bytes
-    used = g.used_bytes or 0
     latency = reaction_time(g, t)
+    still = rec.seen_actual is not None and abs(actual - rec.seen_actual) <= t.stuck_tolerance_bytes
+    # The balloon has not moved since the last look, and these stats were taken after it: they agree.
+    resting = still and rec.seen_wall is not None and (stats.last_update or 0.0) >= rec.seen_wall
+    reserved = kernel_reserved(g, rec, resting)
+    used = (g.used_bytes or 0) + reserved
     # With autodeflate, ``used`` subtracts the balloon as libvirt last heard of it, from stats of another
     # instant: while the balloon moves, a change in ``used`` may be the balloon's, so no rise is read then.
     settled = not g.balloon.autodeflate or (
-        rec.seen_actual is not None
+        still
         and rec.seen_target == g.target_bytes
-        and abs(actual - rec.seen_actual) <= t.stuck_tolerance_bytes
         and abs(actual - g.target_bytes) <= t.stuck_tolerance_bytes
     )
 
@@ -303,6 +325,8 @@ def estimate(v: Verdict, now: float, t: Tunables) -> Estimate:
     want = guards.clamp(_align_up(need + cushion, align), need, ceiling)
     record = rec._replace(
         used=used,
+        reserved=reserved,
+        seen_wall=wall,
         stats_time=stats_time,
         swap_in=stats.swap_in,
         major_faults=stats.major_faults,
@@ -567,7 +591,7 @@ def decide(
     t = tunables
     now = snapshot.time
     managed, others = classify(snapshot, inputs, state, t)
-    estimates = [estimate(v, now, t) for v in managed]
+    estimates = [estimate(v, now, snapshot.wall_time, t) for v in managed]
     b = budget(snapshot, others, managed, t)
     allocation = allocate(estimates, b, now, t)
 
@@ -640,9 +664,11 @@ def decide(
             seen_time=now,
             seen_target=g.target_bytes,
             seen_actual=g.actual_bytes,
+            seen_wall=snapshot.wall_time,
             planned_target=planned,
             demand=rec.demand,
-            used=g.used_bytes,
+            used=g.used_bytes + rec.reserved if g.used_bytes is not None else None,
+            reserved=rec.reserved,
             stats_time=g.stats.last_update,
             swap_in=g.stats.swap_in,
             major_faults=g.stats.major_faults,
