@@ -383,7 +383,8 @@ def test_memory_the_guest_kernel_keeps_out_of_memtotal_counts_as_demand() -> Non
     def snap(time: float, actual: int) -> HostSnapshot:
         g = make_guest(max_bytes=512 * MiB, target=actual, used=60 * MiB, autodeflate=False, time=time)
         total = actual - 30 * MiB
-        return make_host(replace(g, stats=replace(g.stats, total=total, available=total - 60 * MiB)), time=time)
+        stats = replace(g.stats, total=total, available=total - 60 * MiB)
+        return make_host(replace(g, stats=stats), time=time)
 
     plans, state = run([snap(0, 300 * MiB), snap(2, 300 * MiB)], T)
     assert plans[0].guests["vm"].demand == 60 * MiB  # not known yet: the balloon may have been moving
