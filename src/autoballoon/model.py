@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Literal, get_args
+from typing import Literal, NamedTuple, get_args
 
 BalloonModel = Literal["virtio", "virtio-transitional", "virtio-non-transitional", "xen", "none"]
 #: The same names as a tuple, for checks and choices at run time (one list, so the two cannot drift).
@@ -210,9 +210,11 @@ class HostSnapshot:
         return self.sum_max / self.mem_total if self.mem_total else 0.0
 
 
-@dataclass(frozen=True, slots=True)
-class Action:
-    """One balloon change the policy wants, with the reason and the numbers behind it."""
+class Action(NamedTuple):
+    """One balloon change a policy wants, with the reason and the numbers behind it.
+
+    (A NamedTuple rather than a frozen dataclass: a decision over 1,000 guests builds hundreds of these,
+    and a NamedTuple is built in a third of the time.)"""
 
     vm: str
     old_target: int
@@ -245,9 +247,9 @@ class Event:
     fields: Mapping[str, object] = field(default_factory=dict)
 
 
-@dataclass(frozen=True, slots=True)
-class GuestDecision:
-    """The figures a decision judged one VM by, for tables, the API and the dashboard."""
+class GuestDecision(NamedTuple):
+    """The figures a decision judged one VM by, for tables, the API and the dashboard (one per VM per
+    tick: a NamedTuple, cheap to build)."""
 
     demand: int | None = None  # estimated demand (bytes)
     want: int | None = None  # what it should have: demand plus headroom plus its cushion

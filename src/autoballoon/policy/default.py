@@ -31,7 +31,7 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import NamedTuple
+from typing import NamedTuple, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -45,6 +45,7 @@ from autoballoon.tunables import Tunables
 from autoballoon.units import human
 
 I64 = npt.NDArray[np.int64]
+_N = TypeVar("_N", int, I64)
 
 
 class GuestRecord(NamedTuple):
@@ -188,12 +189,14 @@ def _shrinking(progress: Progress | None) -> bool:
 
 
 def _effective_policy(g: GuestSnapshot, inputs: Inputs, guard: HealthTunables) -> GuestPolicy:
+    """The VM's policy, with the guard's floor for a Windows guest (see :func:`guards.os_floor`)."""
     policy = inputs.policies.get(g.name) or g.policy
-    if not guard.enabled:
+    os_type = inputs.os_types.get(g.name, g.os_type)
+    if not guard.enabled or os_type != "windows":
         return policy
     return guards.os_floor(
         policy,
-        inputs.os_types.get(g.name, g.os_type),
+        os_type,
         g.max_bytes,
         min_bytes=guard.windows_min_bytes,
         min_fraction=guard.windows_min_fraction,
@@ -204,16 +207,25 @@ def _effective_policy(g: GuestSnapshot, inputs: Inputs, guard: HealthTunables) -
 
 
 class Estimate(NamedTuple):
-    """A managed VM's demand and the three tiers of memory it should have."""
+    """A managed VM's demand and what its tiers are made of (:func:`tiers` sizes them for all VMs at
+    once), and what to remember of its stats (:class:`GuestRecord` has the same fields)."""
 
     verdict: Verdict
     used: int
     demand: int
-    oom_floor: int  # below it the guest is OOM-killed (without swap or autodeflate)
-    need: int  # below it the guest is under pressure
-    want: int  # the need plus a cushion for what one reaction time can bring
     pressure: bool
-    record: GuestRecord  # what to remember of its stats (the outcome is added in emit)
+    latency: float  # its reaction time, seconds
+    buffer: float  # the least share of demand its cushion holds
+    least_need: int  # what it must keep whatever its demand says: all it has while under pressure
+    least_oom_floor: int  # what it took back by itself (autodeflate): it needed that much
+    reserved: int
+    stats_time: float | None
+    swap_in: int | None
+    major_faults: int | None
+    rise_rate: float
+    rate: float
+    jump: int
+    pressure_at: float | None
 
 
 def reaction_time(g: GuestSnapshot, t: Tunables) -> float:
@@ -303,39 +315,18 @@ def estimate(v: Verdict, now: float, wall: float, t: Tunables) -> Estimate:
     else:
         demand = raw + int((rec.demand - raw) * math.exp(-dt / t.demand_decay_s))
 
-    align = t.target_align_bytes
-    floor, ceiling = v.floor, v.ceiling
-    oom_floor = guards.clamp(_align_up(demand + t.oom_margin_bytes, align), floor, ceiling)
-    need = guards.clamp(_align_up(demand + t.min_headroom_bytes, align), floor, ceiling)
+    ceiling = v.ceiling
+    least_need = least_oom_floor = 0
     if v.self_deflated:  # it ran past its memory: what it took back, and more, since it is still short
-        took = min(_align_up(actual + int(ceiling * t.self_deflate_boost_fraction), align), ceiling)
-        need = max(need, took)
-        oom_floor = max(oom_floor, min(actual, ceiling))
+        least_need = min(actual + int(ceiling * t.self_deflate_boost_fraction), ceiling)
+        least_oom_floor = min(actual, ceiling)
     if pressure:  # never less than it has while it is short
-        need = max(need, min(g.target_bytes, ceiling))
+        least_need = max(least_need, min(g.target_bytes, ceiling))
     buffer = v.policy.buffer if v.policy.buffer is not None else t.buffer
-    prior = min(int(ceiling * t.jump_prior_fraction), t.jump_prior_max_bytes)
-    cushion = max(
-        int(demand * buffer),
-        int(t.growth_allowance_bytes_per_s * latency),
-        int(rate * latency),
-        jump,
-        prior,
-    )
-    want = guards.clamp(_align_up(need + cushion, align), need, ceiling)
-    record = rec._replace(
-        used=used,
-        reserved=reserved,
-        seen_wall=wall,
-        stats_time=stats_time,
-        swap_in=stats.swap_in,
-        major_faults=stats.major_faults,
-        rise_rate=rise_rate,
-        rate=rate,
-        jump=jump,
-        pressure_at=pressure_at,
-    )
-    return Estimate(v, used, demand, oom_floor, need, want, pressure, record)
+    return Estimate(
+        v, used, demand, pressure, latency, buffer, least_need, least_oom_floor, reserved, stats_time,
+        stats.swap_in, stats.major_faults, rise_rate, rate, jump, pressure_at,
+    )  # fmt: skip
 
 
 # --- 3. allocate ------------------------------------------------------------------------------------
@@ -405,33 +396,74 @@ class _Columns(NamedTuple):
     dead_band: I64
 
 
+def tiers(
+    demand: I64, floor: I64, ceiling: I64, estimates: Sequence[Estimate], t: Tunables
+) -> tuple[I64, I64, I64]:
+    """Each managed VM's OOM floor, need and want, for all of them at once. Per VM::
+
+        oom_floor = clamp(align_up(demand + oom_margin), floor, ceiling), at least its least_oom_floor
+        need      = clamp(align_up(demand + min_headroom), floor, ceiling), at least its least_need
+        cushion   = max(buffer * demand, growth_allowance * latency, rate * latency, jump, prior)
+        want      = clamp(align_up(need + cushion), need, ceiling)
+
+    where ``prior = min(jump_prior_fraction * ceiling, jump_prior_max)``: the cushion holds what the
+    guest can bring within one reaction time, by any of the ways the estimate knows (see the module)."""
+    n = len(estimates)
+
+    def floats(values: list[float]) -> npt.NDArray[np.float64]:
+        return np.array(values, dtype=np.float64).reshape(n)
+
+    align = t.target_align_bytes
+    latency = floats([e.latency for e in estimates])
+    least_oom = np.array([e.least_oom_floor for e in estimates], dtype=np.int64).reshape(n)
+    least_need = np.array([e.least_need for e in estimates], dtype=np.int64).reshape(n)
+    oom_floor = np.maximum(_clip(_align_up(demand + t.oom_margin_bytes, align), floor, ceiling), least_oom)
+    need = np.maximum(_clip(_align_up(demand + t.min_headroom_bytes, align), floor, ceiling), least_need)
+    prior = np.minimum((ceiling * t.jump_prior_fraction).astype(np.int64), t.jump_prior_max_bytes)
+    cushion = np.maximum.reduce(
+        [
+            (demand * floats([e.buffer for e in estimates])).astype(np.int64),
+            (latency * t.growth_allowance_bytes_per_s).astype(np.int64),
+            (latency * floats([e.rate for e in estimates])).astype(np.int64),
+            np.array([e.jump for e in estimates], dtype=np.int64).reshape(n),
+            prior,
+        ]
+    )
+    want = _clip(_align_up(need + cushion, align), need, ceiling)
+    return oom_floor, need, want
+
+
 def _columns(estimates: Sequence[Estimate], now: float, t: Tunables) -> _Columns:
+    n = len(estimates)
+
     def ints(values: list[int]) -> I64:
-        return np.array(values, dtype=np.int64).reshape(len(estimates))
+        return np.array(values, dtype=np.int64).reshape(n)
 
     def flags(values: list[bool]) -> npt.NDArray[np.bool_]:
-        return np.array(values, dtype=np.bool_).reshape(len(estimates))
+        return np.array(values, dtype=np.bool_).reshape(n)
 
     guests = [e.verdict.guest for e in estimates]
-    records = [e.verdict.record for e in estimates]
-    ceilings = [e.verdict.ceiling for e in estimates]
     may_shrink = []
     steps = []
-    for e, rec in zip(estimates, records, strict=True):
+    for e in estimates:
+        rec = e.verdict.record
         cooling = rec.last_grow is not None and now - rec.last_grow < t.shrink_cooldown_after_grow_s
         # One shrink per fresh stats report: the next step is judged on what the last one did.
-        unseen = rec.shrink_wall is not None and (e.record.stats_time or 0.0) <= rec.shrink_wall
+        unseen = rec.shrink_wall is not None and (e.stats_time or 0.0) <= rec.shrink_wall
         may_shrink.append(not (cooling or unseen or e.verdict.shrink_hold))
         dt = now - rec.seen_time if rec.seen_time is not None and now > rec.seen_time else t.interval_s
         steps.append(max(t.shrink_min_step_bytes, int(e.verdict.ceiling * t.shrink_rate_per_s * dt)))
+    floor = ints([e.verdict.floor for e in estimates])
+    ceiling = ints([e.verdict.ceiling for e in estimates])
+    oom_floor, need, want = tiers(ints([e.demand for e in estimates]), floor, ceiling, estimates, t)
     return _Columns(
         target=ints([g.target_bytes for g in guests]),
         actual=ints([g.actual_bytes if g.actual_bytes is not None else g.target_bytes for g in guests]),
-        floor=ints([e.verdict.floor for e in estimates]),
-        ceiling=ints(ceilings),
-        oom_floor=ints([e.oom_floor for e in estimates]),
-        need=ints([e.need for e in estimates]),
-        want=ints([e.want for e in estimates]),
+        floor=floor,
+        ceiling=ceiling,
+        oom_floor=oom_floor,
+        need=need,
+        want=want,
         shares=[
             float(e.verdict.policy.shares if e.verdict.policy.shares is not None else t.default_shares)
             for e in estimates
@@ -440,8 +472,8 @@ def _columns(estimates: Sequence[Estimate], now: float, t: Tunables) -> _Columns
         urgent=flags([e.pressure or e.verdict.self_deflated for e in estimates]),
         may_shrink=flags(may_shrink),
         step=ints(steps),
-        dead_band=ints(
-            [max(t.shrink_dead_band_bytes, int(c * t.shrink_dead_band_fraction)) for c in ceilings]
+        dead_band=np.maximum(
+            t.shrink_dead_band_bytes, (ceiling * t.shrink_dead_band_fraction).astype(np.int64)
         ),
     )
 
@@ -502,6 +534,7 @@ def pay_growth(c: _Columns, alloc: I64, pool: int) -> I64:
 class Allocation(NamedTuple):
     targets: I64  # the targets to set this tick
     goals: I64  # where they are headed
+    wants: I64  # what each should have (see :func:`tiers`)
     short: bool  # the wants did not fit
     danger: bool  # the host is in danger, or only hurting a guest under pressure held the budget
 
@@ -511,7 +544,7 @@ def allocate(estimates: Sequence[Estimate], b: Budget, now: float, t: Tunables) 
     danger = b.danger
     if not estimates:
         empty = np.zeros(0, dtype=np.int64)
-        return Allocation(empty, empty, False, danger)
+        return Allocation(empty, empty, empty, False, danger)
     c = _columns(estimates, now, t)
     pool = b.budget - b.held
     goal, short = goals(c, pool)
@@ -530,13 +563,13 @@ def allocate(estimates: Sequence[Estimate], b: Budget, now: float, t: Tunables) 
     # The configured budget caps the goals; what growth can be paid from is what the host really has.
     alloc = pay_growth(c, alloc, b.host - b.held)
     alloc = np.minimum(np.maximum(_align_down(alloc, t.target_align_bytes), c.floor), c.ceiling)
-    return Allocation(alloc, goal, short, danger)
+    return Allocation(alloc, goal, c.want, short, danger)
 
 
 # --- 4. emit ----------------------------------------------------------------------------------------
 
 
-def _grow_reason(e: Estimate, old: int, new: int) -> str:
+def _grow_reason(e: Estimate, old: int, new: int, want: int) -> str:
     if e.verdict.self_deflated:
         reason = "autodeflate"
     elif e.pressure:
@@ -545,13 +578,13 @@ def _grow_reason(e: Estimate, old: int, new: int) -> str:
         reason = "floor"
     else:
         reason = "demand"
-    return reason + (" (host-short)" if new < e.want else "")
+    return reason + (" (host-short)" if new < want else "")
 
 
-def _shrink_reason(e: Estimate, old: int, new: int, danger: bool) -> str:
+def _shrink_reason(e: Estimate, old: int, new: int, want: int, danger: bool) -> str:
     if old > e.verdict.ceiling and new == e.verdict.ceiling:
         return "max"
-    if new >= e.want:
+    if new >= want:
         return "idle"
     return "host-danger" if danger else "host-short"
 
@@ -601,19 +634,21 @@ def decide(
     decisions: dict[str, GuestDecision] = {}
     status: dict[str, str] = {}
     reasons: dict[str, str] = {}
-    for e, new in zip(estimates, allocation.targets.tolist(), strict=True):
+    for e, new, want in zip(estimates, allocation.targets.tolist(), allocation.wants.tolist(), strict=True):
         v, g = e.verdict, e.verdict.guest
         old = g.target_bytes
-        rec = e.record
+        rec = v.record
         last_grow, shrink_wall, retried_at = rec.last_grow, rec.shrink_wall, rec.retried_at
-        shrink_held = v.shrink_hold is not None and new == old and e.want < old
+        shrink_held = v.shrink_hold is not None and new == old and want < old
         if new > old:
             actions.append(
-                Action(g.name, old, new, _grow_reason(e, old, new), e.demand, g.stats.available, b.budget)
+                Action(
+                    g.name, old, new, _grow_reason(e, old, new, want), e.demand, g.stats.available, b.budget
+                )
             )
             last_grow = now
         elif new < old:
-            reason = _shrink_reason(e, old, new, allocation.danger)
+            reason = _shrink_reason(e, old, new, want, allocation.danger)
             actions.append(Action(g.name, old, new, reason, e.demand, g.stats.available, b.budget))
             shrink_wall = snapshot.wall_time
         elif _retries(v, now, t):
@@ -625,19 +660,27 @@ def decide(
                 events.append(event)
         status[g.name] = v.status
         reasons[g.name] = f"shrink held: {v.shrink_hold}" if shrink_held else ""
-        decisions[g.name] = GuestDecision(e.demand, e.want, v.floor, v.ceiling, e.pressure)
-        records[g.name] = rec._replace(
+        decisions[g.name] = GuestDecision(e.demand, want, v.floor, v.ceiling, e.pressure)
+        records[g.name] = GuestRecord(
             status=v.status,
             seen_time=now,
             seen_target=old,
             seen_actual=g.actual_bytes,
             planned_target=new,
             demand=e.demand,
+            used=e.used,
+            reserved=e.reserved,
+            seen_wall=snapshot.wall_time,
+            stats_time=e.stats_time,
+            swap_in=e.swap_in,
+            major_faults=e.major_faults,
+            rise_rate=e.rise_rate,
+            rate=e.rate,
+            jump=e.jump,
+            pressure_at=e.pressure_at,
             last_grow=last_grow,
             shrink_wall=shrink_wall,
             progress=v.progress,
-            stuck_until=None,
-            manual_until=None,
             retried_at=retried_at,
             warned_autodeflate=rec.warned_autodeflate or warning is not None,
         )
@@ -723,9 +766,14 @@ def _held_action(v: Verdict, now: float, t: Tunables, budget_bytes: int) -> Acti
     return None
 
 
-def _align_up(n: int, align: int) -> int:
+def _align_up(n: _N, align: int) -> _N:
     return -(-n // align) * align
 
 
 def _align_down(n: I64, align: int) -> I64:
     return n // align * align
+
+
+def _clip(n: I64, low: I64, high: I64) -> I64:
+    """``n`` within ``[low, high]``, ``high`` winning where they cross (as :func:`guards.clamp`)."""
+    return np.minimum(np.maximum(n, low), high)
