@@ -248,8 +248,8 @@ def test_list_reads_statuses_from_the_daemon(
     assert code == 0 and "quarantined" in out
     with urllib.request.urlopen(server.url + "metrics", timeout=10) as resp:
         metrics = resp.read().decode()
-    assert 'autoballoon_vm_status{status="quarantined",vm="storm"} 1.0' in metrics
-    assert "autoballoon_host_shrink_paused 0.0" in metrics
+    assert 'autoballoon_vm_status{host="sim-host",status="quarantined",vm="storm"} 1.0' in metrics
+    assert 'autoballoon_host_shrink_paused{host="sim-host"} 0.0' in metrics
     # Another hypervisor's daemon is not asked: statuses come from the snapshot alone.
     code, out, _ = cli(capsys, "sim:///other", "list", "--json", "--daemon", server.url)
     rows = {r["name"]: r for r in json.loads(out)}

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -22,10 +21,8 @@ from typing import Any
 
 import pytest
 
-from tests import needs
+from tests.browser.chromium import need_browser
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMEDRIVER = Path("/usr/bin/chromedriver")
 ARTIFACTS = Path(__file__).resolve().parents[2] / "artifacts"
 DEMO_URI = "sim:///demo?speed=20"
 START_TIMEOUT_S = 30.0
@@ -35,24 +32,10 @@ CHART_WAIT_S = 3.0
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(180)]
 
 
-def _need_browser() -> None:
-    missing = [str(p) for p in (CHROMIUM, CHROMEDRIVER) if not p.exists()]
-    try:
-        import selenium  # noqa: F401
-    except ImportError:
-        missing.append("selenium (pip install -e '.[test]')")
-    if not missing:
-        return
-    message = (
-        "headless Chromium test needs " + ", ".join(missing) + " (apt-get install chromium chromium-driver)"
-    )
-    needs.missing(message)
-
-
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """The demo daemon in a subprocess; yields the dashboard URL it printed first."""
-    _need_browser()
+    need_browser()
     log = tmp_path_factory.mktemp("demo") / "stderr.log"
     cmd = [sys.executable, "-m", "autoballoon", "--connect", DEMO_URI, "run", "--listen", "127.0.0.1:0"]
     with log.open("wb") as err:
@@ -89,38 +72,6 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
-
-
-@pytest.fixture(scope="module")
-def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    _need_browser()
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    profile = tmp_path_factory.mktemp("chromium-profile")
-    options = webdriver.ChromeOptions()
-    options.binary_location = str(CHROMIUM)
-    for arg in (
-        "--headless=new",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-quic",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--disable-dev-shm-usage",
-        "--window-size=1400,1500",
-        f"--user-data-dir={profile}",
-    ):
-        options.add_argument(arg)
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
-    try:
-        yield driver
-    finally:
-        driver.quit()
-        shutil.rmtree(profile, ignore_errors=True)
 
 
 def _wait(driver: Any, script: str, timeout: float = 20.0) -> Any:

@@ -62,6 +62,7 @@ def cli(ctx: click.Context, uri: str) -> None:
 from autoballoon.cli import (  # noqa: E402,F401
     change,
     evaluate,
+    fleet,
     inventory,
     release,
     run,

@@ -85,6 +85,7 @@ class ControllerSource:
         self._config = config_json(controller)
         self._view = ServerView(uri=controller.uri, config=self._config)
         self._fresh_at = float("-inf")
+        self._last_tick_at: float | None = None
         self._wired = False
 
     # -- reading ----------------------------------------------------------------------------------------
@@ -110,6 +111,8 @@ class ControllerSource:
 
     def _observe_ticks(self, status: ControllerStatus) -> None:
         new = status.ticks - self._ticks_seen
+        if new > 0:
+            self._last_tick_at = time.time()
         if new > 0 and status.tick.last_s is not None:
             self._hist.observe(status.tick.last_s)
             if new > 1 and status.tick.mean_s is not None:
@@ -146,6 +149,8 @@ class ControllerSource:
             interval_s=status.interval_s,
             uri=status.uri,
             shrink_paused=status.shrink_paused,
+            host_short=status.host_short,
+            last_tick_at=self._last_tick_at,
         )
 
     # -- changes ----------------------------------------------------------------------------------------

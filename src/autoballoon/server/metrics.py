@@ -3,12 +3,19 @@
 Nothing is copied into prometheus-client's own metric objects between scrapes: each scrape builds the
 families from one :class:`~autoballoon.server.source.ServerView`, so a scrape costs nothing when nobody
 scrapes and always shows one consistent tick. Names follow the Prometheus conventions: base units
-(bytes, seconds, ratios), ``_total`` for counters, one ``vm`` label per VM.
+(bytes, seconds, ratios), ``_total`` for counters.
+
+Every family carries a ``host`` label (and ``vm`` where it is about one VM) so that a fleet of daemons
+aggregates with a plain ``sum by (host)`` whatever a scrape config names its targets: ``instance`` is an
+address and port, and one machine may run several daemons (one per hypervisor URI, or simulated hosts),
+while ``host`` is the name the hypervisor gives itself. The fleet rules and alerts built on these names
+are in ``contrib/prometheus/``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+import socket
+from collections.abc import Callable, Iterator, Sequence
 
 from prometheus_client.core import (
     CounterMetricFamily,
@@ -19,46 +26,90 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from autoballoon.guards import Status
+from autoballoon.model import GuestSnapshot, HostSnapshot
 from autoballoon.server.history import History
 from autoballoon.server.source import ServerView
 
 #: Every state a VM can be reported in; always exported (0 or 1) so that alerts can match on them.
 VM_STATUSES: tuple[str, ...] = tuple(s.value for s in Status)
 PERCENT = 100.0
+HOST = "host"
+VM = "vm"
+#: The label telling how a reclaimed figure was measured (see :data:`RECLAIM_MEASURES`).
+MEASURE = "measure"
 
 
-def _gauge(name: str, doc: str, labels: list[str] | None = None) -> GaugeMetricFamily:
-    return GaugeMetricFamily(name, doc, labels=labels)
+def reclaimed_by_balloon(guest: GuestSnapshot) -> int | None:
+    """What the balloon holds back from a running guest: ``max - actual``.
+
+    A balloon that never answered (``actual`` unknown) is counted as holding nothing, because nothing
+    shows that it does; so this measure is known for every running VM and its host sum is complete.
+    """
+    if guest.actual_bytes is None:
+        return 0
+    return max(0, guest.max_bytes - guest.actual_bytes)
 
 
-def vm_families(view: ServerView, history: History | None) -> list[Metric]:
+#: How "reclaimed" is measured, as ``(measure label, per-VM figure or None where unknown)``. The balloon
+#: is what autoballoon moves; what the host really got back is each QEMU process's resident memory
+#: (lower still with free page reporting). When the snapshot carries that RSS, its measure is one more
+#: row here (``("host_rss", lambda g: max - rss)``), the rules in ``contrib/prometheus/`` already keep the
+#: label, and dashboards gain the series without a change.
+RECLAIM_MEASURES: tuple[tuple[str, Callable[[GuestSnapshot], int | None]], ...] = (
+    ("balloon", reclaimed_by_balloon),
+)
+
+
+def host_name(view: ServerView) -> str | None:
+    """The ``host`` label: the name the hypervisor gives itself in the snapshot, else this machine's name;
+    None before the first snapshot."""
+    snap = view.snapshot
+    if snap is None:
+        return None
+    return snap.hostname or socket.gethostname()
+
+
+def _gauge(name: str, doc: str, labels: Sequence[str] = ()) -> GaugeMetricFamily:
+    return GaugeMetricFamily(name, doc, labels=[HOST, *labels])
+
+
+def _counter(name: str, doc: str, labels: Sequence[str] = ()) -> CounterMetricFamily:
+    return CounterMetricFamily(name, doc, labels=[HOST, *labels])
+
+
+def vm_families(view: ServerView, history: History | None, host: str) -> list[Metric]:
     """Per-VM gauges and counters from the last snapshot (empty before the first tick)."""
     snap = view.snapshot
     plan = view.plan
-    g_max = _gauge("autoballoon_vm_max_bytes", "The VM's <memory>: the most it can ever have.", ["vm"])
-    g_target = _gauge("autoballoon_vm_target_bytes", "The VM's balloon target (<currentMemory>).", ["vm"])
-    g_actual = _gauge("autoballoon_vm_actual_bytes", "Memory the guest has now (balloon actual).", ["vm"])
-    g_used = _gauge(
-        "autoballoon_vm_guest_used_bytes", "Memory the guest uses (MemTotal - MemAvailable).", ["vm"]
-    )
-    g_avail = _gauge("autoballoon_vm_guest_available_bytes", "The guest's MemAvailable.", ["vm"])
-    g_age = _gauge("autoballoon_vm_stats_age_seconds", "Seconds since the guest last reported stats.", ["vm"])
-    c_swap = CounterMetricFamily(
-        "autoballoon_vm_swap_in_bytes", "Bytes the guest swapped in since it booted.", labels=["vm"]
-    )
-    c_majflt = CounterMetricFamily(
-        "autoballoon_vm_major_faults", "Major page faults in the guest since it booted.", labels=["vm"]
+    vm = [VM]
+    g_max = _gauge("autoballoon_vm_max_bytes", "The VM's <memory>: the most it can ever have.", vm)
+    g_target = _gauge("autoballoon_vm_target_bytes", "The VM's balloon target (<currentMemory>).", vm)
+    g_actual = _gauge("autoballoon_vm_actual_bytes", "Memory the guest has now (balloon actual).", vm)
+    g_used = _gauge("autoballoon_vm_guest_used_bytes", "Memory the guest uses (MemTotal - MemAvailable).", vm)
+    g_avail = _gauge("autoballoon_vm_guest_available_bytes", "The guest's MemAvailable.", vm)
+    g_age = _gauge("autoballoon_vm_stats_age_seconds", "Seconds since the guest last reported stats.", vm)
+    c_swap = _counter("autoballoon_vm_swap_in_bytes", "Bytes the guest swapped in since it booted.", vm)
+    c_majflt = _counter("autoballoon_vm_major_faults", "Major page faults in the guest since it booted.", vm)
+    c_oom = _counter(
+        "autoballoon_vm_oom_kills",
+        "Processes the guest's OOM killer ended since it booted (guest stats; newer QEMU and Linux only).",
+        vm,
     )
     g_swap_rate = _gauge(
-        "autoballoon_vm_swap_in_bytes_per_second", "Swap-in rate over the last two ticks seen.", ["vm"]
+        "autoballoon_vm_swap_in_bytes_per_second", "Swap-in rate over the last two ticks seen.", vm
     )
     g_majflt_rate = _gauge(
-        "autoballoon_vm_major_faults_per_second", "Major fault rate over the last two ticks seen.", ["vm"]
+        "autoballoon_vm_major_faults_per_second", "Major fault rate over the last two ticks seen.", vm
+    )
+    g_reclaimed = _gauge(
+        "autoballoon_vm_reclaimed_bytes",
+        "Memory a running VM could hold at its max but does not, by how it is measured.",
+        [VM, MEASURE],
     )
     g_status = _gauge(
         "autoballoon_vm_status",
         "1 for the state the controller puts the VM in, 0 for the others.",
-        ["vm", "status"],
+        [VM, "status"],
     )
     families: list[Metric] = [
         g_max,
@@ -69,50 +120,87 @@ def vm_families(view: ServerView, history: History | None) -> list[Metric]:
         g_age,
         c_swap,
         c_majflt,
+        c_oom,
         g_swap_rate,
         g_majflt_rate,
+        g_reclaimed,
         g_status,
     ]
     if snap is None:
         return families
     for g in snap.guests:
-        vm = [g.name]
-        g_max.add_metric(vm, g.max_bytes)
-        g_target.add_metric(vm, g.target_bytes)
+        labels = [host, g.name]
+        g_max.add_metric(labels, g.max_bytes)
+        g_target.add_metric(labels, g.target_bytes)
         if g.actual_bytes is not None:
-            g_actual.add_metric(vm, g.actual_bytes)
+            g_actual.add_metric(labels, g.actual_bytes)
         if g.used_bytes is not None:
-            g_used.add_metric(vm, g.used_bytes)
+            g_used.add_metric(labels, g.used_bytes)
         if g.stats.available is not None:
-            g_avail.add_metric(vm, g.stats.available)
+            g_avail.add_metric(labels, g.stats.available)
         age = g.stats_age(snap.wall_time)
         if age is not None:
-            g_age.add_metric(vm, age)
-        if g.stats.swap_in is not None:
-            c_swap.add_metric(vm, g.stats.swap_in)
-        if g.stats.major_faults is not None:
-            c_majflt.add_metric(vm, g.stats.major_faults)
+            g_age.add_metric(labels, age)
+        for family, value in (
+            (c_swap, g.stats.swap_in),
+            (c_majflt, g.stats.major_faults),
+            (c_oom, g.stats.oom_kills),
+        ):
+            if value is not None:
+                family.add_metric(labels, value)
         point = history.latest(g.name) if history is not None else None
         if point is not None:  # the latest rates seen, even if the sampler is a tick behind
             if point.swap_in_bps is not None:
-                g_swap_rate.add_metric(vm, point.swap_in_bps)
+                g_swap_rate.add_metric(labels, point.swap_in_bps)
             if point.major_faults_ps is not None:
-                g_majflt_rate.add_metric(vm, point.major_faults_ps)
+                g_majflt_rate.add_metric(labels, point.major_faults_ps)
+        if g.state.active:
+            for measure, figure in RECLAIM_MEASURES:
+                value = figure(g)
+                if value is not None:
+                    g_reclaimed.add_metric([*labels, measure], value)
         current = plan.status.get(g.name) if plan is not None else None
         states = VM_STATUSES if current in VM_STATUSES or current is None else (*VM_STATUSES, current)
         for s in states:
-            g_status.add_metric([g.name, s], 1.0 if s == current else 0.0)
+            g_status.add_metric([*labels, s], 1.0 if s == current else 0.0)
     return families
 
 
-def host_families(view: ServerView) -> list[Metric]:
+def host_reclaimed(snap: HostSnapshot) -> dict[str, int]:
+    """Each measure's sum over the running VMs, for the measures known for every one of them.
+
+    A partial sum would read as memory given back to the guests the moment one VM's figure goes missing,
+    so a measure with a gap is left out of the host total (its per-VM series still show what is known).
+    """
+    totals: dict[str, int] = {}
+    active = [g for g in snap.guests if g.state.active]
+    for measure, figure in RECLAIM_MEASURES:
+        values = [figure(g) for g in active]
+        known = [v for v in values if v is not None]
+        if len(known) == len(values):
+            totals[measure] = sum(known)
+    return totals
+
+
+def status_counts(view: ServerView) -> dict[str, int]:
+    """How many VMs are in each state (every known state, 0 included, so a ``> 0`` alert can resolve)."""
+    counts = dict.fromkeys(VM_STATUSES, 0)
+    if view.plan is not None and view.snapshot is not None:
+        for g in view.snapshot.guests:
+            current = view.plan.status.get(g.name)
+            if current is not None:
+                counts[current] = counts.get(current, 0) + 1
+    return counts
+
+
+def host_families(view: ServerView, host: str) -> list[Metric]:
     snap = view.snapshot
     out: list[Metric] = []
 
     def gauge(name: str, doc: str, value: float | None) -> None:
         if value is not None:
             fam = _gauge(name, doc)
-            fam.add_metric([], value)
+            fam.add_metric([host], value)
             out.append(fam)
 
     if snap is not None:
@@ -133,6 +221,26 @@ def host_families(view: ServerView) -> list[Metric]:
                 None if value is None else value / PERCENT,
             )
         gauge("autoballoon_host_ksm_saved_bytes", "Memory KSM saves by merging pages.", snap.ksm_saved_bytes)
+        reclaimed = _gauge(
+            "autoballoon_host_reclaimed_bytes",
+            "Memory the running VMs could hold at their max but do not, summed, by how it is measured.",
+            [MEASURE],
+        )
+        for measure, total in host_reclaimed(snap).items():
+            reclaimed.add_metric([host, measure], total)
+        out.append(reclaimed)
+    if view.plan is not None:
+        gauge(
+            "autoballoon_host_short",
+            "1 when the last decision could not give every guest what it wants within the budget, else 0.",
+            1.0 if view.host_short else 0.0,
+        )
+        vms = _gauge(
+            "autoballoon_host_vms", "VMs on the host in each state the controller gives.", ["status"]
+        )
+        for status, n in status_counts(view).items():
+            vms.add_metric([host, status], n)
+        out.append(vms)
     gauge(
         "autoballoon_host_budget_bytes",
         "Memory the last decision could hand to guests.",
@@ -147,42 +255,107 @@ def host_families(view: ServerView) -> list[Metric]:
     return out
 
 
-def controller_families(view: ServerView) -> list[Metric]:
-    t = view.ticks
-    hist = HistogramMetricFamily("autoballoon_tick_duration_seconds", "Time one controller tick took.")
-    buckets = [(repr(float(b)), n) for b, n in t.buckets]
-    buckets.append(("+Inf", t.count))
-    hist.add_metric([], buckets, sum_value=t.sum_s)
-    actions = CounterMetricFamily(
-        "autoballoon_actions",
-        "Balloon changes applied, by direction and reason.",
-        labels=["direction", "reason"],
+def _with_host(family: Metric, host: str) -> Metric:
+    """``family`` with ``host`` added to every sample: a histogram handed in from elsewhere keeps its own
+    buckets and gains the label every autoballoon family has."""
+    out = Metric(family.name, family.documentation, family.type, family.unit)
+    for s in family.samples:
+        out.add_sample(s.name, {HOST: host, **s.labels}, s.value, s.timestamp, s.exemplar)
+    return out
+
+
+def tick_families(view: ServerView, host: str, tick_histogram: Collector | None) -> Iterator[Metric]:
+    """The tick-duration histogram, and when the last tick ended and how often ticks are due.
+
+    The timestamp and the interval let an alert say "no tick for three intervals" on any host, whatever
+    its ``--interval``, which Prometheus's own ``up`` cannot: a daemon that serves HTTP while its loop is
+    wedged still scrapes fine.
+    """
+    if tick_histogram is not None:
+        for family in tick_histogram.collect():
+            yield _with_host(family, host)
+    else:
+        t = view.ticks
+        hist = HistogramMetricFamily(
+            "autoballoon_tick_duration_seconds", "Time one controller tick took.", labels=[HOST]
+        )
+        buckets = [(repr(float(b)), n) for b, n in t.buckets]
+        buckets.append(("+Inf", t.count))
+        hist.add_metric([host], buckets, sum_value=t.sum_s)
+        yield hist
+    for name, doc, value in (
+        (
+            "autoballoon_last_tick_timestamp_seconds",
+            "Unix time (real clock) when the controller's last tick ended.",
+            view.last_tick_at,
+        ),
+        ("autoballoon_tick_interval_seconds", "Seconds the controller waits between ticks.", view.interval_s),
+    ):
+        if value is not None:
+            fam = _gauge(name, doc)
+            fam.add_metric([host], value)
+            yield fam
+
+
+def controller_families(view: ServerView, host: str) -> list[Metric]:
+    actions = _counter(
+        "autoballoon_actions", "Balloon changes applied, by direction and reason.", ["direction", "reason"]
     )
     for (direction, reason), n in sorted(view.actions.items()):
-        actions.add_metric([direction, reason], n)
-    errors = CounterMetricFamily("autoballoon_backend_errors", "Failed calls to the hypervisor.")
-    errors.add_metric([], view.backend_errors)
-    reconnects = CounterMetricFamily("autoballoon_backend_reconnects", "Reconnections to the hypervisor.")
-    reconnects.add_metric([], view.reconnects)
-    return [hist, actions, errors, reconnects]
+        actions.add_metric([host, direction, reason], n)
+    errors = _counter("autoballoon_backend_errors", "Failed calls to the hypervisor.")
+    errors.add_metric([host], view.backend_errors)
+    reconnects = _counter("autoballoon_backend_reconnects", "Reconnections to the hypervisor.")
+    reconnects.add_metric([host], view.reconnects)
+    return [actions, errors, reconnects]
 
 
 class ControllerCollector(Collector):
     """Builds every autoballoon family from the current view, once per scrape."""
 
-    def __init__(self, view: Callable[[], ServerView], history: History | None = None) -> None:
+    def __init__(
+        self,
+        view: Callable[[], ServerView],
+        history: History | None = None,
+        *,
+        host: str | None = None,
+        tick_histogram: Collector | None = None,
+    ) -> None:
         self._view = view
         self._history = history
+        self._host = host
+        self._tick_histogram = tick_histogram
 
     def collect(self) -> Iterator[Metric]:
         view = self._view()
-        yield from vm_families(view, self._history)
-        yield from host_families(view)
-        yield from controller_families(view)
+        host = self._host or host_name(view)
+        if host is None:
+            # Before the first snapshot the hypervisor has not named itself: series labelled with a guess
+            # would start a second, orphaned series per metric once the name is known.
+            return
+        self._host = self._host or host  # keep one name for the daemon's life, as the series do
+        yield from vm_families(view, self._history, host)
+        yield from host_families(view, host)
+        yield from tick_families(view, host, self._tick_histogram)
+        yield from controller_families(view, host)
 
 
-def make_registry(view: Callable[[], ServerView], history: History | None = None) -> CollectorRegistry:
-    """A registry with only autoballoon's families (no global default registry: tests run many servers)."""
+def make_registry(
+    view: Callable[[], ServerView],
+    history: History | None = None,
+    *,
+    host: str | None = None,
+    tick_histogram: Collector | None = None,
+) -> CollectorRegistry:
+    """A registry with only autoballoon's families (no global default registry: tests run many servers).
+
+    ``view`` is read once per scrape. ``host`` names the host in every series; by default the name the
+    hypervisor gives in the first snapshot (nothing is exported before it), falling back to this
+    machine's name when the hypervisor gives none. ``tick_histogram`` is any collector that yields the
+    ``autoballoon_tick_duration_seconds`` histogram (a ``prometheus_client.Histogram`` built with
+    ``registry=None``, observed once per tick); ``host`` is added to its samples. Without it the
+    histogram comes from ``view.ticks``.
+    """
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(ControllerCollector(view, history))
+    registry.register(ControllerCollector(view, history, host=host, tick_histogram=tick_histogram))
     return registry

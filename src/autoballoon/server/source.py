@@ -48,6 +48,11 @@ class ServerView:
     uri: str = ""
     #: Why the health guard holds every shrink now (host load, thermal throttling), or None.
     shrink_paused: str | None = None
+    #: The last decision could not give every guest what it wants within the budget.
+    host_short: bool = False
+    #: Unix time on the real clock (not the simulator's) when the last tick was seen, or None before it:
+    #: what a fleet's "daemon down" alert compares with Prometheus's ``time()``.
+    last_tick_at: float | None = None
 
 
 class Source(Protocol):
