@@ -10,7 +10,7 @@ import pytest
 
 from autoballoon.guards import Status
 from autoballoon.health import HealthState, Quarantine, VMHealth
-from autoballoon.model import GuestPolicy, HostSnapshot, VMState
+from autoballoon.model import GuestPolicy, GuestSnapshot, HostSnapshot, VMState
 from autoballoon.policy import PolicyState, decide
 from autoballoon.policy.default import reaction_time
 from autoballoon.tunables import Tunables
@@ -25,8 +25,13 @@ def prior(max_bytes: int, t: Tunables = T) -> int:
     return min(int(max_bytes * t.jump_prior_fraction), t.jump_prior_max_bytes)
 
 
+def needed(used: int, t: Tunables = T) -> int:
+    """What demand needs: the want's cushion goes on top of this, not of the floor."""
+    return -(-(used + t.min_headroom_bytes) // MiB) * MiB
+
+
 def need_of(used: int, t: Tunables = T) -> int:
-    return max(t.global_min_bytes, -(-(used + t.min_headroom_bytes) // MiB) * MiB)
+    return max(t.global_min_bytes, needed(used, t))
 
 
 def test_guest_used_subtracts_balloon_counted_in_memtotal() -> None:
@@ -39,7 +44,7 @@ def test_guest_used_subtracts_balloon_counted_in_memtotal() -> None:
 
 
 def test_growth_is_immediate_and_unlimited() -> None:
-    g = make_guest(target=1 * GiB, used=900 * MiB)
+    g = make_guest(target=1 * GiB, used=900 * MiB, autodeflate=False)
     plan, _ = decide(make_host(g), inputs(), PolicyState(), T)
     (action,) = plan.actions
     assert action.direction == "grow" and action.reason == "demand"
@@ -49,22 +54,29 @@ def test_growth_is_immediate_and_unlimited() -> None:
 
 
 def test_cushion_covers_one_reaction_time_of_growth_and_a_first_burst() -> None:
-    small = make_guest("small", max_bytes=512 * MiB, target=512 * MiB, used=60 * MiB, stats_period=1)
-    slow = make_guest("slow", max_bytes=512 * MiB, target=512 * MiB, used=60 * MiB, stats_period=10)
-    big = make_guest("big", max_bytes=16 * GiB, target=16 * GiB, used=2 * GiB)
-    plan, _ = decide(make_host(small, slow, big), inputs(), PolicyState(), T)
+    def guest(name: str, max_bytes: int, used: int, **kw: object) -> GuestSnapshot:
+        return make_guest(name, max_bytes=max_bytes, used=used, autodeflate=False, **kw)  # type: ignore[arg-type]
+
+    small = guest("small", 512 * MiB, 60 * MiB, stats_period=1)
+    slow = guest("slow", 512 * MiB, 60 * MiB, stats_period=10)
+    big = guest("big", 16 * GiB, 2 * GiB)
+    safe = make_guest("safe", max_bytes=16 * GiB, used=2 * GiB, autodeflate=True)
+    plan, _ = decide(make_host(small, slow, big, safe), inputs(), PolicyState(), T)
     growth = int(T.growth_allowance_bytes_per_s * reaction_time(small, T))
-    assert plan.guests["small"].want == need_of(60 * MiB) + max(prior(512 * MiB), growth)
+    assert plan.guests["small"].want == needed(60 * MiB) + max(prior(512 * MiB), growth)
     # stats every 10 s: ten seconds more of growth before the daemon can see it
     slow_growth = int(T.growth_allowance_bytes_per_s * reaction_time(slow, T))
     assert reaction_time(slow, T) == reaction_time(small, T) + 9
-    assert plan.guests["slow"].want == min(512 * MiB, need_of(60 * MiB) + slow_growth)
+    assert plan.guests["slow"].want == min(512 * MiB, needed(60 * MiB) + slow_growth)
     assert plan.guests["big"].want == need_of(2 * GiB) + T.jump_prior_max_bytes  # the prior is capped
+    # With autodeflate the guest takes back what a burst needs by itself: only the buffer is kept.
+    assert plan.guests["safe"].want == need_of(2 * GiB) + -(-int(2 * GiB * T.buffer) // MiB) * MiB
 
 
 def test_a_jump_is_remembered_for_hours() -> None:
     def snap(time: float, used: int) -> HostSnapshot:
-        return make_host(make_guest(max_bytes=8 * GiB, target=8 * GiB, used=used, time=time), time=time)
+        g = make_guest(max_bytes=8 * GiB, target=8 * GiB, used=used, autodeflate=False, time=time)
+        return make_host(g, time=time)
 
     _, state = run([snap(0, 1 * GiB), snap(2, int(2.5 * GiB))], T)
     assert state.guests["vm"].jump == int(1.5 * GiB)
@@ -74,7 +86,7 @@ def test_a_jump_is_remembered_for_hours() -> None:
     hour = 3600.0
     _, later = decide(snap(4 + hour, 1 * GiB), inputs(), state, T)
     assert later.guests["vm"].jump == pytest.approx(
-        1.5 * GiB * 0.5 ** (hour / T.history_half_life_s), rel=1e-3
+        1.5 * GiB * 0.5 ** (hour / T.jump_half_life_s), rel=1e-3
     )
     _, much_later = decide(snap(4 + 48 * hour, 1 * GiB), inputs(), state, T)
     assert much_later.guests["vm"].jump < 0.01 * GiB  # faded: the prior is what is left

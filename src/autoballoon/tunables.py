@@ -54,9 +54,12 @@ class Tunables:
     jump_prior_max_bytes: int = 1 * GiB
     #: A rise of ``used`` between two stats reports smaller than this is noise, not a jump.
     jump_min_bytes: int = 16 * MiB
-    #: Jumps and growth rates a guest has shown are remembered, fading with this half-life: a guest
-    #: that once allocated 2 GiB at once keeps room for it for hours after.
-    history_half_life_s: float = 4 * 3600.0
+    #: The jumps a guest has shown are remembered, fading with this half-life: a guest that once
+    #: allocated 2 GiB at once keeps room for it for hours after.
+    jump_half_life_s: float = 4 * 3600.0
+    #: The steady growth rates a guest has shown fade faster: a ramp is seen as it goes (two stats
+    #: reports in a row), so its memory only bridges the next ramp of the same job.
+    rate_half_life_s: float = 600.0
 
     # --- demand estimation -------------------------------------------------------------------------
     #: Time constant of demand decay: demand rises at once but falls towards ``used`` with this

@@ -260,18 +260,23 @@ def estimate(v: Verdict, now: float, wall: float, t: Tunables) -> Estimate:
     actual = g.actual_bytes if g.actual_bytes is not None else g.target_bytes
     latency = reaction_time(g, t)
     still = rec.seen_actual is not None and abs(actual - rec.seen_actual) <= t.stuck_tolerance_bytes
+    stats_wall = stats.last_update or 0.0
     # The balloon has not moved since the last look, and these stats were taken after it: they agree.
-    resting = still and rec.seen_wall is not None and (stats.last_update or 0.0) >= rec.seen_wall
+    resting = still and rec.seen_wall is not None and stats_wall >= rec.seen_wall
     reserved = kernel_reserved(g, rec, resting)
     used = (g.used_bytes or 0) + reserved
-    # With autodeflate, ``used`` subtracts the balloon as libvirt last heard of it, from stats of another
-    # instant: while the balloon moves, a change in ``used`` may be the balloon's, so no rise is read then.
-    settled = not g.balloon.autodeflate or (
-        still
-        and rec.seen_target == g.target_bytes
-        and abs(actual - g.target_bytes) <= t.stuck_tolerance_bytes
-    )
-
+    # With autodeflate (and on Windows, whose MemTotal stays at max too) ``used`` subtracts the balloon,
+    # which libvirt reports as it is now while the stats are up to a period old: a balloon that moved in
+    # between would show as a change in ``used``. Stats older than the last look are read against the
+    # balloon as it was then (``used`` is MemTotal - MemAvailable - (max - actual)).
+    follows_balloon = g.balloon.autodeflate or (stats.total or 0) > actual + t.stuck_tolerance_bytes
+    if (
+        follows_balloon
+        and rec.seen_actual is not None
+        and rec.seen_wall is not None
+        and stats_wall < rec.seen_wall
+    ):
+        used = max(0, used - (actual - rec.seen_actual))
     # Rates are per second of *stats* time: a guest polled every 10 s shows 10 s of change at once.
     stats_time = stats.last_update
     sdt = stats_time - rec.stats_time if stats_time and rec.stats_time else 0.0
@@ -279,13 +284,14 @@ def estimate(v: Verdict, now: float, wall: float, t: Tunables) -> Estimate:
     if not fresh and rec.stats_time:
         stats_time = rec.stats_time  # nothing new: keep measuring from the last report
     dt = now - rec.seen_time if rec.seen_time is not None else 0.0
-    fade = 0.5 ** (dt / t.history_half_life_s) if dt > 0 else 1.0
-    rise_rate, rate, jump = rec.rise_rate, rec.rate * fade, int(rec.jump * fade)
+    rise_rate = rec.rise_rate
+    rate = rec.rate * 0.5 ** (dt / t.rate_half_life_s) if dt > 0 else rec.rate
+    jump = int(rec.jump * 0.5 ** (dt / t.jump_half_life_s)) if dt > 0 else rec.jump
     raw = used
     boost = 0
     signal = (stats.available or 0) < t.low_available_bytes or v.self_deflated
     if fresh:
-        rise = used - rec.used if rec.used is not None and settled else 0
+        rise = used - rec.used if rec.used is not None else 0
         rise_rate = rise / sdt if rise > 0 else 0.0
         if rise >= t.jump_min_bytes:
             jump = max(jump, rise)
@@ -402,34 +408,55 @@ def tiers(
     """Each managed VM's OOM floor, need and want, for all of them at once. Per VM::
 
         oom_floor = clamp(align_up(demand + oom_margin), floor, ceiling), at least its least_oom_floor
-        need      = clamp(align_up(demand + min_headroom), floor, ceiling), at least its least_need
-        cushion   = max(buffer * demand, growth_allowance * latency, rate * latency, jump, prior)
-        want      = clamp(align_up(need + cushion), need, ceiling)
+        needed    = align_up(demand + min_headroom), at least its least_need
+        need      = clamp(needed, floor, ceiling)
+        cushion   = max(buffer * demand, rate * latency)                  with autodeflate
+                  = max(buffer * demand, rate * latency, growth_allowance * latency, jump, prior)  without
+        want      = clamp(align_up(needed + cushion), need, ceiling)
 
-    where ``prior = min(jump_prior_fraction * ceiling, jump_prior_max)``: the cushion holds what the
-    guest can bring within one reaction time, by any of the ways the estimate knows (see the module)."""
+    where ``prior = min(jump_prior_fraction * ceiling, jump_prior_max)``. A guest without autodeflate
+    is OOM-killed by a burst that outruns its cushion, so its cushion holds what it can bring within
+    one reaction time by any way the estimate knows: a steady growth, its own jumps, a first burst. A
+    guest with autodeflate takes balloon pages back by itself when a burst outruns the daemon (on the
+    rig: 120 to 330 MiB within 2 s, no OOM kill), and the policy then follows it up; its cushion only
+    keeps what its steady growth brings within one reaction time, and the buffer."""
     n = len(estimates)
 
     def floats(values: list[float]) -> npt.NDArray[np.float64]:
         return np.array(values, dtype=np.float64).reshape(n)
 
+    def ints(values: list[int]) -> I64:
+        return np.array(values, dtype=np.int64).reshape(n)
+
     align = t.target_align_bytes
     latency = floats([e.latency for e in estimates])
-    least_oom = np.array([e.least_oom_floor for e in estimates], dtype=np.int64).reshape(n)
-    least_need = np.array([e.least_need for e in estimates], dtype=np.int64).reshape(n)
-    oom_floor = np.maximum(_clip(_align_up(demand + t.oom_margin_bytes, align), floor, ceiling), least_oom)
-    need = np.maximum(_clip(_align_up(demand + t.min_headroom_bytes, align), floor, ceiling), least_need)
-    prior = np.minimum((ceiling * t.jump_prior_fraction).astype(np.int64), t.jump_prior_max_bytes)
+    exposed = np.array([not e.verdict.guest.balloon.autodeflate for e in estimates], dtype=np.bool_).reshape(
+        n
+    )
+    oom_floor = np.maximum(
+        _clip(_align_up(demand + t.oom_margin_bytes, align), floor, ceiling),
+        ints([e.least_oom_floor for e in estimates]),
+    )
+    # The cushion goes on top of what the demand needs, not of the floor: a floor above that is room.
+    needed = np.maximum(
+        _align_up(demand + t.min_headroom_bytes, align), ints([e.least_need for e in estimates])
+    )
+    need = _clip(needed, floor, ceiling)
+    burst = np.maximum.reduce(
+        [
+            (latency * t.growth_allowance_bytes_per_s).astype(np.int64),
+            ints([e.jump for e in estimates]),
+            np.minimum((ceiling * t.jump_prior_fraction).astype(np.int64), t.jump_prior_max_bytes),
+        ]
+    )
     cushion = np.maximum.reduce(
         [
             (demand * floats([e.buffer for e in estimates])).astype(np.int64),
-            (latency * t.growth_allowance_bytes_per_s).astype(np.int64),
             (latency * floats([e.rate for e in estimates])).astype(np.int64),
-            np.array([e.jump for e in estimates], dtype=np.int64).reshape(n),
-            prior,
+            np.where(exposed, burst, 0),
         ]
     )
-    want = _clip(_align_up(need + cushion, align), need, ceiling)
+    want = _clip(_align_up(needed + cushion, align), need, ceiling)
     return oom_floor, need, want
 
 
