@@ -95,7 +95,7 @@ def test_errors_name_file_guest_field_and_what_is_accepted(text: str, needles: l
         ('[host]\nram = "2G"\nbase_used = "2G"\n', ["[host]", "base_used", "below ram"]),
         ('[host]\nram = "0"\n', ["[host]", "'ram'", "above 0"]),
         ("[host]\ncpus = 4\n", ["[host]", "'ram'", "required"]),
-        ('[host]\nram = "16G"\n[run]\nstep = 0\n', ["[run]", "'step'", "above 0"]),
+        ('[host]\nram = "16G"\n[run]\nstep = 0\n', ["[run]", "'step'", "from 0.001"]),
         ('[host]\nram = "1G"\n[walk]\n', ["top level", "walk", "guest"]),
         ('[host]\nram = "1G\n', ["TOML"]),
     ],

@@ -8,10 +8,10 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from autoballoon.sim import DEFAULT_TUNABLES, Simulation, loads_scenario
+from autoballoon.sim import DEFAULT_PHYSICS, Simulation, loads_scenario
 from autoballoon.units import MiB
 
-TU = DEFAULT_TUNABLES
+TU = DEFAULT_PHYSICS
 RAM = 32 * 1024  # MiB
 BASE = 1024
 
@@ -75,7 +75,7 @@ def check_state(sim: Simulation) -> None:
     assert (resident >= 0).all() and (sim.cache >= TU.cache_min_bytes).all() and (free >= 0).all()
     swap_size = np.array([g.swap for g in sim.scenario.guests])
     assert (sim.swap_used >= 0).all() and (sim.swap_used <= swap_size).all()
-    room = sim.actual - sim.kernel - TU.cache_min_bytes
+    room = sim.actual - sim.headroom
     assert (sim.under_pressure == (sim.demand > room)).all()
 
 

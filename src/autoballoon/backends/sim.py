@@ -116,7 +116,7 @@ class SimClock(VirtualClock):
 
     def __init__(self, sim: Simulation, *, speed: float | None) -> None:
         super().__init__(start=sim.time, speed=speed)
-        self._epoch = sim.tunables.epoch
+        self._epoch = sim.physics.epoch
         self.on_advance(sim.step)
 
     def wall(self) -> float:

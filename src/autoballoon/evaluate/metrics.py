@@ -1,10 +1,13 @@
-"""The numbers a policy is judged by (DESIGN.md, "How results are measured"), in one place.
+"""The numbers a policy is judged by, in one place (``docs/evaluation.md`` states them for readers).
 
 :class:`Recorder` is the imperative part: the runner hands it the simulation after every step and it
 integrates, in O(guests) NumPy work per step. Everything else here is pure: finding demand steps in a
 trace, percentiles, efficiency. All integrals are exact sums of ``value * dt`` over the simulation steps.
 
-- reclaimed: GiB-hours of ``sum(max) - sum(allocated)``;
+- reclaimed: GiB-hours of ``sum(max) - sum(charged)``, where each guest is charged at least what its
+  workload needed: ``charged = max(allocated, min(max, intended demand + headroom))``. The intended demand
+  is the scenario's trace *before* any OOM kill, so memory a kill freed (or that a guest gave up by
+  swapping) is never counted as reclaimed: a policy cannot beat the oracle by harming guests;
 - pressure: VM-seconds with demand above what the guest has room for (the simulator's ``under_pressure``);
 - OOM kills: kills inside guests during the run;
 - host overrun: seconds with the host's available memory below its reserve;
@@ -29,19 +32,13 @@ B = npt.NDArray[np.bool_]
 SECONDS_PER_HOUR = 3600.0
 
 
-@dataclass(frozen=True, slots=True)
-class MetricTunables:
-    """What counts as a demand step, for reaction times."""
-
-    #: A step is a rise of at least ``max(step_min_bytes, step_fraction * max)`` within ``step_window_s``.
-    step_min_bytes: int = 128 * MiB
-    step_fraction: float = 0.05
-    step_window_s: float = 10.0
-    #: A guest whose CPU load (share of its vCPUs) is at least this is spinning (the balloon CPU storm).
-    storm_load: float = 0.9
-
-
-DEFAULT_METRICS = MetricTunables()
+#: A demand step (for reaction times) is a rise of at least ``max(STEP_MIN_BYTES, STEP_FRACTION * max)``
+#: within ``STEP_WINDOW_S``: big enough that a manager should notice, fast enough that it must react.
+STEP_MIN_BYTES = 128 * MiB
+STEP_FRACTION = 0.05
+STEP_WINDOW_S = 10.0
+#: A guest whose CPU load (share of its vCPUs) is at least this is spinning (the balloon CPU storm).
+STORM_LOAD = 0.9
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,8 +55,22 @@ class Metrics:
     reaction_p50_s: float | None
     reaction_p99_s: float | None
     cpu_per_tick_ms: float | None
-    #: Not in ``--json`` (its field set is fixed by the issue); shown in tables and the report.
+    #: Not in ``--json`` (whose field set scripts rely on); shown in tables and the report.
     cpu_storm_vm_s: float = 0.0
+    #: Memory the guests did not hold although their workload needed it (they swapped, or a kill freed
+    #: it), in GiB-hours: what the plain ``sum(max) - sum(allocated)`` would have wrongly credited.
+    uncredited_gib_h: float = 0.0
+
+    @property
+    def harm(self) -> tuple[str, ...]:
+        """The kinds of harm this run did, worst first: what every table and plot marks it with."""
+        kinds = (
+            ("OOM kills", self.oom_kills > 0),
+            ("host overrun", self.host_overrun_s > 0),
+            ("pressure", self.pressure_vm_s > 0),
+            ("CPU storm", self.cpu_storm_vm_s > 0),
+        )
+        return tuple(name for name, present in kinds if present)
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -76,20 +87,18 @@ class Metrics:
         }
 
 
-def step_thresholds(max_bytes: I64, tun: MetricTunables = DEFAULT_METRICS) -> I64:
-    return np.maximum(tun.step_min_bytes, (max_bytes * tun.step_fraction).astype(np.int64))
+def step_thresholds(max_bytes: I64) -> I64:
+    return np.maximum(STEP_MIN_BYTES, (max_bytes * STEP_FRACTION).astype(np.int64))
 
 
-def demand_step_onsets(
-    table: I64, step_s: float, thresholds: I64, tun: MetricTunables = DEFAULT_METRICS
-) -> B:
+def demand_step_onsets(table: I64, step_s: float, thresholds: I64) -> B:
     """Where a demand step starts: ``table`` is (times, guests) of demand on the simulation grid.
 
     A time is "rising" when demand is at least a threshold above its lowest value over the window before
     it; an onset is the first rising time of a run of rising times, so one step counts once.
     """
     n_t = table.shape[0]
-    window = max(1, round(tun.step_window_s / step_s))
+    window = max(1, round(STEP_WINDOW_S / step_s))
     low = table.copy()
     for lag in range(1, window + 1):
         shifted = np.empty_like(table)
@@ -120,10 +129,13 @@ def efficiency(reclaimed: float, oracle_reclaimed: float | None) -> float | None
 class Recorder:
     """Integrates the metrics over a run; call :meth:`record` after each simulation step."""
 
-    def __init__(self, sim: Simulation, onsets: B, tun: MetricTunables = DEFAULT_METRICS) -> None:
+    def __init__(self, sim: Simulation, onsets: B) -> None:
         self.sim = sim
         vcpus = np.array([g.vcpus for g in sim.scenario.guests], dtype=np.float64).reshape(sim.n)
-        self._storm_ns = vcpus * 1e9 * tun.storm_load  # CPU ns per second of a spinning guest
+        self._storm_ns = vcpus * 1e9 * STORM_LOAD  # CPU ns per second of a spinning guest
+        self._max = np.asarray(sim.max)
+        self._headroom = np.asarray(sim.headroom)
+        self._charged = np.zeros(sim.n, dtype=np.int64)
         self._cpu = np.asarray(sim.cpu).copy()
         self._onsets = onsets
         self._sum_max = int(np.asarray(sim.max).sum())
@@ -133,6 +145,7 @@ class Recorder:
         self._reactions: list[npt.NDArray[np.float64]] = []
         self._last_time = sim.time
         self.reclaimed_byte_s = 0.0
+        self.uncredited_byte_s = 0.0
         self.pressure_vm_s = 0.0
         self.host_overrun_s = 0.0
         self.cpu_storm_vm_s = 0.0
@@ -145,7 +158,13 @@ class Recorder:
         now = sim.time
         dt = now - self._last_time
         self._last_time = now
-        self.reclaimed_byte_s += (self._sum_max - int(sim.allocation.sum())) * dt
+        charged = self._charged
+        np.add(sim.intended_demand, self._headroom, out=charged)
+        np.minimum(charged, self._max, out=charged)
+        np.maximum(charged, sim.allocation, out=charged)
+        charged_sum = int(charged.sum())
+        self.reclaimed_byte_s += (self._sum_max - charged_sum) * dt
+        self.uncredited_byte_s += (charged_sum - int(sim.allocation.sum())) * dt
         pressure = sim.under_pressure
         self.pressure_vm_s += int(pressure.sum()) * dt
         if sim.host_available < self._reserve:
@@ -192,4 +211,5 @@ class Recorder:
             reaction_p99_s=percentile(reactions, 99),
             cpu_per_tick_ms=self.cpu_s / self.ticks * 1000.0 if self.ticks else None,
             cpu_storm_vm_s=self.cpu_storm_vm_s,
+            uncredited_gib_h=self.uncredited_byte_s / GiB / SECONDS_PER_HOUR,
         )
