@@ -5,9 +5,10 @@ integrates, in O(guests) NumPy work per step. Everything else here is pure: find
 trace, percentiles, efficiency. All integrals are exact sums of ``value * dt`` over the simulation steps.
 
 - reclaimed: GiB-hours of ``sum(max) - sum(charged)``, where each guest is charged at least what its
-  workload needed: ``charged = max(allocated, min(max, intended demand + headroom))``. The intended demand
-  is the scenario's trace *before* any OOM kill, so memory a kill freed (or that a guest gave up by
-  swapping) is never counted as reclaimed: a policy cannot beat the oracle by harming guests;
+  workload needed: ``charged = max(allocated, need)``, ``need`` being the most its *intended* demand (the
+  scenario's trace, before any OOM kill) plus headroom reaches within the oracle's lookahead, up to max.
+  So memory a kill freed, or that a guest gave up by swapping, is never counted as reclaimed: a policy
+  cannot beat the oracle by harming guests;
 - pressure: VM-seconds with demand above what the guest has room for (the simulator's ``under_pressure``);
 - OOM kills: kills inside guests during the run;
 - host overrun: seconds with the host's available memory below its reserve;
@@ -19,6 +20,7 @@ trace, percentiles, efficiency. All integrals are exact sums of ``value * dt`` o
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -61,17 +63,6 @@ class Metrics:
     #: it), in GiB-hours: what the plain ``sum(max) - sum(allocated)`` would have wrongly credited.
     uncredited_gib_h: float = 0.0
 
-    @property
-    def harm(self) -> tuple[str, ...]:
-        """The kinds of harm this run did, worst first: what every table and plot marks it with."""
-        kinds = (
-            ("OOM kills", self.oom_kills > 0),
-            ("host overrun", self.host_overrun_s > 0),
-            ("pressure", self.pressure_vm_s > 0),
-            ("CPU storm", self.cpu_storm_vm_s > 0),
-        )
-        return tuple(name for name, present in kinds if present)
-
     def to_json(self) -> dict[str, object]:
         return {
             "scenario": self.scenario,
@@ -85,6 +76,34 @@ class Metrics:
             "reaction_p99_s": None if self.reaction_p99_s is None else round(self.reaction_p99_s, 3),
             "cpu_per_tick_ms": None if self.cpu_per_tick_ms is None else round(self.cpu_per_tick_ms, 4),
         }
+
+
+class Harmed(Protocol):
+    """Anything that counts harm: one run's :class:`Metrics` or a policy's suite summary."""
+
+    @property
+    def oom_kills(self) -> int: ...
+    @property
+    def host_overrun_s(self) -> float: ...
+    @property
+    def pressure_vm_s(self) -> float: ...
+    @property
+    def cpu_storm_vm_s(self) -> float: ...
+
+
+def harm(m: Harmed) -> tuple[str, ...]:
+    """The kinds of harm a run (or a suite) did, worst first: what every table and plot marks it with."""
+    kinds = (
+        ("OOM kills", m.oom_kills > 0),
+        ("host overrun", m.host_overrun_s > 0),
+        ("pressure", m.pressure_vm_s > 0),
+        ("CPU storm", m.cpu_storm_vm_s > 0),
+    )
+    return tuple(name for name, present in kinds if present)
+
+
+#: Harm that no efficiency excuses: a run with either is flagged in every table and plot.
+SEVERE_HARM = ("OOM kills", "host overrun")
 
 
 def step_thresholds(max_bytes: I64) -> I64:
@@ -126,15 +145,51 @@ def efficiency(reclaimed: float, oracle_reclaimed: float | None) -> float | None
     return reclaimed / oracle_reclaimed
 
 
-class Recorder:
-    """Integrates the metrics over a run; call :meth:`record` after each simulation step."""
+def need_table(
+    table: I64, headroom: I64, max_bytes: I64, *, ahead_rows: int, behind_rows: int, shed_per_row: int
+) -> I64:
+    """The least each guest is charged at each step: what a guest that is never harmed must hold.
 
-    def __init__(self, sim: Simulation, onsets: B) -> None:
+    ``table`` is (times, guests) of intended demand (before any kill). A guest that is never harmed holds
+    its demand plus ``headroom`` (below that it swaps), and:
+
+    - that much ahead of time: the most demand reaches over the next ``ahead_rows`` steps (the oracle's
+      lookahead, the moment it gives a balloon to get out of the way before demand arrives);
+    - still for ``behind_rows`` steps after demand falls (a new target reaches the driver that late);
+    - then no faster than the balloon inflates, ``shed_per_row`` bytes a step.
+
+    So the oracle allocates exactly this, and no policy is charged less than the oracle for memory its
+    guests needed: not even one whose guest, OOM-killed before demand fell, had less to give back.
+    """
+    rows = len(table)
+    need = table.copy()
+    for lag in range(1, min(ahead_rows, rows - 1) + 1):
+        np.maximum(need[:-lag], table[lag:], out=need[:-lag])
+    ahead = need.copy()
+    for lag in range(1, min(behind_rows, rows - 1) + 1):
+        np.maximum(need[lag:], ahead[:-lag], out=need[lag:])
+    # Shedding at most shed_per_row a step: need[k] = max over j <= k of need[j] - (k - j) * shed.
+    ramp = np.arange(rows, dtype=np.int64)[:, np.newaxis] * shed_per_row
+    need += ramp
+    np.maximum.accumulate(need, axis=0, out=need)
+    need -= ramp
+    need += headroom[np.newaxis, :]
+    np.minimum(need, max_bytes[np.newaxis, :], out=need)
+    return need
+
+
+class Recorder:
+    """Integrates the metrics over a run; call :meth:`record` after each simulation step.
+
+    ``onsets`` marks demand steps and ``need`` the least each guest is charged (:func:`need_table`), both
+    on the simulation's step grid.
+    """
+
+    def __init__(self, sim: Simulation, onsets: B, need: I64) -> None:
         self.sim = sim
+        self._need = need
         vcpus = np.array([g.vcpus for g in sim.scenario.guests], dtype=np.float64).reshape(sim.n)
         self._storm_ns = vcpus * 1e9 * STORM_LOAD  # CPU ns per second of a spinning guest
-        self._max = np.asarray(sim.max)
-        self._headroom = np.asarray(sim.headroom)
         self._charged = np.zeros(sim.n, dtype=np.int64)
         self._cpu = np.asarray(sim.cpu).copy()
         self._onsets = onsets
@@ -158,11 +213,7 @@ class Recorder:
         now = sim.time
         dt = now - self._last_time
         self._last_time = now
-        charged = self._charged
-        np.add(sim.intended_demand, self._headroom, out=charged)
-        np.minimum(charged, self._max, out=charged)
-        np.maximum(charged, sim.allocation, out=charged)
-        charged_sum = int(charged.sum())
+        charged_sum = self.charged_sum()
         self.reclaimed_byte_s += (self._sum_max - charged_sum) * dt
         self.uncredited_byte_s += (charged_sum - int(sim.allocation.sum())) * dt
         pressure = sim.under_pressure
@@ -184,6 +235,12 @@ class Recorder:
             if done.any():
                 self._reactions.append(now - self._pending[done])
                 self._pending[done] = np.nan
+
+    def charged_sum(self) -> int:
+        """Bytes charged to the guests now: each at least what its intended demand needs."""
+        row = min(round(self.sim.time / self.sim.scenario.run.step), len(self._need) - 1)
+        np.maximum(self._need[row], self.sim.allocation, out=self._charged)
+        return int(self._charged.sum())
 
     def add_tick(self, cpu_s: float) -> None:
         self.cpu_s += cpu_s
