@@ -167,6 +167,7 @@ name = "busy"
 max = "6G"
 target = "2G"
 kernel = "100M"
+swap = "2G"
 demand = { shape = "constant", level = "3G" }
 """,
     )

@@ -138,7 +138,8 @@ def test_enable_stats(demo: SimBackend) -> None:
     assert demo.guest("web").stats.last_update == last  # polling off: the report ages
     demo.enable_stats("web", 1)
     demo.clock.sleep(2)
-    assert demo.guest("web").stats.last_update == demo.clock.wall()
+    fresh = demo.guest("web").stats.last_update
+    assert fresh is not None and 0 <= demo.clock.wall() - fresh <= 1  # reporting every second again
     demo.enable_stats("legacy", 1)
     demo.clock.sleep(5)
     assert not demo.guest("legacy").stats.present  # no driver in the guest: still nothing

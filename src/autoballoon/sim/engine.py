@@ -9,7 +9,7 @@ The guest model, per guest, in bytes (``docs/scenarios.md`` explains it with the
 
     actual = kernel + resident anonymous + page cache + free       (balloon = max - actual)
     resident anonymous = demand - swapped
-    swapped = clip(demand - (actual - kernel - cache_min - free_min), 0, swap)
+    swapped = clip(demand - (actual - kernel - cache_min - min_free), 0, swap)
 
 and for the host ``mem_available = ram - base_used - sum(actual + qemu_overhead)`` exactly, so memory is
 conserved by construction. Scenario events (a guest's stats stop, its driver loads late, it is paused, the
@@ -51,6 +51,7 @@ _RATES_CACHE_SIZE = 16
 _any = np.logical_or.reduce
 _min = np.minimum.reduce
 _UUID_NAMESPACE = uuid.UUID("6f1d3c1e-2b7a-4e55-9a43-5a1d0c0ba11e")
+_N_STATS = 8
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,7 +111,8 @@ class Simulation:
         )
         self._swap_size = ints([g.swap if g.swap is not None else tu.swap_default_bytes for g in guests])
         # actual minus this = room for anonymous memory before the guest swaps
-        self._reserved = self._kernel + tu.reserved_bytes
+        self._min_free = tu.min_free(self._max)
+        self._reserved = self._kernel + tu.cache_min_bytes + self._min_free
         self._autodeflate = flags([g.autodeflate for g in guests])
         self._storm = flags([g.cpu_storm for g in guests])
         self._any_storm = bool(self._storm.any())
@@ -172,22 +174,15 @@ class Simulation:
 
         # Guest-visible stats: as last published (0 last_update = never, as QEMU says), and as captured
         # by the guest but not yet published (the report's delay).
-        self._st_total, self._st_avail, self._st_free, self._st_caches = (_zeros(n) for _ in range(4))
-        self._st_swap_in, self._st_swap_out, self._st_majflt, self._st_oom = (_zeros(n) for _ in range(4))
-        self._st_last = np.zeros(n)
-        self._published = (
-            self._st_total,
-            self._st_avail,
-            self._st_free,
-            self._st_caches,
-            self._st_swap_in,
-            self._st_swap_out,
-            self._st_majflt,
-            self._st_oom,
-        )
-        self._captured = tuple(_zeros(n) for _ in self._published)
-        self._publish_at = np.full(n, np.inf)
-        self._publish_min = np.inf
+        # One row per stat (total, available, free, caches, swap in, swap out, major faults, OOM kills).
+        # A guest's newest capture is published (visible, stamped) ``stats_delay_s`` after it was taken;
+        # until then a reader sees the one before. Since the delay is at most a period, a capture is
+        # always published by the time the next one is taken: two buffers hold all there is, and no
+        # step pays for publishing (readers choose between the two).
+        self._published = np.zeros((_N_STATS, n), dtype=np.int64)
+        self._st_last = np.zeros(n)  # its stamp, wall seconds (0 = never)
+        self._captured = np.zeros((_N_STATS, n), dtype=np.int64)
+        self._publish_at = np.full(n, np.inf)  # virtual time the capture is published (inf: none)
         self._stats_delay = np.minimum(tu.stats_delay_s, self._stats_period)
         rng = np.random.default_rng([seed, n])
         self._phase = rng.uniform(0.0, 1.0, n) * self._stats_period
@@ -211,15 +206,16 @@ class Simulation:
         self._table = self._build_demand_table()
         self._table.flags.writeable = False
         np.copyto(self._intended, self._table[0])
+        self._row: I64 = self._table[0]  # the intended demand now: a table row, or _intended when paused
         np.copyto(self._demand, self._intended)
         self._apply_events(0.0)  # what holds from boot: a driver not loaded yet, a guest paused at once
         self._update_movers()
         self._schedule_stats(np.arange(n), self._phase)
         # The guest booted at max and its balloon inflated as far as it could toward the initial target
-        # (not at all without a driver, or with a stuck one).
+        # (a stuck driver wedged there; a driver that has not loaded yet not at all).
         floor = self._reserved + np.maximum(self._demand - self._swap_size, 0)
         initial = np.clip(self._target, np.minimum(floor, self._max), self._max)
-        np.copyto(self._actual, np.where(self._can_deflate > 0, initial, self._max))
+        np.copyto(self._actual, np.where(self._driver, initial, self._max))
         self._settle()
 
         ro = _readonly
@@ -228,7 +224,6 @@ class Simulation:
         self.actual: I64 = ro(self._actual)
         self.allocation: I64 = self.actual  # host memory granted to the guest (= actual; no FPR model)
         self.demand: I64 = ro(self._demand)
-        self.intended_demand: I64 = ro(self._intended)
         self.swap_used: I64 = ro(self._swap_used)
         self.under_pressure: B = ro(self._pressure)
         self.oom_kills: I64 = ro(self._oom_kills)
@@ -236,7 +231,7 @@ class Simulation:
         self.cache: I64 = ro(self._cache)
         self.kernel: I64 = ro(self._kernel)
         #: The least a guest needs beyond its workload's demand not to swap: kernel, the page cache it
-        #: never drops and the free pages its watermark keeps. The oracle plans with it and the metrics
+        #: never drops and its min watermark. The oracle plans with it and the metrics
         #: charge every guest at least ``demand + headroom``.
         self.headroom: I64 = ro(self._reserved)
 
@@ -255,6 +250,11 @@ class Simulation:
     @property
     def names(self) -> tuple[str, ...]:
         return self._names
+
+    @property
+    def intended_demand(self) -> I64:
+        """The workload's demand now before any OOM kill (frozen while a guest is paused); read-only."""
+        return _readonly(self._row)
 
     @property
     def base_used(self) -> int:
@@ -452,9 +452,11 @@ class Simulation:
         they report now (capable, switched on, driver loaded, running), else never."""
         on = self._stats_capable[idx] & self._reporting[idx] & self._driver[idx] & ~self._paused[idx]
         self._next_stats[idx] = np.where(on, self._time + first_in, np.inf)
-        self._publish_at[idx] = np.where(on, self._publish_at[idx], np.inf)  # a report in flight is lost
+        stopped = np.zeros(self.n, dtype=np.bool_)
+        stopped[idx[~on]] = True
+        self._promote(stopped & (self._publish_at <= self._time + 1e-9))
+        self._publish_at[stopped] = np.inf  # a report still in flight is lost
         self._next_stats_min = float(_min(self._next_stats)) if self.n else np.inf
-        self._publish_min = float(_min(self._publish_at)) if self.n else np.inf
 
     def _apply_events(self, t: float) -> None:
         """Apply every scenario event due by virtual time ``t``, in order."""
@@ -475,6 +477,7 @@ class Simulation:
         if e.driver is not None:
             self._driver[i] = e.driver
         if e.paused is not None:
+            np.copyto(self._intended, self._row)  # freezes at the demand it has now
             self._paused[i] = e.paused
             self._any_paused = bool(self._paused.any())
         self._update_movers()
@@ -506,16 +509,16 @@ class Simulation:
         # as the workload restarts).
         if self._any_paused:
             np.copyto(self._intended, row, where=~self._paused)
-        else:
-            np.copyto(self._intended, row)
+            row = self._intended
+        self._row = row
         if self._any_killed:
             np.subtract(self._killed, r.oom_restart, out=self._killed)
             np.maximum(self._killed, 0, out=self._killed)
-            np.subtract(self._intended, self._killed, out=demand)
+            np.subtract(row, self._killed, out=demand)
             np.maximum(demand, 0, out=demand)
             self._any_killed = bool(_any(self._killed))
         else:
-            np.copyto(demand, self._intended)
+            np.copyto(demand, row)
 
         # Balloon: deflate fast; inflate fast out of free/cache memory, slowly when it means swapping.
         np.subtract(actual, self._reserved, out=room)
@@ -528,16 +531,21 @@ class Simulation:
         np.maximum(slack, r.inflate_pressure, out=slack)
         np.minimum(slack, r.inflate, out=slack)
         np.minimum(need, slack, out=need)
-        # The balloon only gets pages the guest can free: never kernel memory, never more anonymous memory
-        # than swap can hold (allocation fails, "Out of puff!"; ballooning itself never OOM-kills).
-        np.subtract(demand, self._swap_size, out=slack)
-        np.maximum(slack, 0, out=slack)
-        np.subtract(room, slack, out=slack)
+        # The balloon only gets pages the guest can free: never kernel memory or pinned page cache, never
+        # more anonymous memory than swap can hold (allocation fails, "Out of puff!"). It can take the
+        # free pages of the min watermark, though, next to anonymous memory that cannot go to swap: the
+        # guest's next allocation then finds none, and the OOM killer fires.
+        tmp = self._tmp
+        np.subtract(demand, self._swap_size, out=tmp)
+        np.maximum(tmp, 0, out=tmp)
+        np.subtract(room, tmp, out=slack)
+        np.minimum(tmp, self._min_free, out=tmp)
+        slack += tmp
         np.minimum(need, slack, out=need)
         np.maximum(need, 0, out=need)
         need *= self._can_inflate
-        if self._any_waiting:  # a new target has not reached the driver yet
-            np.greater(self._move_at, t + 1e-9, out=self._mask)
+        if self._any_waiting:  # a new target had not reached the driver when this substep began
+            np.greater(self._move_at, self._time + 1e-9, out=self._mask)
             up[self._mask] = 0
             need[self._mask] = 0
             self._any_waiting = bool(_any(self._mask))
@@ -560,7 +568,7 @@ class Simulation:
             self._storming &= ~self._paused
             self._cpu_ns += r.storm_extra_ns * self._storming
         self._time = t
-        if t >= min(self._next_stats_min, self._publish_min) - 1e-9:
+        if t >= self._next_stats_min - 1e-9:
             self._refresh_stats()
 
     def _settle(self) -> None:
@@ -579,7 +587,7 @@ class Simulation:
         if self._any_swap or _any(self._pressure):
             self._swap(r)
 
-        # Page cache grows into free memory (down to the free watermark) and is reclaimed at once when
+        # Page cache grows into free memory (down to the min watermark) and is reclaimed at once when
         # memory is needed.
         tmp, cache = self._tmp, self._cache
         np.subtract(demand, swap, out=tmp)  # resident anonymous
@@ -632,30 +640,29 @@ class Simulation:
         self._any_swap = bool(_any(new))
 
     def _refresh_stats(self) -> None:
-        """Publish the reports whose delay has passed (stamped now, as QEMU stamps them on arrival), then
-        capture the guests whose polling period came due, to be published ``stats_delay_s`` later."""
+        """Capture the guests whose polling period came due; the report each replaces is published by
+        now (the delay is at most a period), so it becomes the one a reader sees until the new one is."""
         now = self._time
         due = self._due
-        if now >= self._publish_min - 1e-9:
-            self._publish(now)
-        if now >= self._next_stats_min - 1e-9:
-            np.less_equal(self._next_stats, now + 1e-9, out=due)
-            self._capture(due)
-            np.copyto(self._publish_at, now + self._stats_delay, where=due)
-            np.add(self._next_stats, self._stats_period, out=self._next_stats, where=due)
-            self._next_stats_min = float(_min(self._next_stats))
-            self._publish_min = float(_min(self._publish_at))
-            if now >= self._publish_min - 1e-9:  # no delay: published at once
-                self._publish(now)
+        np.less_equal(self._next_stats, now + 1e-9, out=due)
+        self._promote(due)
+        self._capture(due)
+        np.copyto(self._publish_at, now + self._stats_delay, where=due)
+        np.add(self._next_stats, self._stats_period, out=self._next_stats, where=due)
+        self._next_stats_min = float(_min(self._next_stats))
 
-    def _publish(self, now: float) -> None:
-        due = self._due
-        np.less_equal(self._publish_at, now + 1e-9, out=due)
-        for published, captured in zip(self._published, self._captured, strict=True):
-            np.copyto(published, captured, where=due)
-        np.copyto(self._st_last, self.physics.epoch + now, where=due)
-        self._publish_at[due] = np.inf
-        self._publish_min = float(_min(self._publish_at))
+    def _promote(self, which: B) -> None:
+        """The captured reports of ``which`` (published by now) become the last published ones."""
+        which = which & (self._publish_at < np.inf)
+        np.copyto(self._published, self._captured, where=which)
+        np.copyto(self._st_last, self.physics.epoch + self._publish_at, where=which)
+
+    def _reports(self) -> tuple[I64, F64]:
+        """The reports a reader sees now, and their stamps: a capture once its delay has passed."""
+        ready = self._publish_at <= self._time + 1e-9
+        values = np.where(ready, self._captured, self._published)
+        stamps = np.where(ready, self.physics.epoch + self._publish_at, self._st_last)
+        return values, stamps
 
     def _capture(self, due: B) -> None:
         """What a guest's driver reads from its own kernel at this moment, for the guests in ``due``."""
@@ -669,10 +676,7 @@ class Simulation:
         tmp -= self._kernel
         tmp -= self._cache  # free
         np.copyto(free, tmp, where=due)
-        # available: free + reclaimable cache, and what MemAvailable counts but reclaim cannot free
-        tmp += self._cache
-        tmp += self.physics.available_overstatement_bytes
-        np.minimum(tmp, total, out=tmp)
+        tmp += self._cache  # available: free + page cache (counting the pinned part: MemAvailable does)
         np.copyto(avail, tmp, where=due)
         np.copyto(caches, self._cache, where=due)
         np.copyto(swap_in, self._swap_in, where=due, casting="unsafe")
@@ -684,10 +688,9 @@ class Simulation:
     def _guest_snapshots(self, indices: range | list[int]) -> tuple[GuestSnapshot, ...]:
         """Build snapshots from whole-array ``tolist`` reads: a snapshot of 100 guests every policy tick
         must stay far cheaper than the simulation itself. Stats objects are reused until the next report."""
-        last = self._st_last.tolist()
-        st_total, st_avail, st_free, st_caches, st_swap_in, st_swap_out, st_majflt, st_oom = (
-            a.tolist() for a in self._published
-        )
+        values, stamps = self._reports()
+        last = stamps.tolist()
+        st_total, st_avail, st_free, st_caches, st_swap_in, st_swap_out, st_majflt, st_oom = values.tolist()
         mx, tg, ac, vc, mv, cpu = (
             a.tolist()
             for a in (self._max, self._target, self._actual, self._vcpus, self._max_vcpus, self._cpu_ns)

@@ -7,14 +7,18 @@ speeds bytes per second, times seconds.
 
 The rig is ``tests/rig`` (Debian cloud kernel 6.1, 512 MiB guests under TCG, virtio balloon with stats
 every second); ``docs/libvirt.md`` records what was measured on it, and the replay test
-(``tests/test_replay.py``) checks the model against real recordings with these values.
+(``tests/test_replay.py``) checks the model against the real recordings in ``tests/replay/`` with these
+values (``python -m tests.replay.record`` makes them).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from autoballoon.units import GiB, MiB
+import numpy as np
+import numpy.typing as npt
+
+from autoballoon.units import GiB, KiB, MiB
 
 
 @dataclass(frozen=True, slots=True)
@@ -23,37 +27,39 @@ class Physics:
 
     #: Balloon inflation speed while the guest has free or reclaimable memory to give. The Linux driver
     #: (drivers/virtio/virtio_balloon.c) moves 256 pages (1 MiB) per virtqueue round trip; on the rig
-    #: 312 MiB took under 0.5 s. 256 MiB/s is conservative.
-    inflate_bps: int = 256 * MiB
+    #: 512 -> 200 MiB took 1.6-5 s, 50-155 MiB/s (``tests/replay/squeeze.json``).
+    inflate_bps: int = 100 * MiB
     #: Inflation speed when giving memory means swapping: the driver's page allocation fails, it logs
     #: "Out of puff!" and sleeps 200 ms (virtio_balloon.c, fill_balloon), so about 5 MiB/s.
     inflate_pressure_bps: int = 5 * MiB
-    #: Deflation speed: freeing balloon pages is cheap (312 MiB in about 0.15 s on the rig).
-    deflate_bps: int = 2 * GiB
+    #: Deflation speed: 236-310 MiB moved within one half-second sample on the rig (at least 470 MiB/s).
+    deflate_bps: int = 512 * MiB
     #: From a new target to the balloon starting to move: libvirt's setmem, QEMU's config-change interrupt,
-    #: then the driver's work item on a freezable workqueue. The stepping is whole substeps, so any value
-    #: up to one step delays the move by one step (about 1 s on the rig under TCG, whose libvirt answers
-    #: setmem in tens of milliseconds but whose guest runs its work item only when its vCPU is scheduled).
-    balloon_latency_s: float = 1.0
-    #: How old the values in a guest's report are when QEMU stamps it. QEMU stamps ``last-update`` when
-    #: the report arrives (hw/virtio/virtio-balloon.c, virtio_balloon_receive_stats), but the guest fills
-    #: it from a work item that runs after the request, and a policy reads it up to a period later still.
-    #: One second (one stats period on the rig) is the "a period late" seen on real guests; a report is
-    #: never older than its guest's period (the next request replaces it).
-    stats_delay_s: float = 1.0
+    #: then the driver's work item on a freezable workqueue. 0.1-1.2 s on the rig (the longest while the
+    #: guest was busy allocating). Movement is stepped in whole substeps, so it is rounded up to a step.
+    balloon_latency_s: float = 0.5
+    #: How old the values in a guest's report are when QEMU stamps it (hw/virtio/virtio-balloon.c stamps
+    #: ``last-update`` when the report arrives, after the guest's work item filled it). On the rig, libvirt's
+    #: ``usable`` trailed the guest's own MemAvailable by 0.3-1.0 s with a 1 s period: the report's age
+    #: (up to one period, which the model has anyway) plus at most about 0.25 s. Never more than a period.
+    stats_delay_s: float = 0.25
     #: Page cache growth into free memory while the guest does I/O (a modelling choice: a busy VM's cache
     #: fills a few GiB within an hour, as on real servers).
     cache_growth_bps: int = 2 * MiB
-    #: File pages the kernel never gives up (executables, libraries being used).
+    #: File pages the kernel never gives up (executables and libraries in use). MemAvailable counts them,
+    #: so it overstates what reclaim can free by this much plus the min watermark, and the OOM killer fires
+    #: while MemAvailable still shows both. A modelling choice for a server; the rig's guests run from an
+    #: initramfs (shmem, which MemAvailable does not count) and have none, which their replay uses.
     cache_min_bytes: int = 32 * MiB
-    #: Memory the kernel keeps free (its min watermark): page cache never eats it, and an allocation that
-    #: would dip below it reclaims, swaps or OOM-kills instead. So the OOM killer fires while MemAvailable
-    #: still shows ``cache_min + free_min + available_overstatement``.
-    free_min_bytes: int = 16 * MiB
-    #: What MemAvailable counts as available but reclaim cannot really free: shmem and the initramfs
-    #: (on the rig, the whole root file system), unreclaimable slab, mapped file pages in use. Reported in
-    #: the guest's ``available`` (libvirt ``usable``) on top of what the model can free.
-    available_overstatement_bytes: int = 24 * MiB
+    #: The kernel's min watermark (mm/page_alloc.c, init_per_zone_wmark_min): min_free_kbytes is
+    #: sqrt(16 x RAM in KiB), between 128 KiB and 256 MiB: 2.9 MiB for 512 MiB, 8 MiB for 4 GiB. Page cache
+    #: never eats it, and an allocation that would dip below it reclaims, swaps or OOM-kills. The balloon
+    #: *can* take it (its allocations only skip the emergency reserves), which is how inflating a guest
+    #: without swap onto memory in use OOM-kills: on the rig the balloon drove MemAvailable to 3 MiB
+    #: and the OOM killer fired.
+    min_free_scale: int = 16
+    min_free_floor_bytes: int = 128 * KiB
+    min_free_ceiling_bytes: int = 256 * MiB
     #: Kernel and slab memory of a guest when the scenario does not say: a fixed part plus a share of max.
     kernel_base_bytes: int = 64 * MiB
     kernel_max_fraction: float = 0.02
@@ -86,10 +92,12 @@ class Physics:
     #: Host PSI "some" reaches 100% when host memory is overrun by this much (host swapping).
     psi_full_scale_bytes: int = 1 * GiB
 
-    @property
-    def reserved_bytes(self) -> int:
-        """Beyond its kernel, what a guest must keep besides anonymous memory not to swap."""
-        return self.cache_min_bytes + self.free_min_bytes
+    def min_free(self, max_bytes: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
+        """Each guest's min watermark, from its memory size (see ``min_free_scale``)."""
+        kib = np.sqrt(self.min_free_scale * (max_bytes // KiB).astype(np.float64))
+        return np.clip(
+            np.rint(kib).astype(np.int64) * KiB, self.min_free_floor_bytes, self.min_free_ceiling_bytes
+        )
 
 
 DEFAULT_PHYSICS = Physics()
