@@ -80,6 +80,7 @@ def test_count_gives_that_many_distinct_guests(count: int) -> None:
         ),
         (guest("policy = { min = '5G' }"), ["'vm'", "'min'", "no larger than the guest's max"]),
         (guest("policy = { buffer = 'lots' }"), ["'vm'", "'buffer'", "percentage"]),
+        (guest("policy = { shares = 0 }"), ["'vm'", "'shares'", "from 1"]),  # as the config file says
         (guest() + guest(), ["'name'", "'vm'", "unique"]),
         ('[[guest]]\nmax = "1G"\ndemand = {shape="constant", level="1G"}\n', ["#1", "'name'", "required"]),
     ],

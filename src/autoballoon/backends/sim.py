@@ -29,6 +29,7 @@ from autoballoon.model import (
     GuestSnapshot,
     HostSnapshot,
 )
+from autoballoon.ops import LIMITS as OPERATOR_LIMITS
 from autoballoon.sim import Simulation, load_scenario
 from autoballoon.sim.demand import SECONDS_PER_DAY
 from autoballoon.sim.scenario import Real, Scenario, Whole
@@ -348,8 +349,11 @@ def _check_policy(name: str, policy: GuestPolicy, max_bytes: int) -> None:
         raise LimitError(
             name, "policy min", human(policy.min_bytes), f"above policy max {human(policy.max_bytes)}"
         )
-    if policy.shares is not None and policy.shares < 0:
-        raise LimitError(name, "policy shares", str(policy.shares), "must be 0 or more")
+    if policy.shares is not None and not 1 <= policy.shares <= OPERATOR_LIMITS.max_shares:
+        # the config file's and the CLI's range: 0 meant two things inside the policy
+        raise LimitError(
+            name, "policy shares", str(policy.shares), f"must be from 1 to {OPERATOR_LIMITS.max_shares}"
+        )
     if policy.buffer is not None and not 0 <= policy.buffer <= MAX_BUFFER:
         raise LimitError(
             name, "policy buffer", f"{policy.buffer:.0%}", f"must be from 0% to {MAX_BUFFER:.0%}"
