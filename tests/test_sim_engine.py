@@ -365,3 +365,15 @@ def test_stats_describe_the_guest_as_it_was_a_delay_before_their_stamp() -> None
 def test_a_stuck_driver_is_wedged_where_it_booted_not_at_max() -> None:
     sim = sim_of(one('target = "2G"\nstuck = true'))
     assert sim.actual[0] == 2 * GiB
+
+
+def test_a_target_changed_every_step_is_followed_not_postponed() -> None:
+    """Linux's driver re-reads the target on every round trip: a target that moves while the balloon
+    moves is followed at once. (A version that restarted the latency on every change never moved a
+    guest whose policy retargets it every second, and the oracle's guests were OOM-killed.)"""
+    sim = sim_of(one())
+    sim.run(10)
+    for k in range(20):
+        sim.set_target("vm", 3 * GiB - k * MiB)
+        sim.step()
+    assert 0 <= sim.actual[0] - sim.target[0] <= MiB  # 1 GiB inflated in 10 s, then following

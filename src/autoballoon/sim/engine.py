@@ -294,8 +294,9 @@ class Simulation:
                 f"must be from 0 to max {format_size(int(self._max[i]))}",
             )
         if value != self._target[i]:
+            idle = bool(self._actual[i] == self._target[i])
             self._target[i] = value
-            self._new_target(np.array([i]))
+            self._new_target(np.array([i]), np.array([idle]))
 
     def set_targets(self, targets: npt.ArrayLike) -> None:
         """Set every guest's target at once (an int64 array indexed like ``names``); all or nothing."""
@@ -310,8 +311,9 @@ class Simulation:
             )
         changed = np.flatnonzero(arr != self._target)
         if changed.size:
+            idle = self._actual[changed] == self._target[changed]
             self._target[changed] = arr[changed]
-            self._new_target(changed)
+            self._new_target(changed, idle)
 
     def set_vcpus(self, vm: int | str, count: int) -> None:
         """Change a guest's active vCPUs (1..max_vcpus); CPU time accrues per vCPU."""
@@ -428,14 +430,18 @@ class Simulation:
         self._rates[h] = rates
         return rates
 
-    def _new_target(self, idx: npt.NDArray[np.intp]) -> None:
-        """A new target reaches the driver after the balloon latency, and restarts its work: it may then
-        re-inflate an autodeflated balloon."""
+    def _new_target(self, idx: npt.NDArray[np.intp], idle: B) -> None:
+        """A new target restarts the driver's work (it may then re-inflate an autodeflated balloon). An
+        idle driver (at its old target) wakes up the balloon latency later; one still moving reads the
+        target on each round and follows the new one at once; one already woken but not yet moving keeps
+        its wake-up time (Linux's driver re-reads the target every round trip)."""
         self._hold[idx] = False
         latency = self.physics.balloon_latency_s
         if latency > 0:
-            self._move_at[idx] = self._time + latency
-            self._any_waiting = True
+            wake = idle & (self._move_at[idx] <= self._time + 1e-9)
+            if wake.any():
+                self._move_at[idx[wake]] = self._time + latency
+                self._any_waiting = True
         self._update_movers()
 
     def _update_movers(self) -> None:
