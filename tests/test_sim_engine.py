@@ -377,3 +377,10 @@ def test_a_target_changed_every_step_is_followed_not_postponed() -> None:
         sim.set_target("vm", 3 * GiB - k * MiB)
         sim.step()
     assert 0 <= sim.actual[0] - sim.target[0] <= MiB  # 1 GiB inflated in 10 s, then following
+
+
+def test_a_base_used_ramp_too_short_to_measure_is_a_jump() -> None:
+    """Found by the hypothesis test over scenario files: over = 1e-38 divided by zero."""
+    sim = sim_of(one() + '[[event]]\nat = 100\nbase_used = "3G"\nover = 1.175494351e-38\n', ram="16G")
+    sim.run(101)
+    assert sim.base_used == 3 * GiB

@@ -472,7 +472,7 @@ class Simulation:
 
     def _apply(self, e: Event) -> None:
         if e.base_used is not None:
-            if e.over > 0:
+            if e.at + e.over > e.at:  # a ramp; an 'over' too small to tell apart from 0 is a jump
                 self._base_ramp = (e.at, e.at + e.over, self._base_used, e.base_used)
             else:
                 self._base_used, self._base_ramp = e.base_used, None
