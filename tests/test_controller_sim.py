@@ -167,6 +167,7 @@ name = "busy"
 max = "6G"
 target = "2G"
 kernel = "100M"
+swap = "2G"
 demand = { shape = "constant", level = "3G" }
 """,
     )
@@ -234,7 +235,7 @@ demand = { shape = "steps", points = [[0, "200M"], [300, "1200M"]] }
 
 
 def test_demo_scenario_runs_an_hour_without_harm_to_well_behaved_guests() -> None:
-    backend = SimBackend.open("sim:///demo")
+    backend = SimBackend.open("sim:///demo?speed=max")
     controller = run_daemon(backend, 3600)
     status = controller.status()
     sim = backend.sim

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -13,8 +14,10 @@ from autoballoon.cli import cli
 from autoballoon.errors import InvalidValueError
 from autoballoon.evaluate.metrics import Metrics, demand_step_onsets, efficiency, percentile
 from autoballoon.evaluate.policies import apply_overrides, parse_policy_names
-from autoballoon.evaluate.runner import Job, find_scenarios, run_simulation, run_suite
-from autoballoon.evaluate.summary import acceptance, summarize
+from autoballoon.evaluate.report import metrics_table
+from autoballoon.evaluate.runner import Job, find_scenarios, run_simulation, run_suite, with_efficiency
+from autoballoon.evaluate.summary import acceptance, ranked, summarize
+from autoballoon.sim.engine import Simulation
 from autoballoon.sim.scenario import loads_scenario
 from autoballoon.tunables import Tunables
 from autoballoon.units import GiB, MiB
@@ -98,8 +101,12 @@ def test_a_step_never_covered_counts_until_the_end(small: Path) -> None:
     static = run_simulation(loads_scenario(text, source=str(small)), Job(str(small), "static")).metrics
     assert static.pressure_vm_s == pytest.approx(600.0, abs=2.0)
     assert static.reaction_p50_s == pytest.approx(600.0, abs=2.0)
-    # 3 GiB held back for 15 minutes, less what autodeflate took back beyond swap at the step.
-    assert 0.5 < static.reclaimed_gib_h < 3 * 900 / 3600
+    # 3 GiB held back until the step; from then on the guest swaps, and it is charged what its workload
+    # needs, so the memory it lacks is not counted as reclaimed.
+    headroom = int(Simulation(loads_scenario(text, source=str(small))).headroom[1])
+    expected = (3 * GiB * 300 + (4 * GiB - 2560 * MiB - headroom) * 600) / GiB / 3600
+    assert static.reclaimed_gib_h == pytest.approx(expected, rel=0.01)
+    assert static.uncredited_gib_h > 0.1
 
 
 def test_run_suite_orders_results_and_fills_efficiency(small: Path) -> None:
@@ -137,21 +144,102 @@ def _metrics(scenario: str, policy: str, reclaimed: float, pressure: float = 0.0
     return Metrics(scenario, policy, reclaimed, None, pressure, oom, 0.0, None, None, None)
 
 
-def test_acceptance_checks_the_issue_bar() -> None:
+def test_acceptance_checks_the_bars() -> None:
     metrics = [
         _metrics("a", "autoballoon", 9.0, pressure=5.0),
         _metrics("a", "mom", 4.0, pressure=100.0),
         _metrics("a", "proxmox", 5.0, pressure=0.0),
         _metrics("a", "oracle", 10.0),
     ]
+    metrics = [replace(m, oracle_efficiency=m.reclaimed_gib_h / 10.0) for m in metrics]
     summaries = summarize(metrics, {"a": 10.0})
     assert {s.policy: s.suite_efficiency for s in summaries}["autoballoon"] == pytest.approx(0.9)
     checks = {(c.scenario, c.what): c.ok for c in acceptance(metrics, summaries)}
     assert checks[("a", "no OOM kills")]
+    assert checks[("a", "OOM kills <= mom")]
     assert checks[("a", "pressure <= mom")]
     assert not checks[("a", "pressure <= proxmox")]
+    assert checks[("a", "autoballoon oracle efficiency <= 1")]
     assert checks[("suite", "oracle efficiency >= 0.85")]
-    assert checks[("suite", "oracle efficiency > proxmox")]
+    assert checks[("suite", "ranks above mom")]
+    # More pressure than proxmox: harm first, so the higher efficiency does not rank it above.
+    assert not checks[("suite", "ranks above proxmox")]
+
+
+def test_an_efficiency_above_the_oracle_fails_its_bar() -> None:
+    metrics = [replace(_metrics("a", "autoballoon", 10.26, oom=40), oracle_efficiency=1.026)]
+    checks = {(c.scenario, c.what): c.ok for c in acceptance(metrics, summarize(metrics, {"a": 10.0}))}
+    assert not checks[("a", "autoballoon oracle efficiency <= 1")]
+    assert not checks[("a", "no OOM kills")]
+
+
+def test_harm_ranks_before_efficiency_and_the_oracle_comes_last() -> None:
+    rows = [
+        replace(_metrics("a", "oracle", 10.0), oracle_efficiency=1.0),
+        replace(_metrics("a", "autoballoon", 9.5, oom=1), oracle_efficiency=0.95),
+        replace(_metrics("a", "mom", 6.0, pressure=30.0), oracle_efficiency=0.6),
+        replace(_metrics("a", "proxmox", 5.0), oracle_efficiency=0.5),
+        replace(_metrics("a", "static", 7.0), oracle_efficiency=0.7),
+    ]
+    assert [m.policy for m in ranked(rows)] == ["static", "proxmox", "mom", "autoballoon", "oracle"]
+    table = metrics_table(rows)
+    lines = [line for line in table.splitlines() if line.startswith("| ") and "policy" not in line]
+    assert lines[0].startswith("| 1 | static | none |")
+    assert lines[3].startswith("| 4 | ⚠ autoballoon | OOM kills |")  # marked, and ranked below harmless ones
+    assert lines[4].startswith("| – | oracle |")
+
+
+# Two guests without autodeflate or swap whose demand jumps by 1.5 GiB at once, and falls back later.
+JUMPS = """
+[host]
+ram = "16G"
+reserve = "512M"
+[run]
+duration = 1800
+step = 1
+[[guest]]
+name = "jumper"
+count = 2
+max = "4G"
+swap = "0"
+policy = { min = "256M" }
+demand = { shape = "steps", points = [[0, "512M"], [600, "2G"], [1200, "512M"]] }
+"""
+
+
+class FollowsTheSurvivors:
+    """Sizes every guest to the demand that is left in it now, plus the headroom, every second. On a jump
+    without swap or autodeflate its guests are OOM-killed, and each kill lowers the demand it then sees:
+    under a rule that credits kills it would out-reclaim the oracle."""
+
+    name = "survivors"
+    needs_snapshot = False
+    interval_s = 1.0
+
+    def __init__(self, sim: Simulation) -> None:
+        self.sim = sim
+
+    def tick(self, now: float, snapshot: object) -> np.ndarray:
+        return np.minimum(self.sim.demand + self.sim.headroom, self.sim.max).astype(np.int64)
+
+
+def test_a_policy_that_lets_guests_be_killed_scores_no_higher_than_one_that_does_not(tmp_path: Path) -> None:
+    path = tmp_path / "jumps.toml"
+    path.write_text(JUMPS)
+    scenario = loads_scenario(JUMPS, source=str(path))
+    oracle = run_simulation(scenario, Job(str(path), "oracle"))
+    killer = run_simulation(scenario, Job(str(path), "survivors"), FollowsTheSurvivors)
+    assert oracle.metrics.oom_kills == 0 and killer.metrics.oom_kills > 0
+    assert killer.metrics.reclaimed_gib_h <= oracle.metrics.reclaimed_gib_h
+    # The memory the kills freed is what the rule withholds: counted, it would have beaten the oracle.
+    credited_if_kills_counted = killer.metrics.reclaimed_gib_h + killer.metrics.uncredited_gib_h
+    assert credited_if_kills_counted > oracle.metrics.reclaimed_gib_h
+    scored = {r.metrics.policy: r.metrics for r in with_efficiency([oracle, killer])}
+    assert scored["survivors"].oracle_efficiency is not None
+    assert scored["survivors"].oracle_efficiency <= 1.0
+    assert ranked(list(scored.values()))[0].policy == "survivors"  # the only contender...
+    static = run_simulation(scenario, Job(str(path), "static")).metrics
+    assert ranked([static, scored["survivors"]])[0].policy == "static"  # ...until one does no harm
 
 
 def test_cli_json_has_exactly_the_documented_fields(small: Path) -> None:

@@ -85,7 +85,7 @@ def test_every_alert_says_what_to_do_and_how_bad_it_is() -> None:
 def test_the_rules_read_only_series_the_daemon_exports() -> None:
     """A renamed metric would leave a rule (and its alert) silently empty: every autoballoon_* series the
     rules and the Grafana dashboard read must be among those a daemon exports after one tick."""
-    backend = SimBackend.open("sim:///demo")
+    backend = SimBackend.open("sim:///demo?speed=max")
     controller = Controller(backend, backend.clock, DaemonConfig(), Journal())
     source = ControllerSource(controller, TUNABLES)
     history = History(TUNABLES.history_points)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +13,7 @@ from hypothesis import strategies as st
 
 from autoballoon.backends.sim import load_named_scenario
 from autoballoon.errors import InvalidValueError
-from autoballoon.sim import load_scenario, loads_scenario
+from autoballoon.sim import Simulation, load_scenario, loads_scenario
 from autoballoon.sim.demand import Constant, Demand, Diurnal, Ramp, Sine, Spikes, Steps, Trace, sample
 from autoballoon.units import GiB, KiB, MiB
 
@@ -78,6 +80,7 @@ def test_count_gives_that_many_distinct_guests(count: int) -> None:
         ),
         (guest("policy = { min = '5G' }"), ["'vm'", "'min'", "no larger than the guest's max"]),
         (guest("policy = { buffer = 'lots' }"), ["'vm'", "'buffer'", "percentage"]),
+        (guest("policy = { shares = 0 }"), ["'vm'", "'shares'", "from 1"]),  # as the config file says
         (guest() + guest(), ["'name'", "'vm'", "unique"]),
         ('[[guest]]\nmax = "1G"\ndemand = {shape="constant", level="1G"}\n', ["#1", "'name'", "required"]),
     ],
@@ -95,7 +98,7 @@ def test_errors_name_file_guest_field_and_what_is_accepted(text: str, needles: l
         ('[host]\nram = "2G"\nbase_used = "2G"\n', ["[host]", "base_used", "below ram"]),
         ('[host]\nram = "0"\n', ["[host]", "'ram'", "above 0"]),
         ("[host]\ncpus = 4\n", ["[host]", "'ram'", "required"]),
-        ('[host]\nram = "16G"\n[run]\nstep = 0\n', ["[run]", "'step'", "above 0"]),
+        ('[host]\nram = "16G"\n[run]\nstep = 0\n', ["[run]", "'step'", "from 0.001"]),
         ('[host]\nram = "1G"\n[walk]\n', ["top level", "walk", "guest"]),
         ('[host]\nram = "1G\n', ["TOML"]),
     ],
@@ -182,3 +185,139 @@ def test_the_documented_example_parses(tmp_path: Path) -> None:
     sc = load_scenario(tmp_path / "day.toml")
     assert len(sc.guests) == 41 and sc.names[0] == "web-01" and sc.guests[-1].name == "batch"
     assert sc.guests[0].policy.buffer == pytest.approx(0.2)
+
+
+# ------------------------------------------------------------------------------- hostile numbers
+
+
+GUEST_HEAD = '[[guest]]\nname = "vm"\nmax = "4G"\n'
+
+
+@pytest.mark.parametrize("bad", ["nan", "inf", "-inf"])
+@pytest.mark.parametrize(
+    ("where", "template"),
+    [
+        ("[run]", "[run]\nduration = {bad}\n"),  # was a traceback
+        ("[run]", "[run]\nstep = {bad}\n"),  # was a traceback
+        ("'stats_period'", "{guest}stats_period = {bad}\n"),  # was a traceback
+        ("'cpu'", "{guest}cpu = {bad}\n"),  # NaN was taken silently
+        ("'peak_hour'", "{diurnal}peak_hour = {bad} }}\n"),  # NaN was taken silently
+        ("'period'", "{diurnal}period = {bad} }}\n"),  # NaN was taken silently
+        ("'noise'", "{diurnal}noise = {bad} }}\n"),
+        ("'every'", "{spikes}every = {bad}, length = 60 }}\n"),
+        (
+            "'phase'",
+            '[[guest]]\nname = "vm"\nmax = "4G"\ndemand = {{ shape = "sine", mean = "1G", '
+            'amplitude = "1G", period = 60, phase = {bad} }}\n',
+        ),
+    ],
+)
+def test_nan_and_infinity_are_refused_everywhere(where: str, template: str, bad: str) -> None:
+    text = template.format(
+        bad=bad,
+        guest=guest(),
+        diurnal=GUEST_HEAD + 'demand = { shape = "diurnal", low = "1G", high = "2G", ',
+        spikes=GUEST_HEAD + 'demand = { shape = "spikes", base = "1G", height = "1G", ',
+    )
+    if "[[guest]]" not in text:
+        text += guest()
+    with pytest.raises(InvalidValueError, match="finite number") as err:
+        loads_scenario(HOST + text, source="s.toml")
+    assert where in str(err.value)
+
+
+def test_spikes_must_last_and_pause_at_least_a_step() -> None:
+    """``every = 1e-300`` spun until killed: it drew one arrival after another, each a Python step."""
+    with pytest.raises(InvalidValueError, match=r"'every'.*from 1"):
+        scenario(guest(demand='shape = "spikes", base = "1G", height = "1G", every = 1e-300, length = 60'))
+    with pytest.raises(InvalidValueError, match=r"'length'.*from 1"):
+        scenario(guest(demand='shape = "spikes", base = "1G", height = "1G", every = 60, length = 0.5'))
+    # The busiest spikes a scenario can ask for draw a day of bursts at once.
+    sc = scenario(guest(demand='shape = "spikes", base = "1G", height = "1G", every = 1, length = 1'))
+    sim = Simulation(sc)
+    assert 0.2 < float((sim.demand_at(np.arange(0.0, 86400.0)) > GiB).mean()) < 0.8
+
+
+def test_trace_rows_with_nan_or_infinite_times_are_refused(tmp_path: Path) -> None:
+    for bad in ("nan", "inf"):
+        (tmp_path / "t.csv").write_text(f"0,1G\n{bad},2G\n")
+        with pytest.raises(InvalidValueError, match="line 2"):
+            scenario(guest(demand='shape = "trace", file = "t.csv"'), base_dir=tmp_path)
+
+
+def test_sizes_beyond_int64_sums_are_refused() -> None:
+    with pytest.raises(InvalidValueError, match=r"'max'.*64 TiB"):
+        scenario(guest().replace('max = "4G"', 'max = "100000T"'))
+
+
+def _toml(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return (
+            "nan"
+            if math.isnan(value)
+            else ("inf" if value > 0 else "-inf")
+            if math.isinf(value)
+            else repr(value)
+        )
+    if isinstance(value, int):
+        return str(value)
+    return json.dumps(value)  # JSON's string escapes are TOML basic-string escapes
+
+
+_VALUES = st.one_of(
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.integers(min_value=-(2**70), max_value=2**70),
+    st.booleans(),
+    st.sampled_from(["4G", "1e9", "-1G", "0", "512M", "nan", "", "lots", "1.5GiB", "99999999999T"]),
+)
+_FIELDS = {
+    "run": ["duration", "step"],
+    "guest": ["max", "target", "vcpus", "stats_period", "swap", "kernel", "cpu", "count"],
+    "demand": ["level", "noise"],
+    "sine": ["mean", "amplitude", "period", "phase"],
+    "diurnal": ["low", "high", "peak_hour", "period"],
+    "spikes": ["base", "height", "every", "length"],
+    "event": ["at", "base_used", "over"],
+}
+
+
+@st.composite
+def hostile_scenarios(draw: st.DrawFn) -> str:
+    """A valid small scenario with a few fields replaced by anything TOML can hold."""
+    shape = draw(st.sampled_from(["sine", "diurnal", "spikes"]))
+    fields: dict[str, dict[str, str]] = {
+        "run": {"duration": "600", "step": "1"},
+        "guest": {"name": '"vm"', "max": '"4G"', "target": '"2G"'},
+        "demand": {"shape": f'"{shape}"'},
+        "sine": {"mean": '"1G"', "amplitude": '"512M"', "period": "300"},
+        "diurnal": {"low": '"1G"', "high": '"2G"'},
+        "spikes": {"base": '"1G"', "height": '"1G"', "every": "60", "length": "30"},
+        "event": {"at": "100", "base_used": '"2G"'},
+    }
+    for _ in range(draw(st.integers(1, 3))):
+        table = draw(st.sampled_from(["run", "guest", "demand", shape, "event"]))
+        key = draw(st.sampled_from(_FIELDS[table]))
+        fields[table][key] = _toml(draw(_VALUES))
+    demand = ", ".join(f"{k} = {v}" for k, v in {**fields["demand"], **fields[shape]}.items())
+    lines = ["[host]", 'ram = "16G"', "[run]", *(f"{k} = {v}" for k, v in fields["run"].items())]
+    lines += ["[[guest]]", *(f"{k} = {v}" for k, v in fields["guest"].items()), f"demand = {{ {demand} }}"]
+    lines += ["[[event]]", *(f"{k} = {v}" for k, v in fields["event"].items())]
+    return "\n".join(lines) + "\n"
+
+
+@given(hostile_scenarios())
+@settings(max_examples=150, deadline=None)
+def test_any_scenario_file_loads_and_runs_or_is_refused_with_a_clear_error(text: str) -> None:
+    """Whatever a scenario file holds, loading it either gives a scenario that simulates, or an error
+    naming the field: never a traceback, a hang, or a NaN inside the engine."""
+    try:
+        sc = loads_scenario(text, source="h.toml")
+    except InvalidValueError as err:
+        assert "h.toml" in str(err)
+        return
+    sim = Simulation(sc)
+    sim.run(min(sc.run.duration, 120.0))
+    assert (sim.demand >= 0).all() and (sim.actual <= sim.max).all()
+    assert np.isfinite(sim.demand_at(np.arange(0.0, 10.0)).astype(np.float64)).all()

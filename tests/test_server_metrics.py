@@ -98,7 +98,7 @@ def test_metrics_match_the_fake_exactly(fake_server: tuple[RunningServer, FakeSo
 
 
 def test_metrics_of_the_real_controller_match_the_simulated_host() -> None:
-    backend = SimBackend.open("sim:///demo")
+    backend = SimBackend.open("sim:///demo?speed=max")
     controller = Controller(backend, backend.clock, DaemonConfig(), Journal())
     source = ControllerSource(controller, TUNABLES)
     srv = serve(source, "127.0.0.1:0")

@@ -21,7 +21,7 @@ def demo_names() -> list[str]:
 
 @pytest.fixture
 def demo() -> SimBackend:
-    backend = open_backend("sim:///demo")
+    backend = open_backend("sim:///demo?speed=max")
     assert isinstance(backend, SimBackend)
     return backend
 
@@ -128,6 +128,8 @@ def test_policy_round_trips_and_is_validated(demo: SimBackend) -> None:
         demo.set_policy("web", GuestPolicy(min_bytes=9 * GiB))
     with pytest.raises(LimitError):
         demo.set_policy("web", GuestPolicy(min_bytes=2 * GiB, max_bytes=GiB))
+    with pytest.raises(LimitError, match="from 1"):  # 0 was taken, though config and CLI refuse it
+        demo.set_policy("web", GuestPolicy(shares=0))
     assert demo.get_policy("web") == policy
 
 
@@ -138,7 +140,8 @@ def test_enable_stats(demo: SimBackend) -> None:
     assert demo.guest("web").stats.last_update == last  # polling off: the report ages
     demo.enable_stats("web", 1)
     demo.clock.sleep(2)
-    assert demo.guest("web").stats.last_update == demo.clock.wall()
+    fresh = demo.guest("web").stats.last_update
+    assert fresh is not None and 0 <= demo.clock.wall() - fresh <= 1  # reporting every second again
     demo.enable_stats("legacy", 1)
     demo.clock.sleep(5)
     assert not demo.guest("legacy").stats.present  # no driver in the guest: still nothing
@@ -160,6 +163,8 @@ def test_model_none_guest_refuses_live_target(tmp_path: Path) -> None:
 
 def test_uri_options() -> None:
     assert parse_sim_uri("sim:///demo").scenario == "demo"
+    assert parse_sim_uri("sim:///demo").speed == 1.0  # real time, like a real host
+    assert parse_sim_uri("sim:///demo?speed=max").speed is None  # no real waiting at all
     opts = parse_sim_uri("sim:///demo?speed=100&warmup=5&seed=3")
     assert (opts.speed, opts.warmup, opts.seed) == (100.0, 5.0, 3)
     assert parse_sim_uri("sim:///srv/scen.toml").scenario == "/srv/scen.toml"
@@ -174,7 +179,13 @@ def test_uri_options() -> None:
         ("sim:///no/such/file.toml", "scenario file '/no/such/file.toml'"),
         ("sim:///demo?speed=0", "speed"),
         ("sim:///demo?speed=fast", "speed"),
+        ("sim:///demo?speed=1e-300", "speed.*from 0.01"),  # overflowed the clock's sleep
+        ("sim:///demo?speed=nan", "speed"),
+        ("sim:///demo?speed=inf", "'max' for no real waiting"),
         ("sim:///demo?warmup=-1", "warmup"),
+        ("sim:///demo?warmup=1e9", "warmup.*86400"),  # simulated for hours before refusing nothing
+        ("sim:///demo?warmup=nan", "warmup"),
+        ("sim:///demo?seed=99999999999999999999", "seed"),
         ("sim:///demo?seed=x", "seed"),
         ("sim:///demo?colour=red", "one of speed, warmup, seed"),
         ("sim://", "sim:///demo"),
@@ -197,3 +208,18 @@ def test_each_open_is_a_fresh_world(demo_names: list[str]) -> None:
     first.set_target("web", GiB)
     second = open_backend("sim:///demo?warmup=0")
     assert second.guest("web").target_bytes != GiB and second.snapshot().names == demo_names
+
+
+def test_the_default_clock_sleeps_in_real_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without ?speed a daemon on sim:///demo must sleep like on a real host: it used to return at once,
+    so ``autoballoon run`` spun a core and wrote hundreds of journal lines a second."""
+    slept: list[float] = []
+    monkeypatch.setattr("autoballoon.clock.time.sleep", slept.append)
+    backend = open_backend("sim:///demo?warmup=0")
+    assert isinstance(backend, SimBackend)
+    backend.clock.sleep(2.0)
+    assert slept == [2.0] and backend.sim.time == 2.0
+    fast = open_backend("sim:///demo?warmup=0&speed=max")
+    assert isinstance(fast, SimBackend)
+    fast.clock.sleep(2.0)
+    assert slept == [2.0] and fast.sim.time == 2.0  # no real wait

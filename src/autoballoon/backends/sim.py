@@ -2,8 +2,8 @@
 
 ``sim:///demo`` is the built-in scenario (``autoballoon/data/demo.toml``), ``sim:///path/to/scenario.toml``
 any scenario file. Query parameters: ``speed`` (virtual seconds per real second when the controller sleeps;
-default: no real waiting), ``warmup`` (virtual seconds simulated at open so that guests have reported stats;
-default 60) and ``seed`` (default 0).
+default 1, real time, as a real host; ``max`` for no real waiting at all), ``warmup`` (virtual seconds
+simulated at open so that guests have reported stats; default 60, at most a day) and ``seed`` (default 0).
 
 All state lives in this process: nothing is persisted, so a change made by one ``autoballoon`` command is
 gone when the next command opens ``sim:///demo`` again. Like libvirt, changes to ``<memory>`` and the
@@ -12,7 +12,6 @@ persistent ``<memballoon>`` are stored for "the next boot", which the simulator 
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, replace
 from importlib import resources
 from pathlib import Path
@@ -30,17 +29,24 @@ from autoballoon.model import (
     GuestSnapshot,
     HostSnapshot,
 )
+from autoballoon.ops import LIMITS as OPERATOR_LIMITS
 from autoballoon.sim import Simulation, load_scenario
-from autoballoon.sim.scenario import Scenario
+from autoballoon.sim.demand import SECONDS_PER_DAY
+from autoballoon.sim.scenario import Real, Scenario, Whole
 from autoballoon.units import format_size, human
 
 
 @dataclass(frozen=True, slots=True)
 class SimOptions:
-    """What a ``sim://`` URI asks for, with the defaults of an interactive session."""
+    """What a ``sim://`` URI asks for, with the defaults of an interactive session.
+
+    The default speed is real time: a daemon on ``sim:///demo`` must sleep between ticks like on a real
+    host, or it spins a core and writes hundreds of journal lines a second. ``speed = None`` (``max``)
+    does not wait at all, for tests and benchmarks that drive the clock themselves.
+    """
 
     scenario: str = "demo"
-    speed: float | None = None
+    speed: float | None = 1.0
     warmup: float = 60.0
     seed: int = 0
 
@@ -50,6 +56,14 @@ QUERY_KEYS = ("speed", "warmup", "seed")
 URI_FORMS = (
     "sim:///demo (built-in) or sim:///absolute/path/to/scenario.toml, optionally ?speed=&warmup=&seed="
 )
+#: ``?speed=`` bounds: slower than 1/100 of real time turns a 2 s tick into minutes of sleep (and 1e-300
+#: overflowed the sleep); faster than a million is indistinguishable from ``max``.
+SPEED = Real(low=0.01, high=1e6)
+SPEED_MAX = "max"
+#: ``?warmup=`` bound: a simulated day (demand repeats after a scenario's run anyway), about a second of
+#: work for the demo; 1e9 seconds ran for hours.
+WARMUP = Real(high=SECONDS_PER_DAY)
+SEED = Whole(0, 2**32 - 1)
 
 
 def parse_sim_uri(uri: str) -> SimOptions:
@@ -69,30 +83,27 @@ def parse_sim_uri(uri: str) -> SimOptions:
         raise InvalidValueError("simulator URI query", parts.query, "key=value pairs joined by &") from None
     for key, value in pairs:
         if key == "speed":
-            speed = _number(key, value, "a number of virtual seconds per real second above 0")
-            if speed <= 0:
-                raise InvalidValueError("URI parameter speed", value, "a number above 0")
+            speed = None if value == SPEED_MAX else _number(key, value, SPEED)
             options = replace(options, speed=speed)
         elif key == "warmup":
-            warmup = _number(key, value, "a number of seconds >= 0")
-            if warmup < 0:
-                raise InvalidValueError("URI parameter warmup", value, "a number of seconds >= 0")
-            options = replace(options, warmup=warmup)
+            options = replace(options, warmup=_number(key, value, WARMUP))
         elif key == "seed":
-            if not value.isdigit():
-                raise InvalidValueError("URI parameter seed", value, "a whole number >= 0")
-            options = replace(options, seed=int(value))
+            seed = SEED.check(int(value)) if value.isdigit() else None
+            if seed is None:
+                raise InvalidValueError("URI parameter seed", value, SEED.accepted)
+            options = replace(options, seed=seed)
         else:
             raise InvalidValueError("URI parameter", key, "one of " + ", ".join(QUERY_KEYS))
     return options
 
 
-def _number(key: str, value: str, accepted: str) -> float:
+def _number(key: str, value: str, rule: Real) -> float:
     try:
-        number = float(value)
+        number = rule.check(float(value))
     except ValueError:
-        raise InvalidValueError(f"URI parameter {key}", value, accepted) from None
-    if not math.isfinite(number):
+        number = None
+    if number is None:
+        accepted = rule.accepted + (f", or {SPEED_MAX!r} for no real waiting" if key == "speed" else "")
         raise InvalidValueError(f"URI parameter {key}", value, accepted)
     return number
 
@@ -116,7 +127,7 @@ class SimClock(VirtualClock):
 
     def __init__(self, sim: Simulation, *, speed: float | None) -> None:
         super().__init__(start=sim.time, speed=speed)
-        self._epoch = sim.tunables.epoch
+        self._epoch = sim.physics.epoch
         self.on_advance(sim.step)
 
     def wall(self) -> float:
@@ -141,6 +152,7 @@ class SimBackend:
     """
 
     def __init__(self, sim: Simulation, *, uri: str = "sim:///", speed: float | None = None) -> None:
+        """``speed`` None: the clock never waits (tests build backends directly this way)."""
         self.uri = uri
         self.sim = sim
         self.clock = SimClock(sim, speed=speed)
@@ -337,8 +349,11 @@ def _check_policy(name: str, policy: GuestPolicy, max_bytes: int) -> None:
         raise LimitError(
             name, "policy min", human(policy.min_bytes), f"above policy max {human(policy.max_bytes)}"
         )
-    if policy.shares is not None and policy.shares < 0:
-        raise LimitError(name, "policy shares", str(policy.shares), "must be 0 or more")
+    if policy.shares is not None and not 1 <= policy.shares <= OPERATOR_LIMITS.max_shares:
+        # the config file's and the CLI's range: 0 meant two things inside the policy
+        raise LimitError(
+            name, "policy shares", str(policy.shares), f"must be from 1 to {OPERATOR_LIMITS.max_shares}"
+        )
     if policy.buffer is not None and not 0 <= policy.buffer <= MAX_BUFFER:
         raise LimitError(
             name, "policy buffer", f"{policy.buffer:.0%}", f"must be from 0% to {MAX_BUFFER:.0%}"

@@ -11,21 +11,22 @@ from rich.table import Table
 
 from autoballoon.cli import cli
 from autoballoon.cli.output import emit_json
-from autoballoon.evaluate.metrics import Metrics
+from autoballoon.evaluate.metrics import SEVERE_HARM, Metrics, harm
 from autoballoon.evaluate.policies import POLICY_NAMES, parse_policy_names
 from autoballoon.evaluate.runner import find_scenarios, run_suite, scenario_name
-from autoballoon.evaluate.summary import PolicySummary, acceptance, summarize
+from autoballoon.evaluate.summary import PolicySummary, acceptance, ranked, summarize
 
-#: Short headers so that a table fits 100 columns: reclaimed GiB-h, oracle efficiency, pressure VM-s,
-#: OOM kills, host-overrun s, CPU-storm VM-s, reaction p50/p99 s, policy CPU ms per tick.
+#: Short headers so that a table fits 100 columns, harm before efficiency as in the ranking: OOM kills,
+#: host-overrun s, pressure VM-s, CPU-storm VM-s, reclaimed GiB-h, oracle efficiency, reaction p50/p99 s,
+#: policy CPU ms per tick. Rows come in ranking order (harm first); a ⚠ marks OOM kills or overrun.
 _COLUMNS = [
     "POLICY",
-    "GiB-h",
-    "EFF",
-    "PRESS VM-s",
     "OOM",
     "OVERRUN s",
+    "PRESS VM-s",
     "STORM VM-s",
+    "GiB-h",
+    "EFF",
     "p50 s",
     "p99 s",
     "ms/tick",
@@ -36,15 +37,19 @@ def _num(value: float | None, fmt: str) -> str:
     return "-" if value is None else format(value, fmt)
 
 
+def _label(m: Metrics | PolicySummary) -> str:
+    return f"⚠ {m.policy}" if set(harm(m)) & set(SEVERE_HARM) else m.policy
+
+
 def metric_row(m: Metrics) -> list[str]:
     return [
-        m.policy,
-        _num(m.reclaimed_gib_h, ".2f"),
-        _num(m.oracle_efficiency, ".3f"),
-        _num(m.pressure_vm_s, ".0f"),
+        _label(m),
         str(m.oom_kills),
         _num(m.host_overrun_s, ".0f"),
+        _num(m.pressure_vm_s, ".0f"),
         _num(m.cpu_storm_vm_s, ".0f"),
+        _num(m.reclaimed_gib_h, ".2f"),
+        _num(m.oracle_efficiency, ".3f"),
         _num(m.reaction_p50_s, ".0f"),
         _num(m.reaction_p99_s, ".0f"),
         _num(m.cpu_per_tick_ms, ".3f"),
@@ -53,13 +58,13 @@ def metric_row(m: Metrics) -> list[str]:
 
 def summary_row(s: PolicySummary) -> list[str]:
     return [
-        s.policy,
-        _num(s.reclaimed_gib_h, ".2f"),
-        _num(s.suite_efficiency, ".3f"),
-        _num(s.pressure_vm_s, ".0f"),
+        _label(s),
         str(s.oom_kills),
         _num(s.host_overrun_s, ".0f"),
+        _num(s.pressure_vm_s, ".0f"),
         _num(s.cpu_storm_vm_s, ".0f"),
+        _num(s.reclaimed_gib_h, ".2f"),
+        _num(s.suite_efficiency, ".3f"),
         "-",
         _num(s.worst_reaction_p99_s, ".0f"),
         _num(s.cpu_per_tick_ms, ".3f"),
@@ -136,8 +141,9 @@ def evaluate(
 ) -> None:
     """Run every policy on every scenario in the simulator and measure them (see docs/evaluation.md).
 
-    Metrics per (scenario, policy): reclaimed GiB-hours, oracle efficiency, pressure VM-seconds, OOM kills,
-    host-overrun seconds, reaction time p50/p99, the policy's CPU time per tick.
+    Metrics per (scenario, policy): OOM kills, host-overrun seconds, pressure VM-seconds, reclaimed
+    GiB-hours (harm is not credited), oracle efficiency, reaction time p50/p99, the policy's CPU time per
+    tick. Tables rank policies by harm first, then efficiency.
     """
     names = parse_policy_names(policies)
     paths = find_scenarios(list(scenario_paths) or ["scenarios"])
@@ -177,9 +183,10 @@ def evaluate(
         emit_json([m.to_json() for m in metrics])
         return
     for scenario in dict.fromkeys(m.scenario for m in metrics):
-        _table(scenario, [metric_row(m) for m in metrics if m.scenario == scenario])
+        _table(scenario, [metric_row(m) for m in ranked([m for m in metrics if m.scenario == scenario])])
     _table(
-        "suite (sums over scenarios; efficiency = sum / oracle's sum)", [summary_row(s) for s in summaries]
+        "suite, ranked by harm then efficiency (sums over scenarios; efficiency = sum / oracle's sum)",
+        [summary_row(s) for s in ranked(summaries)],
     )
     failed = [c for c in checks if not c.ok]
     for c in failed:

@@ -1,10 +1,14 @@
-"""The numbers a policy is judged by (DESIGN.md, "How results are measured"), in one place.
+"""The numbers a policy is judged by, in one place (``docs/evaluation.md`` states them for readers).
 
 :class:`Recorder` is the imperative part: the runner hands it the simulation after every step and it
 integrates, in O(guests) NumPy work per step. Everything else here is pure: finding demand steps in a
 trace, percentiles, efficiency. All integrals are exact sums of ``value * dt`` over the simulation steps.
 
-- reclaimed: GiB-hours of ``sum(max) - sum(allocated)``;
+- reclaimed: GiB-hours of ``sum(max) - sum(charged)``, where each guest is charged at least what its
+  workload needed: ``charged = max(allocated, need)``, ``need`` being the most its *intended* demand (the
+  scenario's trace, before any OOM kill) plus headroom reaches within the oracle's lookahead, up to max.
+  So memory a kill freed, or that a guest gave up by swapping, is never counted as reclaimed: a policy
+  cannot beat the oracle by harming guests;
 - pressure: VM-seconds with demand above what the guest has room for (the simulator's ``under_pressure``);
 - OOM kills: kills inside guests during the run;
 - host overrun: seconds with the host's available memory below its reserve;
@@ -16,6 +20,7 @@ trace, percentiles, efficiency. All integrals are exact sums of ``value * dt`` o
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -29,19 +34,13 @@ B = npt.NDArray[np.bool_]
 SECONDS_PER_HOUR = 3600.0
 
 
-@dataclass(frozen=True, slots=True)
-class MetricTunables:
-    """What counts as a demand step, for reaction times."""
-
-    #: A step is a rise of at least ``max(step_min_bytes, step_fraction * max)`` within ``step_window_s``.
-    step_min_bytes: int = 128 * MiB
-    step_fraction: float = 0.05
-    step_window_s: float = 10.0
-    #: A guest whose CPU load (share of its vCPUs) is at least this is spinning (the balloon CPU storm).
-    storm_load: float = 0.9
-
-
-DEFAULT_METRICS = MetricTunables()
+#: A demand step (for reaction times) is a rise of at least ``max(STEP_MIN_BYTES, STEP_FRACTION * max)``
+#: within ``STEP_WINDOW_S``: big enough that a manager should notice, fast enough that it must react.
+STEP_MIN_BYTES = 128 * MiB
+STEP_FRACTION = 0.05
+STEP_WINDOW_S = 10.0
+#: A guest whose CPU load (share of its vCPUs) is at least this is spinning (the balloon CPU storm).
+STORM_LOAD = 0.9
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,8 +57,11 @@ class Metrics:
     reaction_p50_s: float | None
     reaction_p99_s: float | None
     cpu_per_tick_ms: float | None
-    #: Not in ``--json`` (its field set is fixed by the issue); shown in tables and the report.
+    #: Not in ``--json`` (whose field set scripts rely on); shown in tables and the report.
     cpu_storm_vm_s: float = 0.0
+    #: Memory the guests did not hold although their workload needed it (they swapped, or a kill freed
+    #: it), in GiB-hours: what the plain ``sum(max) - sum(allocated)`` would have wrongly credited.
+    uncredited_gib_h: float = 0.0
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -76,20 +78,46 @@ class Metrics:
         }
 
 
-def step_thresholds(max_bytes: I64, tun: MetricTunables = DEFAULT_METRICS) -> I64:
-    return np.maximum(tun.step_min_bytes, (max_bytes * tun.step_fraction).astype(np.int64))
+class Harmed(Protocol):
+    """Anything that counts harm: one run's :class:`Metrics` or a policy's suite summary."""
+
+    @property
+    def oom_kills(self) -> int: ...
+    @property
+    def host_overrun_s(self) -> float: ...
+    @property
+    def pressure_vm_s(self) -> float: ...
+    @property
+    def cpu_storm_vm_s(self) -> float: ...
 
 
-def demand_step_onsets(
-    table: I64, step_s: float, thresholds: I64, tun: MetricTunables = DEFAULT_METRICS
-) -> B:
+def harm(m: Harmed) -> tuple[str, ...]:
+    """The kinds of harm a run (or a suite) did, worst first: what every table and plot marks it with."""
+    kinds = (
+        ("OOM kills", m.oom_kills > 0),
+        ("host overrun", m.host_overrun_s > 0),
+        ("pressure", m.pressure_vm_s > 0),
+        ("CPU storm", m.cpu_storm_vm_s > 0),
+    )
+    return tuple(name for name, present in kinds if present)
+
+
+#: Harm that no efficiency excuses: a run with either is flagged in every table and plot.
+SEVERE_HARM = ("OOM kills", "host overrun")
+
+
+def step_thresholds(max_bytes: I64) -> I64:
+    return np.maximum(STEP_MIN_BYTES, (max_bytes * STEP_FRACTION).astype(np.int64))
+
+
+def demand_step_onsets(table: I64, step_s: float, thresholds: I64) -> B:
     """Where a demand step starts: ``table`` is (times, guests) of demand on the simulation grid.
 
     A time is "rising" when demand is at least a threshold above its lowest value over the window before
     it; an onset is the first rising time of a run of rising times, so one step counts once.
     """
     n_t = table.shape[0]
-    window = max(1, round(tun.step_window_s / step_s))
+    window = max(1, round(STEP_WINDOW_S / step_s))
     low = table.copy()
     for lag in range(1, window + 1):
         shifted = np.empty_like(table)
@@ -117,13 +145,52 @@ def efficiency(reclaimed: float, oracle_reclaimed: float | None) -> float | None
     return reclaimed / oracle_reclaimed
 
 
-class Recorder:
-    """Integrates the metrics over a run; call :meth:`record` after each simulation step."""
+def need_table(
+    table: I64, headroom: I64, max_bytes: I64, *, ahead_rows: int, behind_rows: int, shed_per_row: int
+) -> I64:
+    """The least each guest is charged at each step: what a guest that is never harmed must hold.
 
-    def __init__(self, sim: Simulation, onsets: B, tun: MetricTunables = DEFAULT_METRICS) -> None:
+    ``table`` is (times, guests) of intended demand (before any kill). A guest that is never harmed holds
+    its demand plus ``headroom`` (below that it swaps), and:
+
+    - that much ahead of time: the most demand reaches over the next ``ahead_rows`` steps (the oracle's
+      lookahead, the moment it gives a balloon to get out of the way before demand arrives);
+    - still for ``behind_rows`` steps after demand falls (a new target reaches the driver that late);
+    - then no faster than the balloon inflates, ``shed_per_row`` bytes a step.
+
+    So the oracle allocates exactly this, and no policy is charged less than the oracle for memory its
+    guests needed: not even one whose guest, OOM-killed before demand fell, had less to give back.
+    """
+    rows = len(table)
+    need = table.copy()
+    for lag in range(1, min(ahead_rows, rows - 1) + 1):
+        np.maximum(need[:-lag], table[lag:], out=need[:-lag])
+    ahead = need.copy()
+    for lag in range(1, min(behind_rows, rows - 1) + 1):
+        np.maximum(need[lag:], ahead[:-lag], out=need[lag:])
+    # Shedding at most shed_per_row a step: need[k] = max over j <= k of need[j] - (k - j) * shed.
+    ramp = np.arange(rows, dtype=np.int64)[:, np.newaxis] * shed_per_row
+    need += ramp
+    np.maximum.accumulate(need, axis=0, out=need)
+    need -= ramp
+    need += headroom[np.newaxis, :]
+    np.minimum(need, max_bytes[np.newaxis, :], out=need)
+    return need
+
+
+class Recorder:
+    """Integrates the metrics over a run; call :meth:`record` after each simulation step.
+
+    ``onsets`` marks demand steps and ``need`` the least each guest is charged (:func:`need_table`), both
+    on the simulation's step grid.
+    """
+
+    def __init__(self, sim: Simulation, onsets: B, need: I64) -> None:
         self.sim = sim
+        self._need = need
         vcpus = np.array([g.vcpus for g in sim.scenario.guests], dtype=np.float64).reshape(sim.n)
-        self._storm_ns = vcpus * 1e9 * tun.storm_load  # CPU ns per second of a spinning guest
+        self._storm_ns = vcpus * 1e9 * STORM_LOAD  # CPU ns per second of a spinning guest
+        self._charged = np.zeros(sim.n, dtype=np.int64)
         self._cpu = np.asarray(sim.cpu).copy()
         self._onsets = onsets
         self._sum_max = int(np.asarray(sim.max).sum())
@@ -133,6 +200,7 @@ class Recorder:
         self._reactions: list[npt.NDArray[np.float64]] = []
         self._last_time = sim.time
         self.reclaimed_byte_s = 0.0
+        self.uncredited_byte_s = 0.0
         self.pressure_vm_s = 0.0
         self.host_overrun_s = 0.0
         self.cpu_storm_vm_s = 0.0
@@ -145,7 +213,9 @@ class Recorder:
         now = sim.time
         dt = now - self._last_time
         self._last_time = now
-        self.reclaimed_byte_s += (self._sum_max - int(sim.allocation.sum())) * dt
+        charged_sum = self.charged_sum()
+        self.reclaimed_byte_s += (self._sum_max - charged_sum) * dt
+        self.uncredited_byte_s += (charged_sum - int(sim.allocation.sum())) * dt
         pressure = sim.under_pressure
         self.pressure_vm_s += int(pressure.sum()) * dt
         if sim.host_available < self._reserve:
@@ -165,6 +235,12 @@ class Recorder:
             if done.any():
                 self._reactions.append(now - self._pending[done])
                 self._pending[done] = np.nan
+
+    def charged_sum(self) -> int:
+        """Bytes charged to the guests now: each at least what its intended demand needs."""
+        row = min(round(self.sim.time / self.sim.scenario.run.step), len(self._need) - 1)
+        np.maximum(self._need[row], self.sim.allocation, out=self._charged)
+        return int(self._charged.sum())
 
     def add_tick(self, cpu_s: float) -> None:
         self.cpu_s += cpu_s
@@ -192,4 +268,5 @@ class Recorder:
             reaction_p99_s=percentile(reactions, 99),
             cpu_per_tick_ms=self.cpu_s / self.ticks * 1000.0 if self.ticks else None,
             cpu_storm_vm_s=self.cpu_storm_vm_s,
+            uncredited_gib_h=self.uncredited_byte_s / GiB / SECONDS_PER_HOUR,
         )

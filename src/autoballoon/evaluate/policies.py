@@ -58,8 +58,7 @@ DEFAULT_ORACLE = OracleTunables()
 def oracle_headroom(sim: Simulation) -> I64:
     """The fixed minimal headroom a guest needs beyond its workload: kernel, pinned page cache and the
     kernel's free watermark. Below ``demand + headroom`` the simulated guest swaps."""
-    tu = sim.tunables
-    return np.asarray(sim.kernel, dtype=np.int64) + tu.cache_min_bytes + tu.free_min_bytes
+    return np.asarray(sim.headroom, dtype=np.int64)
 
 
 def oracle_targets(

@@ -10,54 +10,71 @@ from __future__ import annotations
 
 import platform
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
+from typing import TypeVar
 
 from autoballoon.errors import MissingDependencyError
-from autoballoon.evaluate.metrics import Metrics
+from autoballoon.evaluate.metrics import SEVERE_HARM, Metrics, harm
 from autoballoon.evaluate.runner import RunResult
-from autoballoon.evaluate.summary import DEFAULT_POLICY, REFERENCES, Check, PolicySummary
+from autoballoon.evaluate.summary import (
+    BARS,
+    DEFAULT_POLICY,
+    ORACLE,
+    REFERENCES,
+    Check,
+    PolicySummary,
+    rank_key,
+    ranked,
+)
 from autoballoon.units import GiB
 
 SECONDS_PER_HOUR = 3600.0
+T = TypeVar("T", Metrics, PolicySummary)
 
 
-@dataclass(frozen=True, slots=True)
-class ReportTunables:
-    dpi: int = 90
-    panel_width_in: float = 11.0
-    panel_height_in: float = 2.2
-    #: Line colours by policy (matplotlib's tab10), so a policy looks the same in every plot.
-    colors: tuple[tuple[str, str], ...] = (
-        ("autoballoon", "tab:blue"),
-        ("mom", "tab:orange"),
-        ("proxmox", "tab:green"),
-        ("static", "tab:gray"),
-        ("oracle", "tab:purple"),
-    )
-
-
-DEFAULT_REPORT = ReportTunables()
+DPI = 90
+PANEL_WIDTH_IN = 11.0
+PANEL_HEIGHT_IN = 2.2
+#: Line colours by policy (matplotlib's tab10), so a policy looks the same in every plot.
+COLORS = {
+    "autoballoon": "tab:blue",
+    "mom": "tab:orange",
+    "proxmox": "tab:green",
+    "static": "tab:gray",
+    "oracle": "tab:purple",
+}
+#: What marks a run with OOM kills or host overrun, in tables and in plot labels.
+SEVERE_MARK = "⚠"
 
 _HEADER = (
-    "| policy | reclaimed GiB-h | oracle eff. | pressure VM-s | OOM kills | host overrun s "
-    "| CPU storm VM-s | reaction p50 s | reaction p99 s | CPU ms/tick |\n"
-    "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|\n"
+    "| rank | policy | harm | OOM kills | host overrun s | pressure VM-s | CPU storm VM-s "
+    "| reclaimed GiB-h | oracle eff. | not credited GiB-h | reaction p50 s | reaction p99 s | CPU ms/tick |\n"
+    "|--:|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|\n"
 )
 
 
 #: Markdown joins these lines into one paragraph.
-_METRICS_TEXT = """Metrics (DESIGN.md, "How results are measured"): **reclaimed** is the integral of
-`sum(max) - sum(allocated)` in GiB-hours; **oracle efficiency** is reclaimed divided by the oracle's
-on the same scenario (over the suite: sums divided by the oracle's sum); **pressure** is VM-seconds
-with demand above what the guest has room for (it swaps); **OOM kills** happen inside guests;
-**host overrun** is seconds with the host's available memory below its reserve; **CPU storm** is
-VM-seconds a guest spins at 90 % or more of its vCPUs (the balloon CPU storm; not in `--json`);
-**reaction** is the time from a demand step (a rise of at least max(128 MiB, 5 % of max) within
-10 s) to the first moment
-the guest's allocation covers demand again; **CPU** is the policy's process time per decision. The
-oracle knows every guest's future demand and allocates it plus the kernel's minimal headroom (it
-leaves a guest that storms its CPU when ballooned at its maximum).
+_METRICS_TEXT = """Metrics: **reclaimed** is the integral over time of `sum(max) - sum(charged)` in GiB-hours,
+where each guest is charged `max(allocated, min(max, intended demand + headroom))`: at least what its
+workload needed. The *intended* demand is the scenario's trace before any OOM kill, and the headroom is the
+guest's kernel, the page cache it never drops and its free watermark (below that it swaps). So memory that a
+guest gave up by swapping, or that an OOM kill freed, is **not** reclaimed: a policy cannot score by harming
+guests, and no policy can beat the oracle (which allocates exactly that need). **not credited** is the
+memory that rule withheld (what the plain `sum(max) - sum(allocated)` would have counted on top).
+**Oracle efficiency** is reclaimed divided by the oracle's on the same scenario (over the suite: sums
+divided by the oracle's sum). **Pressure** is VM-seconds with demand above what the guest has room for
+(it swaps); **OOM kills** happen inside guests; **host overrun** is seconds with the host's available
+memory below its reserve; **CPU storm** is VM-seconds a guest spins at 90 % or more of its vCPUs (the
+balloon CPU storm; not in `--json`); **reaction** is the time from a demand step (a rise of at least
+max(128 MiB, 5 % of max) within 10 s) to the first moment the guest's allocation covers demand again;
+**CPU** is the policy's process time per decision. The oracle knows every guest's future demand and
+allocates it plus the headroom (it leaves a guest that storms its CPU when ballooned at its maximum, and
+it ignores the host's size, so on a host that cannot hold every guest's demand it overruns the host).
+
+**Ranking: harm first.** Every table is ordered by OOM kills, then host overrun, then pressure, then CPU
+storm, and only then by oracle efficiency; the oracle, the yardstick, comes last. A run with OOM kills or
+host overrun is marked ⚠ in every table and plot.
 """
 
 
@@ -65,27 +82,43 @@ def _f(value: float | None, fmt: str) -> str:
     return "–" if value is None else format(value, fmt)
 
 
+def _policy_label(m: Metrics | PolicySummary) -> str:
+    return f"{SEVERE_MARK} {m.policy}" if set(harm(m)) & set(SEVERE_HARM) else m.policy
+
+
+def _harm_text(m: Metrics | PolicySummary) -> str:
+    return ", ".join(harm(m)) or "none"
+
+
 def metrics_table(rows: Sequence[Metrics]) -> str:
     lines = [
-        f"| {m.policy} | {m.reclaimed_gib_h:.2f} | {_f(m.oracle_efficiency, '.3f')} | {m.pressure_vm_s:.0f} "
-        f"| {m.oom_kills} | {m.host_overrun_s:.0f} | {m.cpu_storm_vm_s:.0f} | {_f(m.reaction_p50_s, '.0f')} "
+        f"| {rank} | {_policy_label(m)} | {_harm_text(m)} | {m.oom_kills} | {m.host_overrun_s:.0f} "
+        f"| {m.pressure_vm_s:.0f} | {m.cpu_storm_vm_s:.0f} | {m.reclaimed_gib_h:.2f} "
+        f"| {_f(m.oracle_efficiency, '.3f')} | {m.uncredited_gib_h:.2f} | {_f(m.reaction_p50_s, '.0f')} "
         f"| {_f(m.reaction_p99_s, '.0f')} | {_f(m.cpu_per_tick_ms, '.3f')} |"
-        for m in rows
+        for rank, m in _numbered(ranked(rows))
     ]
     return _HEADER + "\n".join(lines) + "\n"
 
 
+def _numbered(rows: Sequence[T]) -> list[tuple[str, T]]:
+    """Rank numbers for the contenders; the oracle is the yardstick and gets none."""
+    return [("–" if r.policy == ORACLE else str(i + 1), r) for i, r in enumerate(rows)]
+
+
 def summary_table(rows: Sequence[PolicySummary]) -> str:
     header = (
-        "| policy | reclaimed GiB-h (sum) | suite oracle eff. | pressure VM-s | OOM kills | host overrun s "
-        "| CPU storm VM-s | worst reaction p99 s | CPU ms/tick (mean) |\n"
-        "|---|--:|--:|--:|--:|--:|--:|--:|--:|\n"
+        "| rank | policy | harm | OOM kills | host overrun s | pressure VM-s | CPU storm VM-s "
+        "| reclaimed GiB-h (sum) | suite oracle eff. | not credited GiB-h | worst reaction p99 s "
+        "| CPU ms/tick (mean) |\n"
+        "|--:|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|\n"
     )
     lines = [
-        f"| {s.policy} | {s.reclaimed_gib_h:.1f} | {_f(s.suite_efficiency, '.3f')} | {s.pressure_vm_s:.0f} "
-        f"| {s.oom_kills} | {s.host_overrun_s:.0f} | {s.cpu_storm_vm_s:.0f} "
-        f"| {_f(s.worst_reaction_p99_s, '.0f')} | {_f(s.cpu_per_tick_ms, '.3f')} |"
-        for s in rows
+        f"| {rank} | {_policy_label(s)} | {_harm_text(s)} | {s.oom_kills} | {s.host_overrun_s:.0f} "
+        f"| {s.pressure_vm_s:.0f} | {s.cpu_storm_vm_s:.0f} | {s.reclaimed_gib_h:.1f} "
+        f"| {_f(s.suite_efficiency, '.3f')} | {s.uncredited_gib_h:.1f} | {_f(s.worst_reaction_p99_s, '.0f')} "
+        f"| {_f(s.cpu_per_tick_ms, '.3f')} |"
+        for rank, s in _numbered(ranked(rows))
     ]
     return header + "\n".join(lines) + "\n"
 
@@ -140,7 +173,7 @@ def reference_notes(rows: Sequence[Metrics]) -> list[str]:
     return notes
 
 
-def _pyplot():  # type: ignore[no-untyped-def]
+def _pyplot() -> ModuleType:
     try:
         import matplotlib
 
@@ -153,27 +186,39 @@ def _pyplot():  # type: ignore[no-untyped-def]
     return plt
 
 
-def plot_scenario(runs: Sequence[RunResult], out: Path, tun: ReportTunables = DEFAULT_REPORT) -> None:
-    """Demand, max and each policy's allocation for the drawn guests, and host-wide reclaimed memory."""
+def _run_label(m: Metrics) -> str:
+    """A plot legend entry: the policy, and its severe harm spelled out (a ⚠ run cannot hide in a plot)."""
+    severe = [
+        f"{m.oom_kills} OOM kills" if m.oom_kills else "",
+        f"{m.host_overrun_s:.0f} s overrun" if m.host_overrun_s else "",
+    ]
+    notes = ", ".join(x for x in severe if x)
+    return f"{SEVERE_MARK} {m.policy}: {notes}" if notes else m.policy
+
+
+def plot_scenario(runs: Sequence[RunResult], out: Path) -> None:
+    """Demand, max and each policy's allocation for the drawn guests, and host-wide reclaimed memory.
+    Policies are drawn and listed in ranking order; a run with OOM kills or overrun says so in the legend."""
     plt = _pyplot()
-    colors = dict(tun.colors)
+    runs = sorted(runs, key=lambda r: rank_key(r.metrics))
     first = runs[0].trace
     n_panels = len(first.guests) + 1
     fig, axes = plt.subplots(
-        n_panels, 1, figsize=(tun.panel_width_in, tun.panel_height_in * n_panels), sharex=True, squeeze=False
+        n_panels, 1, figsize=(PANEL_WIDTH_IN, PANEL_HEIGHT_IN * n_panels), sharex=True, squeeze=False
     )
     hours = first.times / SECONDS_PER_HOUR
     for gi, guest in enumerate(first.guests):
         ax = axes[gi][0]
-        ax.plot(hours, first.demand[:, gi] / GiB, color="black", lw=1.6, label="demand")
+        ax.plot(hours, first.demand[:, gi] / GiB, color="black", lw=1.6, label="intended demand")
         ax.axhline(first.max[gi] / GiB, color="black", ls="--", lw=0.8, label="max")
         for r in runs:
             ax.plot(
                 r.trace.times / SECONDS_PER_HOUR,
                 r.trace.allocation[:, gi] / GiB,
-                color=colors.get(r.metrics.policy),
+                color=COLORS.get(r.metrics.policy),
                 lw=1.0,
-                label=r.metrics.policy,
+                ls=":" if set(harm(r.metrics)) & set(SEVERE_HARM) else "-",
+                label=_run_label(r.metrics),
             )
         ax.set_ylabel("GiB")
         ax.set_title(guest, loc="left", fontsize=9)
@@ -183,61 +228,74 @@ def plot_scenario(runs: Sequence[RunResult], out: Path, tun: ReportTunables = DE
         ax.plot(
             r.trace.times / SECONDS_PER_HOUR,
             r.trace.reclaimed / GiB,
-            color=colors.get(r.metrics.policy),
+            color=COLORS.get(r.metrics.policy),
             lw=1.0,
             label=r.metrics.policy,
         )
-    ax.set_title("reclaimed host-wide: sum(max) - sum(allocated)", loc="left", fontsize=9)
+    ax.set_title(
+        "reclaimed host-wide, charged as in the metrics (harm is not credited)", loc="left", fontsize=9
+    )
     ax.set_ylabel("GiB")
     ax.set_xlabel("hours")
     handles, labels = axes[0][0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="upper right", ncol=len(labels), fontsize=8)
-    fig.tight_layout(rect=(0, 0, 1, 0.97))
-    fig.savefig(out, dpi=tun.dpi)
+    fig.legend(handles, labels, loc="upper right", ncol=min(len(labels), 4), fontsize=8)
+    fig.tight_layout(rect=(0, 0, 1, 0.95))
+    fig.savefig(out, dpi=DPI)
     plt.close(fig)
 
 
-def plot_summary(
-    summaries: Sequence[PolicySummary],
-    metrics: Sequence[Metrics],
-    out: Path,
-    tun: ReportTunables = DEFAULT_REPORT,
-) -> None:
-    """Left: suite efficiency against total pressure (harm). Right: efficiency per scenario and policy."""
+def plot_summary(summaries: Sequence[PolicySummary], metrics: Sequence[Metrics], out: Path) -> None:
+    """Left: the ranking (harm first, then efficiency) as bars of suite efficiency, each labelled with its
+    harm. Right: efficiency per scenario and policy, hatched where that run had OOM kills or overrun."""
     plt = _pyplot()
-    colors = dict(tun.colors)
-    fig, (left, right) = plt.subplots(1, 2, figsize=(tun.panel_width_in, 4.2))
-    for s in summaries:
-        if s.suite_efficiency is None:
-            continue
-        harm_h = s.pressure_vm_s / SECONDS_PER_HOUR
-        left.scatter([harm_h], [s.suite_efficiency], color=colors.get(s.policy), s=60, zorder=3)
-        label = s.policy + (f"\n{s.oom_kills} OOM" if s.oom_kills else "")
-        left.annotate(
-            label, (harm_h, s.suite_efficiency), textcoords="offset points", xytext=(6, 4), fontsize=8
+    fig, (left, right) = plt.subplots(1, 2, figsize=(PANEL_WIDTH_IN, 4.6))
+    order = ranked(list(summaries))
+    ys = list(range(len(order)))[::-1]  # the best at the top
+    for y, s in zip(ys, order, strict=True):
+        severe = bool(set(harm(s)) & set(SEVERE_HARM))
+        left.barh(
+            [y],
+            [s.suite_efficiency or 0.0],
+            color=COLORS.get(s.policy),
+            hatch="xx" if severe else None,
+            edgecolor="red" if severe else "none",
         )
-    left.set_xscale("symlog", linthresh=1.0)
-    left.set_xlim(left=-0.2)
-    left.set_xlabel("pressure, VM-hours over the suite (harm; symlog)")
-    left.set_ylabel("oracle efficiency over the suite")
-    left.set_ylim(-0.05, 1.1)
-    left.grid(alpha=0.3)
-    left.set_title("efficiency against harm", fontsize=10)
+        pressure_h = s.pressure_vm_s / SECONDS_PER_HOUR
+        note = f"{s.oom_kills} OOM kills · {s.host_overrun_s:.0f} s overrun · {pressure_h:.1f} VM-h pressure"
+        left.annotate(note, (0.01, y), xytext=(0, -11), textcoords="offset points", fontsize=7)
+    left.set_yticks(ys)
+    left.set_yticklabels([_policy_label(s) for s in order], fontsize=8)
+    left.set_xlim(0, 1.05)
+    left.set_xlabel("oracle efficiency over the suite")
+    left.set_title("ranking: harm first, then efficiency (⚠ = OOM kills or host overrun)", fontsize=9)
+    left.grid(axis="x", alpha=0.3)
     scenarios = list(dict.fromkeys(m.scenario for m in metrics))
-    policies = [s.policy for s in summaries]
+    policies = [s.policy for s in order]
     width = 0.8 / max(1, len(policies))
     by = {(m.scenario, m.policy): m for m in metrics}
     for pi, policy in enumerate(policies):
-        xs = [i + pi * width for i in range(len(scenarios))]
-        ys = [(by[(sc, policy)].oracle_efficiency or 0.0) if (sc, policy) in by else 0.0 for sc in scenarios]
-        right.bar(xs, ys, width=width, color=colors.get(policy), label=policy)
+        for i, sc in enumerate(scenarios):
+            m = by.get((sc, policy))
+            if m is None:
+                continue
+            severe = bool(set(harm(m)) & set(SEVERE_HARM))
+            right.bar(
+                [i + pi * width],
+                [m.oracle_efficiency or 0.0],
+                width=width,
+                color=COLORS.get(policy),
+                hatch="xx" if severe else None,
+                edgecolor="red" if severe else "none",
+                label=policy if i == 0 else None,
+            )
     right.set_xticks([i + 0.4 - width / 2 for i in range(len(scenarios))])
     right.set_xticklabels(scenarios, rotation=45, ha="right", fontsize=8)
     right.set_ylabel("oracle efficiency")
-    right.set_title("per scenario", fontsize=10)
+    right.set_ylim(0, 1.05)
+    right.set_title("per scenario (hatched red: the run had OOM kills or host overrun)", fontsize=9)
     right.legend(fontsize=7, ncol=2)
     fig.tight_layout()
-    fig.savefig(out, dpi=tun.dpi)
+    fig.savefig(out, dpi=DPI)
     plt.close(fig)
 
 
@@ -261,8 +319,11 @@ def render_markdown(
         _METRICS_TEXT,
         "## Summary\n",
         summary_table(summaries),
-        f"\n![efficiency against harm]({plot_dir}/summary.png)\n",
-        "## Acceptance (issue 5)\n",
+        f"\n![ranking and efficiency per scenario]({plot_dir}/summary.png)\n",
+        "## Acceptance bars\n",
+        "The project's bars for the default policy, checked on every run:\n",
+        *[f"- {bar};" for bar in BARS],
+        "",
     ]
     failed = [c for c in checks if not c.ok]
     passed = len(checks) - len(failed)
@@ -301,16 +362,13 @@ def write_report(
     wall_s: float,
     command: str,
     sources: dict[str, str],
-    tun: ReportTunables = DEFAULT_REPORT,
 ) -> Path:
     """Write ``directory/evaluation.md`` and ``directory/evaluation/*.png``; returns the Markdown path."""
     plot_dir = directory / "evaluation"
     plot_dir.mkdir(parents=True, exist_ok=True)
     for scenario in dict.fromkeys(r.metrics.scenario for r in results):
-        plot_scenario(
-            [r for r in results if r.metrics.scenario == scenario], plot_dir / f"{scenario}.png", tun
-        )
-    plot_summary(summaries, [r.metrics for r in results], plot_dir / "summary.png", tun)
+        plot_scenario([r for r in results if r.metrics.scenario == scenario], plot_dir / f"{scenario}.png")
+    plot_summary(summaries, [r.metrics for r in results], plot_dir / "summary.png")
     text = render_markdown(
         results, summaries, checks, wall_s=wall_s, command=command, plot_dir="evaluation", sources=sources
     )

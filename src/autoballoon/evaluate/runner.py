@@ -20,8 +20,21 @@ import numpy as np
 import numpy.typing as npt
 
 from autoballoon.errors import InvalidValueError
-from autoballoon.evaluate.metrics import Metrics, Recorder, demand_step_onsets, efficiency, step_thresholds
-from autoballoon.evaluate.policies import POLICY_NAMES, apply_overrides, factory
+from autoballoon.evaluate.metrics import (
+    Metrics,
+    Recorder,
+    demand_step_onsets,
+    efficiency,
+    need_table,
+    step_thresholds,
+)
+from autoballoon.evaluate.policies import (
+    DEFAULT_ORACLE,
+    POLICY_NAMES,
+    PolicyFactory,
+    apply_overrides,
+    factory,
+)
 from autoballoon.sim.engine import Simulation
 from autoballoon.sim.scenario import Scenario, load_scenario
 from autoballoon.tunables import DEFAULT_TUNABLES
@@ -30,17 +43,12 @@ F64 = npt.NDArray[np.float64]
 I64 = npt.NDArray[np.int64]
 
 
-@dataclass(frozen=True, slots=True)
-class RunnerTunables:
-    #: Points per line in the plots: traces are thinned to about this many samples.
-    plot_points: int = 1200
-    #: Guests drawn per scenario (the special ones first: stuck, no stats, Windows, CPU storm).
-    plot_guests: int = 4
-    #: Relative cost of one decision per guest, to start the longest runs first (a scheduling hint).
-    cost_per_tick_guest: float = 20.0
-
-
-DEFAULT_RUNNER = RunnerTunables()
+#: Points per line in the plots: traces are thinned to about this many samples.
+PLOT_POINTS = 1200
+#: Guests drawn per scenario (the special ones first: stuck, no stats, Windows, CPU storm, faults).
+PLOT_GUESTS = 4
+#: Relative cost of one decision per guest, to start the longest runs first (a scheduling hint).
+COST_PER_TICK_GUEST = 20.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,10 +65,10 @@ class Trace:
 
     times: F64
     guests: tuple[str, ...]
-    demand: I64  # (times, guests)
+    demand: I64  # (times, guests): the intended demand (the trace, before any kill)
     allocation: I64  # (times, guests)
     max: I64  # (guests,)
-    reclaimed: I64  # (times,): sum(max) - sum(allocated), all guests
+    reclaimed: I64  # (times,): sum(max) - sum(charged), all guests (see metrics)
     host_available: I64  # (times,)
     host_reserve: int
 
@@ -101,10 +109,16 @@ def find_scenarios(paths: Sequence[str | Path]) -> list[Path]:
 
 
 def _plot_guests(scenario: Scenario, count: int) -> list[int]:
+    faulted = {e.guest for e in scenario.events}
     special = [
         i
         for i, g in enumerate(scenario.guests)
-        if g.stuck or g.cpu_storm or not g.stats or g.os == "windows" or g.balloon == "none"
+        if g.stuck
+        or g.cpu_storm
+        or not g.stats
+        or g.os == "windows"
+        or g.balloon == "none"
+        or g.name in faulted
     ]
     chosen = special[:count]
     rest = [i for i in range(len(scenario.guests)) if i not in chosen]
@@ -114,20 +128,34 @@ def _plot_guests(scenario: Scenario, count: int) -> list[int]:
     return sorted(chosen)
 
 
-def run_simulation(scenario: Scenario, job: Job, runner: RunnerTunables = DEFAULT_RUNNER) -> RunResult:
-    """One policy over one scenario, start to end, in this process."""
+def run_simulation(scenario: Scenario, job: Job, make_policy: PolicyFactory | None = None) -> RunResult:
+    """One policy over one scenario, start to end, in this process. ``make_policy`` builds the policy
+    instead of ``job.policy``'s factory (tests measure policies that are not in the suite with it)."""
     started = time.perf_counter()
     tunables = apply_overrides(DEFAULT_TUNABLES, job.overrides)
     sim = Simulation(scenario, seed=job.seed)
-    policy = factory(job.policy, tunables)(sim)
+    policy = (make_policy or factory(job.policy, tunables))(sim)
     run = scenario.run
     steps = run.steps
     grid = np.arange(steps, dtype=np.float64) * run.step
-    onsets = demand_step_onsets(sim.demand_at(grid), run.step, step_thresholds(np.asarray(sim.max)))
-    rec = Recorder(sim, onsets)
+    intended = sim.demand_at(grid)
+    max_bytes = np.asarray(sim.max)
+    onsets = demand_step_onsets(intended, run.step, step_thresholds(max_bytes))
+    physics = sim.physics
+    need = need_table(
+        intended,
+        np.asarray(sim.headroom),
+        max_bytes,
+        ahead_rows=math.ceil(DEFAULT_ORACLE.lookahead_s / run.step),
+        # the latency, and the step between a policy's tick and the recorder's sample
+        behind_rows=math.ceil(physics.balloon_latency_s / run.step) + 1,
+        shed_per_row=round(physics.inflate_bps * run.step),
+    )
+    rec = Recorder(sim, onsets, need)
+    del intended
 
-    picked = _plot_guests(scenario, runner.plot_guests)
-    stride = max(1, math.ceil(steps / runner.plot_points))
+    picked = _plot_guests(scenario, PLOT_GUESTS)
+    stride = max(1, math.ceil(steps / PLOT_POINTS))
     n_rows = steps // stride + 1
     times = np.zeros(n_rows)
     demand = np.zeros((n_rows, len(picked)), dtype=np.int64)
@@ -154,9 +182,9 @@ def run_simulation(scenario: Scenario, job: Job, runner: RunnerTunables = DEFAUL
             next_tick += interval
         if k % stride == 0:
             times[row] = now
-            demand[row] = sim.demand[picked]
+            demand[row] = sim.intended_demand[picked]
             alloc[row] = sim.allocation[picked]
-            reclaimed[row] = sum_max - int(sim.allocation.sum())
+            reclaimed[row] = sum_max - rec.charged_sum()
             available[row] = sim.host_available
             row += 1
         sim.step()
@@ -185,13 +213,13 @@ def run_job(job: Job) -> RunResult:
     return run_simulation(load_scenario(job.scenario_path), job)
 
 
-def _cost(scenario: Scenario, policy: str, runner: RunnerTunables) -> float:
+def _cost(scenario: Scenario, policy: str) -> float:
     run = scenario.run
     interval = {"static": math.inf, "oracle": run.step, "mom": 5.0, "proxmox": 10.0}.get(
         policy, DEFAULT_TUNABLES.interval_s
     )
     ticks = 0.0 if math.isinf(interval) else run.duration / interval
-    return run.steps + ticks * len(scenario.guests) * runner.cost_per_tick_guest
+    return run.steps + ticks * len(scenario.guests) * COST_PER_TICK_GUEST
 
 
 def with_efficiency(results: list[RunResult]) -> list[RunResult]:
@@ -211,7 +239,6 @@ def run_suite(
     *,
     seed: int = 0,
     workers: int | None = None,
-    runner: RunnerTunables = DEFAULT_RUNNER,
 ) -> list[RunResult]:
     """Every policy on every scenario (the oracle always runs: efficiency is measured against it).
 
@@ -222,10 +249,10 @@ def run_suite(
     scenarios = {str(p): load_scenario(p) for p in scenario_paths}
     wanted = [p for p in POLICY_NAMES if p in policies or p == "oracle"]
     jobs = [Job(path, pol, overrides, seed) for path in scenarios for pol in wanted]
-    jobs.sort(key=lambda j: -_cost(scenarios[j.scenario_path], j.policy, runner))
+    jobs.sort(key=lambda j: -_cost(scenarios[j.scenario_path], j.policy))
     workers = workers or min(len(jobs), os.cpu_count() or 1)
     if workers <= 1:
-        results = [run_simulation(scenarios[j.scenario_path], j, runner) for j in jobs]
+        results = [run_simulation(scenarios[j.scenario_path], j) for j in jobs]
     else:
         with ProcessPoolExecutor(max_workers=workers) as pool:
             results = list(pool.map(run_job, jobs))

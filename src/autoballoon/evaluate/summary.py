@@ -1,29 +1,46 @@
-"""Suite-level figures and the acceptance check, computed from per-run metrics (pure).
+"""Suite-level figures, the ranking and the acceptance bars, computed from per-run metrics (pure).
 
-The issue's bar: on every scenario the default policy has no OOM kills, no host-overrun seconds and no
-more pressure than ``mom`` or ``proxmox``; over the suite (reclaimed summed over scenarios, divided by the
-oracle's sum) its oracle efficiency is at least 0.85 and above both references'.
+**Harm gates the ranking.** Policies are ordered by harm first — OOM kills, then host overrun, then
+pressure, then CPU storm — and only then by efficiency, because an operator would rather reclaim less than
+lose a guest's process; a policy that harms guests must never look better for the memory it took. The
+oracle is the yardstick, not a contender: it is listed last.
+
+The project's acceptance bars (:data:`BARS`, checked by :func:`acceptance`):
+
+- on every scenario, the default policy causes no OOM kill and no host overrun, no more OOM kills than
+  ``mom`` or ``proxmox``, and no more pressure than either;
+- on every scenario, no policy's oracle efficiency exceeds 1 (the oracle is the limit; above it, the
+  measurement is crediting harm);
+- over the suite (reclaimed summed over scenarios, divided by the oracle's sum) the default policy's
+  oracle efficiency is at least 0.85, and it ranks above both references.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 from autoballoon.evaluate.metrics import Metrics
 
 DEFAULT_POLICY = "autoballoon"
 REFERENCES = ("mom", "proxmox")
+ORACLE = "oracle"
 
+MIN_SUITE_EFFICIENCY = 0.85
+#: Pressure within this many VM-seconds of a reference's counts as "no more" (one sampling step).
+PRESSURE_SLACK_VM_S = 1.0
+#: Oracle efficiency above 1 by more than this fails the bar (float rounding of the integrals only).
+EFFICIENCY_CEILING = 1.0 + 1e-9
 
-@dataclass(frozen=True, slots=True)
-class AcceptanceTunables:
-    min_suite_efficiency: float = 0.85
-    #: Pressure within this many VM-seconds of a reference's counts as "no more" (one sampling step).
-    pressure_slack_vm_s: float = 1.0
-
-
-DEFAULT_ACCEPTANCE = AcceptanceTunables()
+#: The bars, in words, for the report.
+BARS = (
+    "on every scenario the default policy causes no OOM kill and no host overrun",
+    "on every scenario the default policy causes no more OOM kills and no more pressure than mom or proxmox",
+    "on every scenario no policy's oracle efficiency exceeds 1",
+    f"over the suite the default policy's oracle efficiency is at least {MIN_SUITE_EFFICIENCY:g} and it "
+    "ranks above mom and proxmox (harm first, then efficiency)",
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,6 +56,11 @@ class PolicySummary:
     cpu_storm_vm_s: float
     worst_reaction_p99_s: float | None
     cpu_per_tick_ms: float | None
+    uncredited_gib_h: float = 0.0
+
+    @property
+    def oracle_efficiency(self) -> float | None:
+        return self.suite_efficiency
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -78,9 +100,36 @@ def summarize(metrics: Sequence[Metrics], oracle: dict[str, float]) -> list[Poli
                 cpu_storm_vm_s=sum(m.cpu_storm_vm_s for m in rows),
                 worst_reaction_p99_s=max(p99) if p99 else None,
                 cpu_per_tick_ms=sum(cpu) / len(cpu) if cpu else None,
+                uncredited_gib_h=sum(m.uncredited_gib_h for m in rows),
             )
         )
     return out
+
+
+def rank_key(m: Metrics | PolicySummary) -> tuple[bool, int, float, float, float, float]:
+    """Harm first, then efficiency: OOM kills, host overrun, pressure, CPU storm, then most reclaimed.
+    The oracle sorts last whatever its numbers: it is the yardstick."""
+    return (
+        m.policy == ORACLE,
+        m.oom_kills,
+        m.host_overrun_s,
+        m.pressure_vm_s,
+        m.cpu_storm_vm_s,
+        -(m.oracle_efficiency or 0.0),
+    )
+
+
+Ranked = TypeVar("Ranked", Metrics, PolicySummary)
+
+
+def ranked(rows: Sequence[Ranked]) -> list[Ranked]:
+    """``rows`` in ranking order (see :func:`rank_key`)."""
+    return sorted(rows, key=rank_key)
+
+
+def outranks(a: Metrics | PolicySummary, b: Metrics | PolicySummary) -> bool:
+    """Whether ``a`` ranks strictly above ``b``: less harm, or as little harm and a higher efficiency."""
+    return rank_key(a) < rank_key(b)
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,34 +140,47 @@ class Check:
     detail: str
 
 
-def acceptance(
-    metrics: Sequence[Metrics],
-    summaries: Sequence[PolicySummary],
-    tun: AcceptanceTunables = DEFAULT_ACCEPTANCE,
-) -> list[Check]:
-    """Every check of the bar that the available runs allow (a missing reference skips its comparison)."""
+def acceptance(metrics: Sequence[Metrics], summaries: Sequence[PolicySummary]) -> list[Check]:
+    """Every check of the bars that the available runs allow (a missing reference skips its comparison)."""
     checks: list[Check] = []
     by = {(m.scenario, m.policy): m for m in metrics}
     for scenario in dict.fromkeys(m.scenario for m in metrics):
         ours = by.get((scenario, DEFAULT_POLICY))
-        if ours is None:
-            continue
-        checks.append(Check(scenario, "no OOM kills", ours.oom_kills == 0, f"{ours.oom_kills} kills"))
-        checks.append(
-            Check(scenario, "no host overrun", ours.host_overrun_s == 0, f"{ours.host_overrun_s:g} s")
-        )
-        for ref in REFERENCES:
-            theirs = by.get((scenario, ref))
-            if theirs is None:
-                continue
+        if ours is not None:
+            checks.append(Check(scenario, "no OOM kills", ours.oom_kills == 0, f"{ours.oom_kills} kills"))
             checks.append(
-                Check(
-                    scenario,
-                    f"pressure <= {ref}",
-                    ours.pressure_vm_s <= theirs.pressure_vm_s + tun.pressure_slack_vm_s,
-                    f"{ours.pressure_vm_s:g} vs {theirs.pressure_vm_s:g} VM-s",
-                )
+                Check(scenario, "no host overrun", ours.host_overrun_s == 0, f"{ours.host_overrun_s:g} s")
             )
+            for ref in REFERENCES:
+                theirs = by.get((scenario, ref))
+                if theirs is None:
+                    continue
+                checks.append(
+                    Check(
+                        scenario,
+                        f"OOM kills <= {ref}",
+                        ours.oom_kills <= theirs.oom_kills,
+                        f"{ours.oom_kills} vs {theirs.oom_kills}",
+                    )
+                )
+                checks.append(
+                    Check(
+                        scenario,
+                        f"pressure <= {ref}",
+                        ours.pressure_vm_s <= theirs.pressure_vm_s + PRESSURE_SLACK_VM_S,
+                        f"{ours.pressure_vm_s:g} vs {theirs.pressure_vm_s:g} VM-s",
+                    )
+                )
+        for m in metrics:
+            if m.scenario == scenario and m.oracle_efficiency is not None:
+                checks.append(
+                    Check(
+                        scenario,
+                        f"{m.policy} oracle efficiency <= 1",
+                        m.oracle_efficiency <= EFFICIENCY_CEILING,
+                        f"{m.oracle_efficiency:.3f}",
+                    )
+                )
     suite = {s.policy: s for s in summaries}
     ours_s = suite.get(DEFAULT_POLICY)
     if ours_s is not None and ours_s.suite_efficiency is not None:
@@ -126,21 +188,28 @@ def acceptance(
         checks.append(
             Check(
                 "suite",
-                f"oracle efficiency >= {tun.min_suite_efficiency:g}",
-                eff >= tun.min_suite_efficiency,
+                f"oracle efficiency >= {MIN_SUITE_EFFICIENCY:g}",
+                eff >= MIN_SUITE_EFFICIENCY,
                 f"{eff:.3f}",
             )
         )
         for ref in REFERENCES:
             theirs_s = suite.get(ref)
-            if theirs_s is None or theirs_s.suite_efficiency is None:
+            if theirs_s is None:
                 continue
             checks.append(
                 Check(
                     "suite",
-                    f"oracle efficiency > {ref}",
-                    eff > theirs_s.suite_efficiency,
-                    f"{eff:.3f} vs {theirs_s.suite_efficiency:.3f}",
+                    f"ranks above {ref}",
+                    outranks(ours_s, theirs_s),
+                    f"{_brief(ours_s)} vs {_brief(theirs_s)}",
                 )
             )
     return checks
+
+
+def _brief(s: PolicySummary) -> str:
+    eff = "-" if s.suite_efficiency is None else f"{s.suite_efficiency:.3f}"
+    return (
+        f"{s.oom_kills} kills, {s.host_overrun_s:g} s overrun, {s.pressure_vm_s:g} VM-s pressure, eff. {eff}"
+    )

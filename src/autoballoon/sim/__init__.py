@@ -5,17 +5,17 @@
 """
 
 from autoballoon.sim.engine import Simulation
+from autoballoon.sim.physics import DEFAULT_PHYSICS, Physics
 from autoballoon.sim.scenario import GuestSpec, HostSpec, RunSpec, Scenario, load_scenario, loads_scenario
-from autoballoon.sim.tunables import DEFAULT_TUNABLES, Tunables
 
 __all__ = [
-    "DEFAULT_TUNABLES",
+    "DEFAULT_PHYSICS",
     "GuestSpec",
     "HostSpec",
+    "Physics",
     "RunSpec",
     "Scenario",
     "Simulation",
-    "Tunables",
     "load_scenario",
     "loads_scenario",
 ]

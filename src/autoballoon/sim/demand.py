@@ -117,12 +117,10 @@ def _shape_values(shape: Shape, t: FloatArray, horizon: float, rng: np.random.Ge
             bump = ((1.0 + np.cos(angle)) / 2.0) ** 2
             return low + (high - low) * bump
         case Spikes(base, height, every, length):
-            out = np.full(t.shape, float(base))
-            arrival = float(rng.exponential(every))
-            while arrival < horizon:
-                out[(t >= arrival) & (t < arrival + length)] += height
-                arrival += length + float(rng.exponential(every))
-            return out
+            # Bursts never overlap: the last start at or before t is the only one t can be inside.
+            starts = np.concatenate(([-np.inf], _spike_starts(every, length, horizon, rng)))
+            last = starts[np.searchsorted(starts, t, side="right") - 1]
+            return base + height * (t < last + length).astype(np.float64)
         case Trace(times, values, _, interpolate):
             xs = np.asarray(times, dtype=np.float64)
             ys = np.asarray(values, dtype=np.float64)
@@ -131,6 +129,24 @@ def _shape_values(shape: Shape, t: FloatArray, horizon: float, rng: np.random.Ge
                 return ys[idx]
             return np.interp(t, xs, ys)
     raise TypeError(f"not a demand shape: {shape!r}")  # pragma: no cover - exhaustive match
+
+
+def _spike_starts(every: float, length: float, horizon: float, rng: np.random.Generator) -> FloatArray:
+    """Start times of the bursts before ``horizon``: each gap after a burst is exponential (Poisson).
+
+    Gaps are drawn in batches (the same draws, in the same order, as one at a time), so the cost is one
+    NumPy call per batch and not a Python loop per burst; the count is bounded by ``horizon / length``.
+    """
+    batch = max(16, int(horizon / (every + length)) + 16)
+    parts: list[FloatArray] = []
+    start = 0.0
+    while True:
+        gaps = rng.exponential(every, batch)
+        starts = start + np.cumsum(gaps) + length * np.arange(batch)
+        parts.append(starts[starts < horizon])
+        if starts[-1] >= horizon:
+            return np.concatenate(parts)
+        start = float(starts[-1]) + length
 
 
 def sample(

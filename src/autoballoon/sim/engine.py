@@ -8,10 +8,13 @@ swapping) take a slower branch only on the steps where they happen.
 The guest model, per guest, in bytes (``docs/scenarios.md`` explains it with the stats it produces)::
 
     actual = kernel + resident anonymous + page cache + free       (balloon = max - actual)
-    resident anonymous = demand - swapped,  swapped = clip(demand - (actual - kernel - cache_min), 0, swap)
+    resident anonymous = demand - swapped
+    swapped = clip(demand - (actual - kernel - cache_min - min_free), 0, swap)
 
 and for the host ``mem_available = ram - base_used - sum(actual + qemu_overhead)`` exactly, so memory is
-conserved by construction. The public surface is :class:`Simulation`; everything else is private.
+conserved by construction. Scenario events (a guest's stats stop, its driver loads late, it is paused, the
+host's own use grows) are applied at their moment between steps. The public surface is
+:class:`Simulation`; everything else is private.
 """
 
 from __future__ import annotations
@@ -32,9 +35,9 @@ from autoballoon.model import (
     HostSnapshot,
     VMState,
 )
-from autoballoon.sim.demand import sample
-from autoballoon.sim.scenario import Scenario
-from autoballoon.sim.tunables import DEFAULT_TUNABLES, Tunables
+from autoballoon.sim.demand import SECONDS_PER_DAY, sample
+from autoballoon.sim.physics import DEFAULT_PHYSICS, Physics
+from autoballoon.sim.scenario import Event, Scenario
 from autoballoon.units import format_size
 
 I64 = npt.NDArray[np.int64]
@@ -48,6 +51,7 @@ _RATES_CACHE_SIZE = 16
 _any = np.logical_or.reduce
 _min = np.minimum.reduce
 _UUID_NAMESPACE = uuid.UUID("6f1d3c1e-2b7a-4e55-9a43-5a1d0c0ba11e")
+_N_STATS = 8
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,15 +80,16 @@ class Simulation:
     ``Simulation(scenario, seed=0)`` builds the guests at virtual time 0 with their balloons at their
     initial targets. ``step(dt)`` / ``run(seconds)`` advance time without any controller; ``set_target`` /
     ``set_targets`` are what a balloon manager does. Metric arrays (``max``, ``target``, ``actual``,
-    ``demand``, ``allocation``, ``swap_used``, ``under_pressure``, ``oom_kills``, ``cpu``, ``cache``) are
-    read-only views indexed like ``names``; they change in place as time passes, so copy them to keep a
-    value. ``demand_at(times)`` reads the demand traces at any times (past or future), for an oracle.
+    ``demand``, ``intended_demand``, ``allocation``, ``swap_used``, ``under_pressure``, ``oom_kills``,
+    ``cpu``, ``cache``) are read-only views indexed like ``names``; they change in place as time passes, so
+    copy them to keep a value. ``demand_at(times)`` reads the demand traces at any times (past or future),
+    for an oracle.
     """
 
-    def __init__(self, scenario: Scenario, seed: int = 0, tunables: Tunables = DEFAULT_TUNABLES) -> None:
+    def __init__(self, scenario: Scenario, seed: int = 0, physics: Physics = DEFAULT_PHYSICS) -> None:
         self.scenario = scenario
         self.seed = seed
-        self.tunables = tu = tunables
+        self.physics = tu = physics
         guests = scenario.guests
         n = len(guests)
         self.n = n
@@ -105,7 +110,9 @@ class Simulation:
             [g.kernel if g.kernel is not None else _default_kernel(g.max, tu) for g in guests]
         )
         self._swap_size = ints([g.swap if g.swap is not None else tu.swap_default_bytes for g in guests])
-        self._reserved = self._kernel + tu.cache_min_bytes  # actual minus this = room for anonymous memory
+        # actual minus this = room for anonymous memory before the guest swaps
+        self._min_free = tu.min_free(self._max)
+        self._reserved = self._kernel + tu.cache_min_bytes + self._min_free
         self._autodeflate = flags([g.autodeflate for g in guests])
         self._storm = flags([g.cpu_storm for g in guests])
         self._any_storm = bool(self._storm.any())
@@ -133,13 +140,24 @@ class Simulation:
         self._uuids = [str(uuid.uuid5(_UUID_NAMESPACE, f"{scenario.source}/{g.name}")) for g in guests]
         self._stats_cache: list[GuestStats] = [GuestStats() for _ in guests]
 
+        # Faults the scenario's events switch (all off until an event says otherwise).
+        self._driver = np.ones(n, dtype=np.bool_)  # the balloon driver is loaded
+        self._reporting = np.ones(n, dtype=np.bool_)  # its statistics are switched on
+        self._paused = np.zeros(n, dtype=np.bool_)
+        self._any_paused = False
+        self._base_used = scenario.host.base_used
+        self._base_ramp: tuple[float, float, int, int] | None = None  # (t0, t1, from, to)
+        self._events = list(scenario.events)
+        self._next_event = self._events[0].at if self._events else np.inf
+
         # Dynamic state.
         self._target = ints([g.target for g in guests])
         self._actual = self._target.copy()
         self._cache = np.full(n, tu.cache_min_bytes, dtype=np.int64)
         self._killed = np.zeros(n, dtype=np.int64)  # demand removed by OOM kills, regrowing
         self._any_killed = False
-        self._demand = np.zeros(n, dtype=np.int64)  # effective demand (trace minus killed)
+        self._intended = np.zeros(n, dtype=np.int64)  # the workload's demand before any kill
+        self._demand = np.zeros(n, dtype=np.int64)  # effective demand (intended minus killed)
         self._swap_used = np.zeros(n, dtype=np.int64)
         self._any_swap = False
         self._swap_in = np.zeros(n)  # cumulative bytes (float: fractional thrash per step)
@@ -149,23 +167,27 @@ class Simulation:
         self._hold = np.zeros(n, dtype=np.bool_)  # autodeflated: no re-inflation until a new target
         self._pressure = np.zeros(n, dtype=np.bool_)
         self._storming = np.zeros(n, dtype=np.bool_)
-        self._can_deflate = (~self._stuck).astype(np.int64)
-        self._can_inflate = self._can_deflate.copy()
+        self._can_deflate = np.zeros(n, dtype=np.int64)
+        self._can_inflate = np.zeros(n, dtype=np.int64)
+        self._move_at = np.zeros(n)  # the driver acts on a new target from this time (balloon latency)
+        self._any_waiting = False
 
-        # Guest-visible stats, as last reported (0 last_update = never, as QEMU says).
-        self._st_total = np.zeros(n, dtype=np.int64)
-        self._st_avail = np.zeros(n, dtype=np.int64)
-        self._st_free = np.zeros(n, dtype=np.int64)
-        self._st_caches = np.zeros(n, dtype=np.int64)
-        self._st_swap_in = np.zeros(n, dtype=np.int64)
-        self._st_swap_out = np.zeros(n, dtype=np.int64)
-        self._st_majflt = np.zeros(n, dtype=np.int64)
-        self._st_oom = np.zeros(n, dtype=np.int64)
-        self._st_last = np.zeros(n)
+        # Guest-visible stats: as last published (0 last_update = never, as QEMU says), and as captured
+        # by the guest but not yet published (the report's delay).
+        # One row per stat (total, available, free, caches, swap in, swap out, major faults, OOM kills).
+        # A guest's newest capture is published (visible, stamped) ``stats_delay_s`` after it was taken;
+        # until then a reader sees the one before. Since the delay is at most a period, a capture is
+        # always published by the time the next one is taken: two buffers hold all there is, and no
+        # step pays for publishing (readers choose between the two).
+        self._published = np.zeros((_N_STATS, n), dtype=np.int64)
+        self._st_last = np.zeros(n)  # its stamp, wall seconds (0 = never)
+        self._captured = np.zeros((_N_STATS, n), dtype=np.int64)
+        self._publish_at = np.full(n, np.inf)  # virtual time the capture is published (inf: none)
+        self._stats_delay = np.minimum(tu.stats_delay_s, self._stats_period)
         rng = np.random.default_rng([seed, n])
-        phase = rng.uniform(0.0, 1.0, n) * self._stats_period
-        self._next_stats = np.where(self._stats_capable, phase, np.inf)
-        self._next_stats_min = float(self._next_stats.min()) if n else np.inf
+        self._phase = rng.uniform(0.0, 1.0, n) * self._stats_period
+        self._next_stats = np.full(n, np.inf)
+        self._next_stats_min = np.inf
 
         # Scratch arrays for the step.
         self._room = np.zeros(n, dtype=np.int64)
@@ -182,10 +204,18 @@ class Simulation:
         self._rates: dict[float, _Rates] = {}
 
         self._table = self._build_demand_table()
-        np.copyto(self._demand, self._table[0])
-        # The guest booted at max and its balloon inflated as far as it could toward the initial target.
+        self._table.flags.writeable = False
+        np.copyto(self._intended, self._table[0])
+        self._row: I64 = self._table[0]  # the intended demand now: a table row, or _intended when paused
+        np.copyto(self._demand, self._intended)
+        self._apply_events(0.0)  # what holds from boot: a driver not loaded yet, a guest paused at once
+        self._update_movers()
+        self._schedule_stats(np.arange(n), self._phase)
+        # The guest booted at max and its balloon inflated as far as it could toward the initial target
+        # (a stuck driver wedged there; a driver that has not loaded yet not at all).
         floor = self._reserved + np.maximum(self._demand - self._swap_size, 0)
-        np.copyto(self._actual, np.clip(self._target, np.minimum(floor, self._max), self._max))
+        initial = np.clip(self._target, np.minimum(floor, self._max), self._max)
+        np.copyto(self._actual, np.where(self._driver, initial, self._max))
         self._settle()
 
         ro = _readonly
@@ -200,6 +230,10 @@ class Simulation:
         self.cpu: I64 = ro(self._cpu_ns)
         self.cache: I64 = ro(self._cache)
         self.kernel: I64 = ro(self._kernel)
+        #: The least a guest needs beyond its workload's demand not to swap: kernel, the page cache it
+        #: never drops and its min watermark. The oracle plans with it and the metrics
+        #: charge every guest at least ``demand + headroom``.
+        self.headroom: I64 = ro(self._reserved)
 
     # ----------------------------------------------------------------------------------- public API
 
@@ -210,19 +244,32 @@ class Simulation:
 
     @property
     def wall_time(self) -> float:
-        """The wall clock guest stats are stamped with (``tunables.epoch + time``)."""
-        return self.tunables.epoch + self._time
+        """The wall clock guest stats are stamped with (``physics.epoch + time``)."""
+        return self.physics.epoch + self._time
 
     @property
     def names(self) -> tuple[str, ...]:
         return self._names
 
     @property
+    def intended_demand(self) -> I64:
+        """The workload's demand now before any OOM kill (frozen while a guest is paused); read-only."""
+        return _readonly(self._row)
+
+    @property
+    def base_used(self) -> int:
+        """The host's own memory use now (kernel, libvirtd, any non-VM process)."""
+        return self._base_used
+
+    @property
     def host_available(self) -> int:
         """Host MemAvailable, signed: negative means the host is overrun (it would swap)."""
-        h = self.scenario.host
-        used = int(self._actual.sum()) + self.n * self.tunables.qemu_overhead_bytes
-        return h.ram - h.base_used - used
+        used = int(self._actual.sum()) + self.n * self.physics.qemu_overhead_bytes
+        return self.scenario.host.ram - self._base_used - used
+
+    def paused(self, vm: int | str) -> bool:
+        """Whether a guest is paused now (by a scenario event)."""
+        return bool(self._paused[self.index(vm)])
 
     def index(self, vm: int | str) -> int:
         """The array index of a guest given by index or name; unknown names list the known ones."""
@@ -247,8 +294,9 @@ class Simulation:
                 f"must be from 0 to max {format_size(int(self._max[i]))}",
             )
         if value != self._target[i]:
+            idle = bool(self._actual[i] == self._target[i])
             self._target[i] = value
-            self._release_hold(np.array([i]))
+            self._new_target(np.array([i]), np.array([idle]))
 
     def set_targets(self, targets: npt.ArrayLike) -> None:
         """Set every guest's target at once (an int64 array indexed like ``names``); all or nothing."""
@@ -263,8 +311,9 @@ class Simulation:
             )
         changed = np.flatnonzero(arr != self._target)
         if changed.size:
+            idle = self._actual[changed] == self._target[changed]
             self._target[changed] = arr[changed]
-            self._release_hold(changed)
+            self._new_target(changed, idle)
 
     def set_vcpus(self, vm: int | str, count: int) -> None:
         """Change a guest's active vCPUs (1..max_vcpus); CPU time accrues per vCPU."""
@@ -284,20 +333,21 @@ class Simulation:
     def set_stats_period(self, vm: int | str, period_s: float) -> None:
         """Guest stats polling period; 0 stops polling (the last report stays, ageing)."""
         i = self.index(vm)
-        if period_s < 0:
-            raise InvalidValueError("stats period", period_s, "0 (off) or a positive number of seconds")
-        self._stats_period[i] = period_s
+        if not 0 <= period_s <= SECONDS_PER_DAY:  # also refuses NaN
+            raise InvalidValueError("stats period", period_s, "0 (off) or a number of seconds up to a day")
         self.balloons[i] = _replace_balloon(self.balloons[i], stats_period=round(period_s) or None)
-        due = self._time + period_s if period_s > 0 and self._stats_capable[i] else np.inf
-        self._next_stats[i] = due
-        self._next_stats_min = float(_min(self._next_stats))
+        if period_s > 0:
+            self._stats_period[i] = period_s
+            self._stats_delay[i] = min(self.physics.stats_delay_s, period_s)
+        self._reporting[i] = period_s > 0
+        self._schedule_stats(np.array([i]), np.array([period_s]))
 
     def step(self, dt: float | None = None) -> None:
         """Advance virtual time by ``dt`` seconds (default one scenario step), in substeps of at most
         ``run.step`` so that the mechanics do not depend on how the caller slices time."""
         remaining = self._step if dt is None else float(dt)
-        if remaining < 0:
-            raise InvalidValueError("time step", dt, "a number of seconds >= 0")
+        if not 0 <= remaining < np.inf:
+            raise InvalidValueError("time step", dt, "a finite number of seconds >= 0")
         step = self._step
         substep = self._substep
         while remaining > 1e-9:
@@ -317,16 +367,17 @@ class Simulation:
         """
         t = np.atleast_1d(np.asarray(times, dtype=np.float64))
         idx = np.floor(t / self._step + 1e-9).astype(np.int64) % self._table.shape[0]
-        return self._table[idx]
+        rows: I64 = self._table[idx]
+        return rows
 
     def snapshot(self) -> HostSnapshot:
         """The host and every guest now, as a hypervisor backend reports them."""
         h = self.scenario.host
-        tu = self.tunables
+        tu = self.physics
         available = self.host_available
         overrun = max(0, -available)
         psi = min(100.0, 100.0 * overrun / tu.psi_full_scale_bytes)
-        load = float(((self._cpu_base + self._storming * tu.storm_load) * self._vcpus).sum())
+        load = float(((self._cpu_base + self._storming * tu.storm_load) * self._vcpus * ~self._paused).sum())
         guests = self._guest_snapshots(range(self.n))
         return HostSnapshot(
             time=self._time,
@@ -356,12 +407,12 @@ class Simulation:
         for i, g in enumerate(self.scenario.guests):
             rng = np.random.default_rng([self.seed, i])
             table[:, i] = sample(
-                g.demand, times, rng, horizon=run.duration, noise_knot_s=self.tunables.noise_knot_s
+                g.demand, times, rng, horizon=run.duration, noise_knot_s=self.physics.noise_knot_s
             )
         return table
 
     def _rates_for(self, h: float) -> _Rates:
-        tu = self.tunables
+        tu = self.physics
         rates = _Rates(
             inflate=max(1, round(tu.inflate_bps * h)),
             inflate_pressure=max(1, round(tu.inflate_pressure_bps * h)),
@@ -379,15 +430,77 @@ class Simulation:
         self._rates[h] = rates
         return rates
 
-    def _release_hold(self, idx: npt.NDArray[np.intp]) -> None:
-        """A new target restarts the driver's work: it may re-inflate an autodeflated balloon."""
+    def _new_target(self, idx: npt.NDArray[np.intp], idle: B) -> None:
+        """A new target restarts the driver's work (it may then re-inflate an autodeflated balloon). An
+        idle driver (at its old target) wakes up the balloon latency later; one still moving reads the
+        target on each round and follows the new one at once; one already woken but not yet moving keeps
+        its wake-up time (Linux's driver re-reads the target every round trip)."""
         self._hold[idx] = False
-        np.logical_and(~self._stuck, ~self._hold, out=self._mask)
+        latency = self.physics.balloon_latency_s
+        if latency > 0:
+            wake = idle & (self._move_at[idx] <= self._time + 1e-9)
+            if wake.any():
+                self._move_at[idx[wake]] = self._time + latency
+                self._any_waiting = True
+        self._update_movers()
+
+    def _update_movers(self) -> None:
+        """Which balloons can move: a driver that is loaded, not stuck, in a running guest; and inflate
+        only when it has not deflated on OOM since the last target."""
+        np.logical_and(~self._stuck, self._driver, out=self._mask)
+        self._mask &= ~self._paused
+        np.copyto(self._can_deflate, self._mask)
+        self._mask &= ~self._hold
         np.copyto(self._can_inflate, self._mask)
+
+    def _schedule_stats(self, idx: npt.NDArray[np.intp], first_in: npt.NDArray[np.float64]) -> None:
+        """(Re)start or stop the stats of these guests: the next capture ``first_in`` seconds from now if
+        they report now (capable, switched on, driver loaded, running), else never."""
+        on = self._stats_capable[idx] & self._reporting[idx] & self._driver[idx] & ~self._paused[idx]
+        self._next_stats[idx] = np.where(on, self._time + first_in, np.inf)
+        stopped = np.zeros(self.n, dtype=np.bool_)
+        stopped[idx[~on]] = True
+        self._promote(stopped & (self._publish_at <= self._time + 1e-9))
+        self._publish_at[stopped] = np.inf  # a report still in flight is lost
+        self._next_stats_min = float(_min(self._next_stats)) if self.n else np.inf
+
+    def _apply_events(self, t: float) -> None:
+        """Apply every scenario event due by virtual time ``t``, in order."""
+        while self._events and self._events[0].at <= t + 1e-9:
+            self._apply(self._events.pop(0))
+        self._next_event = self._events[0].at if self._events else np.inf
+
+    def _apply(self, e: Event) -> None:
+        if e.base_used is not None:
+            if e.at + e.over > e.at:  # a ramp; an 'over' too small to tell apart from 0 is a jump
+                self._base_ramp = (e.at, e.at + e.over, self._base_used, e.base_used)
+            else:
+                self._base_used, self._base_ramp = e.base_used, None
+            return
+        i = np.array([self.index(e.guest or "")])
+        if e.stats is not None:
+            self._reporting[i] = e.stats
+        if e.driver is not None:
+            self._driver[i] = e.driver
+        if e.paused is not None:
+            np.copyto(self._intended, self._row)  # freezes at the demand it has now
+            self._paused[i] = e.paused
+            self._any_paused = bool(self._paused.any())
+        self._update_movers()
+        # A guest that starts reporting sends its first report at once (the driver probes, or the
+        # service starts); one that stops sends nothing more.
+        self._schedule_stats(i, np.zeros(1))
 
     def _substep(self, h: float) -> None:
         r = self._rates.get(h) or self._rates_for(h)
         t = self._time + h
+        if t >= self._next_event - 1e-9:
+            self._apply_events(t)
+        if self._base_ramp is not None:
+            t0, t1, start, end = self._base_ramp
+            self._base_used = round(start + (end - start) * min(1.0, (t - t0) / (t1 - t0)))
+            if t >= t1:
+                self._base_ramp = None
         row = self._table[int(t / self._step + 1e-9) % self._table.shape[0]]
         actual, demand, room, need, up, slack = (
             self._actual,
@@ -398,7 +511,12 @@ class Simulation:
             self._slack,
         )
 
-        # Demand: the trace, minus what OOM kills removed (which regrows as the workload restarts).
+        # Demand: the trace (frozen while a guest is paused), minus what OOM kills removed (which regrows
+        # as the workload restarts).
+        if self._any_paused:
+            np.copyto(self._intended, row, where=~self._paused)
+            row = self._intended
+        self._row = row
         if self._any_killed:
             np.subtract(self._killed, r.oom_restart, out=self._killed)
             np.maximum(self._killed, 0, out=self._killed)
@@ -419,14 +537,24 @@ class Simulation:
         np.maximum(slack, r.inflate_pressure, out=slack)
         np.minimum(slack, r.inflate, out=slack)
         np.minimum(need, slack, out=need)
-        # The balloon only gets pages the guest can free: never kernel memory, never more anonymous memory
-        # than swap can hold (allocation fails, "Out of puff!"; ballooning itself never OOM-kills).
-        np.subtract(demand, self._swap_size, out=slack)
-        np.maximum(slack, 0, out=slack)
-        np.subtract(room, slack, out=slack)
+        # The balloon only gets pages the guest can free: never kernel memory or pinned page cache, never
+        # more anonymous memory than swap can hold (allocation fails, "Out of puff!"). It can take the
+        # free pages of the min watermark, though, next to anonymous memory that cannot go to swap: the
+        # guest's next allocation then finds none, and the OOM killer fires.
+        tmp = self._tmp
+        np.subtract(demand, self._swap_size, out=tmp)
+        np.maximum(tmp, 0, out=tmp)
+        np.subtract(room, tmp, out=slack)
+        np.minimum(tmp, self._min_free, out=tmp)
+        slack += tmp
         np.minimum(need, slack, out=need)
         np.maximum(need, 0, out=need)
         need *= self._can_inflate
+        if self._any_waiting:  # a new target had not reached the driver when this substep began
+            np.greater(self._move_at, self._time + 1e-9, out=self._mask)
+            up[self._mask] = 0
+            need[self._mask] = 0
+            self._any_waiting = bool(_any(self._mask))
         actual += up
         actual -= need
         room += up
@@ -434,11 +562,16 @@ class Simulation:
 
         self._settle_after_move(r)
 
-        # CPU: baseline load, and a storm on every vCPU while a storm guest's balloon is inflated.
-        self._cpu_ns += r.base_cpu_ns
+        # CPU: baseline load, and a storm on every vCPU while a storm guest's balloon is inflated; none
+        # while paused.
+        if self._any_paused:
+            self._cpu_ns += r.base_cpu_ns * ~self._paused
+        else:
+            self._cpu_ns += r.base_cpu_ns
         if self._any_storm:
             np.less(actual, self._storm_below, out=self._storming)
             self._storming &= self._storm
+            self._storming &= ~self._paused
             self._cpu_ns += r.storm_extra_ns * self._storming
         self._time = t
         if t >= self._next_stats_min - 1e-9:
@@ -460,21 +593,23 @@ class Simulation:
         if self._any_swap or _any(self._pressure):
             self._swap(r)
 
-        # Page cache grows into free memory and is reclaimed at once when memory is needed.
+        # Page cache grows into free memory (down to the min watermark) and is reclaimed at once when
+        # memory is needed.
         tmp, cache = self._tmp, self._cache
         np.subtract(demand, swap, out=tmp)  # resident anonymous
         np.subtract(room, tmp, out=tmp)
-        tmp += self.tunables.cache_min_bytes - self.tunables.free_min_bytes
+        tmp += self.physics.cache_min_bytes
         if r is not None:
             cache += r.cache_growth
         np.minimum(cache, tmp, out=cache)
-        np.maximum(cache, self.tunables.cache_min_bytes, out=cache)
+        np.maximum(cache, self.physics.cache_min_bytes, out=cache)
 
     def _out_of_memory(self) -> None:
         """Demand beyond memory + swap: autodeflate guests take balloon pages back, others OOM-kill."""
         actual, demand, room, deficit = self._actual, self._demand, self._room, self._deficit
         over = np.maximum(deficit - self._swap_size, 0)
-        grow = np.where(self._autodeflate & ~self._stuck, np.minimum(over, self._max - actual), 0)
+        # The OOM notifier is the driver's: a stuck, unloaded or paused driver gives nothing back.
+        grow = np.where(self._autodeflate & (self._can_deflate > 0), np.minimum(over, self._max - actual), 0)
         if grow.any():
             actual += grow
             room += grow
@@ -485,7 +620,7 @@ class Simulation:
         if kill.any():
             idx = np.flatnonzero(kill)
             overflow = deficit[idx] - self._swap_size[idx]
-            rest = np.rint((demand[idx] - overflow) * self.tunables.oom_kill_fraction).astype(np.int64)
+            rest = np.rint((demand[idx] - overflow) * self.physics.oom_kill_fraction).astype(np.int64)
             amount = overflow + rest
             self._oom_kills[idx] += 1
             self._killed[idx] += amount
@@ -511,51 +646,62 @@ class Simulation:
         self._any_swap = bool(_any(new))
 
     def _refresh_stats(self) -> None:
-        """Guests whose polling period came due report their memory, stamped with the wall clock."""
+        """Capture the guests whose polling period came due; the report each replaces is published by
+        now (the delay is at most a period), so it becomes the one a reader sees until the new one is."""
         now = self._time
-        due, due_max, tmp, ftmp = self._due, self._due_max, self._tmp, self._ftmp
+        due = self._due
         np.less_equal(self._next_stats, now + 1e-9, out=due)
-        np.logical_and(due, self._reports_max, out=due_max)
-        np.copyto(self._st_total, self._actual, where=due)
-        np.copyto(self._st_total, self._max, where=due_max)
+        self._promote(due)
+        self._capture(due)
+        np.copyto(self._publish_at, now + self._stats_delay, where=due)
+        np.add(self._next_stats, self._stats_period, out=self._next_stats, where=due)
+        self._next_stats_min = float(_min(self._next_stats))
+
+    def _promote(self, which: B) -> None:
+        """The captured reports of ``which`` (published by now) become the last published ones."""
+        which = which & (self._publish_at < np.inf)
+        np.copyto(self._published, self._captured, where=which)
+        np.copyto(self._st_last, self.physics.epoch + self._publish_at, where=which)
+
+    def _reports(self) -> tuple[I64, F64]:
+        """The reports a reader sees now, and their stamps: a capture once its delay has passed."""
+        ready = self._publish_at <= self._time + 1e-9
+        values = np.where(ready, self._captured, self._published)
+        stamps = np.where(ready, self.physics.epoch + self._publish_at, self._st_last)
+        return values, stamps
+
+    def _capture(self, due: B) -> None:
+        """What a guest's driver reads from its own kernel at this moment, for the guests in ``due``."""
+        total, avail, free, caches, swap_in, swap_out, majflt, oom = self._captured
+        tmp, ftmp = self._tmp, self._ftmp
+        np.logical_and(due, self._reports_max, out=self._due_max)
+        np.copyto(total, self._actual, where=due)
+        np.copyto(total, self._max, where=self._due_max)
         np.subtract(self._demand, self._swap_used, out=tmp)  # resident anonymous
         np.subtract(self._actual, tmp, out=tmp)
         tmp -= self._kernel
         tmp -= self._cache  # free
-        np.copyto(self._st_free, tmp, where=due)
-        tmp += self._cache  # available: free + reclaimable cache
-        np.copyto(self._st_avail, tmp, where=due)
-        np.copyto(self._st_caches, self._cache, where=due)
-        np.copyto(self._st_swap_in, self._swap_in, where=due, casting="unsafe")
-        np.copyto(self._st_swap_out, self._swap_out, where=due, casting="unsafe")
-        np.divide(self._swap_in, self.tunables.page_size, out=ftmp)
-        np.copyto(self._st_majflt, ftmp, where=due, casting="unsafe")
-        np.copyto(self._st_oom, self._oom_kills, where=due)
-        np.copyto(self._st_last, self.tunables.epoch + now, where=due)
-        np.add(self._next_stats, self._stats_period, out=self._next_stats, where=due)
-        self._next_stats_min = float(_min(self._next_stats))
+        np.copyto(free, tmp, where=due)
+        tmp += self._cache  # available: free + page cache (counting the pinned part: MemAvailable does)
+        np.copyto(avail, tmp, where=due)
+        np.copyto(caches, self._cache, where=due)
+        np.copyto(swap_in, self._swap_in, where=due, casting="unsafe")
+        np.copyto(swap_out, self._swap_out, where=due, casting="unsafe")
+        np.divide(self._swap_in, self.physics.page_size, out=ftmp)
+        np.copyto(majflt, ftmp, where=due, casting="unsafe")
+        np.copyto(oom, self._oom_kills, where=due)
 
     def _guest_snapshots(self, indices: range | list[int]) -> tuple[GuestSnapshot, ...]:
         """Build snapshots from whole-array ``tolist`` reads: a snapshot of 100 guests every policy tick
         must stay far cheaper than the simulation itself. Stats objects are reused until the next report."""
-        last = self._st_last.tolist()
-        st_total, st_avail, st_free, st_caches, st_swap_in, st_swap_out, st_majflt, st_oom = (
-            a.tolist()
-            for a in (
-                self._st_total,
-                self._st_avail,
-                self._st_free,
-                self._st_caches,
-                self._st_swap_in,
-                self._st_swap_out,
-                self._st_majflt,
-                self._st_oom,
-            )
-        )
+        values, stamps = self._reports()
+        last = stamps.tolist()
+        st_total, st_avail, st_free, st_caches, st_swap_in, st_swap_out, st_majflt, st_oom = values.tolist()
         mx, tg, ac, vc, mv, cpu = (
             a.tolist()
             for a in (self._max, self._target, self._actual, self._vcpus, self._max_vcpus, self._cpu_ns)
         )
+        paused = self._paused.tolist()
         out = []
         for i in indices:
             stats = self._stats_cache[i]
@@ -575,7 +721,7 @@ class Simulation:
             out.append(
                 GuestSnapshot(
                     name=self._names[i],
-                    state=VMState.RUNNING,
+                    state=VMState.PAUSED if paused[i] else VMState.RUNNING,
                     max_bytes=mx[i],
                     target_bytes=tg[i],
                     actual_bytes=ac[i],
@@ -593,7 +739,11 @@ class Simulation:
         return tuple(out)
 
 
-def _default_kernel(max_bytes: int, tu: Tunables) -> int:
+def _zeros(n: int) -> I64:
+    return np.zeros(n, dtype=np.int64)
+
+
+def _default_kernel(max_bytes: int, tu: Physics) -> int:
     return min(max_bytes // 2, tu.kernel_base_bytes + round(max_bytes * tu.kernel_max_fraction))
 
 

@@ -4,11 +4,17 @@ A scenario is data from outside, so every mistake is reported as an
 :class:`~autoballoon.errors.InvalidValueError` naming the file, the guest, the field and what is accepted,
 and nothing is half-loaded. Sizes follow virsh (a bare number is KiB) through :mod:`autoballoon.units`;
 trace files hold (seconds, bytes) rows. The format is documented in ``docs/scenarios.md``.
+
+Every number in a scenario is checked by one :class:`Real` or :class:`Whole` constraint, declared once
+per field below: NaN and infinity are refused everywhere, and every bound exists because something
+downstream would otherwise spin, overflow or allocate without limit (a spike every 1e-300 s, a run of
+1e300 s, a size beyond int64).
 """
 
 from __future__ import annotations
 
 import csv
+import math
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -16,7 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from autoballoon.errors import InvalidValueError
-from autoballoon.model import GuestPolicy
+from autoballoon.model import MAX_BUFFER, GuestPolicy
+from autoballoon.ops import LIMITS as OPERATOR_LIMITS
 from autoballoon.sim.demand import (
     SECONDS_PER_DAY,
     SHAPE_NAMES,
@@ -30,27 +37,81 @@ from autoballoon.sim.demand import (
     Steps,
     Trace,
 )
-from autoballoon.units import ACCEPTED_FORMS, parse_percent, parse_size
+from autoballoon.units import ACCEPTED_FORMS, TiB, parse_percent, parse_size
 
 OS_NAMES = ("linux", "windows")
 BALLOON_MODELS = ("virtio", "none")
 
+# Defaults and bounds of the file format (not physics: those are in :mod:`.physics`).
+DEFAULT_RESERVE = "512M"
+DEFAULT_BASE_USED = "1G"
+DEFAULT_CPUS = 8
+DEFAULT_DURATION = SECONDS_PER_DAY
+DEFAULT_STEP = 1.0
+MAX_COUNT = 10_000
+#: Guests x steps of the precomputed demand table (8 bytes each): keeps a typo from eating the host.
+MAX_TABLE_CELLS = 100_000_000
+#: The largest size in a scenario. 10,000 guests of this size still sum inside int64 bytes, which the
+#: engine's arrays are.
+MAX_SIZE = 64 * TiB
+#: The longest time anywhere in a scenario (a run, a period, an event): ten years of seconds.
+MAX_SECONDS = 3650 * SECONDS_PER_DAY
+
 
 @dataclass(frozen=True, slots=True)
-class ScenarioLimits:
-    """Defaults and bounds of the file format (not physics: those are in :mod:`.tunables`)."""
+class Real:
+    """A finite number within bounds: the one check every non-size number of a scenario goes through."""
 
-    reserve: str = "512M"
-    base_used: str = "1G"
-    cpus: int = 8
-    duration: float = SECONDS_PER_DAY
-    step: float = 1.0
-    max_count: int = 10_000
-    #: Guests x steps of the precomputed demand table (8 bytes each): keeps a typo from eating the host.
-    max_table_cells: int = 100_000_000
+    low: float = 0.0
+    high: float = MAX_SECONDS
+    low_open: bool = False
+
+    @property
+    def accepted(self) -> str:
+        lower = f"above {self.low:g}" if self.low_open else f"from {self.low:g}"
+        return f"a finite number {lower} to {self.high:g}"
+
+    def check(self, raw: object) -> float | None:
+        """The value as a float, or None when it is refused (the caller names the field)."""
+        if isinstance(raw, bool) or not isinstance(raw, int | float):
+            return None
+        value = float(raw)
+        if not math.isfinite(value) or not self.low <= value <= self.high:
+            return None
+        if self.low_open and value == self.low:
+            return None
+        return value
 
 
-LIMITS = ScenarioLimits()
+@dataclass(frozen=True, slots=True)
+class Whole:
+    """A whole number within bounds (counts, vCPUs, shares)."""
+
+    low: int
+    high: int
+
+    @property
+    def accepted(self) -> str:
+        return f"a whole number from {self.low} to {self.high}"
+
+    def check(self, raw: object) -> int | None:
+        if isinstance(raw, bool) or not isinstance(raw, int) or not self.low <= raw <= self.high:
+            return None
+        return raw
+
+
+# Each constrained field, declared once.
+DURATION = Real(low=0.0, low_open=True)
+STEP = Real(low=0.001)
+STATS_PERIOD = Real(low=1.0, high=SECONDS_PER_DAY)
+SHARE = Real(high=1.0)  # cpu load, noise
+SECONDS = Real()  # a moment or a length in a scenario (never negative)
+PERIOD = Real(low=0.0, low_open=True)
+PHASE = Real(low=-MAX_SECONDS)
+HOUR = Real(high=24.0)
+CPUS = Whole(1, 4096)
+COUNT = Whole(1, MAX_COUNT)
+SHARES = Whole(1, OPERATOR_LIMITS.max_shares)
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,7 +136,7 @@ class RunSpec:
 
 @dataclass(frozen=True, slots=True)
 class GuestSpec:
-    """One simulated VM. ``None`` means "the tunables' default" (kernel, swap, cpu, stats period)."""
+    """One simulated VM. ``None`` means "the physics default" (kernel, swap, cpu, stats period)."""
 
     name: str
     max: int
@@ -98,11 +159,34 @@ class GuestSpec:
 
 
 @dataclass(frozen=True, slots=True)
+class Event:
+    """A fault or a change at ``at`` seconds: one guest's (``guest`` set) or the host's.
+
+    Every field but ``at`` and ``guest`` is None when the event does not change it. ``base_used`` moves
+    the host's own (non-VM) use linearly to the new value over ``over`` seconds (0: at once).
+    """
+
+    at: float
+    guest: str | None = None
+    #: The guest's balloon statistics stop (False: its balloon service died, its period was set to 0)
+    #: or start again (True).
+    stats: bool | None = None
+    #: The balloon driver unloads (False) or loads (True): without it the balloon cannot move and the guest
+    #: sends no statistics. A driver that loads late is ``driver = false`` at 0, ``true`` later.
+    driver: bool | None = None
+    #: The guest is paused (True: no CPU, no statistics, its memory and workload frozen) or resumed.
+    paused: bool | None = None
+    base_used: int | None = None
+    over: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
 class Scenario:
     source: str
     host: HostSpec
     run: RunSpec
     guests: tuple[GuestSpec, ...]
+    events: tuple[Event, ...] = ()
 
     @property
     def names(self) -> list[str]:
@@ -134,42 +218,36 @@ class _Where:
             raise InvalidValueError(self.what(key), None, "a value (the field is required)")
         return table[key]
 
+    def _raw(self, table: Mapping[str, Any], key: str, default: Any) -> Any:
+        return table.get(key, default) if default is not None else self.require(table, key)
+
     def size(self, table: Mapping[str, Any], key: str, default: Any = None, *, unit: int = 1024) -> int:
-        raw = table.get(key, default) if default is not None else self.require(table, key)
+        raw = self._raw(table, key, default)
         if isinstance(raw, float) and raw.is_integer():
             raw = int(raw)
         if not isinstance(raw, str | int) or isinstance(raw, bool):
             raise self.error(key, raw, ACCEPTED_FORMS)
-        return parse_size(raw, default_unit=unit, what=self.what(key))
+        value = parse_size(raw, default_unit=unit, what=self.what(key))
+        if value > MAX_SIZE:
+            raise self.error(key, raw, f"a size no larger than {MAX_SIZE // TiB} TiB")
+        return value
 
-    def number(
-        self,
-        table: Mapping[str, Any],
-        key: str,
-        default: float | None = None,
-        *,
-        low: float = 0.0,
-        high: float = float("inf"),
-        low_open: bool = False,
-    ) -> float:
-        raw = table.get(key, default) if default is not None else self.require(table, key)
-        bad = isinstance(raw, bool) or not isinstance(raw, int | float)
-        if not bad:
-            bad = raw < low or raw > high or (low_open and raw == low)
-        if bad:
-            lower = f"above {low:g}" if low_open else f"from {low:g}"
-            upper = "" if high == float("inf") else f" to {high:g}"
-            raise self.error(key, raw, f"a number {lower}{upper}")
-        return float(raw)
+    def number(self, table: Mapping[str, Any], key: str, rule: Real, default: float | None = None) -> float:
+        raw = self._raw(table, key, default)
+        value = rule.check(raw)
+        if value is None:
+            raise self.error(key, raw, rule.accepted)
+        return value
 
-    def integer(self, table: Mapping[str, Any], key: str, default: int | None, *, low: int, high: int) -> int:
-        raw = table.get(key, default) if default is not None else self.require(table, key)
-        if isinstance(raw, bool) or not isinstance(raw, int) or not low <= raw <= high:
-            raise self.error(key, raw, f"a whole number from {low} to {high}")
-        return raw
+    def integer(self, table: Mapping[str, Any], key: str, rule: Whole, default: int | None = None) -> int:
+        raw = self._raw(table, key, default)
+        value = rule.check(raw)
+        if value is None:
+            raise self.error(key, raw, rule.accepted)
+        return value
 
-    def flag(self, table: Mapping[str, Any], key: str, default: bool) -> bool:
-        raw = table.get(key, default)
+    def flag(self, table: Mapping[str, Any], key: str, default: bool | None) -> bool:
+        raw = self._raw(table, key, default)
         if not isinstance(raw, bool):
             raise self.error(key, raw, "true or false")
         return raw
@@ -209,7 +287,7 @@ def loads_scenario(text: str, *, source: str = "<scenario>", base_dir: Path | No
 def parse_scenario(data: Mapping[str, Any], *, source: str, base_dir: Path) -> Scenario:
     """Validate an already-parsed TOML document into a :class:`Scenario`."""
     top = _Where(source, "top level")
-    top.check_keys(data, ("host", "run", "guest"))
+    top.check_keys(data, ("host", "run", "guest", "event"))
     host = _parse_host(top.table(data, "host"), _Where(source, "[host]"))
     run = _parse_run(top.table(data, "run"), _Where(source, "[run]"))
     raw_guests = data.get("guest", [])
@@ -227,13 +305,21 @@ def parse_scenario(data: Mapping[str, Any], *, source: str, base_dir: Path) -> S
             raise InvalidValueError(f"{source}: [[guest]] field 'name'", g.name, "names unique on the host")
         seen.add(g.name)
     cells = len(guests) * run.steps
-    if cells > LIMITS.max_table_cells:
+    if cells > MAX_TABLE_CELLS:
         raise top.error(
             "run",
             f"{len(guests)} guests x {run.steps} steps",
-            f"at most {LIMITS.max_table_cells} guest-steps (raise run.step or shorten run.duration)",
+            f"at most {MAX_TABLE_CELLS} guest-steps (raise run.step or shorten run.duration)",
         )
-    return Scenario(source=source, host=host, run=run, guests=tuple(guests))
+    raw_events = data.get("event", [])
+    if not isinstance(raw_events, list):
+        raise top.error("event", raw_events, "[[event]] tables")
+    events = [
+        _parse_event(raw, _Where(source, f"[[event]] #{i + 1}"), host, seen)
+        for i, raw in enumerate(raw_events)
+    ]
+    events.sort(key=lambda e: e.at)  # stable: events at the same moment apply in file order
+    return Scenario(source=source, host=host, run=run, guests=tuple(guests), events=tuple(events))
 
 
 def _parse_host(t: Mapping[str, Any], w: _Where) -> HostSpec:
@@ -241,10 +327,10 @@ def _parse_host(t: Mapping[str, Any], w: _Where) -> HostSpec:
     ram = w.size(t, "ram")
     if ram == 0:
         raise w.error("ram", t["ram"], "a size above 0")
-    reserve = w.size(t, "reserve", LIMITS.reserve)
-    base_used = w.size(t, "base_used", LIMITS.base_used)
+    reserve = w.size(t, "reserve", DEFAULT_RESERVE)
+    base_used = w.size(t, "base_used", DEFAULT_BASE_USED)
     if reserve + base_used >= ram:
-        raise w.error("base_used", t.get("base_used", LIMITS.base_used), "base_used + reserve below ram")
+        raise w.error("base_used", t.get("base_used", DEFAULT_BASE_USED), "base_used + reserve below ram")
     name = t.get("name", "sim-host")
     if not isinstance(name, str) or not name:
         raise w.error("name", name, "a non-empty string")
@@ -252,7 +338,7 @@ def _parse_host(t: Mapping[str, Any], w: _Where) -> HostSpec:
         ram=ram,
         reserve=reserve,
         base_used=base_used,
-        cpus=w.integer(t, "cpus", LIMITS.cpus, low=1, high=4096),
+        cpus=w.integer(t, "cpus", CPUS, DEFAULT_CPUS),
         swap=w.size(t, "swap", 0),
         name=name,
     )
@@ -260,8 +346,12 @@ def _parse_host(t: Mapping[str, Any], w: _Where) -> HostSpec:
 
 def _parse_run(t: Mapping[str, Any], w: _Where) -> RunSpec:
     w.check_keys(t, ("duration", "step"))
-    duration = w.number(t, "duration", LIMITS.duration, low=0.0, low_open=True)
-    step = w.number(t, "step", LIMITS.step, low=0.0, high=duration, low_open=True)
+    duration = w.number(t, "duration", DURATION, DEFAULT_DURATION)
+    step = w.number(t, "step", STEP, DEFAULT_STEP)
+    if step > duration:
+        raise w.error(
+            "step", t.get("step", DEFAULT_STEP), f"a number of seconds no larger than duration ({duration:g})"
+        )
     return RunSpec(duration=duration, step=step)
 
 
@@ -301,14 +391,11 @@ def _parse_guests(raw: Any, w: _Where, run: RunSpec, base_dir: Path) -> list[Gue
     target = w.size(raw, "target", raw["max"])
     if target > max_bytes:
         raise w.error("target", raw["target"], f"a size no larger than max ({raw['max']})")
-    vcpus = w.integer(raw, "vcpus", 1, low=1, high=4096)
+    vcpus = w.integer(raw, "vcpus", CPUS, 1)
     kernel = w.size(raw, "kernel", 0) if "kernel" in raw else None
     if kernel is not None and kernel >= max_bytes:
         raise w.error("kernel", raw["kernel"], "a size below max")
-    stats_period = (
-        w.number(raw, "stats_period", 0.0, low=0.0, low_open=True) if "stats_period" in raw else None
-    )
-    count = w.integer(raw, "count", 1, low=1, high=LIMITS.max_count)
+    count = w.integer(raw, "count", COUNT, 1)
     demand = _parse_demand(w.table(raw, "demand"), _Where(w.source, f"{w.section} demand"), run, base_dir)
     base = GuestSpec(
         name=name,
@@ -316,16 +403,16 @@ def _parse_guests(raw: Any, w: _Where, run: RunSpec, base_dir: Path) -> list[Gue
         target=target,
         demand=demand,
         vcpus=vcpus,
-        max_vcpus=w.integer(raw, "max_vcpus", vcpus, low=vcpus, high=4096),
+        max_vcpus=w.integer(raw, "max_vcpus", Whole(vcpus, CPUS.high), vcpus),
         os=w.choice(raw, "os", "linux", OS_NAMES),
         autodeflate=w.flag(raw, "autodeflate", False),
         stats=w.flag(raw, "stats", True),
-        stats_period=stats_period,
+        stats_period=w.number(raw, "stats_period", STATS_PERIOD) if "stats_period" in raw else None,
         stuck=w.flag(raw, "stuck", False),
         cpu_storm=w.flag(raw, "cpu_storm", False),
         swap=w.size(raw, "swap", 0) if "swap" in raw else None,
         kernel=kernel,
-        cpu=w.number(raw, "cpu", 0.0, high=1.0) if "cpu" in raw else None,
+        cpu=w.number(raw, "cpu", SHARE) if "cpu" in raw else None,
         balloon=w.choice(raw, "balloon", "virtio", BALLOON_MODELS),
         free_page_reporting=w.flag(raw, "free_page_reporting", False),
         policy=_parse_policy(w.table(raw, "policy"), _Where(w.source, f"{w.section} policy"), max_bytes),
@@ -350,13 +437,44 @@ def _parse_policy(t: Mapping[str, Any], w: _Where, max_bytes: int) -> GuestPolic
         if isinstance(raw, bool) or not isinstance(raw, str | int | float):
             raise w.error("buffer", raw, "a percentage like 20 or '20%'")
         buffer = parse_percent(raw, what=w.what("buffer"))
+        if not 0.0 <= buffer <= MAX_BUFFER:
+            raise w.error("buffer", raw, f"a percentage from 0 to {MAX_BUFFER:.0%}")
     return GuestPolicy(
         min_bytes=low,
         max_bytes=high,
-        shares=w.integer(t, "shares", 0, low=0, high=1_000_000) if "shares" in t else None,
+        shares=w.integer(t, "shares", SHARES) if "shares" in t else None,
         buffer=buffer,
         exclude=w.flag(t, "exclude", False),
     )
+
+
+_EVENT_CHANGES = ("stats", "driver", "paused", "base_used")
+
+
+def _parse_event(raw: Any, w: _Where, host: HostSpec, guests: set[str]) -> Event:
+    if not isinstance(raw, dict):
+        raise InvalidValueError(f"{w.source}: {w.section}", raw, "an [[event]] table")
+    w.check_keys(raw, ("at", "guest", "over", *_EVENT_CHANGES))
+    at = w.number(raw, "at", SECONDS)
+    changes = [key for key in _EVENT_CHANGES if key in raw]
+    if len(changes) != 1:
+        raise InvalidValueError(
+            f"{w.source}: {w.section}", changes or None, "exactly one change: " + ", ".join(_EVENT_CHANGES)
+        )
+    change = changes[0]
+    if change == "base_used":
+        if "guest" in raw:
+            raise w.error("guest", raw["guest"], "no guest: base_used is the host's")
+        base_used = w.size(raw, "base_used")
+        if base_used + host.reserve >= host.ram:
+            raise w.error("base_used", raw["base_used"], "base_used + reserve below the host's ram")
+        return Event(at=at, base_used=base_used, over=w.number(raw, "over", SECONDS, 0.0))
+    if "over" in raw:
+        raise w.error("over", raw["over"], "nothing: only a base_used change takes time")
+    guest = w.require(raw, "guest")
+    if guest not in guests:
+        raise w.error("guest", guest, "the name of a guest of this scenario (count > 1: name-01 ...)")
+    return Event(at=at, guest=guest, **{change: w.flag(raw, change, None)})
 
 
 _SHAPE_KEYS: dict[str, tuple[str, ...]] = {
@@ -377,7 +495,7 @@ def _parse_demand(t: Mapping[str, Any], w: _Where, run: RunSpec, base_dir: Path)
         )
     shape_name = w.choice(t, "shape", "", SHAPE_NAMES)
     w.check_keys(t, ("shape", "noise", *_SHAPE_KEYS[shape_name]))
-    noise = w.number(t, "noise", 0.0, high=1.0)
+    noise = w.number(t, "noise", SHARE, 0.0)
     shape: Shape
     match shape_name:
         case "constant":
@@ -388,29 +506,32 @@ def _parse_demand(t: Mapping[str, Any], w: _Where, run: RunSpec, base_dir: Path)
             shape = Ramp(
                 start_level=w.size(t, "from"),
                 end_level=w.size(t, "to"),
-                start=w.number(t, "start", 0.0),
-                length=w.number(t, "length", run.duration),
+                start=w.number(t, "start", SECONDS, 0.0),
+                length=w.number(t, "length", SECONDS, run.duration),
             )
         case "sine":
             shape = Sine(
                 mean=w.size(t, "mean"),
                 amplitude=w.size(t, "amplitude"),
-                period=w.number(t, "period", low=0.0, low_open=True),
-                phase=w.number(t, "phase", 0.0, low=float("-inf")),
+                period=w.number(t, "period", PERIOD),
+                phase=w.number(t, "phase", PHASE, 0.0),
             )
         case "diurnal":
             shape = Diurnal(
                 low=w.size(t, "low"),
                 high=w.size(t, "high"),
-                peak_hour=w.number(t, "peak_hour", 14.0, high=24.0),
-                period=w.number(t, "period", SECONDS_PER_DAY, low=0.0, low_open=True),
+                peak_hour=w.number(t, "peak_hour", HOUR, 14.0),
+                period=w.number(t, "period", PERIOD, SECONDS_PER_DAY),
             )
         case "spikes":
+            # A burst or a gap shorter than a step cannot be seen, and would let a typo (every = 1e-300)
+            # draw astronomically many arrivals.
+            at_least_a_step = Real(low=run.step)
             shape = Spikes(
                 base=w.size(t, "base"),
                 height=w.size(t, "height"),
-                every=w.number(t, "every", low=0.0, low_open=True),
-                length=w.number(t, "length", low=0.0, low_open=True),
+                every=w.number(t, "every", at_least_a_step),
+                length=w.number(t, "length", at_least_a_step),
             )
         case _:
             interpolate = w.choice(t, "interpolate", "linear", ("linear", "hold"))
@@ -426,7 +547,7 @@ def _parse_points(w: _Where, raw: Any) -> tuple[tuple[float, int], ...]:
     for pair in raw:
         if not isinstance(pair, list) or len(pair) != 2:
             raise w.error("points", pair, accepted)
-        at = w.number({"points": pair[0]}, "points")
+        at = w.number({"points": pair[0]}, "points", SECONDS)
         size = w.size({"points": pair[1]}, "points")
         if points and at <= points[-1][0]:
             raise w.error("points", pair, accepted)
@@ -457,9 +578,12 @@ def _load_trace(w: _Where, file: Any, base_dir: Path, interpolate: str) -> Trace
             if not times:
                 continue  # a header line
             raise InvalidValueError(f"{w.what('file')} ({where})", row, accepted) from None
-        if len(row) != 2 or at < 0 or (times and at <= times[-1]):
+        if len(row) != 2 or SECONDS.check(at) is None or (times and at <= times[-1]):
             raise InvalidValueError(f"{w.what('file')} ({where})", row, accepted)
-        values.append(parse_size(row[1].strip(), default_unit=1, what=f"{w.what('file')} ({where}) bytes"))
+        value = parse_size(row[1].strip(), default_unit=1, what=f"{w.what('file')} ({where}) bytes")
+        if value > MAX_SIZE:
+            raise InvalidValueError(f"{w.what('file')} ({where}) bytes", row[1], f"at most {MAX_SIZE} bytes")
+        values.append(value)
         times.append(at)
     if not times:
         raise w.error("file", file, f"{accepted}; {path} has no rows")
