@@ -85,9 +85,7 @@ def test_a_jump_is_remembered_for_hours() -> None:
     assert cushion >= int(1.5 * GiB)  # above the 1 GiB prior: it keeps room for its burst
     hour = 3600.0
     _, later = decide(snap(4 + hour, 1 * GiB), inputs(), state, T)
-    assert later.guests["vm"].jump == pytest.approx(
-        1.5 * GiB * 0.5 ** (hour / T.jump_half_life_s), rel=1e-3
-    )
+    assert later.guests["vm"].jump == pytest.approx(1.5 * GiB * 0.5 ** (hour / T.jump_half_life_s), rel=1e-3)
     _, much_later = decide(snap(4 + 48 * hour, 1 * GiB), inputs(), state, T)
     assert much_later.guests["vm"].jump < 0.01 * GiB  # faded: the prior is what is left
 
