@@ -129,11 +129,18 @@ def test_quarantined_guest_is_left_alone_at_its_max() -> None:
     assert plan.status_reason["vm"] == "CPU storm while ballooned"
 
 
-def test_stale_stats_hold_a_guest_that_had_fresh_ones() -> None:
+def test_a_guest_that_loses_its_stats_is_never_shrunk_and_gets_its_memory_back() -> None:
+    """Blind to its demand, a guest whose stats went stale may be growing unseen: it is never shrunk,
+    and it is given its memory back as far as the budget allows."""
     plan, state = _tick(PolicyState(), 0.0, target=3 * GiB, used=100 * MiB)
     assert plan.status["vm"] == Status.MANAGED
     g = make_guest(target=plan.actions[0].new_target, used=100 * MiB, time=0.0)
     g = replace(g, stats=replace(g.stats, last_update=1000.0))
-    plan, _ = decide(make_host(g, time=T.stats_stale_s + 5), inputs(), state, T)
-    assert plan.status["vm"] == Status.NO_STATS and plan.actions == ()
+    plan, state = decide(make_host(g, time=T.stats_stale_s + 5), inputs(), state, T)
+    assert plan.status["vm"] == Status.NO_STATS
     assert f"stale ({T.stats_stale_s + 5:.0f} s old)" in plan.status_reason["vm"]
+    ((reason, new),) = [(a.reason, a.new_target) for a in plan.actions]
+    assert (reason, new) == ("no-stats", 4 * GiB)
+    short = make_host(g, time=T.stats_stale_s + 5, available=0)  # no room: held where it is, never shrunk
+    plan, _ = decide(short, inputs(), state, replace(T, host_reserve_bytes=0))
+    assert plan.status["vm"] == Status.NO_STATS and plan.actions == ()

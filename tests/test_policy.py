@@ -63,12 +63,14 @@ def test_cushion_covers_one_reaction_time_of_growth_and_a_first_burst() -> None:
     safe = make_guest("safe", max_bytes=16 * GiB, used=2 * GiB, autodeflate=True)
     plan, _ = decide(make_host(small, slow, big, safe), inputs(), PolicyState(), T)
     growth = int(T.growth_allowance_bytes_per_s * reaction_time(small, T))
-    assert plan.guests["small"].want == needed(60 * MiB) + max(prior(512 * MiB), growth)
+    # ... and the OOM margin on top: the OOM killer fires with that much still shown as available
+    margin = T.oom_margin_bytes
+    assert plan.guests["small"].want == needed(60 * MiB) + max(prior(512 * MiB), growth) + margin
     # stats every 10 s: ten seconds more of growth before the daemon can see it
     slow_growth = int(T.growth_allowance_bytes_per_s * reaction_time(slow, T))
     assert reaction_time(slow, T) == reaction_time(small, T) + 9
-    assert plan.guests["slow"].want == min(512 * MiB, needed(60 * MiB) + slow_growth)
-    assert plan.guests["big"].want == need_of(2 * GiB) + T.jump_prior_max_bytes  # the prior is capped
+    assert plan.guests["slow"].want == min(512 * MiB, needed(60 * MiB) + slow_growth + margin)
+    assert plan.guests["big"].want == need_of(2 * GiB) + T.jump_prior_max_bytes + margin  # capped prior
     # With autodeflate the guest takes back what a burst needs by itself: only the buffer is kept.
     assert plan.guests["safe"].want == need_of(2 * GiB) + -(-int(2 * GiB * T.buffer) // MiB) * MiB
 

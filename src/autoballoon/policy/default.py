@@ -124,7 +124,8 @@ class Verdict(NamedTuple):
 def classify(
     snapshot: HostSnapshot, inputs: Inputs, state: PolicyState, t: Tunables
 ) -> tuple[list[Verdict], list[Verdict]]:
-    """Every VM's verdict: (managed, held), leaving out excluded VMs (outside the budget math)."""
+    """Every VM's verdict: (allocated, others). The allocated VMs are the managed ones and those that
+    lost their stats (never shrunk, given memory back); the others are held or excluded."""
     now = snapshot.time
     health = inputs.health
     guard = inputs.health_tunables
@@ -155,6 +156,7 @@ def classify(
         self_deflated = guards.self_deflated(actual, record.seen_actual, target, record.seen_target, t)
 
         stale = guards.hold_reason(g, snapshot.wall_time, t)
+        blind = False
         if g.name in health.quarantined:
             status, reason = Status.QUARANTINED, health.quarantined[g.name].reason
         elif manual_until is not None:
@@ -170,6 +172,11 @@ def classify(
                 )
             else:
                 reason = f"balloon did not follow its target; left alone for {stuck_until - now:.0f} s more"
+        elif stale is not None and record.demand is not None and actual is not None:
+            # It had stats and lost them: blind to its demand, it gets its memory back as far as the
+            # budget allows, since its workload may grow unseen (an OOM kill is the worst harm).
+            status, reason = Status.NO_STATS, stale + "; never shrunk, given memory back while blind"
+            blind = True
         elif stale is not None:
             status, reason = Status.NO_STATS, stale + "; held, never shrunk"
         else:
@@ -178,7 +185,7 @@ def classify(
             g, policy, record, status, reason, floor, ceiling, progress, manual_until, stuck_until,
             self_deflated, shrink_hold(health, g, guard),
         )  # fmt: skip
-        (managed if status == Status.MANAGED else held).append(verdict)
+        (managed if status == Status.MANAGED or blind else held).append(verdict)
     return managed, held + excluded
 
 
@@ -214,6 +221,7 @@ class Estimate(NamedTuple):
     used: int
     demand: int
     pressure: bool
+    blind: bool  # it lost its stats: never shrunk, its want is its ceiling
     latency: float  # its reaction time, seconds
     buffer: float  # the least share of demand its cushion holds
     least_need: int  # what it must keep whatever its demand says: all it has while under pressure
@@ -259,6 +267,12 @@ def estimate(v: Verdict, now: float, wall: float, t: Tunables) -> Estimate:
     stats = g.stats
     actual = g.actual_bytes if g.actual_bytes is not None else g.target_bytes
     latency = reaction_time(g, t)
+    if v.status != Status.MANAGED:  # blind: what it has is the least it keeps (see :func:`tiers`)
+        held = min(max(g.target_bytes, actual), v.ceiling)
+        return Estimate(
+            v, rec.used or 0, rec.demand or 0, False, True, latency, 0.0, held, held, rec.reserved,
+            rec.stats_time, rec.swap_in, rec.major_faults, 0.0, rec.rate, rec.jump, rec.pressure_at,
+        )  # fmt: skip
     still = rec.seen_actual is not None and abs(actual - rec.seen_actual) <= t.stuck_tolerance_bytes
     stats_wall = stats.last_update or 0.0
     # The balloon has not moved since the last look, and these stats were taken after it: they agree.
@@ -330,7 +344,7 @@ def estimate(v: Verdict, now: float, wall: float, t: Tunables) -> Estimate:
         least_need = max(least_need, min(g.target_bytes, ceiling))
     buffer = v.policy.buffer if v.policy.buffer is not None else t.buffer
     return Estimate(
-        v, used, demand, pressure, latency, buffer, least_need, least_oom_floor, reserved, stats_time,
+        v, used, demand, pressure, False, latency, buffer, least_need, least_oom_floor, reserved, stats_time,
         stats.swap_in, stats.major_faults, rise_rate, rate, jump, pressure_at,
     )  # fmt: skip
 
@@ -411,7 +425,8 @@ def tiers(
         needed    = align_up(demand + min_headroom), at least its least_need
         need      = clamp(needed, floor, ceiling)
         cushion   = max(buffer * demand, rate * latency)                  with autodeflate
-                  = max(buffer * demand, rate * latency, growth_allowance * latency, jump, prior)  without
+                  = max(buffer * demand, rate * latency,
+                        max(growth_allowance * latency, jump, prior) + oom_margin)   without
         want      = clamp(align_up(needed + cushion), need, ceiling)
 
     where ``prior = min(jump_prior_fraction * ceiling, jump_prior_max)``. A guest without autodeflate
@@ -453,10 +468,17 @@ def tiers(
         [
             (demand * floats([e.buffer for e in estimates])).astype(np.int64),
             (latency * floats([e.rate for e in estimates])).astype(np.int64),
-            np.where(exposed, burst, 0),
+            # the OOM killer fires with oom_margin still shown as available: a burst needs that on top
+            np.where(exposed, burst + t.oom_margin_bytes, 0),
         ]
     )
     want = _clip(_align_up(needed + cushion, align), need, ceiling)
+    blind = np.array([e.blind for e in estimates], dtype=np.bool_).reshape(n)
+    if blind.any():  # blind to its demand: never below what it has, and its want is its ceiling
+        least = _clip(ints([e.least_need for e in estimates]), floor, ceiling)
+        oom_floor = np.where(blind, least, oom_floor)
+        need = np.where(blind, least, need)
+        want = np.where(blind, ceiling, want)
     return oom_floor, need, want
 
 
@@ -477,7 +499,7 @@ def _columns(estimates: Sequence[Estimate], now: float, t: Tunables) -> _Columns
         cooling = rec.last_grow is not None and now - rec.last_grow < t.shrink_cooldown_after_grow_s
         # One shrink per fresh stats report: the next step is judged on what the last one did.
         unseen = rec.shrink_wall is not None and (e.stats_time or 0.0) <= rec.shrink_wall
-        may_shrink.append(not (cooling or unseen or e.verdict.shrink_hold))
+        may_shrink.append(not (cooling or unseen or e.verdict.shrink_hold or e.blind))
         dt = now - rec.seen_time if rec.seen_time is not None and now > rec.seen_time else t.interval_s
         steps.append(max(t.shrink_min_step_bytes, int(e.verdict.ceiling * t.shrink_rate_per_s * dt)))
     floor = ints([e.verdict.floor for e in estimates])
@@ -597,7 +619,9 @@ def allocate(estimates: Sequence[Estimate], b: Budget, now: float, t: Tunables) 
 
 
 def _grow_reason(e: Estimate, old: int, new: int, want: int) -> str:
-    if e.verdict.self_deflated:
+    if e.blind:
+        reason = "no-stats"
+    elif e.verdict.self_deflated:
         reason = "autodeflate"
     elif e.pressure:
         reason = "pressure"
@@ -686,7 +710,7 @@ def decide(
             if event is not None:
                 events.append(event)
         status[g.name] = v.status
-        reasons[g.name] = f"shrink held: {v.shrink_hold}" if shrink_held else ""
+        reasons[g.name] = f"shrink held: {v.shrink_hold}" if shrink_held else v.reason
         decisions[g.name] = GuestDecision(e.demand, want, v.floor, v.ceiling, e.pressure)
         records[g.name] = GuestRecord(
             status=v.status,
