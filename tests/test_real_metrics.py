@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -173,3 +174,8 @@ def test_the_daemon_config_names_only_its_guests_and_the_budget() -> None:
     text = daemon_config(["abtest-1-1", "abtest-1-2"], 700 * MiB, Path("/tmp/j.jsonl"))
     assert 'manage = ["abtest-1-1", "abtest-1-2"]' in text
     assert 'budget = "700MiB"' in text and 'journal = "/tmp/j.jsonl"' in text
+    from autoballoon.config import parse_config
+
+    config = parse_config(tomllib.loads(text))
+    assert config.manage == ("abtest-1-1", "abtest-1-2") and config.tunables.host_budget_bytes == 700 * MiB
+    assert config.health.host_load_factor >= 100  # the neighbours' load must not pause this daemon

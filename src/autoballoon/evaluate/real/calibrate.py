@@ -50,7 +50,9 @@ REACT_DROP = 8 * MiB
 AVAILABLE_LEVELS = (32 * MiB, 64 * MiB, 128 * MiB)
 RAMP_RATES = (10 * MiB, 20 * MiB, 40 * MiB, 80 * MiB)
 #: At-once sizes, as shares of the guest's MemAvailable.
-ALLOC_SHARES = (0.5, 1.0, 1.5)
+ALLOC_SHARES = (0.5, 0.75, 1.0, 1.5)
+#: Each OOM-edge trial runs this often (the daemon's tick phase is random, so outcomes vary).
+TRIAL_REPEATS = 2
 TRIAL_S = 15.0
 TRIAL_POLL_S = 0.1
 SETTLE_S = 2.5
@@ -59,6 +61,7 @@ SEED = 1
 
 @dataclass(frozen=True, slots=True)
 class OomTrial:
+    level: int  # the MemAvailable the guest was shrunk towards (bytes)
     available: int  # the guest's MemAvailable when the growth started (bytes)
     kind: str  # "ramp" or "alloc"
     size: int
@@ -208,6 +211,7 @@ def oom_trial(
     n = len(cols["t"]) - (1 if kill_s is not None else 0)
     last = n - 1 if kill_s is not None and n > 0 else None
     return OomTrial(
+        level=level,
         available=available,
         kind=kind,
         size=size,
@@ -229,7 +233,7 @@ def _trials() -> list[tuple[int, str, int, int]]:
     for level in AVAILABLE_LEVELS:
         out += [(level, "ramp", level + 2 * SMALL, rate) for rate in RAMP_RATES]
         out += [(level, "alloc", round(level * share) // MiB * MiB, 0) for share in ALLOC_SHARES]
-    return out
+    return out * TRIAL_REPEATS
 
 
 def _run_trials(pairs: Sequence[tuple[Guest, Any]], rng: random.Random) -> list[OomTrial]:
@@ -301,6 +305,29 @@ def _mib(value: int | None) -> str:
     return "–" if value is None else f"{value / MiB:.0f}"
 
 
+def edge_summary(trials: Sequence[OomTrial]) -> list[str]:
+    """Per level: which ramp rates and at-once sizes no trial died of, and which killed in some trial."""
+    out = []
+    for level in sorted({t.level for t in trials}):
+        mine = [t for t in trials if t.level == level]
+
+        def safe(kind: str, key: Callable[[OomTrial], int], mine: list[OomTrial] = mine) -> str:
+            values = sorted({key(t) for t in mine if t.kind == kind})
+            ok = [v for v in values if not any(t.killed for t in mine if t.kind == kind and key(t) == v)]
+            dead = [v for v in values if v not in ok]
+
+            def listed(vs: list[int]) -> str:
+                return ", ".join(f"{v / MiB:.0f}" for v in vs) or "none"
+
+            return f"survived {listed(ok)}, killed {listed(dead)}"
+
+        out.append(
+            f"N = {level / MiB:.0f} MiB: ramps (MiB/s) {safe('ramp', lambda t: t.rate)}; "
+            f"at-once allocations (MiB) {safe('alloc', lambda t: t.size)}."
+        )
+    return out
+
+
 def render_calibration(cal: Calibration) -> str:
     """The "Measured on real guests" section of the report."""
     lines = [
@@ -323,7 +350,7 @@ def render_calibration(cal: Calibration) -> str:
         "| MemAvailable before kill: guest / libvirt MiB (age s) |",
         "|--:|---|---|--:|--:|--:|---|",
     ]
-    for t in sorted(cal.oom_trials, key=lambda t: (t.available, t.kind, t.rate, t.size)):
+    for t in sorted(cal.oom_trials, key=lambda t: (t.level, t.kind, t.rate, t.size)):
         growth = (
             f"ramp {t.rate / MiB:.0f} MiB/s" if t.kind == "ramp" else f"alloc {t.size / MiB:.0f} MiB at once"
         )
@@ -337,4 +364,6 @@ def render_calibration(cal: Calibration) -> str:
             f"| {t.available / MiB:.0f} | {growth} | {'yes' if t.killed else 'no'} "
             f"| {_f(t.reacted_s)} | {_f(t.kill_s)} | {_mib(t.min_available)} | {before} |"
         )
+    lines += ["", "In short, per N (a growth counts as survived only if every trial of it survived):", ""]
+    lines += [f"- {line}" for line in edge_summary(cal.oom_trials)]
     return "\n".join(lines) + "\n"

@@ -146,6 +146,11 @@ def render_markdown(
             + ".\n"
         )
         out.append(metrics_table([run_metrics(r) for r in mine]))
+        loads = [x for r in mine if r.host_load for x in r.host_load]
+        if loads:
+            out.append(
+                f"\nHost load average (1 min) during these runs: {min(loads):.1f} to {max(loads):.1f}."
+            )
         out.append(f"\n![{scenario}]({PLOT_DIR}/{scenario}.png)\n")
     return "\n".join(out)
 

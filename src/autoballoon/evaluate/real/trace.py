@@ -97,6 +97,9 @@ class RunTrace:
     daemon_command: str
     guests: tuple[GuestTrace, ...]
     actions: tuple[JournalAction, ...] = ()
+    #: The host's 1-minute load average at the start and the end: the runs share two CPUs with the rest
+    #: of the host, and a busy host slows guests, daemon and sampling alike.
+    host_load: tuple[float, float] | None = None
     format: str = FORMAT
 
     def to_json(self) -> dict[str, Any]:
@@ -117,7 +120,9 @@ def trace_from_json(data: Mapping[str, Any]) -> RunTrace:
         for g in data["guests"]
     )
     actions = tuple(_build(JournalAction, a) for a in data.get("actions", ()))
-    return _build(RunTrace, {**data, "guests": guests, "actions": actions})  # type: ignore[no-any-return]
+    load = data.get("host_load")
+    fixed = {"guests": guests, "actions": actions, "host_load": tuple(load) if load else None}
+    return _build(RunTrace, {**data, **fixed})  # type: ignore[no-any-return]
 
 
 def write_trace(trace: RunTrace, path: Path) -> Path:
