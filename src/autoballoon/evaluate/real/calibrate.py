@@ -116,7 +116,9 @@ def stats_latency(guest: Guest, dom: Any) -> list[float]:
 
 
 def _move(dom: Any, target: int) -> float | None:
-    """Set the balloon target; bytes/s until actual arrives (None if it never did)."""
+    """Set the balloon target (kept within [64 MiB, the guest's memory]); bytes/s until actual arrives
+    (None if it never did)."""
+    target = min(GUEST, max(SMALL // 2, target))
     start_actual = libvirt_balloon(dom)["actual"] or 0
     dom.setMemoryFlags(target // KiB, 0)
     took = _wait(lambda: abs((libvirt_balloon(dom)["actual"] or 0) - target) <= ARRIVED, BALLOON_TIMEOUT_S)
@@ -156,7 +158,7 @@ def _shrink_to_available(guest: Guest, dom: Any, level: int) -> int:
     for _ in range(3):
         s = guest.control.sample()
         actual = libvirt_balloon(dom)["actual"] or GUEST
-        _move(dom, max(SMALL // 2, actual - (s.mem_available - level)))
+        _move(dom, actual - (s.mem_available - level))
         time.sleep(SETTLE_S)
     return guest.control.sample().mem_available
 
