@@ -179,3 +179,27 @@ def test_the_daemon_config_names_only_its_guests_and_the_budget() -> None:
     config = parse_config(tomllib.loads(text))
     assert config.manage == ("abtest-1-1", "abtest-1-2") and config.tunables.host_budget_bytes == 700 * MiB
     assert config.health.host_load_factor >= 100  # the neighbours' load must not pause this daemon
+
+
+def test_calibration_summary_lists_what_survived_every_trial() -> None:
+    from autoballoon.evaluate.real.calibrate import Calibration, OomTrial, edge_summary, render_calibration
+
+    def trial(kind: str, size: int, rate: int, killed: bool) -> OomTrial:
+        before = 30 * MiB if killed else None
+        return OomTrial(64 * MiB, 63 * MiB, kind, size, rate, killed, 1.5, 1.0 if killed else None,
+                        20 * MiB, before, before, 0.5 if killed else None)  # fmt: skip
+
+    trials = (
+        trial("ramp", 320 * MiB, 10 * MiB, False),
+        trial("ramp", 320 * MiB, 40 * MiB, False),
+        trial("ramp", 320 * MiB, 40 * MiB, True),  # one of two trials died: not safe
+        trial("alloc", 32 * MiB, 0, False),
+        trial("alloc", 64 * MiB, 0, True),
+    )
+    (line,) = edge_summary(trials)
+    assert line == (
+        "N = 64 MiB: ramps (MiB/s) survived 10, killed 40; at-once allocations (MiB) survived 32, killed 64."
+    )
+    text = render_calibration(Calibration((0.4, 0.6), (300 * MiB,), (2000 * MiB,), (), trials, 12.0))
+    assert "median 0.50, min 0.40, max 0.60 (2 times) s" in text
+    assert "| 63 | alloc 64 MiB at once | yes |" in text and "not measured" in text
