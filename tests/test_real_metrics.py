@@ -179,6 +179,7 @@ def test_the_daemon_config_names_only_its_guests_and_the_budget() -> None:
     config = parse_config(tomllib.loads(text))
     assert config.manage == ("abtest-1-1", "abtest-1-2") and config.tunables.host_budget_bytes == 700 * MiB
     assert config.health.host_load_factor >= 100  # the neighbours' load must not pause this daemon
+    assert config.defaults.min_bytes == 128 * MiB  # Proxmox balloons only guests with a minimum
 
 
 def test_calibration_summary_lists_what_survived_every_trial() -> None:

@@ -13,7 +13,6 @@ from typing import Any
 
 import pytest
 
-from autoballoon.evaluate.real.harness import policy_flag_supported
 from autoballoon.evaluate.real.trace import read_trace, trace_filename
 from autoballoon.units import MiB
 from tests.real.conftest import Rig
@@ -42,7 +41,7 @@ RUN_TIMEOUT_S = 300
 
 
 def test_evaluate_real_records_samples_commands_and_kills(rig: Rig, tmp_path: Path) -> None:
-    policies = ["autoballoon", "static"] if policy_flag_supported() else ["autoballoon"]
+    policies = ["autoballoon", "static"]
     scenario = tmp_path / "check.toml"
     scenario.write_text(SCENARIO)
     record, report = tmp_path / "rec", tmp_path / "report"

@@ -27,7 +27,7 @@ from autoballoon.rig.errors import RigError
 class RealResults:
     runs: tuple[RunTrace, ...]
     metrics: tuple[RunMetrics, ...]
-    wall_s: float
+    wall_s: float  # with the lease held (waits for other users of the host left out)
 
 
 def parse_policies(text: str) -> tuple[str, ...]:
@@ -69,10 +69,11 @@ def run_real(
     """Run the matrix; each run's trace goes to ``record`` (if given) as soon as its scenario ends."""
     from autoballoon.rig.session import open_session  # needs libvirt-python
 
-    started = time.monotonic()
+    busy_s = 0.0  # time with the lease held: waiting for another user of the host is not ours
     runs: list[RunTrace] = []
     for scenario in scenarios:
         with lease(lease_path):
+            started = time.monotonic()
             session = open_session()
             try:
                 traces = run_scenario(scenario, policies, session, work / scenario.name, progress)
@@ -80,6 +81,7 @@ def run_real(
                 left = session.close()
             if left:
                 raise RigError(f"daemons the rig started are still running: {', '.join(left)}")
+            busy_s += time.monotonic() - started
         for trace in traces:
             if record is not None:
                 write_trace(trace, record / trace_filename(trace.scenario, trace.policy))
@@ -92,7 +94,7 @@ def run_real(
     metrics = tuple(
         m for s in scenarios for m in ranked([run_metrics(r) for r in runs if r.scenario == s.name])
     )
-    return RealResults(tuple(runs), metrics, time.monotonic() - started)
+    return RealResults(tuple(runs), metrics, busy_s)
 
 
 def load_scenarios(paths: Sequence[Path]) -> list[RealScenario]:

@@ -265,10 +265,10 @@ def _run_trials(pairs: Sequence[tuple[Guest, Any]], rng: random.Random) -> list[
 
 
 def calibrate(*, lease_path: Path | None = None, progress: Callable[[str], None] = print) -> Calibration:
-    started = time.monotonic()
     rng = random.Random(SEED)
     random.seed(SEED)
     with lease(lease_path):
+        started = time.monotonic()
         session: RigSession = open_session()
         try:
             guests = session.boot([GuestSpec()] * 4 + [GuestSpec(swap_bytes=SWAP)])

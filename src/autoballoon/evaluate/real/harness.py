@@ -37,11 +37,12 @@ from autoballoon.evaluate.real.trace import (
     journal_actions,
     targets_at,
 )
+from autoballoon.policy import POLICY_NAMES
 from autoballoon.rig.control import GuestSample
 from autoballoon.rig.domains import STATS_PERIOD_S, URI, Guest, GuestSpec
 from autoballoon.rig.errors import RigError
 from autoballoon.rig.session import RigSession
-from autoballoon.units import KiB, format_size
+from autoballoon.units import KiB, MiB, format_size
 
 SAMPLE_S = 0.5
 STAGGER_S = 2.5
@@ -50,38 +51,31 @@ SAMPLE_TIMEOUT_S = 5.0
 DAEMON_STOP_S = 30.0
 QEMU_PID_DIR = Path("/run/libvirt/qemu")
 #: The policies of ``autoballoon run --policy``, in report order.
-POLICIES = ("autoballoon", "mom", "proxmox", "static")
-DEFAULT_POLICY = "autoballoon"
-
-
-def policy_flag_supported() -> bool:
-    """Whether this autoballoon's ``run`` takes ``--policy`` (without it only the default can run)."""
-    from autoballoon.cli.run import run_command
-
-    return any(p.name == "policy" for p in run_command.params)
+POLICIES = POLICY_NAMES
 
 
 def daemon_argv(policy: str, config: Path) -> list[str]:
     """The daemon's command line: what a user types, through this Python's ``autoballoon``."""
-    args = ["--connect", URI, "run"]
-    if policy_flag_supported():
-        args += ["--policy", policy]
-    elif policy != DEFAULT_POLICY:
-        raise RigError(f"this autoballoon's 'run' has no --policy, so policy {policy!r} cannot run")
-    return [sys.executable, "-m", "autoballoon", *args, "--config", str(config), "--no-http"]
+    return [sys.executable, "-m", "autoballoon", "--connect", URI, "run", "--policy", policy, "--config",
+            str(config), "--no-http"]  # fmt: skip
 
 
 #: The daemon's hot-host pause (no shrinking while the host's load average is above twice its CPUs) is
 #: turned off: on a shared benchmark host the load comes mostly from outside the runs, and the reference
 #: policies have no such pause, so it would make the comparison measure the neighbours instead.
 NO_HOST_LOAD_PAUSE = 1000.0
+#: Every guest's floor (per-VM policy ``min``): the daemon's own global minimum. Proxmox balloons only
+#: the guests that have a configured minimum, so without one it would never move.
+GUEST_MIN = 128 * MiB
 
 
 def daemon_config(domains: Sequence[str], budget: int, journal: Path) -> str:
-    """The daemon's config file: only these guests, the scenario's budget, a journal, no hot-host pause."""
+    """The daemon's config file: only these guests, the scenario's budget, a journal, a floor for every
+    guest, no hot-host pause."""
     names = ", ".join(f'"{d}"' for d in domains)
     return (
         f'journal = "{journal}"\nmanage = [{names}]\n\n[host]\nbudget = "{format_size(budget)}"\n\n'
+        f'[defaults]\nmin = "{format_size(GUEST_MIN)}"\n\n'
         f"[guard]\nhost_load_factor = {NO_HOST_LOAD_PAUSE:g}\n"
     )
 
