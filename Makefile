@@ -4,6 +4,7 @@
 #   make lint      ruff
 #   make bench     simulator throughput, policy decision time, server overhead
 #   make evaluate  every policy on every scenario; writes docs/evaluation.md
+#   make realbench every policy on real guests (root; about 20 min); writes docs/evaluation-real.md
 
 PYTHON ?= python3
 VENV ?= .venv
@@ -15,7 +16,7 @@ endif
 PY := $(BIN)/python
 STAMP := $(BIN)/.autoballoon
 
-.PHONY: demo test lint bench evaluate rig clean help
+.PHONY: demo test lint bench evaluate realbench rig clean help
 
 help:
 	@sed -n 's/^#   //p' Makefile
@@ -60,6 +61,15 @@ bench: $(STAMP)-test
 
 evaluate: $(STAMP)-test
 	$(BIN)/autoballoon evaluate --scenarios scenarios --report docs
+
+# Real guests under qemu:///system: the scenarios in scenarios/real against every policy, plus the
+# calibration measurements. Raw traces go to $(REALBENCH_RECORD); the lease file lets several users of one
+# host take turns between workloads.
+REALBENCH_RECORD ?= artifacts/realbench
+RIG_LEASE ?= /run/lock/autoballoon-rig.lease
+realbench: rig $(STAMP)-test $(STAMP)-libvirt
+	$(BIN)/autoballoon --connect qemu:///system evaluate --real --scenarios scenarios/real --calibrate \
+		--record $(REALBENCH_RECORD) --report docs --lease $(RIG_LEASE)
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info .pytest_cache .ruff_cache

@@ -12,10 +12,10 @@ from autoballoon.backends.libvirt import LibvirtBackend, LibvirtTunables
 from autoballoon.errors import ConnectionLostError, LimitError, RefusedError, UnknownVMError
 from autoballoon.hostinfo import read_host_info
 from autoballoon.model import VMState
+from autoballoon.rig import daemons
+from autoballoon.rig.domains import URI, Guest
 from autoballoon.units import MiB
 from tests.real.conftest import Rig, rig_unavailable
-from tests.rig import daemons
-from tests.rig.domains import URI, Guest
 from tests.rig.waiting import wait_for
 
 pytestmark = pytest.mark.realvm

@@ -6,9 +6,9 @@ from typing import Any
 
 import pytest
 
+from autoballoon.rig.domains import Guest
 from autoballoon.units import MiB
 from tests.rig.cli import cli_json, run_cli
-from tests.rig.domains import Guest
 from tests.rig.waiting import wait_for
 
 pytestmark = pytest.mark.realvm

@@ -10,10 +10,10 @@ from typing import Any
 import pytest
 
 from autoballoon.backends.libvirt.xml import POLICY_NS
+from autoballoon.rig.domains import Guest, GuestSpec, restart
 from autoballoon.units import KiB, MiB
 from tests.real.conftest import Rig
 from tests.rig.cli import cli_json, run_cli
-from tests.rig.domains import Guest, GuestSpec, restart
 
 pytestmark = pytest.mark.realvm
 

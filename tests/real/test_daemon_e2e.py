@@ -19,9 +19,9 @@ from typing import Any
 import pytest
 
 from autoballoon.journal import read_journal
+from autoballoon.rig.domains import Guest
 from autoballoon.units import KiB, MiB
 from tests.real.conftest import Rig
-from tests.rig.domains import Guest
 from tests.rig.waiting import wait_for
 
 pytestmark = pytest.mark.realvm

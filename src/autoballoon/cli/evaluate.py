@@ -130,6 +130,29 @@ def _table(title: str, rows: list[list[str]]) -> None:
     default=None,
     help="Parallel worker processes (default: one per CPU).",
 )
+@click.option(
+    "--real",
+    is_flag=True,
+    help="Run on real guests under qemu:///system instead of the simulator (root, the rig: docs/rig.md); "
+    "--scenarios then names real scenarios (default: ./scenarios/real).",
+)
+@click.option(
+    "--record",
+    "record_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="With --real: write each run's raw trace (JSON, gzip'd) here.",
+)
+@click.option(
+    "--lease",
+    "lease_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="With --real: hold an exclusive flock on this file while a workload's guests are up.",
+)
+@click.option(
+    "--calibrate",
+    is_flag=True,
+    help="With --real: also measure stats latency, balloon speed and the OOM edge (docs/evaluation-real.md).",
+)
 def evaluate(
     scenario_paths: tuple[str, ...],
     policies: str,
@@ -138,13 +161,25 @@ def evaluate(
     as_json: bool,
     seed: int,
     workers: int | None,
+    real: bool,
+    record_dir: Path | None,
+    lease_path: Path | None,
+    calibrate: bool,
 ) -> None:
     """Run every policy on every scenario in the simulator and measure them (see docs/evaluation.md).
 
     Metrics per (scenario, policy): OOM kills, host-overrun seconds, pressure VM-seconds, reclaimed
     GiB-hours (harm is not credited), oracle efficiency, reaction time p50/p99, the policy's CPU time per
-    tick. Tables rank policies by harm first, then efficiency.
+    tick. Tables rank policies by harm first, then efficiency. With --real: the same policies on real
+    guests (see docs/evaluation-real.md).
     """
+    if real:
+        from autoballoon.evaluate.real.command import evaluate_real
+
+        evaluate_real(
+            scenario_paths, policies, report_dir, record_dir, lease_path, calibrate=calibrate, as_json=as_json
+        )
+        return
     names = parse_policy_names(policies)
     paths = find_scenarios(list(scenario_paths) or ["scenarios"])
     # The oracle always runs (efficiency is measured against it), and nothing else that was not asked

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from autoballoon.errors import AutoballoonError
 
-class RigError(RuntimeError):
+
+class RigError(AutoballoonError):
     """libvirtd, QEMU, the guest image or a guest could not be brought up; the message says why."""

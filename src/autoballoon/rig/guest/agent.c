@@ -10,6 +10,12 @@
  *
  * Commands: ping | alloc MIB [RATE_MIB_PER_S] | free MIB|all | held | meminfo | oomkills
  *           | cpuburn on|off | burncpu-when-ballooned on|off
+ *           | grow MIB [RATE_MIB_PER_S] | shrink MIB|all | sample
+ *
+ * alloc and free wait until the hog holds its new target (tests use them); grow and shrink only move the
+ * target and answer at once, so that a benchmark can keep sampling the guest while a workload plays.
+ * sample answers one line of what the guest sees: /proc/meminfo (kB), /proc/vmstat counters, the
+ * cumulative stall times of /proc/pressure/memory (us), and the hog's state.
  *
  * Memory is held by a separate child process (the "hog") so that an OOM kill in the guest takes the
  * hog, never this agent (the agent sets its own oom_score_adj to -1000, the hog to 1000). The tty is
@@ -232,16 +238,70 @@ static void cmd_meminfo(const char *id) {
     reply(id, "ok %s", out);
 }
 
-static void cmd_oomkills(const char *id) {
+/* The value of `key` in a "name value" file like /proc/vmstat, or -1. */
+static long vmstat_value(const char *key) {
     FILE *f = fopen("/proc/vmstat", "r");
     char name[64];
     long value;
-    long kills = -1;
-    if (!f) { reply(id, "err cannot read /proc/vmstat"); return; }
+    long found = -1;
+    if (!f) return -1;
     while (fscanf(f, "%63s %ld\n", name, &value) == 2)
-        if (strcmp(name, "oom_kill") == 0) kills = value;
+        if (strcmp(name, key) == 0) { found = value; break; }
     fclose(f);
+    return found;
+}
+
+/* The cumulative stall time (us) of the "some" or "full" line of /proc/pressure/memory, or -1. */
+static long psi_total_us(const char *kind) {
+    FILE *f = fopen("/proc/pressure/memory", "r");
+    char line[256];
+    long found = -1;
+    if (!f) return -1;
+    while (fgets(line, sizeof line, f)) {
+        char *total = strstr(line, "total=");
+        if (strncmp(line, kind, strlen(kind)) == 0 && total) found = strtol(total + 6, NULL, 10);
+    }
+    fclose(f);
+    return found;
+}
+
+static void cmd_oomkills(const char *id) {
+    long kills = vmstat_value("oom_kill");
+    if (kills < 0) { reply(id, "err cannot read oom_kill from /proc/vmstat"); return; }
     reply(id, "ok %ld", kills);
+}
+
+static void cmd_sample(const char *id) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    reply(id,
+          "ok t_ms=%ld mem_total_kb=%ld mem_available_kb=%ld mem_free_kb=%ld swap_total_kb=%ld "
+          "swap_free_kb=%ld oom_kill=%ld pswpin=%ld pswpout=%ld pgmajfault=%ld psi_some_us=%ld "
+          "psi_full_us=%ld held=%ld target=%ld alive=%d",
+          ts.tv_sec * 1000L + ts.tv_nsec / 1000000L, meminfo_kb("MemTotal"), meminfo_kb("MemAvailable"),
+          meminfo_kb("MemFree"), meminfo_kb("SwapTotal"), meminfo_kb("SwapFree"), vmstat_value("oom_kill"),
+          vmstat_value("pswpin"), vmstat_value("pswpout"), vmstat_value("pgmajfault"), psi_total_us("some"),
+          psi_total_us("full"), hog->held_mib, hog->target_mib, hog_pid > 0);
+}
+
+/* grow/shrink: move the hog's target and answer at once (see the header). */
+static void cmd_grow(const char *id, const char *a1, const char *a2) {
+    long mib = a1 ? strtol(a1, NULL, 10) : -1;
+    long rate = a2 ? strtol(a2, NULL, 10) : 0;
+    if (mib < 0 || rate < 0) { reply(id, "err usage: grow MIB [RATE_MIB_PER_S]"); return; }
+    if (ensure_hog() < 0) { reply(id, "err fork failed: %s", strerror(errno)); return; }
+    hog->rate_mib_s = rate;
+    hog->target_mib += mib;
+    reply(id, "ok held=%ld target=%ld", hog->held_mib, hog->target_mib);
+}
+
+static void cmd_shrink(const char *id, const char *a1) {
+    if (a1 && strcmp(a1, "all") == 0) hog->target_mib = 0;
+    else if (a1 && strtol(a1, NULL, 10) >= 0) {
+        long t = hog->target_mib - strtol(a1, NULL, 10);
+        hog->target_mib = t > 0 ? t : 0;
+    } else { reply(id, "err usage: shrink MIB|all"); return; }
+    reply(id, "ok held=%ld target=%ld", hog->held_mib, hog->target_mib);
 }
 
 static void handle(char *line) {
@@ -283,6 +343,12 @@ static void handle(char *line) {
         cmd_meminfo(id);
     } else if (strcmp(cmd, "oomkills") == 0) {
         cmd_oomkills(id);
+    } else if (strcmp(cmd, "sample") == 0) {
+        cmd_sample(id);
+    } else if (strcmp(cmd, "grow") == 0) {
+        cmd_grow(id, a1, a2);
+    } else if (strcmp(cmd, "shrink") == 0) {
+        cmd_shrink(id, a1);
     } else if (strcmp(cmd, "cpuburn") == 0) {
         set_switch(id, a1, &burn_pid, 0);
     } else if (strcmp(cmd, "burncpu-when-ballooned") == 0) {

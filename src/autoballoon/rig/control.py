@@ -12,19 +12,73 @@ import secrets
 import socket
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
-from tests.rig.errors import RigError
+from autoballoon.rig.errors import RigError
+from autoballoon.units import KiB, MiB
 
 REQUEST_TIMEOUT_S = 30.0
 #: Allocation waits until the guest has touched every page; TCG does ~100-300 MiB/s.
 ALLOC_TIMEOUT_S = 150.0
 PING_INTERVAL_S = 0.5
-KIB = 1024
+MS_PER_S = 1000.0
 
 
 class GuestCommandError(RigError):
     """The agent answered ``err`` (for example the hog was OOM-killed during an allocation)."""
+
+
+@dataclass(frozen=True, slots=True)
+class GuestSample:
+    """One ``sample`` of what the guest sees, in bytes, counts and seconds (see guest/agent.c).
+
+    A figure the guest kernel does not offer (no PSI, no swap) is -1, as the agent sends it.
+    """
+
+    guest_time_s: float  # the guest's CLOCK_MONOTONIC
+    mem_total: int
+    mem_available: int
+    mem_free: int
+    swap_total: int
+    swap_free: int
+    oom_kill: int
+    pswpin: int
+    pswpout: int
+    pgmajfault: int
+    psi_some_us: int
+    psi_full_us: int
+    held: int  # what the agent's memory hog holds now
+    hog_target: int  # what it is growing or shrinking towards
+    hog_alive: bool  # False once the OOM killer took it (until the next grow)
+
+    @classmethod
+    def from_fields(cls, f: dict[str, int]) -> GuestSample:
+        def kib(key: str) -> int:
+            return f[key] * KiB if f[key] >= 0 else -1
+
+        return cls(
+            guest_time_s=f["t_ms"] / MS_PER_S,
+            mem_total=kib("mem_total_kb"),
+            mem_available=kib("mem_available_kb"),
+            mem_free=kib("mem_free_kb"),
+            swap_total=kib("swap_total_kb"),
+            swap_free=kib("swap_free_kb"),
+            oom_kill=f["oom_kill"],
+            pswpin=f["pswpin"],
+            pswpout=f["pswpout"],
+            pgmajfault=f["pgmajfault"],
+            psi_some_us=f["psi_some_us"],
+            psi_full_us=f["psi_full_us"],
+            held=f["held"] * MiB,
+            hog_target=f["target"] * MiB,
+            hog_alive=bool(f["alive"]),
+        )
+
+
+def wire_mib(size: int) -> int:
+    """Bytes as the agent's whole MiB (its hog holds 1 MiB chunks), rounded to the nearest."""
+    return (size + MiB // 2) // MiB
 
 
 class GuestControl:
@@ -152,11 +206,25 @@ class GuestControl:
 
     def meminfo(self) -> dict[str, int]:
         """The guest's /proc/meminfo, in **bytes** (the kernel prints kB = KiB)."""
-        return {key: value * KIB for key, value in self._fields(self.request("meminfo")).items()}
+        return {key: value * KiB for key, value in self._fields(self.request("meminfo")).items()}
 
     def oomkills(self) -> int:
         """The guest kernel's cumulative OOM-kill count (/proc/vmstat oom_kill)."""
         return int(self.request("oomkills"))
+
+    def sample(self, timeout: float = REQUEST_TIMEOUT_S) -> GuestSample:
+        """What the guest sees now: meminfo, OOM kills, swap and PSI counters, the hog's state."""
+        return GuestSample.from_fields(self._fields(self.request("sample", timeout=timeout)))
+
+    def grow(self, size: int, rate_bytes_s: int = 0) -> None:
+        """Have the hog take ``size`` bytes more, at ``rate_bytes_s`` (0: as fast as the guest can touch
+        them); answers at once, the hog works on in the background (watch :meth:`sample`)."""
+        rate = max(1, wire_mib(rate_bytes_s)) if rate_bytes_s > 0 else 0
+        self.request("grow", wire_mib(size), rate)
+
+    def shrink(self, size: int | None = None) -> None:
+        """Have the hog give ``size`` bytes back to the guest kernel (None: all); answers at once."""
+        self.request("shrink", "all" if size is None else wire_mib(size))
 
     def cpuburn(self, on: bool) -> None:
         """Burn one vCPU flat out (on) or stop (off)."""

@@ -19,9 +19,9 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.rig.errors import RigError
+from autoballoon.rig.errors import RigError
 
-GUEST_DIR = Path(__file__).with_name("guest")
+GUEST_DIR = Path(__file__).with_name("guest")  # package data: agent.c, init.sh
 AGENT_SOURCE = GUEST_DIR / "agent.c"
 INIT_SCRIPT = GUEST_DIR / "init.sh"
 BUSYBOX = Path("/bin/busybox")
@@ -34,6 +34,7 @@ VIRTIO_MODULES = (
     "virtio_pci_modern_dev",
     "virtio_pci",
     "virtio_balloon",
+    "virtio_blk",
 )
 DEFAULT_CACHE = Path("/var/cache/autoballoon-rig")
 WORLD_READABLE_DIR = 0o755

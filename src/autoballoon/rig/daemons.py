@@ -1,8 +1,9 @@
 """Start libvirtd and virtlogd when nothing runs them, and remember exactly which PIDs the rig started.
 
 Containers and CI runners have no init system, so the rig starts the daemons itself (``-d``). The PIDs it
-started are written to a state file under /run so that a CI job (or ``python -m tests.rig stop``) can
-stop those and only those; a daemon someone else runs (systemd, another engineer) is never touched.
+started are written to a state file under /run so that whoever started them (a test session, a benchmark,
+``python -m autoballoon.rig stop``) can stop those and only those; a daemon someone else runs (systemd,
+another user of the host) is never touched.
 """
 
 from __future__ import annotations
@@ -15,10 +16,11 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.rig.errors import RigError
+from autoballoon.rig.errors import RigError
 
 STATE_FILE = Path(os.environ.get("AUTOBALLOON_RIG_STATE", "/run/autoballoon-rig/daemons.json"))
 
@@ -123,17 +125,27 @@ def _stop_pid(pid: int, name: str) -> None:
         time.sleep(POLL_S)
 
 
-def stop_started() -> list[str]:
-    """Stop the daemons the rig started (libvirtd first), and nothing else. Returns what it stopped."""
+def stop_started(only: Mapping[str, int] | None = None) -> list[str]:
+    """Stop the daemons the rig started (libvirtd first), and nothing else. Returns what it stopped.
+
+    ``only`` limits it to those PIDs (what one session started), so that a session never stops daemons
+    another one started and still uses.
+    """
     started = load_started()
     stopped = []
     for daemon in reversed(DAEMONS):
-        pid = started.pop(daemon.name, None)
-        if pid is not None:
+        pid = started.get(daemon.name)
+        if pid is not None and (only is None or only.get(daemon.name) == pid):
+            del started[daemon.name]
             _stop_pid(pid, daemon.name)
             stopped.append(f"{daemon.name}[{pid}]")
     _save_started(started)
     return stopped
+
+
+def still_running(pids: Mapping[str, int]) -> list[str]:
+    """Which of these daemons (name -> PID) are still alive, as ``name[pid]``."""
+    return [f"{name}[{pid}]" for name, pid in pids.items() if _pid_alive(pid, name)]
 
 
 def libvirtd_restartable() -> str | None:
