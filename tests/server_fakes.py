@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Mapping
+from concurrent.futures import Future
 from dataclasses import replace
 from typing import Any
 
+from prometheus_client import Histogram
+
+from autoballoon.controller import TICK_BUCKETS_S, TICK_METRIC
+from autoballoon.errors import RefusedError
 from autoballoon.model import GuestPolicy, GuestSnapshot, GuestStats, HostSnapshot, Plan, VMState
-from autoballoon.server.source import ServerView, TickStats
+from autoballoon.server.source import ServerView
 from autoballoon.units import GiB, MiB
 
 WALL0 = 1_700_000_000.0
@@ -61,6 +66,10 @@ def plan() -> Plan:
     )
 
 
+#: The fake's tick durations: 2 ticks under 5 ms, 4 more under 10 ms, 1 under 100 ms.
+TICKS_S = (0.002, 0.004, 0.006, 0.007, 0.008, 0.009, 0.05)
+
+
 def events() -> tuple[Mapping[str, Any], ...]:
     out: list[dict[str, Any]] = []
     for i in range(12):
@@ -82,16 +91,23 @@ def events() -> tuple[Mapping[str, Any], ...]:
 
 
 class FakeSource:
-    """A :class:`~autoballoon.server.source.Source` whose changes are applied at once, and recorded."""
+    """A :class:`~autoballoon.server.source.Source` whose changes are applied at once and recorded; with
+    ``stalled`` set they stay queued (their futures never resolve), as with a controller that is busy."""
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.submitted: list[tuple[str, str, object]] = []
+        self.quarantined: set[str] = {"batch"}
+        self.stalled = False
+        self.tick_histogram = Histogram(TICK_METRIC, "Tick durations.", buckets=TICK_BUCKETS_S, registry=None)
+        for seconds in TICKS_S:
+            self.tick_histogram.observe(seconds)
         self.state = ServerView(
             snapshot=host(),
             plan=plan(),
             reserve_bytes=1 * GiB,
-            ticks=TickStats(count=7, sum_s=0.07, buckets=((0.005, 2), (0.01, 6), (0.1, 7)), last_s=0.009),
+            ticks=len(TICKS_S),
+            last_tick_s=TICKS_S[-1],
             actions={("shrink", "idle"): 10, ("grow", "pressure"): 2},
             backend_errors=3,
             reconnects=1,
@@ -111,23 +127,34 @@ class FakeSource:
         guests = tuple(replace(g, **changes) if g.name == name else g for g in snap.guests)
         self.state = replace(self.state, snapshot=replace(snap, guests=guests))
 
-    def submit_target(self, vm: str, target_bytes: int) -> bool:
+    def _done(self, result: object) -> Future[object]:
+        future: Future[object] = Future()
+        if not self.stalled:
+            future.set_result(result)
+        return future
+
+    def submit_target(self, vm: str, target_bytes: int) -> Future[object]:
         with self.lock:
             self.submitted.append(("target", vm, target_bytes))
-            self._replace_guest(vm, target_bytes=target_bytes)
-        return True
+            if not self.stalled:
+                self._replace_guest(vm, target_bytes=target_bytes)
+        return self._done(target_bytes)
 
-    def submit_policy(self, vm: str, changes: Mapping[str, object]) -> GuestPolicy:
+    def submit_policy(self, vm: str, policy: GuestPolicy) -> Future[object]:
         with self.lock:
-            self.submitted.append(("policy", vm, dict(changes)))
-            snap = self.state.snapshot
-            assert snap is not None
-            g = snap.guest(vm)
-            assert g is not None
-            fields = g.policy.to_json() | dict(changes)
-            policy = GuestPolicy(**fields)  # type: ignore[arg-type]
-            self._replace_guest(vm, policy=policy)
-            return policy
+            self.submitted.append(("policy", vm, policy))
+            if not self.stalled:
+                self._replace_guest(vm, policy=policy)
+        return self._done(policy)
+
+    def submit_release(self, vm: str) -> Future[object]:
+        with self.lock:
+            if vm not in self.quarantined:
+                raise RefusedError(f"refused: VM {vm!r} is not quarantined; nothing was changed")
+            self.submitted.append(("release", vm, None))
+            if not self.stalled:
+                self.quarantined.discard(vm)
+        return self._done(None)
 
     def tick(self, dt: float = 2.0) -> None:
         """Move time on: every guest's swap-in grows by 1 MiB per second of ``dt``."""
@@ -140,3 +167,22 @@ class FakeSource:
             )
             new = replace(snap, time=snap.time + dt, wall_time=snap.wall_time + dt, guests=guests)
             self.state = replace(self.state, snapshot=new)
+
+
+def asgi_client(source: Any, token: str | None = None, **tunables: Any) -> Any:
+    """The whole HTTP application over ``source`` in-process (Starlette's test client: no socket), for
+    tests that drive the API step by step between controller ticks."""
+    from starlette.testclient import TestClient
+
+    from autoballoon.server.api import Api
+    from autoballoon.server.history import History
+    from autoballoon.server.http import AllowedHosts, create_app
+    from autoballoon.server.metrics import make_registry
+    from autoballoon.server.tunables import TUNABLES
+
+    tun = replace(TUNABLES, **tunables)
+    history = History(tun.history_points)
+    api = Api(source, history, tun, token.encode() if token is not None else None)
+    registry = make_registry(source.view, history, tick_histogram=source.tick_histogram)
+    app = create_app(api, registry, AllowedHosts("testserver"))
+    return TestClient(app, raise_server_exceptions=False)

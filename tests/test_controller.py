@@ -264,7 +264,7 @@ def test_status_is_frozen_and_complete() -> None:
     vm = status.vms[0]
     assert (vm.name, vm.max_bytes) == ("a", 4 * GiB)
     assert vm.want_bytes is not None and vm.demand_bytes is not None and vm.start_target_bytes == 4 * GiB
-    assert status.budget_bytes is not None and status.tick.count == 1 and status.tick.last_s is not None
+    assert status.budget_bytes is not None and status.ticks == 1 and status.last_tick_s is not None
     with pytest.raises(AttributeError):
         status.ticks = 5  # type: ignore[misc]
     json.dumps(list(status.journal))

@@ -22,13 +22,12 @@ from autoballoon.controller import Controller
 from autoballoon.guards import Status
 from autoballoon.journal import Journal
 from autoballoon.server import RunningServer, serve_controller
-from autoballoon.server.api import Api, Request
 from autoballoon.server.controller_source import ControllerSource
-from autoballoon.server.history import History
 from autoballoon.server.tunables import TUNABLES
 from autoballoon.sim import Simulation
 from autoballoon.sim.scenario import loads_scenario
 from autoballoon.units import GiB
+from tests.server_fakes import asgi_client
 
 HEALTH = {"sustain_s": 10, "window_s": 60, "quarantine_s": 0}
 TOKEN = "t0ken-for-the-health-tests"
@@ -124,14 +123,14 @@ def test_a_storm_guest_is_quarantined_deflated_and_left_alone_until_released() -
 
     # Released through the API: ballooned again at once.
     source = ControllerSource(controller, TUNABLES)
-    api = Api(source, History(10), TUNABLES, TOKEN.encode())
+    api = asgi_client(source, TOKEN, submit_wait_s=0.1)  # nobody ticks here: the release stays queued
     source.on_tick()
     auth = {"authorization": f"Bearer {TOKEN}"}
-    assert api.handle(Request("POST", "/api/v1/vms/storm/release")).status == 401  # no token
-    assert api.handle(Request("POST", "/api/v1/vms/busy/release", headers=auth)).status == 409
-    assert api.handle(Request("POST", "/api/v1/vms/nosuch/release", headers=auth)).status == 404
-    answer = api.handle(Request("POST", "/api/v1/vms/storm/release", headers=auth))
-    assert answer.status in (200, 202) and json.loads(answer.body)["released"]
+    assert api.post("/api/v1/vms/storm/release").status_code == 401  # no token
+    assert api.post("/api/v1/vms/busy/release", headers=auth).status_code == 409
+    assert api.post("/api/v1/vms/nosuch/release", headers=auth).status_code == 404
+    answer = api.post("/api/v1/vms/storm/release", headers=auth)
+    assert answer.status_code == 202 and answer.json()["released"]
     tick(controller, backend, 30)
     assert journal(controller, "release", "storm")
     assert len(shrinks(controller, "storm")) > before

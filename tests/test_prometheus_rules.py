@@ -95,7 +95,7 @@ def test_the_rules_read_only_series_the_daemon_exports() -> None:
         source.on_tick(controller)
         sampler.sample_once()
         backend.clock.sleep(controller.config.interval_s)
-    registry = make_registry(source.view, history)
+    registry = make_registry(source.view, history, tick_histogram=source.tick_histogram)
     exported = {
         s.name
         for family in text_string_to_metric_families(generate_latest(registry).decode())

@@ -7,11 +7,13 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import replace
+from email.message import Message
 from typing import Any
 
 import pytest
 
 from autoballoon.errors import InvalidValueError
+from autoballoon.model import GuestPolicy
 from autoballoon.server import DEFAULT_LISTEN, RunningServer, serve
 from autoballoon.server.auth import load_token
 from autoballoon.server.http import parse_listen
@@ -24,7 +26,8 @@ TOKEN = "s3cret-token-0123456789abcdef"
 
 def call(
     url: str, method: str = "GET", body: Any = None, token: str | None = None, raw: bytes | None = None
-) -> tuple[int, Any, dict[str, str]]:
+) -> tuple[int, Any, Message]:
+    """One request; (status, the JSON answer or the raw bytes, the headers by case-insensitive name)."""
     data = raw if raw is not None else (None if body is None else json.dumps(body).encode())
     req = urllib.request.Request(url, data=data, method=method)
     if token is not None:
@@ -33,9 +36,9 @@ def call(
         req.add_header("Content-Type", "application/json")
     try:
         with urllib.request.urlopen(req, timeout=10) as resp:
-            status, text, headers = resp.status, resp.read(), dict(resp.headers)
+            status, text, headers = resp.status, resp.read(), resp.headers
     except urllib.error.HTTPError as e:
-        status, text, headers = e.code, e.read(), dict(e.headers)
+        status, text, headers = e.code, e.read(), e.headers
     ctype = headers.get("Content-Type", "")
     return status, json.loads(text) if ctype.startswith("application/json") else text, headers
 
@@ -46,14 +49,21 @@ class Swappable:
     def __init__(self) -> None:
         self.inner = FakeSource()
 
+    @property
+    def tick_histogram(self) -> Any:
+        return self.inner.tick_histogram
+
     def view(self) -> Any:
         return self.inner.view()
 
-    def submit_target(self, vm: str, target_bytes: int) -> bool:
+    def submit_target(self, vm: str, target_bytes: int) -> Any:
         return self.inner.submit_target(vm, target_bytes)
 
-    def submit_policy(self, vm: str, changes: Any) -> Any:
-        return self.inner.submit_policy(vm, changes)
+    def submit_policy(self, vm: str, policy: Any) -> Any:
+        return self.inner.submit_policy(vm, policy)
+
+    def submit_release(self, vm: str) -> Any:
+        return self.inner.submit_release(vm)
 
 
 @pytest.fixture(scope="module")
@@ -224,7 +234,8 @@ def test_policy_with_token_is_merged_and_submitted(server: RunningServer, source
     assert body["policy"]["shares"] == 500
     assert body["policy"]["buffer"] == pytest.approx(0.3)
     assert body["policy"]["min_bytes"] == 2 * GiB  # kept: only the fields given change
-    assert source.submitted == [("policy", "db", {"shares": 500, "buffer": 0.3, "max_bytes": None})]
+    stored = GuestPolicy(min_bytes=2 * GiB, shares=500, buffer=0.3)  # db's min kept, its max unset
+    assert source.submitted == [("policy", "db", stored)]
 
 
 BAD_REQUESTS = [

@@ -25,7 +25,7 @@ from autoballoon.server.source import ServerView
 from autoballoon.server.tunables import TUNABLES
 from autoballoon.units import GiB, MiB
 from tests import server_fakes as fakes
-from tests.server_fakes import FakeSource
+from tests.server_fakes import TICKS_S, FakeSource
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
@@ -89,9 +89,11 @@ def test_metrics_match_the_fake_exactly(fake_server: tuple[RunningServer, FakeSo
     assert host["autoballoon_host_reserve_bytes"] == 1024**3
     assert host["autoballoon_host_memory_pressure_some_ratio"] == pytest.approx(0.015)
     assert host["autoballoon_host_overcommit_ratio"] == pytest.approx(snap.overcommit_ratio)
-    assert samples[("autoballoon_tick_duration_seconds_count", ())] == 7
+    assert samples[("autoballoon_tick_duration_seconds_count", ())] == len(TICKS_S)
+    assert samples[("autoballoon_tick_duration_seconds_bucket", (("le", "0.005"),))] == 2
     assert samples[("autoballoon_tick_duration_seconds_bucket", (("le", "0.01"),))] == 6
     assert samples[("autoballoon_tick_duration_seconds_bucket", (("le", "+Inf"),))] == 7
+    assert samples[("autoballoon_tick_duration_seconds_sum", ())] == pytest.approx(sum(TICKS_S))
     assert samples[("autoballoon_actions_total", (("direction", "shrink"), ("reason", "idle")))] == 10
     assert samples[("autoballoon_backend_errors_total", ())] == 3
     assert samples[("autoballoon_backend_reconnects_total", ())] == 1

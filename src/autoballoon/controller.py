@@ -6,28 +6,35 @@ snapshot, the guard's state and each VM's effective policy to the policy's ``dec
 actions as they are (or only journal them in a dry run) and journal its events. The controller owns the
 backend connection (reconnecting with back-off), keeps counters, and publishes a frozen
 :class:`ControllerStatus` that other threads (the HTTP server, a live table) may read at any time.
-Other threads never call the backend themselves: manual targets and policy changes are queued with
-:meth:`Controller.submit_target` / :meth:`Controller.submit_policy` and applied by the loop's own thread
-at the start of its next tick, so that a backend which is not thread-safe (the simulator) stays safe.
+Other threads never call the backend themselves: an operator's request (:meth:`Controller.submit_target`,
+:meth:`~Controller.submit_policy`, :meth:`~Controller.submit_release`) is queued and carried out by the
+loop's own thread at the start of its next tick, so that a backend which is not thread-safe (the
+simulator) stays safe. Each request gets its own :class:`concurrent.futures.Future`, resolved by the loop
+with that request's outcome, as a QMP client gets its own reply to each command: nobody has to search the
+journal to learn what became of a request, and a request is never lost (one interrupted by a lost
+connection goes back to the head of the queue and is resolved after the reconnect).
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import statistics
 import threading
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from types import MappingProxyType
+
+from prometheus_client import Histogram
 
 from autoballoon import guards, health
 from autoballoon.backends.base import Backend
 from autoballoon.clock import Clock, RealClock
 from autoballoon.config import DaemonConfig
 from autoballoon.errors import (
+    AutoballoonError,
     BackendError,
     ConnectionLostError,
     LimitError,
@@ -53,8 +60,11 @@ from autoballoon.units import human
 _RESTORABLE = (Status.MANAGED, Status.STUCK, Status.NO_STATS, Status.MANUAL_HOLD)
 
 log = logging.getLogger(__name__)
-#: Tick durations kept for the status statistics.
-_TICK_WINDOW = 300
+
+#: Upper bounds (seconds) of the tick-duration histogram's buckets: a tick is a bulk read, a pure decision
+#: and a few balloon calls, from a millisecond (the simulator) to seconds (a slow libvirt).
+TICK_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+TICK_METRIC = "autoballoon_tick_duration_seconds"
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,18 +88,6 @@ class VMStatus:
 
 
 @dataclass(frozen=True, slots=True)
-class TickStats:
-    """Wall-clock duration of the last ticks (collect + decide + act), in seconds."""
-
-    count: int = 0
-    last_s: float | None = None
-    mean_s: float | None = None
-    p50_s: float | None = None
-    p95_s: float | None = None
-    max_s: float | None = None
-
-
-@dataclass(frozen=True, slots=True)
 class ControllerStatus:
     """A consistent, read-only picture of the daemon for the API, metrics and dashboard."""
 
@@ -105,7 +103,8 @@ class ControllerStatus:
     budget_bytes: int | None
     reserve_bytes: int | None
     host_short: bool
-    tick: TickStats
+    #: Duration of the last tick in seconds (also observed in :attr:`Controller.tick_seconds`).
+    last_tick_s: float | None
     actions_by_direction: Mapping[str, int]
     actions_by_reason: Mapping[str, int]
     action_errors: int
@@ -115,6 +114,28 @@ class ControllerStatus:
     journal: tuple[JournalEntry, ...] = field(default=())
     #: Why the health guard holds every shrink now (host load or thermal throttling), or None.
     shrink_paused: str | None = None
+    #: Actions applied since start by (direction, reason): what ``autoballoon_actions_total`` exports.
+    actions: Mapping[tuple[str, str], int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class _Request:
+    """An operator's request waiting for the loop: what to do, and the future that carries its outcome.
+
+    Exactly one of ``target_bytes``, ``policy`` and ``release`` says what is asked. The future is marked
+    running when the request is queued, so nobody can cancel it: only the loop resolves it.
+    """
+
+    vm: str
+    future: Future[object]
+    target_bytes: int | None = None
+    policy: GuestPolicy | None = None
+    persist: bool = False
+    release: bool = False
+
+
+class DaemonStoppedError(AutoballoonError):
+    """The daemon stopped before it carried out a queued request (nothing was changed by it)."""
 
 
 class Controller:
@@ -146,16 +167,22 @@ class Controller:
         self.policy: Policy = policy if policy is not None else DefaultPolicy(config.tunables)
         self._state = self.policy.initial_state()
         self._health = health.HealthState()
-        self._pending_releases: set[str] = set()
         self._last: tuple[HostSnapshot | None, Plan | None] = (None, None)
         self._start_targets: dict[str, int] = {}
         self._lock = threading.Lock()
-        self._pending_targets: dict[str, int] = {}
-        self._pending_policies: dict[str, GuestPolicy] = {}
+        self._pending: deque[_Request] = deque()
         self._runtime_policies: dict[str, GuestPolicy] = {}
-        self._directions: Counter[str] = Counter()
-        self._reasons: Counter[str] = Counter()
-        self._durations: deque[float] = deque(maxlen=_TICK_WINDOW)
+        self._actions: Counter[tuple[str, str]] = Counter()
+        #: The one measure of tick duration: observed once per tick, exported by ``/metrics`` (the server
+        #: hands it to the metrics registry) and read back for the API's percentiles. In no registry of
+        #: its own: every controller (tests run many) has its own histogram.
+        self.tick_seconds = Histogram(
+            TICK_METRIC,
+            "Time one controller tick took (collect, decide, act, record).",
+            buckets=TICK_BUCKETS_S,
+            registry=None,
+        )
+        self._last_tick_s: float | None = None
         self._ticks = 0
         self._action_errors = 0
         self._backend_errors = 0
@@ -172,7 +199,8 @@ class Controller:
         try:
             return self._tick()
         finally:
-            self._durations.append(time.perf_counter() - started)
+            self._last_tick_s = time.perf_counter() - started
+            self.tick_seconds.observe(self._last_tick_s)
             self._ticks += 1
 
     def run(
@@ -296,28 +324,31 @@ class Controller:
             return
         self._apply(backend, action, wall, host_available)
 
-    def _apply(self, backend: Backend, action: Action, wall: float, host_available: int | None) -> None:
+    def _apply(
+        self, backend: Backend, action: Action, wall: float, host_available: int | None
+    ) -> AutoballoonError | None:
         """Set one target and journal the outcome. A VM that vanished since the snapshot is an event,
-        not an error; a lost connection propagates so the loop reconnects."""
+        not an error; a lost connection propagates so the loop reconnects. Returns the error that kept
+        the change from happening (an operator's request hands it to its caller), or None."""
         try:
             backend.set_target(action.vm, action.new_target)
         except UnknownVMError as e:
             message = f"{action.vm}: gone before its {action.reason} change was applied ({e})"
             self.journal.event(wall, "vm-gone", message, vm=action.vm)
-            return
+            return e
         except ConnectionLostError:
             raise
         except BackendError as e:
             self._action_errors += 1
             self.journal.action(wall, action, host_available=host_available, applied=False, error=str(e))
-            return
+            return e
         self.journal.action(wall, action, host_available=host_available, applied=True)
         self._count(action)
+        return None
 
     def _count(self, action: Action) -> None:
         with self._lock:
-            self._directions[action.direction] += 1
-            self._reasons[action.reason] += 1
+            self._actions[(action.direction, action.reason)] += 1
 
     # --- the connection ------------------------------------------------------------------------
 
@@ -354,47 +385,60 @@ class Controller:
 
     # --- requests from other threads -----------------------------------------------------------
 
-    def submit_target(self, vm: str, target_bytes: int) -> None:
+    def submit_target(self, vm: str, target_bytes: int) -> Future[object]:
         """Ask for a manual target, honoured like ``virsh setmem`` (held for ``manual_grace_s``).
 
-        Checked now against the last snapshot (unknown VM, above max or below floor raise a
-        :class:`~autoballoon.errors.RefusedError` and nothing changes); applied at the next tick.
+        Checked now against the last snapshot: an unknown VM, a target above max or below the floor
+        raise a :class:`~autoballoon.errors.RefusedError` and nothing is queued. Otherwise the returned
+        future resolves, after the loop's next tick has set it, with the target in bytes, or with the
+        :class:`~autoballoon.errors.UnknownVMError` (the VM vanished meanwhile) or
+        :class:`~autoballoon.errors.BackendError` (the hypervisor failed) that kept it from happening.
         """
-        snapshot = self._last[0]
-        guest = snapshot.guest(vm) if snapshot is not None else None
-        if guest is None:
-            raise UnknownVMError(vm, snapshot.names if snapshot is not None else None)
-        floor, ceiling = guards.limits(guest, self._policies([guest])[vm], self.config.tunables)
-        if target_bytes > ceiling:
-            raise LimitError(vm, "target", human(target_bytes), f"above its maximum of {human(ceiling)}")
-        if target_bytes < floor:
-            raise LimitError(vm, "target", human(target_bytes), f"below its floor of {human(floor)}")
-        with self._lock:
-            self._pending_targets[vm] = target_bytes
+        guest = self._known_guest(vm)
+        if guest is not None:
+            floor, ceiling = guards.limits(guest, self._policies([guest])[vm], self.config.tunables)
+            if target_bytes > ceiling:
+                raise LimitError(vm, "target", human(target_bytes), f"above its maximum of {human(ceiling)}")
+            if target_bytes < floor:
+                raise LimitError(vm, "target", human(target_bytes), f"below its floor of {human(floor)}")
+        return self._queue(_Request(vm, Future(), target_bytes=target_bytes))
 
-    def submit_policy(self, vm: str, policy: GuestPolicy | None, *, persist: bool = False) -> None:
+    def submit_policy(self, vm: str, policy: GuestPolicy | None, *, persist: bool = False) -> Future[object]:
         """Override a VM's policy from the next tick (``None`` drops the override).
 
-        With ``persist`` the policy is also written to the VM's metadata at the next tick, so that it
-        survives a daemon restart and travels with the VM.
+        With ``persist`` the policy is also written to the VM's metadata, so that it survives a daemon
+        restart and travels with the VM. The future resolves with the policy once the loop has taken it
+        (and stored it), or with the error that kept the backend from storing it; the override then
+        does not take effect either.
         """
-        with self._lock:
-            if policy is None:
-                self._runtime_policies.pop(vm, None)
-            else:
-                self._runtime_policies[vm] = policy
-                if persist:
-                    self._pending_policies[vm] = policy
+        self._known_guest(vm)
+        return self._queue(_Request(vm, Future(), policy=policy, persist=persist))
 
-    def submit_release(self, vm: str) -> None:
-        """End a quarantine (``autoballoon release VM``) at the next tick; refused unless quarantined."""
+    def submit_release(self, vm: str) -> Future[object]:
+        """End a quarantine (``autoballoon release VM``) at the next tick; refused unless quarantined.
+
+        The future resolves with None once the loop has released the VM.
+        """
         if vm not in self._health.quarantined:
-            snapshot = self._last[0]
-            if snapshot is not None and snapshot.guest(vm) is None:
-                raise UnknownVMError(vm, snapshot.names)
+            self._known_guest(vm)
             raise RefusedError(f"refused: VM {vm!r} is not quarantined; nothing was changed")
+        return self._queue(_Request(vm, Future(), release=True))
+
+    def _known_guest(self, vm: str) -> GuestSnapshot | None:
+        """``vm`` in the last snapshot (None before the first one); an unknown VM is refused at once."""
+        snapshot = self._last[0]
+        if snapshot is None:
+            return None
+        guest = snapshot.guest(vm)
+        if guest is None:
+            raise UnknownVMError(vm, snapshot.names)
+        return guest
+
+    def _queue(self, request: _Request) -> Future[object]:
+        request.future.set_running_or_notify_cancel()  # running from now on: it cannot be cancelled
         with self._lock:
-            self._pending_releases.add(vm)
+            self._pending.append(request)
+        return request.future
 
     @property
     def quarantined(self) -> Mapping[str, str]:
@@ -402,36 +446,82 @@ class Controller:
         return self._health.reasons()
 
     def _apply_pending(self, backend: Backend) -> None:
+        """Carry out the queued requests in the order they came, resolving each one's future.
+
+        A lost connection puts the interrupted request and those behind it back at the head of the queue
+        (they are resolved after the reconnect) and propagates, so the loop reconnects.
+        """
         with self._lock:
-            targets, self._pending_targets = self._pending_targets, {}
-            policies, self._pending_policies = self._pending_policies, {}
-            releases, self._pending_releases = self._pending_releases, set()
+            batch = list(self._pending)
+            self._pending.clear()
         wall = self.clock.wall()
-        for vm in sorted(releases):
+        for i, request in enumerate(batch):
+            try:
+                outcome = self._carry_out(backend, request, wall)
+            except ConnectionLostError:
+                with self._lock:
+                    self._pending.extendleft(reversed(batch[i:]))
+                raise
+            except AutoballoonError as e:
+                request.future.set_exception(e)
+            else:
+                request.future.set_result(outcome)
+
+    def _carry_out(self, backend: Backend, request: _Request, wall: float) -> object:
+        """One request's effect; its result, or raises the error that kept it from happening."""
+        vm = request.vm
+        if request.release:
             if vm in self._health.quarantined:
                 self._health = health.release(self._health, vm, self.clock.now())
                 message = f"{vm}: quarantine released by the operator; ballooned again"
                 self.journal.event(wall, "release", message, vm=vm)
                 log.warning("%s", message)
-        for vm, policy in policies.items():
+            return None
+        if request.target_bytes is None:
+            return self._set_policy(backend, vm, request.policy, request.persist, wall)
+        snapshot = self._last[0]
+        guest = snapshot.guest(vm) if snapshot is not None else None
+        old = guest.target_bytes if guest is not None else request.target_bytes
+        error = self._apply(backend, Action(vm, old, request.target_bytes, "manual"), wall, None)
+        if error is not None:
+            raise error
+        return request.target_bytes
+
+    def _set_policy(
+        self, backend: Backend, vm: str, policy: GuestPolicy | None, persist: bool, wall: float
+    ) -> GuestPolicy | None:
+        if policy is not None and persist:
             try:
                 backend.set_policy(vm, policy)
-                self.journal.event(wall, "policy", f"{vm}: policy stored: {policy.to_json()}", vm=vm)
             except ConnectionLostError:
                 raise
             except (UnknownVMError, BackendError) as e:
                 self.journal.event(wall, "error", f"{vm}: storing policy failed: {e}", vm=vm)
-        snapshot = self._last[0]
-        for vm, target in targets.items():
-            guest = snapshot.guest(vm) if snapshot is not None else None
-            old = guest.target_bytes if guest is not None else target
-            self._apply(backend, Action(vm, old, target, "manual"), wall, None)
+                raise
+            self.journal.event(wall, "policy", f"{vm}: policy stored: {policy.to_json()}", vm=vm)
+        with self._lock:
+            if policy is None:
+                self._runtime_policies.pop(vm, None)
+            else:
+                self._runtime_policies[vm] = policy
+        return policy
+
+    def _abandon_pending(self, wall: float) -> None:
+        """At exit: a request the loop never reached is resolved with why, not left waiting forever."""
+        with self._lock:
+            left = list(self._pending)
+            self._pending.clear()
+        for request in left:
+            message = f"{request.vm}: the daemon stopped before carrying out an operator's request"
+            self.journal.event(wall, "error", message, vm=request.vm)
+            request.future.set_exception(DaemonStoppedError(message + "; nothing was changed"))
 
     # --- exit ----------------------------------------------------------------------------------
 
     def finish(self) -> None:
         """Apply ``on_exit``: "hold" leaves every target where it is; "restore" gives memory back."""
         wall = self.clock.wall()
+        self._abandon_pending(wall)
         if self.config.on_exit == "restore":
             self._restore(wall)
         self.journal.event(wall, "stop", f"autoballoon stopped (on_exit={self.config.on_exit})")
@@ -501,21 +591,13 @@ class Controller:
                         start_target_bytes=self._start_targets.get(g.name),
                     )
                 )
-        durations = list(self._durations)
-        tick = TickStats()
-        if durations:
-            ordered = sorted(durations)
-            tick = TickStats(
-                count=self._ticks,
-                last_s=durations[-1],
-                mean_s=statistics.fmean(durations),
-                p50_s=ordered[len(ordered) // 2],
-                p95_s=ordered[min(len(ordered) - 1, int(len(ordered) * 0.95))],
-                max_s=ordered[-1],
-            )
         with self._lock:
-            directions = MappingProxyType(dict(self._directions))
-            reasons = MappingProxyType(dict(self._reasons))
+            actions = dict(self._actions)
+        directions: Counter[str] = Counter()
+        reasons: Counter[str] = Counter()
+        for (direction, reason), n in actions.items():
+            directions[direction] += n
+            reasons[reason] += n
         return ControllerStatus(
             uri=self.uri,
             dry_run=self.dry_run,
@@ -529,13 +611,14 @@ class Controller:
             budget_bytes=plan.budget if plan is not None else None,
             reserve_bytes=plan.reserve if plan is not None else None,
             host_short=plan.host_short if plan is not None else False,
-            tick=tick,
-            actions_by_direction=directions,
-            actions_by_reason=reasons,
+            last_tick_s=self._last_tick_s,
+            actions_by_direction=MappingProxyType(dict(directions)),
+            actions_by_reason=MappingProxyType(dict(reasons)),
             action_errors=self._action_errors,
             backend_errors=self._backend_errors,
             reconnects=self._reconnects,
             last_error=self._last_error,
             journal=self.journal.recent(journal_entries),
             shrink_paused=self._health.paused,
+            actions=MappingProxyType(actions),
         )

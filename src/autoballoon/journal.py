@@ -28,6 +28,7 @@ class Journal:
         self.path = Path(path) if path is not None else None
         self._ring: deque[JournalEntry] = deque(maxlen=ring_size)
         self._lock = threading.Lock()
+        self._seq = 0
         self._file: TextIO | None = None
         if self.path is not None:
             try:
@@ -39,9 +40,12 @@ class Journal:
                 ) from None
 
     def write(self, entry: Mapping[str, Any]) -> None:
-        record = dict(entry)
-        line = json.dumps(record, separators=(",", ":"), sort_keys=False, default=str)
+        """Append ``entry`` with a ``seq`` one above the previous entry's: a number that never changes,
+        so that a reader of the ring (``/api/v1/events`` paging) can say where it stopped."""
         with self._lock:
+            self._seq += 1
+            record = {"seq": self._seq, **entry}
+            line = json.dumps(record, separators=(",", ":"), sort_keys=False, default=str)
             self._ring.append(record)
             if self._file is not None:
                 self._file.write(line + "\n")

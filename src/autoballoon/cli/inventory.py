@@ -5,8 +5,8 @@ from __future__ import annotations
 import click
 
 from autoballoon.cli import Context, cli, pass_ctx
-from autoballoon.cli.daemon import daemon_option, statuses
 from autoballoon.cli.output import emit_json, pairs, table
+from autoballoon.cli.remote import daemon_option, statuses
 from autoballoon.model import GuestPolicy
 from autoballoon.units import human
 from autoballoon.views import guest_detail, guest_row, host_view, snapshot_status

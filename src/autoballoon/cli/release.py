@@ -14,7 +14,7 @@ from pathlib import Path
 import click
 
 from autoballoon.cli import Context, cli, pass_ctx
-from autoballoon.cli.daemon import DaemonUnreachable, daemon_option, request
+from autoballoon.cli.remote import DaemonUnreachable, daemon_option, request
 from autoballoon.errors import AutoballoonError
 from autoballoon.server.auth import load_token
 

@@ -25,9 +25,7 @@ from autoballoon.config import DEFAULT_CONFIG_PATH, load_config
 from autoballoon.controller import Controller, ControllerStatus
 from autoballoon.journal import Journal
 from autoballoon.policy import POLICY_NAMES, create_policy
-from autoballoon.server import DEFAULT_LISTEN, serve_controller
-from autoballoon.server.auth import load_token
-from autoballoon.server.http import parse_listen
+from autoballoon.server import DEFAULT_LISTEN, Tls, check_listen, serve_controller
 from autoballoon.units import human
 
 
@@ -105,6 +103,29 @@ def status_table(status: ControllerStatus) -> Group:
     help="Allow changes over the API (POST) to clients sending 'Authorization: Bearer <this token>'.",
 )
 @click.option("--no-http", is_flag=True, help="Serve nothing over HTTP.")
+@click.option(
+    "--allow-host",
+    "allow_hosts",
+    multiple=True,
+    metavar="NAME",
+    help="Also answer requests whose Host header is NAME (repeatable); by default only the listen "
+    "address and, on loopback, localhost (a guard against DNS rebinding).",
+)
+@click.option(
+    "--tls-cert",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Serve HTTPS with this PEM certificate (with --tls-key).",
+)
+@click.option(
+    "--tls-key", type=click.Path(dir_okay=False, path_type=Path), default=None, help="The certificate's key."
+)
+@click.option(
+    "--insecure-listen",
+    is_flag=True,
+    help="Allow a --listen address beyond loopback without TLS (the API token then crosses the "
+    "network in clear).",
+)
 @pass_ctx
 def run_command(
     ctx: Context,
@@ -118,16 +139,21 @@ def run_command(
     listen: str,
     api_token_file: Path | None,
     no_http: bool,
+    allow_hosts: tuple[str, ...],
+    tls_cert: Path | None,
+    tls_key: Path | None,
+    insecure_listen: bool,
 ) -> None:
     """Run the auto-balloon daemon: keep every managed VM at the memory it needs."""
     config = load_config(config_path)
     if interval is not None:
         config = config.with_interval(interval)
     serving = not (no_http or once)
-    if serving:  # a bad address or token file is refused before the journal file is created
-        parse_listen(listen)
-        if api_token_file is not None:
-            load_token(api_token_file)
+    if (tls_cert is None) != (tls_key is None):
+        raise click.UsageError("--tls-cert and --tls-key go together")
+    tls = Tls(tls_cert, tls_key) if tls_cert is not None and tls_key is not None else None
+    if serving:  # a bad address, TLS or token file is refused before the journal file is created
+        check_listen(listen, token_file=api_token_file, tls=tls, insecure=insecure_listen)
     journal = Journal(journal_path or config.journal_path, ring_size=config.tunables.journal_ring_size)
     backend = ctx.backend
     clock: Clock = getattr(backend, "clock", None) or RealClock()
@@ -141,7 +167,16 @@ def run_command(
         uri=ctx.uri,
         policy=create_policy(policy_name, config.tunables),
     )
-    http = None if not serving else serve_controller(controller, listen, token_file=api_token_file)
+    http = None
+    if serving:
+        http = serve_controller(
+            controller,
+            listen,
+            token_file=api_token_file,
+            allow_hosts=allow_hosts,
+            tls=tls,
+            insecure=insecure_listen,
+        )
     if http is not None:
         click.echo(f"autoballoon: dashboard {http.url} · metrics {http.url}metrics · API {http.url}api/v1/")
     after_tick = http.on_tick if http is not None else (lambda c: None)

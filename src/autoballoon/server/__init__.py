@@ -6,7 +6,7 @@ Read-only unless started with a token. It reads the controller's state through
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -14,9 +14,9 @@ from autoballoon.errors import AutoballoonError
 from autoballoon.server.api import Api
 from autoballoon.server.auth import load_token
 from autoballoon.server.history import History, Sampler
-from autoballoon.server.http import HttpApp, HttpServer, parse_listen
+from autoballoon.server.http import AllowedHosts, HttpServer, Tls, check_exposure, create_app, parse_listen
 from autoballoon.server.metrics import make_registry
-from autoballoon.server.source import ServerView, Source, TickStats
+from autoballoon.server.source import ServerView, Source
 from autoballoon.server.tunables import DEFAULT_HOST, DEFAULT_PORT, TUNABLES, ServerTunables
 
 if TYPE_CHECKING:
@@ -35,13 +35,16 @@ class RunningServer:
         port: int,
         *,
         token: bytes | None = None,
+        allow_hosts: Iterable[str] = (),
+        tls: Tls | None = None,
         tunables: ServerTunables = TUNABLES,
     ) -> None:
         self.history = History(tunables.history_points)
         self.sampler = Sampler(self.history, lambda: source.view().snapshot, tunables.sample_interval_s)
-        api = Api(source, self.history, tunables, token)
-        app = HttpApp(api, make_registry(source.view, self.history), tunables)
-        self.http = HttpServer(app, host, port)
+        registry = make_registry(source.view, self.history, tick_histogram=source.tick_histogram)
+        allowed = AllowedHosts(host, frozenset(n.lower().rstrip(".") for n in allow_hosts))
+        app = create_app(Api(source, self.history, tunables, token), registry, allowed)
+        self.http = HttpServer(app, host, port, tunables, tls=tls)
         self._source_on_tick: Callable[[Any], None] = getattr(source, "on_tick", lambda controller: None)
 
     @property
@@ -68,11 +71,29 @@ def serve(
     listen: str = DEFAULT_LISTEN,
     *,
     token: bytes | None = None,
+    allow_hosts: Iterable[str] = (),
+    tls: Tls | None = None,
     tunables: ServerTunables = TUNABLES,
 ) -> RunningServer:
     """Start serving ``source`` on ``listen`` (HOST:PORT); port 0 picks a free one (see ``.url``)."""
     host, port = parse_listen(listen)
-    return RunningServer(source, host, port, token=token, tunables=tunables).start()
+    server = RunningServer(
+        source, host, port, token=token, allow_hosts=allow_hosts, tls=tls, tunables=tunables
+    )
+    return server.start()
+
+
+def check_listen(
+    listen: str, *, token_file: str | Path | None, tls: Tls | None, insecure: bool
+) -> tuple[str, int, bytes | None]:
+    """Everything about serving that can be refused before the daemon starts: the address, whether it
+    may be exposed beyond loopback, the TLS files and the token file. Returns (host, port, token)."""
+    host, port = parse_listen(listen)
+    check_exposure(host, port, tls=tls, insecure=insecure)
+    if tls is not None:
+        tls.check()
+    token = load_token(token_file) if token_file is not None else None
+    return host, port, token
 
 
 def serve_controller(
@@ -80,20 +101,29 @@ def serve_controller(
     listen: str = DEFAULT_LISTEN,
     *,
     token_file: str | Path | None = None,
+    allow_hosts: Iterable[str] = (),
+    tls: Tls | None = None,
+    insecure: bool = False,
     tunables: ServerTunables = TUNABLES,
 ) -> RunningServer:
     """The daemon's server: ``autoballoon run`` starts this and passes ``.on_tick`` to the controller.
 
-    A bad address or token file is refused before anything listens; a port that cannot be bound is a
-    run-time failure (exit 1) naming the address.
+    A bad address, an exposed address without TLS or ``insecure``, bad TLS files or a bad token file are
+    refused before anything listens; a port that cannot be bound is a run-time failure (exit 1) naming the
+    address.
     """
     from autoballoon.server.controller_source import ControllerSource
 
-    host, port = parse_listen(listen)
-    token = load_token(token_file) if token_file is not None else None
+    host, port, token = check_listen(listen, token_file=token_file, tls=tls, insecure=insecure)
     try:
         server = RunningServer(
-            ControllerSource(controller, tunables), host, port, token=token, tunables=tunables
+            ControllerSource(controller, tunables),
+            host,
+            port,
+            token=token,
+            allow_hosts=allow_hosts,
+            tls=tls,
+            tunables=tunables,
         )
     except OSError as e:
         raise AutoballoonError(f"cannot listen on {listen}: {e.strerror or e}") from None
@@ -105,7 +135,8 @@ __all__ = [
     "ServerTunables",
     "ServerView",
     "Source",
-    "TickStats",
+    "Tls",
+    "check_listen",
     "serve",
     "serve_controller",
 ]

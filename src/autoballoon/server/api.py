@@ -1,19 +1,29 @@
-"""The JSON API and the dashboard's data, as a pure-ish function from a request to a response.
+"""The JSON API under ``/api/v1/`` and the dashboard's data, as FastAPI routes over one :class:`Api`.
 
-No sockets here: :class:`Api` takes a :class:`Request` and returns a :class:`Response`, so every endpoint,
-status code and refusal is testable without a server. Reads come from the controller's last view; changes
-are checked (auth, VM, body, then :mod:`autoballoon.ops`) before they are handed to the controller, so a
-refused request changes nothing and is refused exactly as the command line refuses it.
+:class:`Api` holds what the routes share (the source, the history, the token, a cache of renderings) and
+does the work; :func:`api_router` only binds it to URLs and documents each route for the OpenAPI
+description served at ``/api/v1/openapi.json``. Reads come from the controller's last view; changes are
+checked (auth, VM, body, then :mod:`autoballoon.ops`) before they are handed to the controller, so a
+refused request changes nothing and is refused exactly as the command line refuses it. A change is then
+awaited: its future resolves when the controller's loop has carried it out (200), or the deadline passes
+first (202, still queued).
+
+Request bodies are read by hand (bounded, streamed, chunked or not) and parsed by
+:mod:`autoballoon.server.payload`, not by FastAPI's model binding: the API's own refusals name the field
+and what is accepted, and a hostile body must be a 4xx, never a parser's 500.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
-import re
 import threading
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
-from typing import Any
+from concurrent.futures import Future
+from typing import Any, TypeVar
+
+from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi.security import HTTPBearer
 
 from autoballoon import ops
 from autoballoon.errors import (
@@ -32,8 +42,9 @@ from autoballoon.server.source import ServerView, Source
 from autoballoon.server.tunables import ServerTunables
 from autoballoon.views import guest_detail, guest_row, host_view
 
+T = TypeVar("T")
 JSON = "application/json"
-PREFIX = "/api/v1/"
+PREFIX = "/api/v1"
 
 #: Which JSON key a refusal from :mod:`autoballoon.ops` is about (ops names things as the CLI says them).
 _FIELD_OF = {
@@ -47,43 +58,31 @@ _FIELD_OF = {
 }
 
 
-@dataclass(frozen=True, slots=True)
-class Request:
-    method: str
-    path: str
-    query: Mapping[str, list[str]] = field(default_factory=dict)
-    headers: Mapping[str, str] = field(default_factory=dict)  # lower-case names
-    body: bytes = b""
-
-
-@dataclass(frozen=True, slots=True)
-class Response:
-    status: int
-    body: bytes
-    content_type: str = JSON
-    headers: tuple[tuple[str, str], ...] = ()
-
-
 class ApiError(Exception):
     """A request answered with a 4xx/5xx and a JSON error naming the field at fault."""
 
-    def __init__(self, status: int, message: str, field: str | None = None, **extra: str) -> None:
+    def __init__(self, status: int, message: str, field: str | None = None, **headers: str) -> None:
         super().__init__(message)
         self.status = status
         self.field = field
-        self.headers = tuple(extra.items())
+        self.headers = headers
 
     def response(self) -> Response:
         body = {"error": {"status": self.status, "message": str(self), "field": self.field}}
-        return Response(self.status, _dump(body), headers=self.headers)
+        return Response(_dump(body), self.status, headers=self.headers, media_type=JSON)
 
 
 def _dump(value: Any) -> bytes:
     return json.dumps(value, separators=(",", ":")).encode("utf-8")
 
 
+def _json(body: Any, status: int = 200) -> Response:
+    return Response(body if isinstance(body, bytes) else _dump(body), status, media_type=JSON)
+
+
 def error_of(e: AutoballoonError) -> ApiError:
-    """The HTTP form of one of our exceptions: refused = 4xx naming the field, backend failure = 502."""
+    """The HTTP form of one of our exceptions: refused = 4xx naming the field, backend failure = 502,
+    anything else (the daemon stopped before carrying a change out) = 503."""
     if isinstance(e, UnknownVMError):
         return ApiError(404, str(e), "vm")
     if isinstance(e, LimitError):
@@ -93,8 +92,8 @@ def error_of(e: AutoballoonError) -> ApiError:
     if isinstance(e, RefusedError):
         return ApiError(400, str(e))
     if isinstance(e, BackendError):
-        return ApiError(502, str(e), getattr(e, "vm", None) and "vm")
-    return ApiError(500, str(e))
+        return ApiError(502, str(e), "vm" if e.vm else None)
+    return ApiError(503, str(e))
 
 
 def plan_status(view: ServerView, name: str) -> tuple[str, str] | None:
@@ -110,8 +109,33 @@ def is_action(event: Mapping[str, Any]) -> bool:
     return "new_target" in event or "new_target_bytes" in event
 
 
+def no_query(request: Request, allowed: tuple[str, ...] = ()) -> None:
+    """Refuse query parameters a route does not take (a typo must not be silently ignored)."""
+    for key in request.query_params:
+        if key not in allowed:
+            accepted = ", ".join(allowed) if allowed else "none"
+            raise ApiError(400, f"unknown query parameter {key!r}; accepted: {accepted}", key)
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request body, at most ``limit`` bytes whether it comes with a Content-Length or chunked; a
+    longer one is refused with 413 as soon as it is known to be too long."""
+    too_long = ApiError(413, f"request body must be 0 to {limit} bytes", "body")
+    declared = request.headers.get("content-length")
+    if declared is not None and (not declared.isdigit() or int(declared) > limit):
+        raise too_long
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise too_long
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
 class Api:
-    """Routes ``/api/v1/…``; cached renderings are shared by all clients until the next tick."""
+    """The routes' shared state; cached renderings are shared by all clients until the next tick."""
 
     def __init__(
         self,
@@ -120,53 +144,17 @@ class Api:
         tunables: ServerTunables,
         token: bytes | None = None,
     ) -> None:
-        self._source = source
-        self._history = history
-        self._tun = tunables
-        self._token = token
+        self.source = source
+        self.history = history
+        self.tun = tunables
+        self.token = token
         self._cache: dict[str, tuple[tuple[Any, ...], bytes]] = {}
         self._cache_lock = threading.Lock()
-        self._get: list[tuple[re.Pattern[str], Callable[..., Any]]] = [
-            (re.compile(r"vms"), self._vms),
-            (re.compile(r"vms/(?P<name>[^/]+)"), self._vm),
-            (re.compile(r"host"), self._host),
-            (re.compile(r"events"), self._events),
-            (re.compile(r"config"), self._config),
-            (re.compile(r"dashboard"), self._dashboard),
-        ]
-        self._post: list[tuple[re.Pattern[str], Callable[..., Any]]] = [
-            (re.compile(r"vms/(?P<name>[^/]+)/target"), self._post_target),
-            (re.compile(r"vms/(?P<name>[^/]+)/policy"), self._post_policy),
-            (re.compile(r"vms/(?P<name>[^/]+)/release"), self._post_release),
-        ]
 
-    # -- plumbing ---------------------------------------------------------------------------------------
+    # -- reads ------------------------------------------------------------------------------------------
 
-    def handle(self, req: Request) -> Response:
-        try:
-            return self._route(req)
-        except ApiError as e:
-            return e.response()
-        except AutoballoonError as e:
-            return error_of(e).response()
-
-    def _route(self, req: Request) -> Response:
-        rest = req.path[len(PREFIX) :] if req.path.startswith(PREFIX) else None
-        if rest is None:
-            raise ApiError(404, f"no such endpoint {req.path!r}", "path")
-        table = {"GET": self._get, "HEAD": self._get, "POST": self._post}.get(req.method)
-        for method, routes in (("GET", self._get), ("POST", self._post)):
-            for pattern, handler in routes:
-                match = pattern.fullmatch(rest)
-                if match is None:
-                    continue
-                if routes is not table:
-                    raise ApiError(405, f"{req.method} is not allowed on {req.path}", "method", Allow=method)
-                return handler(req, **match.groupdict())
-        raise ApiError(404, f"no such endpoint {req.path!r}", "path")
-
-    def _view(self) -> tuple[ServerView, HostSnapshot]:
-        view = self._source.view()
+    def view(self) -> tuple[ServerView, HostSnapshot]:
+        view = self.source.view()
         if view.snapshot is None:
             raise ApiError(
                 503,
@@ -176,59 +164,43 @@ class Api:
             )
         return view, view.snapshot
 
-    def _cached(self, key: str, version: tuple[Any, ...], render: Callable[[], Any]) -> Response:
+    def cached(self, key: str, render: Callable[[ServerView, HostSnapshot], Any]) -> Response:
         """Render once per tick and share the bytes: 20 dashboards cost one serialisation, not 20."""
+        view, snap = self.view()
+        last_seq = view.events[-1].get("seq") if view.events else None
+        version = (snap.time, id(view.plan), self.history.version, last_seq, view.ticks)
         with self._cache_lock:
             hit = self._cache.get(key)
         if hit is not None and hit[0] == version:
-            return Response(200, hit[1])
-        body = _dump(render())
+            return _json(hit[1])
+        body = _dump(render(view, snap))
         with self._cache_lock:
             self._cache[key] = (version, body)
-        return Response(200, body)
-
-    def _version(self, view: ServerView, snap: HostSnapshot) -> tuple[Any, ...]:
-        last_seq = view.events[-1].get("seq") if view.events else None
-        return (snap.time, id(view.plan), self._history.version, last_seq, view.ticks.count)
+        return _json(body)
 
     @staticmethod
-    def _no_query(req: Request, allowed: tuple[str, ...] = ()) -> None:
-        for key in req.query:
-            if key not in allowed:
-                accepted = ", ".join(allowed) if allowed else "none"
-                raise ApiError(400, f"unknown query parameter {key!r}; accepted: {accepted}", key)
-
-    @staticmethod
-    def _guest(snap: HostSnapshot, name: str) -> GuestSnapshot:
+    def guest(snap: HostSnapshot, name: str) -> GuestSnapshot:
         g = snap.guest(name)
         if g is None:
             raise UnknownVMError(name, snap.names)
         return g
 
-    # -- reads ------------------------------------------------------------------------------------------
-
-    def _vm_rows(self, view: ServerView, snap: HostSnapshot) -> list[dict[str, Any]]:
+    def vm_rows(self, view: ServerView, snap: HostSnapshot) -> list[dict[str, Any]]:
         return [guest_row(g, snap.wall_time, plan_status(view, g.name)) for g in snap.guests]
 
-    def _vms(self, req: Request) -> Response:
-        self._no_query(req)
-        view, snap = self._view()
-        return self._cached("vms", self._version(view, snap), lambda: self._vm_rows(view, snap))
-
-    def _vm(self, req: Request, name: str) -> Response:
-        self._no_query(req)
-        view, snap = self._view()
-        g = self._guest(snap, name)
+    def vm(self, name: str) -> dict[str, Any]:
+        view, snap = self.view()
+        g = self.guest(snap, name)
         body = guest_detail(g, snap.wall_time)
         status = plan_status(view, name)
         if status is not None:
             body["status"], body["status_reason"] = status
-        point = self._history.latest(name)
+        point = self.history.latest(name)
         body["swap_in_bytes_per_s"] = point.swap_in_bps if point else None
         body["major_faults_per_s"] = point.major_faults_ps if point else None
-        return Response(200, _dump(body))
+        return body
 
-    def _host_body(self, view: ServerView, snap: HostSnapshot) -> dict[str, Any]:
+    def host_body(self, view: ServerView, snap: HostSnapshot) -> dict[str, Any]:
         body = host_view(snap)
         body.update(
             {
@@ -238,8 +210,10 @@ class Api:
                 "time": snap.time,
                 "wall_time": snap.wall_time,
                 "interval_s": view.interval_s,
-                "ticks": view.ticks.count,
-                "last_tick_s": view.ticks.last_s,
+                "ticks": view.ticks,
+                "last_tick_s": view.last_tick_s,
+                "tick_p50_s": view.tick_p50_s,
+                "tick_p99_s": view.tick_p99_s,
                 "backend_errors": view.backend_errors,
                 "reconnects": view.reconnects,
                 "shrink_paused": view.shrink_paused,
@@ -247,19 +221,9 @@ class Api:
         )
         return body
 
-    def _host(self, req: Request) -> Response:
-        self._no_query(req)
-        view, snap = self._view()
-        return self._cached("host", self._version(view, snap), lambda: self._host_body(view, snap))
-
-    def _events(self, req: Request) -> Response:
-        self._no_query(req, ("limit", "before", "vm"))
-        limit = _int_param(req, "limit", self._tun.events_default_limit, 1, self._tun.events_max_limit)
-        before = _int_param(req, "before", None, 0, None)
-        vm = req.query.get("vm", [None])[-1]
-        view = self._source.view()
+    def events(self, limit: int, before: int | None, vm: str | None) -> dict[str, Any]:
         page: list[Mapping[str, Any]] = []
-        for e in reversed(view.events):
+        for e in reversed(self.source.view().events):
             if before is not None and e.get("seq", 0) >= before:
                 continue
             if vm is not None and e.get("vm") != vm:
@@ -270,42 +234,32 @@ class Api:
         more = len(page) > limit
         page = page[:limit]
         next_before = page[-1].get("seq") if more and page else None
-        return Response(200, _dump({"events": page, "next_before": next_before}))
+        return {"events": page, "next_before": next_before}
 
-    def _config(self, req: Request) -> Response:
-        self._no_query(req)
-        view = self._source.view()
-        return Response(200, _dump(dict(view.config)))
-
-    def _dashboard_body(self, view: ServerView, snap: HostSnapshot) -> dict[str, Any]:
+    def dashboard_body(self, view: ServerView, snap: HostSnapshot) -> dict[str, Any]:
         vms = []
-        for row in self._vm_rows(view, snap):
-            row["history"] = self._history.series(row["name"])
+        for row in self.vm_rows(view, snap):
+            row["history"] = self.history.series(row["name"])
             vms.append(row)
-        actions = [e for e in reversed(view.events) if is_action(e)][: self._tun.dashboard_actions]
-        warnings = [e for e in reversed(view.events) if not is_action(e)][: self._tun.dashboard_actions]
+        actions = [e for e in reversed(view.events) if is_action(e)][: self.tun.dashboard_actions]
+        warnings = [e for e in reversed(view.events) if not is_action(e)][: self.tun.dashboard_actions]
         return {
-            "host": self._host_body(view, snap),
+            "host": self.host_body(view, snap),
             "vms": vms,
             "actions": actions,
             "events": warnings,
-            "poll_ms": self._tun.dashboard_poll_ms,
-            "writable": self._token is not None,
+            "poll_ms": self.tun.dashboard_poll_ms,
+            "writable": self.token is not None,
         }
-
-    def _dashboard(self, req: Request) -> Response:
-        self._no_query(req)
-        view, snap = self._view()
-        return self._cached("dashboard", self._version(view, snap), lambda: self._dashboard_body(view, snap))
 
     # -- changes ----------------------------------------------------------------------------------------
 
-    def _authorise(self, req: Request) -> None:
-        if self._token is None:
+    def authorise(self, request: Request) -> None:
+        if self.token is None:
             raise ApiError(
                 403, "changes over HTTP are off: start the daemon with --api-token-file FILE", "Authorization"
             )
-        if not bearer_matches(req.headers.get("authorization"), self._token):
+        if not bearer_matches(request.headers.get("authorization"), self.token):
             raise ApiError(
                 401,
                 "a valid 'Authorization: Bearer <token>' header is required for changes",
@@ -313,62 +267,229 @@ class Api:
                 **{"WWW-Authenticate": 'Bearer realm="autoballoon"'},
             )
 
-    def _post_target(self, req: Request, name: str) -> Response:
-        self._authorise(req)
-        _view, snap = self._view()
-        guest = self._guest(snap, name)
-        size = payload.target(payload.json_object(req.body))
+    async def change(
+        self, request: Request, name: str, prepare: Callable[[GuestSnapshot, bytes], tuple[T, Future[object]]]
+    ) -> tuple[T, bool, object]:
+        """Authorise, find the VM, read the body, let ``prepare`` check it and submit it (it returns what
+        was asked and the controller's future); then wait for the controller: ``(asked, True, result)``
+        once applied, ``(asked, False, None)`` if still queued at the deadline. A refusal or failure
+        raises, and the exception handlers answer it."""
+        no_query(request)
+        self.authorise(request)
+        _view, snap = self.view()
+        guest = self.guest(snap, name)
+        body = await read_body(request, self.tun.max_body_bytes)
+        asked, future = prepare(guest, body)
+        waiting = asyncio.wrap_future(future)
+        # Never cancelled (the controller keeps it running); a late outcome is still retrieved, so an
+        # exception that nobody awaits any more is not reported as "never retrieved".
+        waiting.add_done_callback(lambda f: f.exception())
+        done, _ = await asyncio.wait({waiting}, timeout=self.tun.submit_wait_s)
+        if not done:
+            return asked, False, None
+        return asked, True, waiting.result()
+
+    def target(self, guest: GuestSnapshot, body: bytes) -> tuple[int, Future[object]]:
+        size = payload.target(payload.json_object(body))
         ops.resolve_scope(guest, live=True, config=False)
         ops.check_target(guest, size)
-        applied = self._source.submit_target(name, size)
-        return Response(
-            200 if applied else 202, _dump({"vm": name, "target_bytes": size, "applied": applied})
-        )
+        return size, self.source.submit_target(guest.name, size)
 
-    def _post_policy(self, req: Request, name: str) -> Response:
-        self._authorise(req)
-        _view, snap = self._view()
-        guest = self._guest(snap, name)
-        changes = payload.policy_changes(payload.json_object(req.body))
-        fields = guest.policy.to_json()
-        fields.update(changes)  # type: ignore[arg-type]
-        policy = GuestPolicy(**fields)  # type: ignore[arg-type]
+    def policy(self, guest: GuestSnapshot, body: bytes) -> tuple[GuestPolicy, Future[object]]:
+        policy = payload.policy(guest.policy, payload.json_object(body))
         ops.validate_policy(guest, policy)
-        result = self._source.submit_policy(name, changes)
-        applied = result is not None
-        stored = result if result is not None else policy
-        body = {"vm": name, "policy": stored.to_json(), "applied": applied}
-        return Response(200 if applied else 202, _dump(body))
+        return policy, self.source.submit_policy(guest.name, policy)
 
-    def _post_release(self, req: Request, name: str) -> Response:
-        """End a VM's quarantine (``autoballoon release VM``); 409 if it is not quarantined."""
-        self._authorise(req)
-        _view, snap = self._view()
-        self._guest(snap, name)
-        if req.body.strip() not in (b"", b"{}"):
+    def release(self, guest: GuestSnapshot, body: bytes) -> tuple[None, Future[object]]:
+        if body.strip() not in (b"", b"{}"):
             raise ApiError(400, "release takes no body (or an empty JSON object)", "body")
-        release = getattr(self._source, "submit_release", None)
-        if release is None:
-            raise ApiError(501, "this server cannot release quarantines", None)
         try:
-            applied = release(name)
+            return None, self.source.submit_release(guest.name)
+        except UnknownVMError:
+            raise
         except RefusedError as e:
-            if isinstance(e, UnknownVMError):
-                raise
             raise ApiError(409, str(e), "vm") from None
-        return Response(200 if applied else 202, _dump({"vm": name, "released": True, "applied": applied}))
 
 
-def _int_param(req: Request, name: str, default: int | None, low: int, high: int | None) -> int | None:
-    values = req.query.get(name)
-    if not values:
-        return default
-    text = values[-1]
-    accepted = f"a whole number from {low}" + (f" to {high}" if high is not None else "")
-    try:
-        value = int(text)
-    except ValueError:
-        raise ApiError(400, f"invalid {name} {text!r}: expected {accepted}", name) from None
-    if value < low or (high is not None and value > high):
-        raise ApiError(400, f"invalid {name} {text!r}: expected {accepted}", name)
-    return value
+# -- OpenAPI: what each route answers ------------------------------------------------------------------
+
+ERROR_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["error"],
+    "properties": {
+        "error": {
+            "type": "object",
+            "required": ["status", "message", "field"],
+            "properties": {
+                "status": {"type": "integer"},
+                "message": {"type": "string"},
+                "field": {"type": ["string", "null"], "description": "the parameter or JSON key at fault"},
+            },
+        }
+    },
+}
+SIZE_SCHEMA: dict[str, Any] = {
+    "oneOf": [
+        {"type": "integer", "minimum": 0, "description": "bytes"},
+        {"type": "string", "description": 'a size with a unit, such as "2GiB"; bare = bytes'},
+    ]
+}
+_WHY = {
+    400: "bad JSON, unknown field, wrong type or form, bad query parameter",
+    401: "missing or wrong Authorization: Bearer token",
+    403: "changes are off (no --api-token-file)",
+    404: "unknown VM or path",
+    409: "the VM is not quarantined",
+    413: "body over the limit",
+    421: "a Host header this daemon does not answer to",
+    422: "outside the VM's limits",
+    502: "the hypervisor failed to carry out a valid change",
+    503: "the controller has not read the host yet, or stopped before carrying out the change",
+}
+
+
+def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
+    return {c: {"description": _WHY[c], "content": {JSON: {"schema": ERROR_SCHEMA}}} for c in codes}
+
+
+def _ok(schema: dict[str, Any], description: str = "OK") -> dict[int | str, dict[str, Any]]:
+    return {200: {"description": description, "content": {JSON: {"schema": schema}}}}
+
+
+READ_ERRORS = (400, 421, 503)
+CHANGE_ERRORS = (400, 401, 403, 404, 413, 421, 422, 502, 503)
+
+
+def _change_doc(body: dict[str, Any] | None, answer: dict[str, Any]) -> dict[str, Any]:
+    """Route keyword arguments documenting a change: its body, 200 applied / 202 queued, its errors."""
+    content = {"description": "applied (200) or queued (202)", "content": {JSON: {"schema": answer}}}
+    extra: dict[str, Any] = {}
+    if body is not None:
+        extra = {"requestBody": {"required": True, "content": {JSON: {"schema": body}}}}
+    return {
+        "openapi_extra": extra,
+        "responses": {200: content, 202: content, **_errors(*CHANGE_ERRORS)},
+        "dependencies": [Depends(HTTPBearer(auto_error=False, scheme_name="token"))],
+    }
+
+
+def _answer(name: str, applied: bool, fields: dict[str, Any]) -> Response:
+    return _json({"vm": name, **fields, "applied": applied}, 200 if applied else 202)
+
+
+def api_router(api: Api) -> APIRouter:
+    """The ``/api/v1`` routes bound to ``api``. Reads are plain functions (FastAPI runs them on its
+    thread pool, so rendering 1,000 VMs never stalls the event loop); changes are coroutines that await
+    the controller's future without holding a thread."""
+    router = APIRouter(prefix=PREFIX)
+    any_object: dict[str, Any] = {"type": "object"}
+
+    @router.get("/vms", responses={**_ok({"type": "array"}), **_errors(*READ_ERRORS)})
+    def vms(request: Request) -> Response:
+        """Every VM: the fields of `autoballoon list --json`, with the controller's status."""
+        no_query(request)
+        return api.cached("vms", api.vm_rows)
+
+    @router.get("/vms/{name}", responses={**_ok(any_object), **_errors(*READ_ERRORS, 404)})
+    def vm(request: Request, name: str) -> Response:
+        """One VM: the fields of `autoballoon info --json`, its status and its swap-in and fault rates."""
+        no_query(request)
+        return _json(api.vm(name))
+
+    @router.get("/host", responses={**_ok(any_object), **_errors(*READ_ERRORS)})
+    def host(request: Request) -> Response:
+        """The host, the budget and the controller's counters (ticks, tick percentiles, errors)."""
+        no_query(request)
+        return api.cached("host", api.host_body)
+
+    @router.get("/events", responses={**_ok(any_object), **_errors(400, 421)})
+    def events(
+        request: Request,
+        limit: int = Query(api.tun.events_default_limit, ge=1, le=api.tun.events_max_limit),
+        before: int | None = Query(None, ge=0, description="the `next_before` of the previous page"),
+        vm: str | None = Query(None, description="only this VM's entries"),
+    ) -> Response:
+        """The journal, newest first, a page at a time."""
+        no_query(request, ("limit", "before", "vm"))
+        return _json(api.events(limit, before, vm))
+
+    @router.get("/config", responses={**_ok(any_object), **_errors(400, 421)})
+    def config(request: Request) -> Response:
+        """The effective configuration: every tunable, defaults, per-VM policies, where it came from."""
+        no_query(request)
+        return _json(dict(api.source.view().config))
+
+    @router.get("/dashboard", responses={**_ok(any_object), **_errors(*READ_ERRORS)})
+    def dashboard(request: Request) -> Response:
+        """What the dashboard draws: host, VMs with their chart history, latest actions and events."""
+        no_query(request)
+        return api.cached("dashboard", api.dashboard_body)
+
+    target_body = {
+        "type": "object",
+        "required": [payload.TARGET_KEY],
+        "properties": {payload.TARGET_KEY: SIZE_SCHEMA},
+        "additionalProperties": False,
+    }
+    target_answer = {
+        "type": "object",
+        "required": ["vm", "target_bytes", "applied"],
+        "properties": {
+            "vm": {"type": "string"},
+            "target_bytes": {"type": "integer"},
+            "applied": {"type": "boolean"},
+        },
+    }
+
+    @router.post("/vms/{name}/target", **_change_doc(target_body, target_answer))
+    async def post_target(request: Request, name: str) -> Response:
+        """A manual target, honoured like `virsh setmem` (held for the manual grace period)."""
+        size, applied, _ = await api.change(request, name, api.target)
+        return _answer(name, applied, {"target_bytes": size})
+
+    policy_body = {
+        "type": "object",
+        "minProperties": 1,
+        "additionalProperties": False,
+        "properties": {
+            "min_bytes": {"oneOf": [*SIZE_SCHEMA["oneOf"], {"type": "null"}]},
+            "max_bytes": {"oneOf": [*SIZE_SCHEMA["oneOf"], {"type": "null"}]},
+            "shares": {"type": ["integer", "null"], "minimum": 1, "maximum": 1_000_000},
+            "buffer": {"oneOf": [{"type": "number"}, {"type": "string"}, {"type": "null"}]},
+            "exclude": {"type": "boolean"},
+        },
+    }
+    policy_answer = {
+        "type": "object",
+        "required": ["vm", "policy", "applied"],
+        "properties": {"vm": {"type": "string"}, "policy": any_object, "applied": {"type": "boolean"}},
+    }
+
+    @router.post("/vms/{name}/policy", **_change_doc(policy_body, policy_answer))
+    async def post_policy(request: Request, name: str) -> Response:
+        """Merge the given fields into the VM's stored policy (`null` unsets one)."""
+        policy, applied, result = await api.change(request, name, api.policy)
+        stored = result if isinstance(result, GuestPolicy) else policy
+        return _answer(name, applied, {"policy": stored.to_json()})
+
+    release_doc = _change_doc(
+        None,
+        {
+            "type": "object",
+            "required": ["vm", "released", "applied"],
+            "properties": {
+                "vm": {"type": "string"},
+                "released": {"type": "boolean"},
+                "applied": {"type": "boolean"},
+            },
+        },
+    )
+    release_doc["responses"].update(_errors(409))
+
+    @router.post("/vms/{name}/release", **release_doc)
+    async def post_release(request: Request, name: str) -> Response:
+        """End the VM's health-guard quarantine (`autoballoon release VM`)."""
+        _, applied, _ = await api.change(request, name, api.release)
+        return _answer(name, applied, {"released": True})
+
+    return router

@@ -8,9 +8,13 @@ says nothing about how much of a guessed token was right.
 from __future__ import annotations
 
 import hmac
+import logging
+import stat
 from pathlib import Path
 
 from autoballoon.errors import InvalidValueError
+
+log = logging.getLogger("autoballoon.server")
 
 #: Shorter tokens are refused: a token is the only thing between the network and every VM's memory.
 MIN_TOKEN_CHARS = 16
@@ -18,8 +22,13 @@ SCHEME = "bearer"
 
 
 def load_token(path: str | Path) -> bytes:
-    """The token in ``path`` (surrounding whitespace ignored); refused if missing, empty or too short."""
+    """The token in ``path`` (surrounding whitespace ignored); refused if missing, empty or too short.
+
+    A file other users may read is accepted (refusing would stop a daemon at boot over a mode bit) but
+    warned about, naming the remedy: anyone who can read it can change every VM's memory.
+    """
     try:
+        mode = Path(path).stat().st_mode
         text = Path(path).read_text(encoding="utf-8").strip()
     except (OSError, UnicodeDecodeError) as e:
         raise InvalidValueError("API token file", str(path), f"a readable UTF-8 text file ({e})") from None
@@ -29,6 +38,13 @@ def load_token(path: str | Path) -> bytes:
             str(path),
             f"one token of at least {MIN_TOKEN_CHARS} characters without spaces (for example from "
             "`openssl rand -hex 32`)",
+        )
+    if mode & (stat.S_IROTH | stat.S_IWOTH):
+        log.warning(
+            "API token file %s can be read or written by every user (mode %s): run `chmod 600 %s`",
+            path,
+            stat.filemode(mode),
+            path,
         )
     return text.encode("utf-8")
 

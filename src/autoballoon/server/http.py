@@ -1,28 +1,58 @@
-"""The socket side: a small threaded HTTP server in front of :class:`~autoballoon.server.api.Api`.
+"""The socket side: the ASGI application (FastAPI) and the uvicorn server it runs on.
 
-stdlib ``ThreadingHTTPServer`` is enough: a handful of operators and one Prometheus, every answer rendered
-at most once per tick. Each request gets a daemon thread with a read timeout, a bounded body, and security
-headers that keep the dashboard to its own origin (no CDN, no inline script, nothing framed).
+A well-kept HTTP stack parses requests (percent-decoded paths, chunked bodies, pipelining) so that this
+module only adds what the daemon needs on top:
+
+- **Where it listens.** Loopback unless told otherwise; an address other machines can reach needs TLS
+  (``--tls-cert``/``--tls-key``) or an explicit ``--insecure-listen``, because the API token would
+  otherwise cross the network in clear.
+- **Who it answers.** The ``Host`` header must name the listen address, ``localhost`` (on loopback) or a
+  name the operator allows (``--allow-host``): a DNS-rebinding page, whose requests carry its own host
+  name, cannot read the API even though the browser reaches 127.0.0.1.
+- **How long a client may take.** A request's head and body must arrive within ``request_timeout_s`` of
+  its first byte (or of the connection's opening): a client that trickles headers cannot hold a slot.
+- **What every answer looks like.** Errors are JSON naming the field at fault, the stack's own included;
+  security headers keep the dashboard to its own origin (no CDN, no inline script, nothing framed).
 """
 
 from __future__ import annotations
 
+import asyncio
+import ipaddress
+import json
 import logging
 import socket
+import ssl
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+import time
+from collections.abc import Awaitable, Callable, MutableMapping
+from dataclasses import dataclass
 from importlib import resources
-from typing import Any, ClassVar
-from urllib.parse import parse_qs, urlsplit
+from importlib.resources.abc import Traversable
+from pathlib import Path
+from typing import Any
 
+import h11
+import uvicorn
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import CollectorRegistry
+from starlette.exceptions import HTTPException
+from starlette.responses import Response
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from autoballoon.errors import InvalidValueError
-from autoballoon.server.api import PREFIX, Api, ApiError, Request, Response
-from autoballoon.server.tunables import DEFAULT_HOST, DEFAULT_PORT, ServerTunables
+from autoballoon.errors import AutoballoonError, InvalidValueError
+from autoballoon.server.api import JSON, PREFIX, Api, ApiError, api_router, error_of
+from autoballoon.server.tunables import DEFAULT_HOST, ServerTunables
 
 log = logging.getLogger("autoballoon.server")
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 STATIC_TYPES = {
     ".html": "text/html; charset=utf-8",
@@ -32,16 +62,26 @@ STATIC_TYPES = {
     ".txt": "text/plain; charset=utf-8",
 }
 SECURITY_HEADERS = (
-    ("X-Content-Type-Options", "nosniff"),
-    ("X-Frame-Options", "DENY"),
-    ("Referrer-Policy", "no-referrer"),
+    (b"x-content-type-options", b"nosniff"),
+    (b"x-frame-options", b"DENY"),
+    (b"referrer-policy", b"no-referrer"),
     (
-        "Content-Security-Policy",
-        "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; "
-        "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'",
+        b"content-security-policy",
+        b"default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; "
+        b"connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'",
     ),
 )
+#: How often ``start()`` looks whether uvicorn listens yet.
+START_POLL_S = 0.01
 LISTEN_FORMS = "HOST:PORT, like 127.0.0.1:9180, [::1]:9180 or :9180 (127.0.0.1)"
+EXPOSED_FORMS = (
+    "a loopback address such as 127.0.0.1:9180; to listen on other interfaces add --tls-cert FILE "
+    "--tls-key FILE (the API token then travels encrypted), or --insecure-listen to accept that it "
+    "travels in clear"
+)
+
+
+# -- where it listens ----------------------------------------------------------------------------------
 
 
 def parse_listen(text: str) -> tuple[str, int]:
@@ -53,12 +93,147 @@ def parse_listen(text: str) -> tuple[str, int]:
     return host, int(port_text)
 
 
+def _ip(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    try:
+        return ipaddress.ip_address(host)
+    except ValueError:
+        return None
+
+
+def is_loopback(host: str) -> bool:
+    """Whether only this machine can reach ``host``: a loopback address, or the name ``localhost``."""
+    ip = _ip(host)
+    return ip.is_loopback if ip is not None else host.lower().rstrip(".") == "localhost"
+
+
+@dataclass(frozen=True, slots=True)
+class Tls:
+    """The certificate and key ``--tls-cert``/``--tls-key`` name (PEM files)."""
+
+    cert: Path
+    key: Path
+
+    def check(self) -> None:
+        """Load them once at start, so a bad pair is refused before anything listens."""
+        try:
+            ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(self.cert, self.key)
+        except (OSError, ssl.SSLError) as e:
+            raise InvalidValueError(
+                "--tls-cert/--tls-key", f"{self.cert}, {self.key}", f"a PEM certificate and its key ({e})"
+            ) from None
+
+
+def check_exposure(host: str, port: int, *, tls: Tls | None, insecure: bool) -> None:
+    """Refuse to serve the token in clear beyond this machine unless the operator said so."""
+    if is_loopback(host) or tls is not None:
+        return
+    if not insecure:
+        raise InvalidValueError("--listen address", f"{host}:{port}", EXPOSED_FORMS)
+    log.warning(
+        "listening on %s:%d without TLS (--insecure-listen): the API token crosses the network in clear",
+        host,
+        port,
+    )
+
+
+# -- who it answers ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class AllowedHosts:
+    """The ``Host`` header values the daemon answers to: its listen address, ``localhost`` when that is
+    loopback (or every interface), any IP literal when it listens on every interface (a rebinding page
+    always comes with a *name*), and the names the operator lists with ``--allow-host``."""
+
+    listen_host: str
+    names: frozenset[str] = frozenset()
+
+    @staticmethod
+    def hostname(header: str) -> str:
+        """The host part of a Host header (``name:port``, ``[v6]:port``), lower-case, no final dot."""
+        header = header.strip()
+        if header.startswith("["):
+            name = header[1 : header.find("]")] if "]" in header else header[1:]
+        else:
+            name, sep, port = header.rpartition(":")
+            if not sep or not port.isdigit():
+                name = header
+        return name.lower().rstrip(".")
+
+    def accepts(self, header: str | None) -> bool:
+        if header is None:  # HTTP/1.0 without Host: no browser sends that, so no rebinding either
+            return True
+        name = self.hostname(header)
+        listen = self.listen_host.lower()
+        listen_ip = _ip(listen)
+        every = self.every_interface
+        ip = _ip(name)
+        if ip is not None:
+            return every or ip == listen_ip or (ip.is_loopback and is_loopback(listen))
+        if name == "localhost" and (every or is_loopback(listen)):
+            return True
+        return name == listen or name in self.names
+
+    @property
+    def every_interface(self) -> bool:
+        ip = _ip(self.listen_host)
+        return ip is not None and ip.is_unspecified
+
+    def describe(self) -> str:
+        shown = [self.listen_host]
+        if self.every_interface:
+            shown.append("any IP address")
+        if self.every_interface or is_loopback(self.listen_host):
+            shown.append("localhost")
+        return ", ".join([*shown, *sorted(self.names)])
+
+
+def host_check(app: ASGIApp, allowed: AllowedHosts) -> ASGIApp:
+    """ASGI middleware: 421 (JSON, naming the Host header) for a Host the daemon does not answer to."""
+
+    async def middleware(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            header = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"host"), None)
+            if not allowed.accepts(header):
+                refusal = ApiError(
+                    421,
+                    f"this daemon does not answer to Host {header!r}; accepted: {allowed.describe()} "
+                    "(start it with --allow-host NAME to add a name)",
+                    "Host",
+                )
+                await refusal.response()(scope, receive, send)
+                return
+        await app(scope, receive, send)
+
+    return middleware
+
+
+def security_headers(app: ASGIApp) -> ASGIApp:
+    """ASGI middleware: the security headers on every answer, ``no-store`` on JSON ones."""
+
+    async def middleware(scope: Scope, receive: Receive, send: Send) -> None:
+        async def with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers", []))
+                headers.extend(SECURITY_HEADERS)
+                if any(k == b"content-type" and v.startswith(JSON.encode()) for k, v in headers):
+                    headers.append((b"cache-control", b"no-store"))
+                message["headers"] = headers
+            await send(message)
+
+        await app(scope, receive, with_headers if scope["type"] == "http" else send)
+
+    return middleware
+
+
+# -- the application -----------------------------------------------------------------------------------
+
+
 def load_static() -> dict[str, tuple[bytes, str]]:
     """The dashboard's files, read once from the package: URL path -> (bytes, content type)."""
     files: dict[str, tuple[bytes, str]] = {}
-    root = resources.files("autoballoon.server") / "static"
 
-    def walk(node: Any, prefix: str) -> None:
+    def walk(node: Traversable, prefix: str) -> None:
         for child in node.iterdir():
             if child.is_dir():
                 walk(child, f"{prefix}{child.name}/")
@@ -67,140 +242,207 @@ def load_static() -> dict[str, tuple[bytes, str]]:
             if suffix in STATIC_TYPES:
                 files[f"/{prefix}{child.name}"] = (child.read_bytes(), STATIC_TYPES[suffix])
 
-    walk(root, "")
+    walk(resources.files("autoballoon.server") / "static", "")
     if "/index.html" in files:
         files["/"] = files["/index.html"]
     return files
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    allow_reuse_address = True
-    block_on_close = False
+def create_app(api: Api, registry: CollectorRegistry, allowed: AllowedHosts) -> ASGIApp:
+    """The whole HTTP face: ``/api/v1/`` (with its OpenAPI description), ``/metrics``, ``/healthz`` and
+    the dashboard's files, behind the Host check and the security headers."""
+    app = FastAPI(
+        title="autoballoon",
+        summary="The autoballoon daemon's JSON API",
+        version="1",
+        openapi_url=PREFIX + "/openapi.json",
+        docs_url=None,  # Swagger UI and ReDoc load scripts from a CDN: the daemon makes no external requests
+        redoc_url=None,
+    )
+    app.include_router(api_router(api))
 
-    def __init__(self, address: tuple[str, int], family: socket.AddressFamily, app: HttpApp) -> None:
-        self.address_family = family
-        self.app = app
-        super().__init__(address, _Handler)
+    @app.exception_handler(ApiError)
+    async def on_api_error(request: Request, e: ApiError) -> Response:
+        return e.response()
+
+    @app.exception_handler(AutoballoonError)
+    async def on_our_error(request: Request, e: AutoballoonError) -> Response:
+        return error_of(e).response()
+
+    @app.exception_handler(RequestValidationError)
+    async def on_bad_parameter(request: Request, e: RequestValidationError) -> Response:
+        first = e.errors()[0] if e.errors() else {}
+        where = first.get("loc", ())
+        field = str(where[-1]) if where else None
+        value = request.query_params.get(field) if field else None
+        shown = f" {value!r}" if value is not None else ""
+        message = f"invalid {field}{shown}: {first.get('msg', 'not accepted')}"
+        return ApiError(400, message, field).response()
+
+    @app.exception_handler(HTTPException)
+    async def on_http_error(request: Request, e: HTTPException) -> Response:
+        if e.status_code == 404:
+            return ApiError(404, f"no such endpoint {request.url.path!r}", "path").response()
+        if e.status_code == 405:
+            allow = (e.headers or {}).get("Allow", "GET")
+            message = f"{request.method} is not allowed on {request.url.path}; allowed: {allow}"
+            return ApiError(405, message, "method", Allow=allow).response()
+        return ApiError(e.status_code, str(e.detail), None, **(e.headers or {})).response()
+
+    @app.exception_handler(Exception)
+    async def on_bug(request: Request, e: Exception) -> Response:  # a bug costs one request, never the server
+        log.exception("error serving %s %s", request.method, request.url.path)
+        return ApiError(500, "internal error; see the daemon's log").response()
+
+    @app.get("/metrics", include_in_schema=False)
+    def metrics() -> Response:
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/healthz", include_in_schema=False)
+    def healthz() -> Response:
+        return Response(b"ok\n", media_type=STATIC_TYPES[".txt"])
+
+    def page(path: str, content: bytes, media_type: str) -> None:
+        @app.get(path, include_in_schema=False)
+        def serve_file() -> Response:
+            return Response(content, media_type=media_type, headers={"Cache-Control": "no-cache"})
+
+    for path, (content, media_type) in load_static().items():  # one route per file: nothing else is served
+        page(path, content, media_type)
+
+    return host_check(security_headers(app), allowed)
 
 
-class HttpApp:
-    """Everything a request needs: the API, the metrics registry, the static files, the limits."""
-
-    def __init__(self, api: Api, registry: CollectorRegistry, tunables: ServerTunables) -> None:
-        self.api = api
-        self.registry = registry
-        self.tunables = tunables
-        self.static = load_static()
-
-    def respond(self, req: Request) -> Response:
-        if req.path.startswith(PREFIX):
-            return self.api.handle(req)
-        if req.method not in ("GET", "HEAD"):
-            return ApiError(
-                405, f"{req.method} is not allowed on {req.path}", "method", Allow="GET"
-            ).response()
-        if req.path == "/metrics":
-            return Response(200, generate_latest(self.registry), CONTENT_TYPE_LATEST)
-        if req.path == "/healthz":
-            return Response(200, b"ok\n", STATIC_TYPES[".txt"])
-        found = self.static.get(req.path)
-        if found is None:
-            return ApiError(404, f"no such page {req.path!r}", "path").response()
-        return Response(200, found[0], found[1], (("Cache-Control", "no-cache"),))
+# -- the server ----------------------------------------------------------------------------------------
 
 
-class _Handler(BaseHTTPRequestHandler):
-    server: _Server
-    protocol_version = "HTTP/1.1"
-    server_version = "autoballoon"
-    sys_version = ""
-    error_content_type = "application/json"
-    error_message_format = '{"error": {"status": %(code)d, "message": "%(message)s", "field": null}}'
-    timeout: ClassVar[float | None] = None  # set per server from the tunables in setup()
+class DeadlineProtocol(H11Protocol):
+    """uvicorn's HTTP/1.1 protocol with a deadline on reading each request, and JSON protocol errors.
 
-    def setup(self) -> None:
-        self.timeout = self.server.app.tunables.request_timeout_s
-        super().setup()
+    uvicorn closes a connection idle between requests (``timeout_keep_alive``) but waits for ever on one
+    that opened and sent nothing, or trickles its headers or body. Here the whole request must arrive
+    within ``deadline_s`` of its first byte (or of the connection's opening); otherwise the connection is
+    closed. Set ``deadline_s`` on a subclass (:func:`protocol_with_deadline`).
+    """
 
-    def version_string(self) -> str:
-        return self.server_version
+    deadline_s: float = 10.0
 
-    def log_message(self, format: str, *args: Any) -> None:
-        log.debug("%s %s", self.address_string(), format % args)
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]  # uvicorn narrows it too
+        super().connection_made(transport)
+        self._deadline: asyncio.TimerHandle | None = None
+        self._arm()
 
-    def _serve(self) -> None:
-        app = self.server.app
-        url = urlsplit(self.path)
-        length_text = self.headers.get("Content-Length", "0") or "0"
-        try:
-            length = int(length_text)
-        except ValueError:
-            length = -1
-        if length < 0 or length > app.tunables.max_body_bytes:
-            limit = app.tunables.max_body_bytes
-            resp = ApiError(413, f"request body must be 0 to {limit} bytes", "body").response()
-            self.close_connection = True
-        else:
-            body = self.rfile.read(length) if length else b""
-            req = Request(
-                method=self.command,
-                path=url.path,
-                query=parse_qs(url.query, keep_blank_values=True),
-                headers={k.lower(): v for k, v in self.headers.items()},
-                body=body,
-            )
-            try:
-                resp = app.respond(req)
-            except Exception:  # a bug must cost one request, never the server
-                log.exception("error serving %s %s", self.command, self.path)
-                resp = ApiError(500, "internal error; see the daemon's log").response()
-        self.send_response(resp.status)
-        self.send_header("Content-Type", resp.content_type)
-        self.send_header("Content-Length", str(len(resp.body)))
-        if resp.content_type.startswith("application/json"):
-            self.send_header("Cache-Control", "no-store")
-        for name, value in (*SECURITY_HEADERS, *resp.headers):
-            self.send_header(name, value)
-        self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(resp.body)
+    def _arm(self) -> None:
+        if getattr(self, "_deadline", None) is None:
+            self._deadline = self.loop.call_later(self.deadline_s, self._too_slow)
 
-    do_GET = _serve
-    do_HEAD = _serve
-    do_POST = _serve
-    do_PUT = _serve
-    do_DELETE = _serve
-    do_PATCH = _serve
+    def _disarm(self) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+
+    def _too_slow(self) -> None:
+        self._deadline = None
+        if self.conn.their_state in (h11.IDLE, h11.SEND_BODY) and not self.transport.is_closing():
+            log.debug("closing a connection that took over %g s to send its request", self.deadline_s)
+            self.transport.close()
+
+    def data_received(self, data: bytes) -> None:
+        if self.conn.their_state is h11.IDLE:
+            self._arm()
+        super().data_received(data)
+        if self.conn.their_state not in (h11.IDLE, h11.SEND_BODY):
+            self._disarm()  # the whole request is in
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        super().connection_lost(exc)
+
+    def send_400_response(self, msg: str) -> None:
+        """A request h11 cannot parse: answered in the API's JSON error form, then closed."""
+        body = json.dumps({"error": {"status": 400, "message": msg, "field": "request"}}).encode()
+        headers = [(b"content-type", JSON.encode()), (b"connection", b"close")]
+        head = h11.Response(status_code=400, headers=headers, reason=b"Bad Request")
+        self.transport.write(self.conn.send(head))
+        self.transport.write(self.conn.send(h11.Data(data=body)))
+        self.transport.write(self.conn.send(h11.EndOfMessage()))
+        self.transport.close()
+
+
+def protocol_with_deadline(seconds: float) -> type[DeadlineProtocol]:
+    """A :class:`DeadlineProtocol` for one server's deadline (uvicorn builds protocols from a class)."""
+    return type("DeadlineProtocol", (DeadlineProtocol,), {"deadline_s": seconds})
 
 
 class HttpServer:
-    """A started server; ``stop()`` closes the socket and returns once the accept loop has ended."""
+    """uvicorn serving ``app`` from a thread of its own; ``stop()`` returns once it has shut down.
 
-    def __init__(self, app: HttpApp, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT) -> None:
+    The socket is bound here, before uvicorn starts, so that an address already in use is an ordinary
+    ``OSError`` for the caller (uvicorn itself would log and exit the thread).
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        host: str,
+        port: int,
+        tunables: ServerTunables,
+        *,
+        tls: Tls | None = None,
+    ) -> None:
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        self._server = _Server((host, port), family, app)
-        self._thread = threading.Thread(
-            target=self._server.serve_forever,
-            name="autoballoon-http",
-            kwargs={"poll_interval": app.tunables.shutdown_poll_s},
+        self._socket = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            self._socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            self._socket.bind((host, port))
+        except OSError:
+            self._socket.close()
+            raise
+        self.tls = tls
+        config = uvicorn.Config(
+            app,
+            http=protocol_with_deadline(tunables.request_timeout_s),
+            ws="none",
+            lifespan="off",
+            loop="asyncio",
+            backlog=tunables.listen_backlog,
+            timeout_keep_alive=tunables.keep_alive_s,
+            timeout_graceful_shutdown=tunables.shutdown_grace_s,
+            limit_concurrency=tunables.max_connections,
+            log_level="warning",
+            access_log=False,
+            server_header=False,
+            proxy_headers=False,
+            ssl_certfile=str(tls.cert) if tls else None,
+            ssl_keyfile=str(tls.key) if tls else None,
         )
-        self._thread.daemon = True
+        self._server = uvicorn.Server(config)
+        self._thread = threading.Thread(
+            target=self._server.run, kwargs={"sockets": [self._socket]}, name="autoballoon-http", daemon=True
+        )
+        self._start_wait_s = tunables.start_wait_s
 
     @property
     def address(self) -> tuple[str, int]:
-        host, port = self._server.server_address[:2]
+        host, port = self._socket.getsockname()[:2]
         return str(host), int(port)
 
     @property
     def url(self) -> str:
         host, port = self.address
-        return f"http://[{host}]:{port}/" if ":" in host else f"http://{host}:{port}/"
+        scheme = "https" if self.tls else "http"
+        return f"{scheme}://[{host}]:{port}/" if ":" in host else f"{scheme}://{host}:{port}/"
 
     def start(self) -> None:
         self._thread.start()
+        deadline = time.monotonic() + self._start_wait_s
+        while not self._server.started:
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                raise AutoballoonError(f"the HTTP server on {self.url} did not start")
+            time.sleep(START_POLL_S)
 
     def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join()
+        self._server.should_exit = True
+        if self._thread.is_alive():
+            self._thread.join()
+        self._socket.close()

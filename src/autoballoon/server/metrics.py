@@ -20,7 +20,6 @@ from collections.abc import Callable, Iterator, Sequence
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
-    HistogramMetricFamily,
     Metric,
 )
 from prometheus_client.registry import Collector, CollectorRegistry
@@ -274,15 +273,6 @@ def tick_families(view: ServerView, host: str, tick_histogram: Collector | None)
     if tick_histogram is not None:
         for family in tick_histogram.collect():
             yield _with_host(family, host)
-    else:
-        t = view.ticks
-        hist = HistogramMetricFamily(
-            "autoballoon_tick_duration_seconds", "Time one controller tick took.", labels=[HOST]
-        )
-        buckets = [(repr(float(b)), n) for b, n in t.buckets]
-        buckets.append(("+Inf", t.count))
-        hist.add_metric([host], buckets, sum_value=t.sum_s)
-        yield hist
     for name, doc, value in (
         (
             "autoballoon_last_tick_timestamp_seconds",
@@ -353,8 +343,8 @@ def make_registry(
     hypervisor gives in the first snapshot (nothing is exported before it), falling back to this
     machine's name when the hypervisor gives none. ``tick_histogram`` is any collector that yields the
     ``autoballoon_tick_duration_seconds`` histogram (a ``prometheus_client.Histogram`` built with
-    ``registry=None``, observed once per tick); ``host`` is added to its samples. Without it the
-    histogram comes from ``view.ticks``.
+    ``registry=None``, observed once per tick); ``host`` is added to its samples. Without it there is no
+    tick histogram.
     """
     registry = CollectorRegistry(auto_describe=False)
     registry.register(ControllerCollector(view, history, host=host, tick_histogram=tick_histogram))

@@ -3,27 +3,23 @@
 The server never talks to a backend: every read comes from one frozen :class:`ServerView` of the
 controller's last tick, and every change goes to the controller as a request it carries out in its own
 loop (so a hypervisor connection is only ever used by one thread, and a manual change is honoured the way
-a ``virsh setmem`` is). :func:`autoballoon.server.controller_source` adapts the real controller to this.
+a ``virsh setmem`` is). Each change returns a :class:`~concurrent.futures.Future` that the loop resolves
+with that change's outcome. :mod:`autoballoon.server.controller_source` adapts the real controller to this.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from prometheus_client.registry import Collector
+
 from autoballoon.model import GuestPolicy, HostSnapshot, Plan
 
-
-@dataclass(frozen=True, slots=True)
-class TickStats:
-    """The controller's tick durations as a cumulative histogram (Prometheus semantics)."""
-
-    count: int = 0
-    sum_s: float = 0.0
-    #: (upper bound in seconds, ticks that took at most that long), bounds rising, cumulative counts.
-    buckets: tuple[tuple[float, int], ...] = ()
-    last_s: float | None = None
+#: The quantiles of tick duration the API shows (read from the tick histogram's buckets).
+TICK_QUANTILES = (0.5, 0.99)
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,7 +30,12 @@ class ServerView:
     plan: Plan | None = None
     #: Host memory the controller never hands to guests.
     reserve_bytes: int | None = None
-    ticks: TickStats = field(default_factory=TickStats)
+    #: Ticks run since start, the last one's duration, and the tick histogram's median and 99th
+    #: percentile (estimated from its buckets as Prometheus' ``histogram_quantile`` does).
+    ticks: int = 0
+    last_tick_s: float | None = None
+    tick_p50_s: float | None = None
+    tick_p99_s: float | None = None
     #: Actions applied since start, by (direction, reason).
     actions: Mapping[tuple[str, str], int] = field(default_factory=dict)
     backend_errors: int = 0
@@ -58,27 +59,60 @@ class ServerView:
 class Source(Protocol):
     """The daemon, seen from the server."""
 
+    @property
+    def tick_histogram(self) -> Collector:
+        """The controller's tick-duration histogram (observed once per tick): ``/metrics`` exports it and
+        the API reads its percentiles from it."""
+        ...
+
     def view(self) -> ServerView:
         """The state after the last tick. Cheap: called for every request and every history sample."""
         ...
 
-    def submit_target(self, vm: str, target_bytes: int) -> bool:
+    def submit_target(self, vm: str, target_bytes: int) -> Future[object]:
         """Ask the controller to move ``vm``'s balloon target as an operator would with virsh.
 
-        Already validated by the caller against the last snapshot. Returns True once the controller has
-        applied it, False if it is queued but not yet applied; raises
-        :class:`~autoballoon.errors.AutoballoonError` if the controller refuses it or cannot carry it out.
+        Already validated by the caller against the last snapshot; raises
+        :class:`~autoballoon.errors.RefusedError` at once if the controller refuses it (nothing queued).
+        The future resolves once the controller has carried it out, or with the
+        :class:`~autoballoon.errors.AutoballoonError` that kept it from happening.
         """
         ...
 
-    def submit_policy(self, vm: str, changes: Mapping[str, object]) -> GuestPolicy | None:
-        """Ask the controller to merge ``changes`` into ``vm``'s stored policy (through
-        :func:`autoballoon.ops.update_policy`, which validates again against the backend); returns the
-        stored policy, or None if it is queued but not yet applied."""
+    def submit_policy(self, vm: str, policy: GuestPolicy) -> Future[object]:
+        """Ask the controller to store ``policy`` (already merged and validated) with ``vm``; the future
+        resolves with the stored policy."""
         ...
 
-    def submit_release(self, vm: str) -> bool:
-        """Ask the controller to end ``vm``'s quarantine (the health guard's); True once applied, False if
-        queued. Raises :class:`~autoballoon.errors.RefusedError` if the VM is not quarantined. Optional:
-        a source without it answers 501."""
+    def submit_release(self, vm: str) -> Future[object]:
+        """Ask the controller to end ``vm``'s quarantine (the health guard's); raises
+        :class:`~autoballoon.errors.RefusedError` at once if the VM is not quarantined."""
         ...
+
+
+def histogram_quantile(histogram: Collector, q: float) -> float | None:
+    """The ``q``-quantile of ``histogram``, interpolated linearly inside the bucket that holds it
+    (Prometheus' ``histogram_quantile``); None before the first observation.
+
+    Reading the same buckets that ``/metrics`` exports keeps one measure of tick duration: the API's
+    percentiles and a Prometheus query over the scrape agree.
+    """
+    bounds: list[tuple[float, float]] = []
+    for metric in histogram.collect():
+        for sample in metric.samples:
+            if sample.name == metric.name + "_bucket":
+                bounds.append((float(sample.labels["le"]), sample.value))
+    bounds.sort()
+    if not bounds or bounds[-1][1] <= 0:
+        return None
+    rank = q * bounds[-1][1]
+    lower_bound, lower_count = 0.0, 0.0
+    for bound, count in bounds:
+        if count >= rank:
+            if bound == float("inf"):  # above the highest finite bucket: its bound is all we know
+                return lower_bound
+            if count == lower_count:
+                return bound
+            return lower_bound + (bound - lower_bound) * (rank - lower_count) / (count - lower_count)
+        lower_bound, lower_count = bound, count
+    return lower_bound

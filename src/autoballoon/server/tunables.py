@@ -29,11 +29,21 @@ class ServerTunables:
     events_max_limit: int = 1000
     #: Largest request body accepted (a policy or target change is a few dozen bytes).
     max_body_bytes: int = 64 * 1024
-    #: Seconds a client may take to send its request before its thread is freed.
+    #: Seconds a client may take to send one whole request (head and body), counted from its first byte
+    #: or from the connection's opening; a slower one is disconnected, so it cannot hold a slot.
     request_timeout_s: float = 10.0
-    #: Seconds between the accept loop's checks for ``stop()``: the most stopping the server can take.
-    shutdown_poll_s: float = 0.2
-    #: Seconds a POST waits for the controller to take a submitted change before answering 202.
+    #: Seconds an idle keep-alive connection is kept between two requests (a dashboard polls every 1 s).
+    keep_alive_s: int = 5
+    #: Connections queued by the kernel before the server accepts them (the stdlib server's 5 refused
+    #: connections as soon as a few dashboards and a scraper arrived together).
+    listen_backlog: int = 128
+    #: Open connections served at once; beyond this a new request is answered 503 at once.
+    max_connections: int = 256
+    #: Seconds ``stop()`` lets requests in flight finish before it closes their connections.
+    shutdown_grace_s: int = 2
+    #: Seconds ``start()`` waits for the server to listen before it gives up.
+    start_wait_s: float = 10.0
+    #: Seconds a POST waits for the controller to carry out a submitted change before answering 202.
     submit_wait_s: float = 5.0
     #: When the controller's ``on_tick`` is not wired to the server, how long one ``status()`` is reused.
     view_ttl_s: float = 0.1
@@ -41,23 +51,6 @@ class ServerTunables:
     journal_entries: int = 1000
     #: How often the page polls the server (milliseconds, handed to the page in its data).
     dashboard_poll_ms: int = 1000
-    #: Bucket upper bounds (seconds) of the tick duration histogram: a tick is a bulk read, a pure
-    #: decision and a few balloon calls, so from a millisecond (simulator) to seconds (a slow libvirt).
-    tick_buckets_s: tuple[float, ...] = (
-        0.001,
-        0.0025,
-        0.005,
-        0.01,
-        0.025,
-        0.05,
-        0.1,
-        0.25,
-        0.5,
-        1.0,
-        2.5,
-        5.0,
-        10.0,
-    )
 
 
 TUNABLES = ServerTunables()

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import urllib.error
 import urllib.request
-from dataclasses import dataclass
 from typing import Any
 
 import click
@@ -21,17 +20,10 @@ from autoballoon.server.tunables import DEFAULT_HOST, DEFAULT_PORT
 
 DEFAULT_DAEMON = f"http://{DEFAULT_HOST}:{DEFAULT_PORT}"
 DAEMON_ENV = "AUTOBALLOON_DAEMON"
-
-
-@dataclass(frozen=True, slots=True)
-class ClientTunables:
-    #: Seconds to wait for the daemon: it answers from memory, so a slow answer means nobody is there.
-    timeout_s: float = 2.0
-    #: ... but a change waits for the daemon's next tick (the server waits up to its submit_wait_s).
-    change_timeout_s: float = 15.0
-
-
-CLIENT = ClientTunables()
+#: Seconds to wait for the daemon: it answers from memory, so a slow answer means nobody is there.
+READ_TIMEOUT_S = 2.0
+#: ... but a change waits for the daemon's next tick (the server waits up to its submit_wait_s).
+CHANGE_TIMEOUT_S = 15.0
 
 daemon_option = click.option(
     "--daemon",
@@ -69,7 +61,6 @@ def request(
     *,
     body: dict[str, Any] | None = None,
     token: bytes | None = None,
-    tunables: ClientTunables = CLIENT,
 ) -> Any:
     """GET (or POST ``body``) ``/api/v1/<path>`` on the daemon; its JSON answer, or an error naming why."""
     full = f"{_base(url)}/api/v1/{path}"
@@ -84,7 +75,7 @@ def request(
         full, data=data, headers=headers, method="POST" if body is not None else "GET"
     )
     try:
-        timeout = tunables.timeout_s if body is None else tunables.change_timeout_s
+        timeout = READ_TIMEOUT_S if body is None else CHANGE_TIMEOUT_S
         with urllib.request.urlopen(req, timeout=timeout) as resp:
             return json.loads(resp.read() or b"null")
     except urllib.error.HTTPError as e:
