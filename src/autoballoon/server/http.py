@@ -361,7 +361,11 @@ class DeadlineProtocol(H11Protocol):
     def send_400_response(self, msg: str) -> None:
         """A request h11 cannot parse: answered in the API's JSON error form, then closed."""
         body = json.dumps({"error": {"status": 400, "message": msg, "field": "request"}}).encode()
-        headers = [(b"content-type", JSON.encode()), (b"connection", b"close")]
+        headers = [
+            (b"content-type", JSON.encode()),
+            (b"content-length", str(len(body)).encode()),
+            (b"connection", b"close"),
+        ]
         head = h11.Response(status_code=400, headers=headers, reason=b"Bad Request")
         self.transport.write(self.conn.send(head))
         self.transport.write(self.conn.send(h11.Data(data=body)))
