@@ -193,6 +193,24 @@ def test_dashboard_has_history_and_actions(server: RunningServer, source: FakeSo
     assert body["writable"] is True
 
 
+def test_dashboard_since_sends_only_the_newer_chart_points(server: RunningServer, source: FakeSource) -> None:
+    for _ in range(3):
+        source.tick()
+        server.sampler.sample_once()
+    status, full, _ = call(server.url + "api/v1/dashboard")
+    assert status == 200 and full["history_until"] == 106.0 and full["history_points"] == 240
+    web = next(v for v in full["vms"] if v["name"] == "web")
+    assert web["history"]["t"] == [100.0, 102.0, 104.0, 106.0]
+    status, part, _ = call(server.url + "api/v1/dashboard?since=102")
+    web = next(v for v in part["vms"] if v["name"] == "web")
+    assert web["history"]["t"] == [104.0, 106.0] and len(web["history"]["target"]) == 2
+    status, part, _ = call(server.url + "api/v1/dashboard?since=106")
+    assert all(v["history"]["t"] == [] for v in part["vms"])
+    for bad in ("-1", "nan", "inf", "soon"):
+        status, body, _ = call(server.url + "api/v1/dashboard?since=" + bad)
+        assert (status, body["error"]["field"]) == (400, "since"), bad
+
+
 def test_unknown_endpoint_and_method(server: RunningServer) -> None:
     assert call(server.url + "api/v1/nothing")[0] == 404
     status, _body, headers = call(server.url + "api/v1/vms", method="POST", body={})

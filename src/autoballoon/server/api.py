@@ -17,8 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Hashable, Mapping
 from concurrent.futures import Future
 from typing import Any, TypeVar
 
@@ -38,6 +37,7 @@ from autoballoon.model import GuestPolicy, GuestSnapshot, HostSnapshot
 from autoballoon.server import payload
 from autoballoon.server.auth import bearer_matches
 from autoballoon.server.history import History
+from autoballoon.server.renders import Renders
 from autoballoon.server.source import ServerView, Source
 from autoballoon.server.tunables import ServerTunables
 from autoballoon.views import guest_detail, guest_row, host_view
@@ -148,8 +148,7 @@ class Api:
         self.history = history
         self.tun = tunables
         self.token = token
-        self._cache: dict[str, tuple[tuple[Any, ...], bytes]] = {}
-        self._cache_lock = threading.Lock()
+        self._renders = Renders()
 
     # -- reads ------------------------------------------------------------------------------------------
 
@@ -164,19 +163,12 @@ class Api:
             )
         return view, view.snapshot
 
-    def cached(self, key: str, render: Callable[[ServerView, HostSnapshot], Any]) -> Response:
+    def cached(self, key: Hashable, render: Callable[[ServerView, HostSnapshot], Any]) -> Response:
         """Render once per tick and share the bytes: 20 dashboards cost one serialisation, not 20."""
         view, snap = self.view()
         last_seq = view.events[-1].get("seq") if view.events else None
         version = (snap.time, id(view.plan), self.history.version, last_seq, view.ticks)
-        with self._cache_lock:
-            hit = self._cache.get(key)
-        if hit is not None and hit[0] == version:
-            return _json(hit[1])
-        body = _dump(render(view, snap))
-        with self._cache_lock:
-            self._cache[key] = (version, body)
-        return _json(body)
+        return _json(self._renders.get(key, version, lambda: _dump(render(view, snap))))
 
     @staticmethod
     def guest(snap: HostSnapshot, name: str) -> GuestSnapshot:
@@ -236,10 +228,13 @@ class Api:
         next_before = page[-1].get("seq") if more and page else None
         return {"events": page, "next_before": next_before}
 
-    def dashboard_body(self, view: ServerView, snap: HostSnapshot) -> dict[str, Any]:
+    def dashboard_body(self, view: ServerView, snap: HostSnapshot, since: float | None) -> dict[str, Any]:
+        """What the page draws. With ``since`` (the ``history_until`` of the page's previous poll) each
+        VM's history holds only the points after it: the page keeps the rest, so a poll of a 1,000-VM
+        daemon moves kilobytes, not the megabytes of every chart's whole history."""
         vms = []
         for row in self.vm_rows(view, snap):
-            row["history"] = self.history.series(row["name"])
+            row["history"] = self.history.series(row["name"], since)
             vms.append(row)
         actions = [e for e in reversed(view.events) if is_action(e)][: self.tun.dashboard_actions]
         warnings = [e for e in reversed(view.events) if not is_action(e)][: self.tun.dashboard_actions]
@@ -250,6 +245,8 @@ class Api:
             "events": warnings,
             "poll_ms": self.tun.dashboard_poll_ms,
             "writable": self.token is not None,
+            "history_points": self.tun.history_points,
+            "history_until": self.history.last_time,
         }
 
     # -- changes ----------------------------------------------------------------------------------------
@@ -420,10 +417,15 @@ def api_router(api: Api) -> APIRouter:
         return _json(dict(api.source.view().config))
 
     @router.get("/dashboard", responses={**_ok(any_object), **_errors(*READ_ERRORS)})
-    def dashboard(request: Request) -> Response:
+    def dashboard(
+        request: Request,
+        since: float | None = Query(
+            None, ge=0, allow_inf_nan=False, description="only chart points after this (`history_until`)"
+        ),
+    ) -> Response:
         """What the dashboard draws: host, VMs with their chart history, latest actions and events."""
-        no_query(request)
-        return api.cached("dashboard", api.dashboard_body)
+        no_query(request, ("since",))
+        return api.cached(("dashboard", since), lambda view, snap: api.dashboard_body(view, snap, since))
 
     target_body = {
         "type": "object",

@@ -8,11 +8,11 @@ successive samples, so they are exact over whatever interval the sampler saw.
 
 from __future__ import annotations
 
+import itertools
 import threading
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from autoballoon.model import GuestSnapshot, HostSnapshot
 
@@ -20,9 +20,14 @@ from autoballoon.model import GuestSnapshot, HostSnapshot
 SERIES = ("max", "target", "actual", "used")
 
 
-@dataclass(frozen=True, slots=True)
-class Point:
-    """One VM at one tick."""
+class Point(NamedTuple):
+    """One VM at one tick.
+
+    The rings keep each point as a plain tuple (``tuple(point)``): Python's garbage collector stops
+    tracking an exact tuple that holds only numbers, and a 1,000-VM daemon keeps 240,000 points. As
+    tracked objects they made every full collection (which runs in whatever thread allocates, the
+    controller's tick included) scan them all.
+    """
 
     time: float
     max: int
@@ -31,6 +36,11 @@ class Point:
     used: int | None
     swap_in_bps: float | None
     major_faults_ps: float | None
+
+
+TIME = Point._fields.index("time")
+#: Where each chart series sits in a stored point.
+COLUMN = {name: Point._fields.index(name) for name in SERIES}
 
 
 def _rate(now: int | None, before: int | None, dt: float) -> float | None:
@@ -60,7 +70,7 @@ class History:
     def __init__(self, points: int) -> None:
         self._points = points
         self._lock = threading.Lock()
-        self._rings: dict[str, deque[Point]] = {}
+        self._rings: dict[str, deque[tuple[Any, ...]]] = {}
         self._last: HostSnapshot | None = None
         self.version = 0  # bumped on every new sample: a cheap key for caches of rendered pages
 
@@ -79,7 +89,7 @@ class History:
                 ring = self._rings.get(g.name)
                 if ring is None:
                     ring = self._rings[g.name] = deque(maxlen=self._points)
-                ring.append(point_of(g, snap.time, before.get(g.name), prev_time))
+                ring.append(tuple(point_of(g, snap.time, before.get(g.name), prev_time)))
             for name in list(self._rings):
                 if name not in live:
                     del self._rings[name]
@@ -97,18 +107,28 @@ class History:
     def latest(self, vm: str) -> Point | None:
         with self._lock:
             ring = self._rings.get(vm)
-            return ring[-1] if ring else None
+            return Point(*ring[-1]) if ring else None
 
-    def series(self, vm: str) -> dict[str, list[Any]]:
-        """The VM's history as columns (``t`` plus :data:`SERIES`): compact JSON for the page's charts."""
+    @property
+    def last_time(self) -> float | None:
+        """The time of the newest sample (None before the first)."""
         with self._lock:
-            ring = list(self._rings.get(vm, ()))
+            return self._last.time if self._last is not None else None
+
+    def series(self, vm: str, since: float | None = None) -> dict[str, list[Any]]:
+        """The VM's history as columns (``t`` plus :data:`SERIES`): compact JSON for the page's charts;
+        with ``since``, only the points after that time (read from the newest back, so a poll that
+        wants one new point does not copy the whole ring)."""
+        with self._lock:
+            whole = self._rings.get(vm, ())
+            if since is None:
+                ring = list(whole)
+            else:
+                ring = list(itertools.takewhile(lambda p: p[TIME] > since, reversed(whole)))
+                ring.reverse()
         return {
-            "t": [p.time for p in ring],
-            "max": [p.max for p in ring],
-            "target": [p.target for p in ring],
-            "actual": [p.actual for p in ring],
-            "used": [p.used for p in ring],
+            "t": [p[TIME] for p in ring],
+            **{name: [p[COLUMN[name]] for p in ring] for name in SERIES},
         }
 
 

@@ -44,6 +44,7 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from autoballoon.errors import AutoballoonError, InvalidValueError
 from autoballoon.server.api import JSON, PREFIX, Api, ApiError, api_router, error_of
+from autoballoon.server.renders import Renders
 from autoballoon.server.tunables import DEFAULT_HOST, ServerTunables
 
 log = logging.getLogger("autoballoon.server")
@@ -294,9 +295,18 @@ def create_app(api: Api, registry: CollectorRegistry, allowed: AllowedHosts) -> 
         log.exception("error serving %s %s", request.method, request.url.path)
         return ApiError(500, "internal error; see the daemon's log").response()
 
+    scrapes = Renders()
+
     @app.get("/metrics", include_in_schema=False)
     def metrics() -> Response:
-        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+        # One rendering per state of the daemon, reused for at most metrics_reuse_s: a scrape of 1,000
+        # VMs costs a tenth of a second, and a scraper's view is seconds old by design anyway.
+        view = api.source.view()
+        version = (id(view), api.history.version)
+        body = scrapes.get(
+            "metrics", version, lambda: generate_latest(registry), max_age_s=api.tun.metrics_reuse_s
+        )
+        return Response(body, media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/healthz", include_in_schema=False)
     def healthz() -> Response:

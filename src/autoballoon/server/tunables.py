@@ -49,6 +49,9 @@ class ServerTunables:
     view_ttl_s: float = 0.1
     #: Journal entries taken from the controller per view (its ring keeps 1000 by default).
     journal_entries: int = 1000
+    #: Seconds one rendering of ``/metrics`` may be served again although the daemon ticked since: a
+    #: scraper's view is seconds old by design, and a scrape of 1,000 VMs costs a tenth of a second.
+    metrics_reuse_s: float = 1.0
     #: How often the page polls the server (milliseconds, handed to the page in its data).
     dashboard_poll_ms: int = 1000
 

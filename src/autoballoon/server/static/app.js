@@ -230,12 +230,45 @@ function setConn(state, text) {
   if (c.textContent !== text) c.textContent = text;
 }
 
+// Each VM's chart history, kept here: after the first poll the daemon sends only the points after
+// `historyUntil` (a 1,000-VM daemon would otherwise send every chart's whole history every second).
+const histories = new Map();
+let historyUntil = null;
+
+function mergeHistory(name, part, keep) {
+  let h = histories.get(name);
+  if (!h) {
+    h = { t: [] };
+    for (const [key] of SERIES) h[key] = [];
+    histories.set(name, h);
+  }
+  const last = h.t.length ? h.t[h.t.length - 1] : -Infinity;
+  part.t.forEach((t, i) => {
+    if (t <= last) return;
+    h.t.push(t);
+    for (const [key] of SERIES) h[key].push(part[key][i]);
+  });
+  const extra = h.t.length - keep;
+  if (extra > 0) for (const key of ["t", ...SERIES.map(([k]) => k)]) h[key].splice(0, extra);
+  return h;
+}
+
 async function poll() {
   try {
-    const resp = await fetch("/api/v1/dashboard", { cache: "no-store" });
+    const query = historyUntil === null ? "" : "?since=" + historyUntil;
+    const resp = await fetch("/api/v1/dashboard" + query, { cache: "no-store" });
     if (resp.status === 503) { setConn("connecting", "waiting for the first tick…"); return; }
     if (!resp.ok) throw new Error("HTTP " + resp.status);
     const d = await resp.json();
+    if (historyUntil !== null && d.host.time < historyUntil) {  // a restarted daemon: start afresh
+      histories.clear();
+      historyUntil = null;
+      return;
+    }
+    const names = new Set(d.vms.map((vm) => vm.name));
+    for (const name of [...histories.keys()]) if (!names.has(name)) histories.delete(name);
+    for (const vm of d.vms) vm.history = mergeHistory(vm.name, vm.history, d.history_points);
+    if (d.history_until !== null) historyUntil = d.history_until;
     pollMs = d.poll_ms || pollMs;
     const now = d.host.time;
     renderHost(d.host);

@@ -1,0 +1,238 @@
+"""Soak: the daemon on 1,000 simulated VMs for a simulated day, with 20 HTTP clients polling it.
+
+Starts ``autoballoon --connect 'sim:///SCENARIO?speed=K' run --listen 127.0.0.1:0`` in a subprocess, the
+scenario being ``scenarios/fleet-day.toml`` scaled to 1,000 guests (every ``count`` and host size times
+10). Twenty client threads (in this process, not the daemon's) each fetch ``/api/v1/vms``, ``/metrics``
+and ``/api/v1/dashboard`` once a second. The daemon's resident memory is sampled every second; after the
+warm-up (long enough for the dashboard's history rings and the journal ring to fill) it must grow by
+less than ``--max-rss-growth``, the controller's tick p99 (from its own histogram, ``/api/v1/host``) must
+stay under ``--max-tick-p99-s``, and every request must be answered.
+
+Run: ``make soak`` (the full day) or ``.venv/bin/python bench/soak.py --sim-seconds 7200`` (a short one;
+``tests/test_soak.py`` runs that in ``make test``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psutil
+
+ROOT = Path(__file__).resolve().parents[1]
+BASE_SCENARIO = ROOT / "scenarios" / "fleet-day.toml"
+PATHS = ("/api/v1/vms", "/metrics", "/api/v1/dashboard")
+DASHBOARD = "/api/v1/dashboard"
+#: Every guest group and the host are scaled by this: fleet-day's 100 guests become 1,000.
+SCALE = 10
+#: Virtual seconds before the memory baseline: 240 history points per VM at one per 2 s tick, doubled.
+WARMUP_S = 1000.0
+#: Real seconds between two looks at the daemon (its memory, its clock).
+SAMPLE_S = 1.0
+#: Real seconds the daemon may take to print its address (it builds 1,000 guests first).
+START_TIMEOUT_S = 120.0
+CLIENT_TIMEOUT_S = 30.0
+
+
+def scaled_scenario(factor: int = SCALE) -> str:
+    """fleet-day.toml with every guest ``count`` and the host's sizes multiplied by ``factor``."""
+    text = BASE_SCENARIO.read_text(encoding="utf-8")
+    text = re.sub(r"(?m)^count = (\d+)$", lambda m: f"count = {int(m.group(1)) * factor}", text)
+
+    def size(m: re.Match[str]) -> str:
+        return f'{m.group(1)} = "{int(m.group(2)) * factor}{m.group(3)}"'
+
+    text = re.sub(r'(?m)^(ram|reserve|base_used) = "(\d+)([KMGT])"$', size, text)
+    return re.sub(r"(?m)^cpus = (\d+)$", lambda m: f"cpus = {int(m.group(1)) * factor}", text)
+
+
+@dataclass
+class Clients:
+    """``count`` threads polling ``PATHS`` once a second each until stopped."""
+
+    host: str
+    port: int
+    count: int
+    answered: int = 0
+    failed: list[str] = field(default_factory=list)
+    stop: threading.Event = field(default_factory=threading.Event)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def run(self, offset: float) -> None:
+        """Poll like the dashboard page does: its whole history once, then only the points after the
+        last ones it got (``since``)."""
+        conn = http.client.HTTPConnection(self.host, self.port, timeout=CLIENT_TIMEOUT_S)
+        since: object = None
+        self.stop.wait(offset)
+        while not self.stop.is_set():
+            begun = time.monotonic()
+            for path in PATHS:
+                if path == DASHBOARD and since is not None:
+                    path += f"?since={since}"
+                try:
+                    conn.request("GET", path)
+                    resp = conn.getresponse()
+                    body = resp.read()
+                    ok, why = resp.status == 200, f"{path}: HTTP {resp.status}"
+                    if ok and path.startswith(DASHBOARD):
+                        since = json.loads(body)["history_until"]
+                except (OSError, http.client.HTTPException) as e:
+                    conn.close()
+                    conn = http.client.HTTPConnection(self.host, self.port, timeout=CLIENT_TIMEOUT_S)
+                    ok, why = False, f"{path}: {e!r}"
+                with self.lock:
+                    if ok:
+                        self.answered += 1
+                    else:
+                        self.failed.append(why)
+            self.stop.wait(max(0.0, 1.0 - (time.monotonic() - begun)))
+        conn.close()
+
+    def start(self) -> list[threading.Thread]:
+        threads = [
+            threading.Thread(target=self.run, args=(i / self.count,), daemon=True) for i in range(self.count)
+        ]
+        for t in threads:
+            t.start()
+        return threads
+
+
+@dataclass(frozen=True)
+class Result:
+    sim_seconds: float
+    real_seconds: float
+    ticks: int
+    rss_warm_mib: float
+    rss_max_mib: float
+    tick_p50_s: float
+    tick_p99_s: float
+    answered: int
+    failed: tuple[str, ...]
+
+    @property
+    def rss_growth(self) -> float:
+        return self.rss_max_mib / self.rss_warm_mib - 1
+
+
+def get_json(host: str, port: int, path: str) -> dict[str, object]:
+    conn = http.client.HTTPConnection(host, port, timeout=CLIENT_TIMEOUT_S)
+    try:
+        conn.request("GET", path)
+        return dict(json.loads(conn.getresponse().read()))
+    finally:
+        conn.close()
+
+
+def soak(sim_seconds: float, speed: float, clients: int, warmup_s: float = WARMUP_S) -> Result:
+    """Run the daemon until its simulated clock passes ``sim_seconds``; measure it on the way."""
+    with tempfile.TemporaryDirectory(prefix="autoballoon-soak-") as tmp:
+        scenario = Path(tmp) / "fleet-1000.toml"
+        scenario.write_text(scaled_scenario(), encoding="utf-8")
+        uri = f"sim://{scenario}?speed={speed:g}"
+        cmd = [sys.executable, "-m", "autoballoon", "--connect", uri, "run", "--listen", "127.0.0.1:0"]
+        err = (Path(tmp) / "stderr").open("wb")
+        proc = subprocess.Popen(
+            cmd, stdout=subprocess.PIPE, stderr=err, env={**os.environ, "PYTHONUNBUFFERED": "1"}
+        )
+        try:
+            return _measure(proc, sim_seconds, clients, warmup_s)
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+            err.close()
+            if proc.returncode not in (0, -signal.SIGTERM):
+                print((Path(tmp) / "stderr").read_text(errors="replace")[-4000:], file=sys.stderr)
+
+
+def _measure(proc: subprocess.Popen[bytes], sim_seconds: float, clients: int, warmup_s: float) -> Result:
+    assert proc.stdout is not None
+    started = time.monotonic()
+    line = proc.stdout.readline().decode()
+    match = re.search(r"dashboard http://([\d.]+):(\d+)/", line)
+    if match is None:
+        raise RuntimeError(f"the daemon did not print its address: {line!r}")
+    host, port = match.group(1), int(match.group(2))
+    daemon = psutil.Process(proc.pid)
+    polling = Clients(host, port, clients)
+    threads = polling.start()
+    rss_warm: float | None = None
+    rss_max = 0.0
+    now = 0.0
+    try:
+        while now < sim_seconds:
+            if proc.poll() is not None:
+                raise RuntimeError(f"the daemon exited with {proc.returncode}")
+            if time.monotonic() - started > START_TIMEOUT_S and rss_warm is None and now == 0.0:
+                raise RuntimeError("the daemon never ticked")
+            time.sleep(SAMPLE_S)
+            try:
+                now = float(get_json(host, port, "/api/v1/host")["time"])  # type: ignore[arg-type]
+            except (OSError, KeyError, ValueError):
+                continue  # no snapshot yet (503)
+            rss = daemon.memory_info().rss / 2**20
+            if rss_warm is None and now >= warmup_s:
+                rss_warm = rss
+            elif rss_warm is not None:
+                rss_max = max(rss_max, rss)
+        host_view = get_json(host, port, "/api/v1/host")
+    finally:
+        polling.stop.set()
+        for t in threads:
+            t.join(CLIENT_TIMEOUT_S)
+    if rss_warm is None:
+        raise RuntimeError(f"the run ended before the warm-up ({warmup_s:g} simulated s)")
+    return Result(
+        sim_seconds=now,
+        real_seconds=time.monotonic() - started,
+        ticks=int(host_view["ticks"]),  # type: ignore[call-overload]
+        rss_warm_mib=rss_warm,
+        rss_max_mib=max(rss_max, rss_warm),
+        tick_p50_s=float(host_view["tick_p50_s"]),  # type: ignore[arg-type]
+        tick_p99_s=float(host_view["tick_p99_s"]),  # type: ignore[arg-type]
+        answered=polling.answered,
+        failed=tuple(polling.failed),
+    )
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sim-seconds", type=float, default=86400.0, help="simulated seconds (a day)")
+    parser.add_argument("--speed", type=float, default=100.0, help="virtual seconds per real second")
+    parser.add_argument("--clients", type=int, default=20)
+    parser.add_argument("--max-rss-growth", type=float, default=0.10, help="after warm-up, as a fraction")
+    parser.add_argument("--max-tick-p99-s", type=float, default=0.5)
+    args = parser.parse_args()
+    r = soak(args.sim_seconds, args.speed, args.clients)
+    print("command: " + " ".join([sys.executable, *sys.argv]))
+    print(
+        f"{r.sim_seconds:.0f} simulated s in {r.real_seconds:.0f} real s, {r.ticks} ticks, 1000 VMs, "
+        f"{args.clients} clients: {r.answered} requests answered, {len(r.failed)} failed"
+    )
+    print(f"daemon RSS after warm-up {r.rss_warm_mib:.1f} MiB, highest later {r.rss_max_mib:.1f} MiB: "
+          f"{r.rss_growth * 100:+.1f} % (limit {args.max_rss_growth * 100:g} %)")  # fmt: skip
+    print(f"tick p50 {r.tick_p50_s * 1e3:.1f} ms, p99 {r.tick_p99_s * 1e3:.1f} ms "
+          f"(limit {args.max_tick_p99_s * 1e3:g} ms; from the daemon's tick histogram)")  # fmt: skip
+    ok = r.rss_growth < args.max_rss_growth and r.tick_p99_s < args.max_tick_p99_s and not r.failed
+    for why in r.failed[:10]:
+        print("failed: " + why)
+    print("OK" if ok else "FAILED")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,57 @@
+"""Renderings shared by every client until the daemon's state moves on, each rendered once.
+
+Twenty dashboards polling a 1,000-VM daemon ask for the same bytes many times per tick, and a rendering
+of ``/metrics`` or of the VM list at that size costs a tenth of a second of the one interpreter the
+controller also runs on. So each rendering is kept with the version of the state it shows, and while a
+rendering is under way the other requests for the same thing wait for it rather than render it again
+("single flight"): the cost is one rendering per tick per kind, whatever the number of clients.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Hashable
+
+
+class Renders:
+    """Bytes by key, each valid for one state ``version``, optionally reused for ``max_age_s`` more."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._done: dict[Hashable, tuple[Hashable, float, bytes]] = {}
+        self._flights: dict[Hashable, threading.Lock] = {}
+
+    def get(
+        self, key: Hashable, version: Hashable, render: Callable[[], bytes], *, max_age_s: float = 0.0
+    ) -> bytes:
+        """The rendering of ``key`` at ``version``: from the cache when it has it (or one at most
+        ``max_age_s`` old, of any version), else rendered now, by one thread for all that ask."""
+        hit = self._fresh(key, version, max_age_s)
+        if hit is not None:
+            return hit
+        with self._lock:
+            flight = self._flights.setdefault(key, threading.Lock())
+        with flight:
+            hit = self._fresh(key, version, max_age_s)  # rendered by the thread we waited for
+            if hit is not None:
+                return hit
+            body = render()
+            with self._lock:
+                # Another version's renderings will not be asked for again (the state only moves on):
+                # dropping them bounds the cache by the kinds of rendering, not by the requests seen.
+                for old in [k for k, (v, _, _) in self._done.items() if v != version]:
+                    del self._done[old]
+                    self._flights.pop(old, None)
+                self._done[key] = (version, time.monotonic(), body)
+            return body
+
+    def _fresh(self, key: Hashable, version: Hashable, max_age_s: float) -> bytes | None:
+        with self._lock:
+            hit = self._done.get(key)
+        if hit is None:
+            return None
+        seen, born, body = hit
+        if seen == version or time.monotonic() - born < max_age_s:
+            return body
+        return None
