@@ -69,7 +69,7 @@ def run_phase(
     def after_tick(c: Controller) -> None:
         if server is not None:
             server.on_tick(c)
-        last = c.status(journal_entries=0).tick.last_s
+        last = c.status(journal_entries=0).last_tick_s
         if last is not None:
             durations.append(last)
 
