@@ -3,6 +3,7 @@
 #   make test      set up (packages when root, venv) and run the whole suite
 #   make lint      ruff
 #   make bench     simulator throughput, policy decision time, server overhead
+#   make soak      the daemon on 1,000 simulated VMs for a simulated day with 20 HTTP clients
 #   make evaluate  every policy on every scenario; writes docs/evaluation.md
 #   make realbench every policy on real guests (root; about 20 min); writes docs/evaluation-real.md
 
@@ -16,7 +17,7 @@ endif
 PY := $(BIN)/python
 STAMP := $(BIN)/.autoballoon
 
-.PHONY: demo test lint bench evaluate realbench rig clean help
+.PHONY: demo test lint bench soak evaluate realbench rig clean help
 
 help:
 	@sed -n 's/^#   //p' Makefile
@@ -58,6 +59,9 @@ bench: $(STAMP)-test
 	$(PY) bench/bench_sim.py
 	$(PY) bench/bench_policy.py
 	$(PY) bench/bench_server.py
+
+soak: $(STAMP)-test
+	$(PY) bench/soak.py
 
 evaluate: $(STAMP)-test
 	$(BIN)/autoballoon evaluate --scenarios scenarios --report docs

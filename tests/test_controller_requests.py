@@ -210,3 +210,18 @@ def test_the_api_answers_202_while_the_controller_has_not_ticked() -> None:
     assert answer.status_code == 202 and answer.json()["applied"] is False
     controller.tick()  # the queued change is carried out at the next tick
     assert inner.guest("web").target_bytes == 3 * GiB
+
+
+def test_a_bug_while_carrying_out_a_request_fails_that_one_and_keeps_the_others_queued() -> None:
+    controller, flaky = make()
+    first = controller.submit_target("web", 3 * GiB)
+    second = controller.submit_target("ci", 2 * GiB)
+    flaky.failures.append(RuntimeError("a bug in a backend"))
+    flaky.inner.clock.sleep(2.0)
+    with pytest.raises(RuntimeError):
+        controller.tick()
+    with pytest.raises(RuntimeError):
+        first.result(timeout=0)
+    assert not second.done()
+    step(controller, flaky)
+    assert second.result(timeout=0) == 2 * GiB

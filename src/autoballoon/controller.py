@@ -459,13 +459,21 @@ class Controller:
             try:
                 outcome = self._carry_out(backend, request, wall)
             except ConnectionLostError:
-                with self._lock:
-                    self._pending.extendleft(reversed(batch[i:]))
+                self._requeue(batch[i:])
                 raise
             except AutoballoonError as e:
                 request.future.set_exception(e)
+            except BaseException as e:  # a bug: this request fails with it, the ones behind it wait
+                request.future.set_exception(e)
+                self._requeue(batch[i + 1 :])
+                raise
             else:
                 request.future.set_result(outcome)
+
+    def _requeue(self, requests: list[_Request]) -> None:
+        """Put ``requests`` back at the head of the queue, in their order, ahead of newer ones."""
+        with self._lock:
+            self._pending.extendleft(reversed(requests))
 
     def _carry_out(self, backend: Backend, request: _Request, wall: float) -> object:
         """One request's effect; its result, or raises the error that kept it from happening."""
