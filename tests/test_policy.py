@@ -237,17 +237,37 @@ def test_short_host_cuts_cushions_before_needs_and_needs_before_oom_floors() -> 
         assert abs(got["a"] - got["b"]) <= MiB
 
 
-def test_budget_water_fill_by_shares_when_even_oom_floors_do_not_fit() -> None:
-    gold = make_guest("gold", target=3500 * MiB, used=3 * GiB, policy=GuestPolicy(shares=3000))
-    bronze = make_guest("bronze", target=3500 * MiB, used=3 * GiB, policy=GuestPolicy(shares=1000))
+def test_oom_floors_may_take_the_reserve_and_a_configured_budget() -> None:
+    """A process killed in a guest is worse than a host below its reserve or above a configured budget:
+    when only the OOM floors fit, they take what the host really has."""
+    a = make_guest("a", target=3500 * MiB, used=3 * GiB)
+    b = make_guest("b", target=3500 * MiB, used=3 * GiB)
     tun = replace(T, host_reserve_bytes=1 * GiB, host_budget_bytes=3 * GiB)
-    snap = make_host(gold, bronze, available=8 * GiB)
+    snap = make_host(a, b, available=8 * GiB)
     plan, _ = decide(snap, inputs(), PolicyState(), tun)
     got = targets(plan, snap)
     assert plan.budget == 3 * GiB and plan.host_short
-    assert sum(got.values()) <= 3 * GiB
-    floor = T.global_min_bytes
-    assert got["gold"] - floor == pytest.approx(3 * (got["bronze"] - floor), rel=0.01)
+    oom_floor = 3 * GiB + T.oom_margin_bytes
+    assert got == {"a": oom_floor, "b": oom_floor}  # above the budget, never below the OOM floors
+
+
+def test_a_host_out_of_memory_shares_all_it_has_by_shares() -> None:
+    """When not even all the host's memory holds the OOM floors, the floors come first and the shares
+    water-fill the rest: someone will lose a process, but the host does not lose whole VMs."""
+
+    def guest(name: str, shares: int) -> GuestSnapshot:
+        policy = GuestPolicy(shares=shares)
+        return make_guest(name, target=3500 * MiB, used=3484 * MiB, autodeflate=False, policy=policy)
+
+    gold, bronze = guest("gold", 3000), guest("bronze", 1000)
+    tun = replace(T, host_reserve_bytes=1 * GiB)
+    snap = make_host(gold, bronze, available=0)  # all it has: 7000 MiB, less its last free 256 MiB
+    plan, _ = decide(snap, inputs(), PolicyState(), tun)
+    got = targets(plan, snap)
+    assert plan.host_short
+    assert sum(got.values()) <= 7000 * MiB - T.host_min_free_bytes
+    assert got["gold"] == 3500 * MiB  # the larger share is not cut (it would grow once bronze shrank)
+    assert {a.vm: a.reason for a in plan.actions} == {"bronze": "host-danger"}
 
 
 def test_surplus_taken_first_from_biggest_surplus() -> None:
@@ -281,10 +301,10 @@ def test_guest_under_pressure_not_shrunk_to_feed_another() -> None:
 def test_host_in_danger_may_shrink_guest_under_pressure() -> None:
     pressed = make_guest("pressed", max_bytes=4 * GiB, target=3 * GiB, used=3 * GiB - 16 * MiB)
     tun = replace(T, host_reserve_bytes=2 * GiB)
-    snap = make_host(pressed, available=0)  # host below its reserve: budget 1 GiB
+    snap = make_host(pressed, available=0)  # host out of memory: it keeps at least its last free MiB
     plan, _ = decide(snap, inputs(), PolicyState(), tun)
     (action,) = plan.actions
-    assert action.new_target <= 1 * GiB
+    assert action.new_target <= 3 * GiB - T.host_min_free_bytes
     assert action.reason == "host-danger"
 
 

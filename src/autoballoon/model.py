@@ -132,10 +132,12 @@ class GuestSnapshot:
         """What the guest really uses: MemTotal - MemAvailable, less any balloon it counts as used.
 
         With ``deflate-on-oom`` the Linux driver leaves MemTotal alone, so the whole balloon (max - actual)
-        shows as used (measured on the rig: MemAvailable falls by exactly what the balloon takes; see the
-        reference, section 5.1). A guest whose MemTotal is above what it has (Windows: virtio-win#568)
-        counts the difference as used. The policy, the tables, the API and the metrics all read this one
-        figure, so they never disagree.
+        shows as used (Linux drivers/virtio/virtio_balloon.c skips adjust_managed_page_count then;
+        measured on the rig: MemAvailable falls by exactly what the balloon takes). Windows does the same
+        (virtio-win#568: ballooned memory shows as in use while MemTotal stays at the boot size). Without
+        either, MemTotal follows the balloon and nothing is subtracted: a MemTotal above ``actual`` is
+        then only stats a period older than a balloon that just inflated. The policy, the tables, the
+        API and the metrics all read this one figure, so they never disagree.
         """
         s = self.stats
         total, available = s.total, s.available
@@ -147,7 +149,7 @@ class GuestSnapshot:
             if self.balloon.autodeflate:
                 if self.max_bytes > actual:
                     used -= self.max_bytes - actual
-            elif total > actual:
+            elif self.os_type == "windows" and total > actual:
                 used -= total - actual
         return used if used > 0 else 0
 
@@ -256,6 +258,7 @@ class GuestDecision(NamedTuple):
     floor: int | None = None
     ceiling: int | None = None
     pressure: bool = False
+    oom_floor: int | None = None  # below this the guest, without swap or autodeflate, is OOM-killed
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,12 +22,17 @@ class Tunables:
     #: cushion below is usually larger; a VM's own ``buffer`` policy raises this one.
     buffer: float = 0.20
     #: Memory a guest needs beyond its demand not to be under pressure: the kernel's free watermarks,
-    #: the page cache its programs run from, and what MemAvailable overstates (on the rig's Linux 6.1
-    #: guests the OOM killer fired with 14-24 MiB still reported available).
-    min_headroom_bytes: int = 64 * MiB
-    #: Below ``demand + oom_margin`` a guest without swap is OOM-killed: the MemAvailable a real guest
-    #: still reports when its OOM killer fires (measured on the rig: 14-24 MiB), with some margin.
-    oom_margin_bytes: int = 32 * MiB
+    #: the page cache its programs run from, what MemAvailable overstates, and some room above its OOM
+    #: floor (``oom_margin``), so that a host short enough to cut guests to their needs does not leave
+    #: them on the edge of an OOM kill that a demand read a stats period ago cannot see.
+    min_headroom_bytes: int = 96 * MiB
+    #: Below ``demand + oom_margin`` a guest without swap is OOM-killed: the MemAvailable a guest still
+    #: reports when its OOM killer fires. That is the file pages it cannot give up (its programs; the
+    #: simulator models 32 MiB on a server) plus the kernel's min watermark (sqrt(16 x RAM in KiB): 3 MiB
+    #: at 512 MiB, 16 MiB at 16 GiB); on the rig's initramfs guests it fired with 14-24 MiB still shown.
+    #: For a guest without swap, being short of memory is not pressure but an OOM kill; and ``used`` read
+    #: from stats a period old wanders by some MiB.
+    oom_margin_bytes: int = 64 * MiB
     #: The lowest target ever set, whatever a VM's own ``min`` says: below this Linux guests thrash.
     global_min_bytes: int = 128 * MiB
     #: Targets are rounded to this (libvirt speaks KiB; a MiB grain keeps the journal readable).
@@ -105,6 +110,10 @@ class Tunables:
     reserve_fraction: float = 0.05
     #: A fixed reserve (config ``[host] reserve``) instead of the rule above.
     host_reserve_bytes: int | None = None
+    #: What the host keeps free whatever happens: a process killed in a guest is a worse harm than a
+    #: host below its reserve, so guests may take the reserve to stay above their OOM floors, but not
+    #: this last part of it, below which the host itself swaps (and its OOM killer takes whole VMs).
+    host_min_free_bytes: int = 256 * MiB
     #: A fixed budget for all ballooned VMs together (config ``[host] budget``); the host-derived budget
     #: (MemAvailable + what the VMs hold - reserve) still applies when it is smaller.
     host_budget_bytes: int | None = None

@@ -163,12 +163,19 @@ def acceptance(metrics: Sequence[Metrics], summaries: Sequence[PolicySummary]) -
                         f"{ours.oom_kills} vs {theirs.oom_kills}",
                     )
                 )
+                # Harm is ordered: a reference that killed more, or overran the host longer, ranks
+                # below on a graver harm, and its pressure (a killed workload no longer needs memory)
+                # is no bar to meet.
+                graver = (theirs.oom_kills, theirs.host_overrun_s) > (ours.oom_kills, ours.host_overrun_s)
+                detail = f"{ours.pressure_vm_s:g} vs {theirs.pressure_vm_s:g} VM-s"
+                if graver:
+                    detail += f" ({ref}: {theirs.oom_kills} OOM kills, {theirs.host_overrun_s:g} s overrun)"
                 checks.append(
                     Check(
                         scenario,
                         f"pressure <= {ref}",
-                        ours.pressure_vm_s <= theirs.pressure_vm_s + PRESSURE_SLACK_VM_S,
-                        f"{ours.pressure_vm_s:g} vs {theirs.pressure_vm_s:g} VM-s",
+                        graver or ours.pressure_vm_s <= theirs.pressure_vm_s + PRESSURE_SLACK_VM_S,
+                        detail,
                     )
                 )
         for m in metrics:

@@ -14,7 +14,8 @@ One decision is four phases, each a function below, in this order:
    the guest can allocate within one reaction time of the daemon, sized from the reaction time, a
    growth allowance, a prior for a first burst and the jumps the guest has shown, remembered for hours).
 3. **allocate** — share the host's budget: every guest gets its want when the wants fit; when they do
-   not, every cushion is cut by the same share before anyone drops below its need, and every need
+   not, the cushions are cut (a water-fill by shares, the largest first) before anyone drops below its
+   need, and every need
    before anyone drops below its OOM floor. Targets then move toward those goals: growth at once, paid
    from memory that is free now; shrinking gradually, with a dead band, never while the guest is under
    pressure (unless the host itself is in danger) and one step per fresh stats report.
@@ -222,6 +223,7 @@ class Estimate(NamedTuple):
     demand: int
     pressure: bool
     blind: bool  # it lost its stats: never shrunk, its want is its ceiling
+    swaps: bool  # it has swap (it has swapped out since it booted): short of memory, it swaps first
     latency: float  # its reaction time, seconds
     buffer: float  # the least share of demand its cushion holds
     least_need: int  # what it must keep whatever its demand says: all it has while under pressure
@@ -270,7 +272,7 @@ def estimate(v: Verdict, now: float, wall: float, t: Tunables) -> Estimate:
     if v.status != Status.MANAGED:  # blind: what it has is the least it keeps (see :func:`tiers`)
         held = min(max(g.target_bytes, actual), v.ceiling)
         return Estimate(
-            v, rec.used or 0, rec.demand or 0, False, True, latency, 0.0, held, held, rec.reserved,
+            v, rec.used or 0, rec.demand or 0, False, True, False, latency, 0.0, held, held, rec.reserved,
             rec.stats_time, rec.swap_in, rec.major_faults, 0.0, rec.rate, rec.jump, rec.pressure_at,
         )  # fmt: skip
     still = rec.seen_actual is not None and abs(actual - rec.seen_actual) <= t.stuck_tolerance_bytes
@@ -283,7 +285,7 @@ def estimate(v: Verdict, now: float, wall: float, t: Tunables) -> Estimate:
     # which libvirt reports as it is now while the stats are up to a period old: a balloon that moved in
     # between would show as a change in ``used``. Stats older than the last look are read against the
     # balloon as it was then (``used`` is MemTotal - MemAvailable - (max - actual)).
-    follows_balloon = g.balloon.autodeflate or (stats.total or 0) > actual + t.stuck_tolerance_bytes
+    follows_balloon = g.balloon.autodeflate or g.os_type == "windows"
     if (
         follows_balloon
         and rec.seen_actual is not None
@@ -344,7 +346,8 @@ def estimate(v: Verdict, now: float, wall: float, t: Tunables) -> Estimate:
         least_need = max(least_need, min(g.target_bytes, ceiling))
     buffer = v.policy.buffer if v.policy.buffer is not None else t.buffer
     return Estimate(
-        v, used, demand, pressure, False, latency, buffer, least_need, least_oom_floor, reserved, stats_time,
+        v, used, demand, pressure, False, (stats.swap_out or 0) > 0, latency, buffer, least_need,
+        least_oom_floor, reserved, stats_time,
         stats.swap_in, stats.major_faults, rise_rate, rate, jump, pressure_at,
     )  # fmt: skip
 
@@ -421,11 +424,13 @@ def tiers(
 ) -> tuple[I64, I64, I64]:
     """Each managed VM's OOM floor, need and want, for all of them at once. Per VM::
 
-        oom_floor = clamp(align_up(demand + oom_margin), floor, ceiling), at least its least_oom_floor
-        needed    = align_up(demand + min_headroom), at least its least_need
+        growth    = max(rate, last report's rate) * latency
+        oom_floor = clamp(align_up(used + growth + oom_margin), floor, ceiling), at least least_oom_floor
+                    (but never above what the guest has, if it swaps)
+        needed    = align_up(demand + growth + min_headroom), at least its least_need
         need      = clamp(needed, floor, ceiling)
-        cushion   = max(buffer * demand, rate * latency)                  with autodeflate
-                  = max(buffer * demand, rate * latency,
+        cushion   = max(buffer * demand, growth)                         with autodeflate
+                  = max(buffer * demand, growth,
                         max(growth_allowance * latency, jump, prior) + oom_margin)   without
         want      = clamp(align_up(needed + cushion), need, ceiling)
 
@@ -448,13 +453,27 @@ def tiers(
     exposed = np.array([not e.verdict.guest.balloon.autodeflate for e in estimates], dtype=np.bool_).reshape(
         n
     )
+    # What the guest's steady growth adds within one reaction time: demand is read from stats up to a
+    # period old and a cut lands a reaction time later, so even the OOM floor holds that. The OOM floor
+    # is what the guest uses now, that growth and the margin (the demand is smoothed, projected and
+    # boosted by pressure: it sizes the need and the want, which a short host may cut; the OOM floor is
+    # what it may not).
+    used = ints([e.used for e in estimates])
+    # (the rate is the larger of the guest's remembered steady rate and the one its last report showed)
+    growth = (latency * floats([e.rate for e in estimates])).astype(np.int64)
     oom_floor = np.maximum(
-        _clip(_align_up(demand + t.oom_margin_bytes, align), floor, ceiling),
+        _clip(_align_up(used + growth + t.oom_margin_bytes, align), floor, ceiling),
         ints([e.least_oom_floor for e in estimates]),
     )
+    # A guest that swaps is short of memory before it is OOM-killed, and what it has resident fills
+    # what it is given: its OOM floor is never above what it has (it is not grown from the reserve).
+    swaps = np.array([e.swaps for e in estimates], dtype=np.bool_).reshape(n)
+    if swaps.any():
+        has = ints([max(e.verdict.guest.target_bytes, e.verdict.guest.actual_bytes or 0) for e in estimates])
+        oom_floor = np.where(swaps, np.minimum(oom_floor, np.maximum(has, floor)), oom_floor)
     # The cushion goes on top of what the demand needs, not of the floor: a floor above that is room.
     needed = np.maximum(
-        _align_up(demand + t.min_headroom_bytes, align), ints([e.least_need for e in estimates])
+        _align_up(demand + growth + t.min_headroom_bytes, align), ints([e.least_need for e in estimates])
     )
     need = _clip(needed, floor, ceiling)
     burst = np.maximum.reduce(
@@ -467,7 +486,7 @@ def tiers(
     cushion = np.maximum.reduce(
         [
             (demand * floats([e.buffer for e in estimates])).astype(np.int64),
-            (latency * floats([e.rate for e in estimates])).astype(np.int64),
+            growth,
             # the OOM killer fires with oom_margin still shown as available: a burst needs that on top
             np.where(exposed, burst + t.oom_margin_bytes, 0),
         ]
@@ -527,19 +546,30 @@ def _columns(estimates: Sequence[Estimate], now: float, t: Tunables) -> _Columns
     )
 
 
-def goals(c: _Columns, pool: int) -> tuple[I64, bool]:
-    """Where each managed VM should end, and whether even the OOM floors did not fit.
+def goals(c: _Columns, pool: int, hard_pool: int, room: int) -> tuple[I64, int, bool]:
+    """Where each managed VM should end, the pool that takes, and whether even the OOM floors did not fit.
 
-    The highest tier that fits the pool, topped up toward the next (:func:`fit_tiers`): wants, then needs,
-    then OOM floors. When not even the OOM floors fit, the floors come first and the shares water-fill
-    the rest up to the OOM floors: someone will swap or lose a process, and the operator hears of it.
+    The highest tier that fits the pool, topped up toward the next by shares (:func:`fit_tiers`): wants,
+    then needs, then OOM floors. The wants also leave ``room`` free for a burst of a guest with
+    autodeflate, which takes that memory from the host by itself; needs come before that room. A
+    process killed in a guest is a worse harm than a host below its reserve or above a configured
+    budget, so when only the OOM floors fit, and only in all the memory the host really has
+    (``hard_pool``), that is where they go.
+    When not even that fits, the host itself is out of memory: the floors come first and the shares
+    water-fill all it has up to the OOM floors. Someone will swap or lose a process, and the operator
+    hears of it; the host does not lose whole VMs.
     """
-    fitted = fit_tiers([c.oom_floor.tolist(), c.need.tolist(), c.want.tolist()], pool)
+    oom_floor, need, want = c.oom_floor.tolist(), c.need.tolist(), c.want.tolist()
+    fitted = fit_tiers([need, want], pool - room, c.shares) or fit_tiers([oom_floor, need], pool, c.shares)
     if fitted is not None:
-        return np.array(fitted, dtype=np.int64), False
+        return np.array(fitted, dtype=np.int64), pool, False
+    if int(c.oom_floor.sum()) <= hard_pool:
+        return c.oom_floor.copy(), max(pool, int(c.oom_floor.sum())), True
+    # The host itself is out of memory: the floors come first and the shares water-fill all it has up
+    # to the OOM floors. Someone will lose a process; the host must not lose whole VMs.
     floors = c.floor.tolist()
-    shared = water_fill(floors, c.oom_floor.tolist(), c.shares, pool - sum(floors))
-    return np.array(shared, dtype=np.int64), True
+    shared = water_fill(floors, oom_floor, c.shares, hard_pool - sum(floors))
+    return np.array(shared, dtype=np.int64), hard_pool, True
 
 
 def move(c: _Columns, goal: I64, danger: bool, t: Tunables) -> I64:
@@ -559,13 +589,16 @@ def move(c: _Columns, goal: I64, danger: bool, t: Tunables) -> I64:
     return np.minimum(np.maximum(moved, c.floor), c.ceiling)
 
 
-def pay_growth(c: _Columns, alloc: I64, pool: int) -> I64:
+def pay_growth(c: _Columns, alloc: I64, pool: int, hard_pool: int) -> I64:
     """Growth is paid only from memory that is free now (Xen squeezed's two-phase rule).
 
     A shrinking balloon gives its memory back over seconds, so until it has, the host holds
-    ``max(actual, target)`` of every VM. If the growth does not fit beside that in ``pool``, the growth
-    beyond what is already granted waits for the freed memory: urgent VMs (under pressure, deflating
-    themselves) are paid first, the others share the rest by shares.
+    ``max(actual, target)`` of every VM. If the growth does not fit beside that in ``pool`` (what is free
+    above the host's reserve), the growth beyond what is already granted waits for the freed memory, in
+    this order: first every guest up to its OOM floor, from all the memory the host has (``hard_pool``,
+    its reserve too: a process killed in a guest is a worse harm than a host below its reserve); then
+    urgent guests (under pressure, deflating themselves) the rest of their growth; then the others, by
+    shares.
     """
     if int(np.maximum(c.actual, alloc).sum()) <= pool:
         return alloc
@@ -573,10 +606,11 @@ def pay_growth(c: _Columns, alloc: I64, pool: int) -> I64:
     base = np.where(growing, np.maximum(c.actual, np.minimum(c.target, alloc)), np.maximum(alloc, c.actual))
     base = np.where(growing & (c.target < c.floor), np.maximum(base, np.minimum(c.floor, alloc)), base)
     lo = base.tolist()
-    room = pool - sum(lo)
-    urgent = np.where(growing & c.urgent, alloc, base).tolist()
-    first = water_fill(lo, urgent, c.shares, room)
-    rest = water_fill(first, np.maximum(alloc, first).tolist(), c.shares, room - (sum(first) - sum(lo)))
+    to_oom_floor = np.where(growing, np.maximum(base, np.minimum(alloc, c.oom_floor)), base).tolist()
+    safe = water_fill(lo, to_oom_floor, c.shares, hard_pool - sum(lo))
+    urgent = np.where(growing & c.urgent, alloc, safe).tolist()
+    first = water_fill(safe, np.maximum(urgent, safe).tolist(), c.shares, pool - sum(safe))
+    rest = water_fill(first, np.maximum(alloc, first).tolist(), c.shares, pool - sum(first))
     return np.where(growing, np.array(rest, dtype=np.int64), alloc)
 
 
@@ -584,6 +618,7 @@ class Allocation(NamedTuple):
     targets: I64  # the targets to set this tick
     goals: I64  # where they are headed
     wants: I64  # what each should have (see :func:`tiers`)
+    oom_floors: I64  # below which each is OOM-killed
     short: bool  # the wants did not fit
     danger: bool  # the host is in danger, or only hurting a guest under pressure held the budget
 
@@ -593,10 +628,12 @@ def allocate(estimates: Sequence[Estimate], b: Budget, now: float, t: Tunables) 
     danger = b.danger
     if not estimates:
         empty = np.zeros(0, dtype=np.int64)
-        return Allocation(empty, empty, empty, False, danger)
+        return Allocation(empty, empty, empty, empty, False, danger)
     c = _columns(estimates, now, t)
-    pool = b.budget - b.held
-    goal, short = goals(c, pool)
+    # Room for the largest burst a guest with autodeflate has shown: it would take it from the host.
+    room = max((e.jump for e in estimates if e.verdict.guest.balloon.autodeflate and not e.blind), default=0)
+    hard_pool = b.host + b.reserve - t.host_min_free_bytes - b.held
+    goal, pool, short = goals(c, b.budget - b.held, hard_pool, room)
     short = short or int(c.want.sum()) > pool
     alloc = move(c, goal, b.danger, t)
     if int(alloc.sum()) > pool:
@@ -609,10 +646,11 @@ def allocate(estimates: Sequence[Estimate], b: Budget, now: float, t: Tunables) 
             danger = True
         cut = water_fill(lo.tolist(), alloc.tolist(), [1.0] * len(estimates), pool - int(lo.sum()))
         alloc = np.array(cut, dtype=np.int64)
-    # The configured budget caps the goals; what growth can be paid from is what the host really has.
-    alloc = pay_growth(c, alloc, b.host - b.held)
+    # The configured budget caps the goals; what growth can be paid from is what the host really has
+    # (its reserve too, when only that keeps guests at their OOM floors).
+    alloc = pay_growth(c, alloc, max(b.host - b.held, pool), hard_pool)
     alloc = np.minimum(np.maximum(_align_down(alloc, t.target_align_bytes), c.floor), c.ceiling)
-    return Allocation(alloc, goal, c.want, short, danger)
+    return Allocation(alloc, goal, c.want, c.oom_floor, short, danger)
 
 
 # --- 4. emit ----------------------------------------------------------------------------------------
@@ -685,7 +723,8 @@ def decide(
     decisions: dict[str, GuestDecision] = {}
     status: dict[str, str] = {}
     reasons: dict[str, str] = {}
-    for e, new, want in zip(estimates, allocation.targets.tolist(), allocation.wants.tolist(), strict=True):
+    columns = (allocation.targets.tolist(), allocation.wants.tolist(), allocation.oom_floors.tolist())
+    for e, new, want, oom_floor in zip(estimates, *columns, strict=True):
         v, g = e.verdict, e.verdict.guest
         old = g.target_bytes
         rec = v.record
@@ -711,7 +750,7 @@ def decide(
                 events.append(event)
         status[g.name] = v.status
         reasons[g.name] = f"shrink held: {v.shrink_hold}" if shrink_held else v.reason
-        decisions[g.name] = GuestDecision(e.demand, want, v.floor, v.ceiling, e.pressure)
+        decisions[g.name] = GuestDecision(e.demand, want, v.floor, v.ceiling, e.pressure, oom_floor)
         records[g.name] = GuestRecord(
             status=v.status,
             seen_time=now,

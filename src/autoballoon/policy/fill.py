@@ -39,13 +39,14 @@ def water_fill(lo: Sequence[int], hi: Sequence[int], weights: Sequence[float], a
     return [lo[i] + min(caps[i], int(level * weights[i])) if weights[i] > 0 else lo[i] for i in range(n)]
 
 
-def fit_tiers(tiers: Sequence[Sequence[int]], pool: int) -> list[int] | None:
-    """The highest tier that fits ``pool`` in full, topped up toward the next one.
+def fit_tiers(tiers: Sequence[Sequence[int]], pool: int, weights: Sequence[float]) -> list[int] | None:
+    """The highest tier that fits ``pool`` in full, topped up toward the next one by ``weights``.
 
     ``tiers`` go from the least each guest can live with up to the most it should get, every tier at
-    least the one below it, guest by guest. The top-up is proportional to each guest's step between the
-    two tiers, so a short host cuts every guest's cushion by the same share before anyone drops to the
-    tier below. Returns None when even the lowest tier does not fit.
+    least the one below it, guest by guest. The top-up is a water-fill by weight (the guests' shares)
+    capped at the next tier: with equal weights every guest gets the same amount more, so the guests
+    with the largest steps (the most surplus) are cut the most. Returns None when even the lowest tier
+    does not fit.
     """
     above: Sequence[int] | None = None
     for tier in reversed(tiers):
@@ -53,7 +54,6 @@ def fit_tiers(tiers: Sequence[Sequence[int]], pool: int) -> list[int] | None:
         if total <= pool:
             if above is None:
                 return list(tier)
-            steps = [float(a - b) for a, b in zip(above, tier, strict=True)]
-            return water_fill(tier, above, steps, pool - total)
+            return water_fill(tier, above, weights, pool - total)
         above = tier
     return None
