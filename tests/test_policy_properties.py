@@ -33,12 +33,13 @@ def guests(draw: st.DrawFn, name: str) -> GuestSnapshot:
         used = draw(st.integers(0, max(0, actual // MiB))) * MiB
         available = max(0, total - used - (max_bytes - actual if autodeflate else 0))
         stats = GuestStats(total=total, available=available, swap_in=0, major_faults=0, last_update=1000.0)
-    pmin = draw(st.one_of(st.none(), st.integers(0, 16 * 1024).map(lambda m: m * MiB)))
-    pmax = draw(st.one_of(st.none(), st.integers(0, 16 * 1024).map(lambda m: m * MiB)))
+    # Policy sizes from the lowest target anybody may set (128 MiB); shares from 1 (see constraints.py).
+    pmin = draw(st.one_of(st.none(), st.integers(128, 16 * 1024).map(lambda m: m * MiB)))
+    pmax = draw(st.one_of(st.none(), st.integers(128, 16 * 1024).map(lambda m: m * MiB)))
     policy = GuestPolicy(
         min_bytes=pmin,
         max_bytes=pmax,
-        shares=draw(st.one_of(st.none(), st.integers(0, 5000))),
+        shares=draw(st.one_of(st.none(), st.integers(1, 5000))),
         buffer=draw(st.one_of(st.none(), st.floats(0, 1))),
         exclude=draw(st.integers(0, 19)) == 0,
     )
