@@ -111,7 +111,7 @@ def test_policy_round_trip(backend: Backend, capsys: pytest.CaptureFixture[str])
 REFUSALS = [
     ("unknown VM", ["setmem", "no-such-vm", "512M"], "no-such-vm"),
     ("above max", ["setmem", "{vm}", "64T"], "above the VM's maximum"),
-    ("below 64 MiB", ["setmem", "{vm}", "32M"], "32MiB"),
+    ("below 128 MiB", ["setmem", "{vm}", "100M"], "100MiB"),
     ("malformed size", ["setmem", "{vm}", "4X"], "'4X'"),
     ("negative size", ["setmem", "{vm}", "-1G"], "'-1G'"),
     ("vcpus above max", ["setvcpus", "{vm}", "4096"], "maximum"),
@@ -170,8 +170,8 @@ def test_sizes_reach_the_backend_in_bytes(backend: Backend, capsys: pytest.Captu
 def test_below_the_global_minimum_is_refused(backend: Backend, capsys: pytest.CaptureFixture[str]) -> None:
     vm = next(g.name for g in backend.snapshot().guests if g.state.active and g.policy.min_bytes is None)
     before = state(backend)
-    code, _, err = run(capsys, "setmem", vm, "32M")
-    assert code == 2 and "smallest target autoballoon allows 64MiB" in err
+    code, _, err = run(capsys, "setmem", vm, "100M")  # the API's floor too: one for every door
+    assert code == 2 and "smallest target autoballoon allows 128MiB" in err
     assert state(backend) == before
 
 

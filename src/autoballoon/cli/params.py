@@ -6,6 +6,7 @@ from typing import Any
 
 import click
 
+from autoballoon.constraints import COUNT, SHARES, STATS_PERIOD, Range
 from autoballoon.errors import InvalidValueError
 from autoballoon.units import parse_percent, parse_size
 
@@ -38,6 +39,34 @@ class PercentType(click.ParamType):
             self.fail(str(e), param, ctx)
 
 
+class RangeType(click.ParamType):
+    """A number within one of :mod:`autoballoon.constraints`' ranges, refused with the same words as the
+    config file and the API use for it."""
+
+    def __init__(self, rng: Range) -> None:
+        self.rng = rng
+        self.name = "N" if rng.whole else "X"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int | float:
+        what = param.human_readable_name if param else "value"
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            number: int | float = value
+        else:
+            text = str(value).strip()
+            try:  # int() refuses over 4300 digits with a ValueError; no range here is that long anyway
+                number = int(text) if self.rng.whole else float(text)
+            except ValueError:
+                self.fail(str(InvalidValueError(what, value, self.rng.describe())), param, ctx)
+        try:
+            self.rng.check(number, what)
+        except InvalidValueError as e:
+            self.fail(str(e), param, ctx)
+        return number
+
+
 SIZE = SizeType()
+SHARES_TYPE = RangeType(SHARES)
+COUNT_TYPE = RangeType(COUNT)
+STATS_PERIOD_TYPE = RangeType(STATS_PERIOD)
 PERCENT = PercentType()
 ON_OFF = click.Choice(["on", "off"])
