@@ -31,6 +31,7 @@ shrinks itself, reading the guard's verdicts through :func:`shrink_hold` and ``H
 from __future__ import annotations
 
 import math
+import shlex
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
@@ -102,12 +103,13 @@ EVENT_KINDS = ("quarantine", "release", "pause", "resume")
 
 
 def remedy(vm: str) -> str:
-    """The one command that removes a guest's balloon device (effective at the next boot)."""
-    return f"autoballoon balloon {vm} --model none"
+    """The one command that removes a guest's balloon device (effective at the next boot), quoted for a
+    POSIX shell: the operator pastes it, and a VM name is anybody's text."""
+    return f"autoballoon balloon {shlex.quote(vm)} --model none"
 
 
 def release_command(vm: str) -> str:
-    return f"autoballoon release {vm}"
+    return f"autoballoon release {shlex.quote(vm)}"
 
 
 class VMHealth(NamedTuple):

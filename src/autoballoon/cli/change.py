@@ -10,7 +10,7 @@ import click
 from autoballoon import ops
 from autoballoon.cli import Context, cli, pass_ctx
 from autoballoon.cli.inventory import policy_text
-from autoballoon.cli.output import emit_json
+from autoballoon.cli.output import emit_json, say
 from autoballoon.cli.params import COUNT_TYPE, ON_OFF, PERCENT, SHARES_TYPE, SIZE, STATS_PERIOD_TYPE
 from autoballoon.model import BALLOON_MODELS, BalloonChange, ChangeResult
 from autoballoon.units import format_size
@@ -23,9 +23,9 @@ _SCOPE_HELP = "Neither --live nor --config means the running VM if it runs, else
 
 
 def _report(result: ChangeResult) -> None:
-    click.echo(result.message)
+    say(result.message)
     if result.next_boot and not result.live:
-        click.echo("note: this takes effect at the next boot of the VM (a restart, not a reboot inside it)")
+        say("note: this takes effect at the next boot of the VM (a restart, not a reboot inside it)")
 
 
 @cli.command(context_settings=_NUMERIC_ARGS)
@@ -40,7 +40,7 @@ def setmem(ctx: Context, vm: str, size: int, live: bool, config: bool) -> None:
     Refused (exit 2, nothing changed) above the VM's <memory>, below 128 MiB or below the VM's policy minimum.
     """
     scope = ops.setmem(ctx.backend, vm, size, live=live, config=config)
-    click.echo(f"{vm}: balloon target set to {format_size(size)} ({scope})")
+    say(f"{vm}: balloon target set to {format_size(size)} ({scope})")
 
 
 setmem.help = (setmem.help or "") + "\n\n" + _SCOPE_HELP
@@ -110,7 +110,7 @@ def balloon(
     )
     if change.empty:
         b = ctx.backend.guest(vm).balloon
-        click.echo(
+        say(
             f"{vm}: model {b.model}, autodeflate {'on' if b.autodeflate else 'off'}, "
             f"free-page-reporting {'on' if b.free_page_reporting else 'off'}, "
             f"stats period {b.stats_period or 0} s"
@@ -157,4 +157,4 @@ def policy(
     if as_json:
         emit_json(current.to_json())
     else:
-        click.echo(f"{vm}: {policy_text(current)}")
+        say(f"{vm}: {policy_text(current)}")
