@@ -125,7 +125,7 @@ def test_manage_limits_the_daemon_to_matching_vms() -> None:
 @pytest.mark.parametrize(
     ("toml", "key", "accepted"),
     [
-        ("[tunables]\nroomy_from = 1.0", "tunables.roomy_from", "a fraction from 0 to less than 1"),
+        ("[tunables]\nhistory_half_life_s = 0", "tunables.history_half_life_s", "above 0 and at most"),
         ('[tunables]\ntarget_align = "0B"', "tunables.target_align", "a size of at least 1B"),
         ("[tunables]\ndemand_decay_s = 0", "tunables.demand_decay_s", "a number of seconds above 0"),
         ("interval = 1e12", "interval", "a number of seconds from 0.5 to 31536000"),
@@ -141,7 +141,7 @@ def test_manage_limits_the_daemon_to_matching_vms() -> None:
         ('[defaults]\nmin = "64MiB"', "defaults.min", "a size of at least 128MiB"),
         ('[vm.a]\nbuffer = "nan%"', "vm.a.buffer", "percentage"),
         ('[host]\nbudget = "-1GiB"', "host.budget", "'-1GiB'"),
-        ("[tunables]\ntick_history = 1e400", "tunables.tick_history", "a whole number"),
+        ("[tunables]\njournal_ring_size = 1e400", "tunables.journal_ring_size", "a whole number"),
         ("tunables = 5", "tunables", "dictionary"),
     ],
 )

@@ -3,7 +3,7 @@ passes it can crash the loop.
 
 The ranges live in :mod:`autoballoon.constraints`; ``Tunables``, ``HealthTunables`` and ``GuestPolicy``
 check them when made. The last test is the promise the config makes: whatever tunables are accepted, the
-controller survives its ticks (before, ``roomy_from = 1.0``, ``target_align = "0B"`` and
+controller survives its ticks (before, ``history_half_life_s = 0``, ``target_align = "0B"`` and
 ``demand_decay_s = 0`` were accepted and then divided by zero).
 """
 
@@ -80,7 +80,7 @@ def test_no_validated_value_has_a_field_outside_its_range(cls: type, name: str, 
 @pytest.mark.parametrize(
     ("kwargs", "field"),
     [
-        ({"roomy_from": 1.0}, "roomy_from"),  # divided by 1 - roomy_from
+        ({"history_half_life_s": 0.0}, "history_half_life_s"),  # 0.5 ** (dt / half_life)
         ({"target_align_bytes": 0}, "target_align_bytes"),  # targets are aligned by it
         ({"demand_decay_s": 0.0}, "demand_decay_s"),  # exp(-dt / demand_decay_s)
         ({"interval_s": 1e12}, "interval_s"),  # overflowed the timer

@@ -144,8 +144,6 @@ SECONDS = Range(0, MAX_SECONDS, unit="seconds")
 POSITIVE_SECONDS = Range(0, MAX_SECONDS, unit="seconds", low_open=True)
 #: A share of something: 0 to 1.
 FRACTION = Range(0, 1, unit="fraction")
-#: A share of something that is divided by its complement (``1 - x``): 0 up to, not including, 1.
-FRACTION_BELOW_ONE = Range(0, 1, unit="fraction", high_open=True)
 #: A buffer or cushion as a multiple of demand: 0 to 10 (1000 %).
 BUFFER = Range(0, MAX_BUFFER, unit="fraction")
 #: A factor something is multiplied by: above 0, at most a million.
@@ -166,7 +164,6 @@ GuestBytes = Annotated[int, GUEST_BYTES]
 Seconds = Annotated[float, SECONDS]
 PositiveSeconds = Annotated[float, POSITIVE_SECONDS]
 Fraction = Annotated[float, FRACTION]
-FractionBelowOne = Annotated[float, FRACTION_BELOW_ONE]
 Buffer = Annotated[float, BUFFER]
 Factor = Annotated[float, FACTOR]
 Rate = Annotated[float, RATE]
