@@ -20,6 +20,7 @@ def test_full_config(tmp_path: Path) -> None:
         """
 interval = 1
 journal = "/tmp/j.jsonl"
+state = "/tmp/state.json"
 on_exit = "restore"
 restore_to = "start"
 [host]
@@ -41,7 +42,8 @@ exclude = true
 """
     )
     c = load_config(path)
-    assert c.interval_s == 1.0 and c.journal_path == "/tmp/j.jsonl"
+    assert c.interval_s == 1.0 and c.journal_path == "/tmp/j.jsonl" and c.state_path == "/tmp/state.json"
+    assert DaemonConfig().state_path == "/var/lib/autoballoon/state.json"
     assert (c.on_exit, c.restore_to) == ("restore", "start")
     t = c.tunables
     assert (t.buffer, t.min_headroom_bytes, t.stuck_after_s) == (0.25, 32 * MiB, 5.0)

@@ -29,6 +29,7 @@ from autoballoon.errors import InvalidValueError, LimitError
 from autoballoon.health import HealthTunables
 from autoballoon.model import GuestPolicy
 from autoballoon.ops import check_policy
+from autoballoon.state import DEFAULT_STATE_PATH
 from autoballoon.tunables import Tunables
 from autoballoon.units import parse_percent, parse_size
 
@@ -139,6 +140,7 @@ class ConfigFile(BaseModel):
 
     interval: Annotated[float, Strict(False), Field(allow_inf_nan=True)] | None = None
     journal: Annotated[str, Strict()] | None = None
+    state: Annotated[str, Strict(), Field(min_length=1)] | None = None
     on_exit: OnExit = "hold"
     restore_to: RestoreTo = "max"
     manage: list[Annotated[str, Strict()]] | None = None
@@ -155,6 +157,8 @@ class DaemonConfig:
 
     tunables: Tunables = field(default_factory=Tunables)
     journal_path: str | None = None
+    #: Where the daemon keeps what it must remember across restarts (:mod:`autoballoon.state`).
+    state_path: str = str(DEFAULT_STATE_PATH)
     on_exit: OnExit = "hold"
     #: With ``on_exit = "restore"``: every managed VM back to its max, or to the target it had at start.
     restore_to: RestoreTo = "max"
@@ -290,6 +294,7 @@ def parse_config(raw: Mapping[str, Any], *, source: str | None = None) -> Daemon
     return DaemonConfig(
         tunables=tunables,
         journal_path=parsed.journal,
+        state_path=parsed.state if parsed.state is not None else str(DEFAULT_STATE_PATH),
         on_exit=parsed.on_exit,
         restore_to=parsed.restore_to,
         defaults=defaults,
