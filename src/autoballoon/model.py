@@ -133,6 +133,12 @@ class GuestSnapshot:
     os_type: GuestOS = "unknown"
     persistent: bool = True
     uuid: str | None = None
+    #: Why the hypervisor says this VM must not be shrunk now (a migration or other job in progress,
+    #: paused, host memory unknown), or None; the guards hold it at its target.
+    hold: str | None = None
+    #: Why its balloon cannot give memory back to the host (VFIO device, locked or hugepage memory),
+    #: or None; the guards exclude it.
+    incapable: str | None = None
 
     @property
     def used_bytes(self) -> int | None:
@@ -188,6 +194,9 @@ class HostSnapshot:
     cpu_count: int = 1
     thermal_throttle_count: int | None = None  # sum over CPUs, cumulative
     hostname: str = ""
+    #: Why the host's memory figures cannot be trusted (a remote host that reports none), or None.
+    #: Every guest then carries a ``hold`` too: nothing shrinks, nothing grows beyond what is known free.
+    hold: str | None = None
 
     def guest(self, name: str) -> GuestSnapshot | None:
         for g in self.guests:

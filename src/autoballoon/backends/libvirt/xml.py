@@ -64,6 +64,8 @@ class DomainConfig:
     balloon: BalloonConfig = field(default_factory=BalloonConfig)
     os_type: GuestOS = "unknown"
     policy: GuestPolicy = field(default_factory=GuestPolicy)
+    #: Why ballooning cannot give this guest's memory back to the host, or None (see balloon_incapable).
+    incapable: str | None = None
 
 
 def _parse(xml: str) -> ET.Element:
@@ -105,6 +107,34 @@ def parse_balloon(root: ET.Element) -> BalloonConfig:
         free_page_reporting=_flag(el.get("freePageReporting")),
         stats_period=period,
     )
+
+
+#: Host devices passed through with VFIO (PCI functions, mediated devices, SR-IOV network functions).
+_VFIO_DEVICES = (
+    "./devices/hostdev[@type='pci']",
+    "./devices/hostdev[@type='mdev']",
+    "./devices/interface[@type='hostdev']",
+)
+
+
+def balloon_incapable(root: ET.Element) -> str | None:
+    """Why this guest's balloon cannot return memory to the host, or None.
+
+    - A VFIO device can DMA into any guest page, so QEMU pins all guest memory and disables discarding
+      it (``ram_block_discard_disable()`` in QEMU's VFIO code): the balloon inflates, the host gains
+      nothing, and the guest is short for no one's benefit.
+    - ``<memoryBacking><locked/>`` mlocks the guest's memory: the host cannot take it back either.
+    - With ``<hugepages/>`` a huge page is freed only once the balloon holds every 4 KiB of it (QEMU's
+      virtio-balloon tracks partly ballooned huge pages), and then it goes back to the reserved huge
+      page pool, which only huge-page guests can use.
+    """
+    if any(root.find(path) is not None for path in _VFIO_DEVICES):
+        return "balloon ineffective: a VFIO host device pins all guest memory"
+    if root.find("./memoryBacking/locked") is not None:
+        return "balloon ineffective: guest memory is locked (<memoryBacking><locked/>)"
+    if root.find("./memoryBacking/hugepages") is not None:
+        return "balloon ineffective: guest memory is backed by huge pages (<memoryBacking><hugepages/>)"
+    return None
 
 
 def guess_os(root: ET.Element) -> GuestOS:
@@ -214,6 +244,7 @@ def parse_domain(xml: str) -> DomainConfig:
         balloon=parse_balloon(root),
         os_type=guess_os(root),
         policy=policy_from_metadata(root),
+        incapable=balloon_incapable(root),
     )
 
 
