@@ -67,7 +67,7 @@ def _config_type(annotation: Any) -> Any:
         return Annotated[base, Strict()] | None
     kind = int if rng.whole else float
     parse = {"bytes": [BeforeValidator(_size)], "fraction": [BeforeValidator(_fraction)]}.get(rng.unit, [])
-    return Annotated[kind, rng, *parse] | None  # type: ignore[valid-type]
+    return Annotated[kind, rng, *parse] | None
 
 
 def _key(name: str) -> str:
@@ -97,7 +97,7 @@ class _Table:
         spec: dict[str, Any] = {key: (_config_type(hints[name]), None) for key, name in self.fields.items()}
         for key, kind in (extra or {}).items():
             spec[key] = (kind, None)
-        self.model: type[BaseModel] = create_model(  # type: ignore[call-overload]
+        self.model: type[BaseModel] = create_model(
             title, __config__=ConfigDict(extra="forbid", frozen=True), **spec
         )
 

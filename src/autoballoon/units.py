@@ -84,12 +84,12 @@ def parse_size(text: str | int, *, default_unit: int = KiB, what: str = "size") 
         scale = _UNITS[unit_text]
     else:
         raise InvalidValueError(what, text, f"unknown unit {match.group('unit')!r}; {ACCEPTED_FORMS}")
-    value = Fraction(match.group("num")) * scale
-    if value.denominator != 1:
+    exact = Fraction(match.group("num")) * scale
+    if exact.denominator != 1:
         raise InvalidValueError(what, text, "a size that is a whole number of bytes; " + ACCEPTED_FORMS)
-    if value > MAX_BYTES:
+    if exact > MAX_BYTES:
         raise InvalidValueError(what, text, f"a size of at most {MAX_BYTES} bytes (8 EiB)")
-    return int(value)
+    return int(exact)
 
 
 def format_size(n: int) -> str:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -10,8 +10,15 @@ from autoballoon.constraints import COUNT, SHARES, STATS_PERIOD, Range
 from autoballoon.errors import InvalidValueError
 from autoballoon.units import parse_percent, parse_size
 
+if TYPE_CHECKING:  # click 8.2 made ParamType generic; older clicks cannot subscript it at run time
+    _Size = click.ParamType[int, Any]
+    _Percent = click.ParamType[float, Any]
+    _Number = click.ParamType[int | float, Any]
+else:
+    _Size = _Percent = _Number = click.ParamType
 
-class SizeType(click.ParamType):
+
+class SizeType(_Size):
     """A virsh-style size: bare number = KiB; K/M/G/T(iB) powers of 1024; KB/MB/GB/TB powers of 1000."""
 
     name = "SIZE"
@@ -25,7 +32,7 @@ class SizeType(click.ParamType):
             self.fail(str(e), param, ctx)
 
 
-class PercentType(click.ParamType):
+class PercentType(_Percent):
     """``20`` or ``20%`` → 0.2."""
 
     name = "PCT"
@@ -39,7 +46,7 @@ class PercentType(click.ParamType):
             self.fail(str(e), param, ctx)
 
 
-class RangeType(click.ParamType):
+class RangeType(_Number):
     """A number within one of :mod:`autoballoon.constraints`' ranges, refused with the same words as the
     config file and the API use for it."""
 

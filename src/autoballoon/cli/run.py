@@ -179,7 +179,11 @@ def run_command(
         )
     if http is not None:
         click.echo(f"autoballoon: dashboard {http.url} · metrics {http.url}metrics · API {http.url}api/v1/")
-    after_tick = http.on_tick if http is not None else (lambda c: None)
+
+    def after_tick(c: Controller) -> None:
+        if http is not None:
+            http.on_tick(c)
+
     stop = threading.Event()
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
@@ -190,14 +194,12 @@ def run_command(
         if live_table:
             console = Console()
             with Live(console=console, auto_refresh=False) as live:
-                controller.run(
-                    stop,
-                    on_tick=lambda c: (
-                        after_tick(c),
-                        live.update(status_table(c.status(journal_entries=0)), refresh=True),
-                    ),
-                    max_ticks=1 if once else None,
-                )
+
+                def show(c: Controller) -> None:
+                    after_tick(c)
+                    live.update(status_table(c.status(journal_entries=0)), refresh=True)
+
+                controller.run(stop, on_tick=show, max_ticks=1 if once else None)
         else:
             controller.run(stop, on_tick=after_tick, max_ticks=1 if once else None)
     finally:

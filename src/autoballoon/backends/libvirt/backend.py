@@ -539,9 +539,9 @@ class LibvirtBackend:
     @staticmethod
     def _metadata_flags(dom: libvirt.virDomain) -> int:
         if not dom.isActive():
-            return libvirt.VIR_DOMAIN_AFFECT_CONFIG
-        return libvirt.VIR_DOMAIN_AFFECT_LIVE | (
-            libvirt.VIR_DOMAIN_AFFECT_CONFIG if dom.isPersistent() else 0
+            return int(libvirt.VIR_DOMAIN_AFFECT_CONFIG)
+        return int(libvirt.VIR_DOMAIN_AFFECT_LIVE) | (
+            int(libvirt.VIR_DOMAIN_AFFECT_CONFIG) if dom.isPersistent() else 0
         )
 
     def get_policy(self, vm: str) -> GuestPolicy:

@@ -77,10 +77,11 @@ def _parse(xml: str) -> ET.Element:
 
 def _size(el: ET.Element | None) -> int | None:
     """A libvirt scaled integer (``<memory unit='KiB'>``) in bytes; libvirt's default unit is KiB."""
-    if el is None or not (el.text or "").strip():
+    text = (el.text or "").strip() if el is not None else ""
+    if el is None or not text:
         return None
     unit = el.get("unit", "KiB")
-    return parse_size(f"{el.text.strip()}{unit}", default_unit=KiB, what=f"<{el.tag}> size")
+    return parse_size(f"{text}{unit}", default_unit=KiB, what=f"<{el.tag}> size")
 
 
 def _flag(value: str | None) -> bool:
@@ -156,9 +157,10 @@ def guess_os(root: ET.Element) -> GuestOS:
 
 def _vcpus(root: ET.Element) -> tuple[int, int]:
     el = root.find("vcpu")
-    if el is None or not (el.text or "").strip():
+    text = (el.text or "").strip() if el is not None else ""
+    if el is None or not text:
         return 1, 1
-    maximum = int(el.text.strip())
+    maximum = int(text)
     return int(el.get("current", maximum)), maximum
 
 
