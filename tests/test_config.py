@@ -175,3 +175,10 @@ def test_a_refused_value_is_quoted_short() -> None:
     with pytest.raises(InvalidValueError) as e:
         parse_config({"tunables": {"target_align": "9" * 5000 + "B"}})
     assert len(str(e.value)) < 400 and "5003 characters" in str(e.value)
+
+
+def test_a_toml_number_too_long_for_python_is_refused_not_a_traceback(tmp_path: Path) -> None:
+    path = tmp_path / "big.toml"
+    path.write_text("interval = " + "9" * 5000 + "\n")
+    with pytest.raises(InvalidValueError, match="4300 digits"):
+        load_config(path)

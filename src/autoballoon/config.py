@@ -328,6 +328,8 @@ def load_config(path: str | Path | None) -> DaemonConfig:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise InvalidValueError("config file", str(path), f"valid TOML ({e})") from None
+    except ValueError:  # tomllib's int() of a number over 4,300 digits (Python's conversion limit)
+        raise InvalidValueError("config file", str(path), "TOML numbers of at most 4300 digits") from None
     except RecursionError:
         raise InvalidValueError("config file", str(path), "valid TOML nested less deeply") from None
     return parse_config(raw, source=str(path))
