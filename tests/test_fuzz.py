@@ -58,9 +58,10 @@ VALUES = st.recursive(SCALARS, lambda inner: st.lists(inner, max_size=3), max_le
 
 def _good(rng: Range) -> st.SearchStrategy[Any]:
     """Values a config file may well hold for a field of this range, in the forms a person writes."""
-    if rng.unit == "bytes":
+    if rng.unit in ("bytes", "bytes/s"):
         low = max(int(rng.low), 0)
-        return st.integers(max(1, -(-low // MiB)), 64 * 1024).map(lambda m: f"{m}MiB")
+        high = min(int(rng.high) // MiB, 64 * 1024)
+        return st.integers(max(1, -(-low // MiB)), high).map(lambda m: f"{m}MiB")
     if rng.whole:
         return st.integers(int(rng.low), min(int(rng.high), 10**6))
     high = min(rng.high, 1e5)

@@ -66,7 +66,8 @@ def _config_type(annotation: Any) -> Any:
         base = next(a for a in typing.get_args(annotation) or (annotation,) if a is not type(None))
         return Annotated[base, Strict()] | None
     kind = int if rng.whole else float
-    parse = {"bytes": [BeforeValidator(_size)], "fraction": [BeforeValidator(_fraction)]}.get(rng.unit, [])
+    sizes = [BeforeValidator(_size)]
+    parse = {"bytes": sizes, "bytes/s": sizes, "fraction": [BeforeValidator(_fraction)]}.get(rng.unit, [])
     return Annotated[kind, rng, *parse] | None
 
 

@@ -27,7 +27,7 @@ from pydantic.json_schema import JsonSchemaValue
 from pydantic_core import core_schema
 
 from autoballoon.errors import InvalidValueError
-from autoballoon.units import MAX_BYTES, MiB, format_size
+from autoballoon.units import GiB, MiB, format_size
 
 #: The longest time any setting may name: a year. Nothing in autoballoon waits, remembers or holds
 #: longer, and every timer must accept it (``threading.TIMEOUT_MAX`` is about 292 years; an interval
@@ -41,10 +41,18 @@ MAX_SHARES = 1_000_000
 #: The lowest balloon target anybody may set, by hand (CLI, API) or by the daemon (whose own
 #: ``global_min`` may only be higher): below this a Linux guest thrashes or its OOM killer runs.
 MIN_TARGET_BYTES = 128 * MiB
+#: The largest size a setting may name: 1 PiB, more than any host has. A bound this far below int64's
+#: 8 EiB leaves the policy's arithmetic room (a sum of a few sizes, a size times a rate or a factor),
+#: which numpy's int64 arrays would otherwise wrap around silently.
+MAX_SETTING_BYTES = 2**50
+#: The fastest memory rate a setting may name (bytes per second): faster than any guest can touch memory,
+#: and small enough that a rate times the longest time (a year, thrice: a reaction time sums three
+#: settings) stays within int64.
+MAX_BYTES_PER_S = 64 * GiB
 #: The largest count (ring sizes, event counts): a bound only so that a typo cannot exhaust memory.
 MAX_COUNT = 10_000_000
 
-Unit = Literal["", "bytes", "seconds", "fraction"]
+Unit = Literal["", "bytes", "bytes/s", "seconds", "fraction"]
 
 
 class ConstraintError(InvalidValueError):
@@ -84,19 +92,20 @@ class Range:
         return not ((self.low_open and value == low) or (self.high_open and value == high))
 
     def _bound(self, x: float) -> str:
+        if self.unit == "bytes/s":
+            return format_size(int(x)) + "/s"
         return format_size(int(x)) if self.unit == "bytes" else f"{x:.15g}"
 
     def describe(self) -> str:
-        """What is accepted, in words: 'a whole number from 1 to 1000000', 'a size of at least 1B'..."""
+        """What is accepted, in words: 'a whole number from 1 to 1000000', 'a size from 1B to 1024TiB'..."""
         noun = {
             "": "a whole number" if self.whole else "a number",
             "bytes": "a size",
+            "bytes/s": "a rate",
             "seconds": "a number of seconds",
             "fraction": "a fraction",
         }[self.unit]
         low, high = self._bound(self.low), self._bound(self.high)
-        if self.unit == "bytes" and self.high >= MAX_BYTES:  # 8 EiB is no limit anybody meets
-            return f"{noun} {'above' if self.low_open else 'of at least'} {low}"
         if self.low_open:
             return f"{noun} above {low} and {'below' if self.high_open else 'at most'} {high}"
         return f"{noun} from {low} to {'less than ' if self.high_open else ''}{high}"
@@ -133,11 +142,13 @@ class Range:
 # --- the kinds of values ---------------------------------------------------------------------------------
 # Each range is named once; ``Annotated`` aliases put it on a field's type.
 #: Any size in bytes, 0 included.
-BYTES = Range(0, MAX_BYTES, whole=True, unit="bytes")
+BYTES = Range(0, MAX_SETTING_BYTES, whole=True, unit="bytes")
 #: A size that divides or steps something: at least one byte.
-POSITIVE_BYTES = Range(1, MAX_BYTES, whole=True, unit="bytes")
+POSITIVE_BYTES = Range(1, MAX_SETTING_BYTES, whole=True, unit="bytes")
 #: A per-VM memory limit (policy min and max): never below the lowest target anybody may set.
-GUEST_BYTES = Range(MIN_TARGET_BYTES, MAX_BYTES, whole=True, unit="bytes")
+GUEST_BYTES = Range(MIN_TARGET_BYTES, MAX_SETTING_BYTES, whole=True, unit="bytes")
+#: A memory rate: bytes per second.
+BYTES_PER_S = Range(0, MAX_BYTES_PER_S, whole=True, unit="bytes/s")
 #: A duration, 0 included (0 usually means "at once" or "never", as the field says).
 SECONDS = Range(0, MAX_SECONDS, unit="seconds")
 #: A duration something is divided by or waits on: above 0.
@@ -161,6 +172,7 @@ STATS_PERIOD = Range(0, 86_400, whole=True, unit="seconds")
 Bytes = Annotated[int, BYTES]
 PositiveBytes = Annotated[int, POSITIVE_BYTES]
 GuestBytes = Annotated[int, GUEST_BYTES]
+BytesPerS = Annotated[int, BYTES_PER_S]
 Seconds = Annotated[float, SECONDS]
 PositiveSeconds = Annotated[float, POSITIVE_SECONDS]
 Fraction = Annotated[float, FRACTION]

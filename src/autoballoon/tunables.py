@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from autoballoon.constraints import (
     Buffer,
     Bytes,
+    BytesPerS,
     Count,
     Fraction,
     GuestBytes,
@@ -67,7 +68,7 @@ class Tunables:
     default_stats_period_s: Seconds = 10.0
     #: Growth every guest's cushion covers for one reaction time before any growth was seen: a guest
     #: ramping its memory this fast is never OOM-killed (the rig's ramps run at 10-40 MiB/s).
-    growth_allowance_bytes_per_s: Bytes = 40 * MiB
+    growth_allowance_bytes_per_s: BytesPerS = 40 * MiB
     #: A first sudden allocation of this share of a guest's maximum (but at most ``jump_prior_max``)
     #: fits in its cushion: nothing about a guest says in advance how big its first burst will be.
     jump_prior_fraction: Fraction = 0.25
@@ -89,7 +90,7 @@ class Tunables:
     #: at least one reaction time), so the balloon deflates ahead of a steadily growing guest.
     trend_lookahead_s: Seconds = 6.0
     #: Swap-in above this rate (bytes/s) means the guest is short of memory now.
-    swap_in_pressure_bytes_per_s: Bytes = 256 * KiB
+    swap_in_pressure_bytes_per_s: BytesPerS = 256 * KiB
     #: Major faults above this rate mean the guest is re-reading evicted pages (working set too big).
     major_fault_pressure_per_s: Rate = 200.0
     #: A guest whose MemAvailable is below this is under pressure even before it swaps.
