@@ -17,6 +17,7 @@ from autoballoon.backends.base import Backend
 from autoballoon.cli import main
 from autoballoon.units import GiB, MiB
 from autoballoon.views import LIST_FIELDS
+from tests.helpers.cli import run_cli
 
 
 @pytest.fixture
@@ -29,13 +30,7 @@ def backend(monkeypatch: pytest.MonkeyPatch) -> Iterator[Backend]:
 
 
 def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
-    try:
-        main(["--connect", "sim:///demo", *args])
-        code = 0
-    except SystemExit as e:
-        code = int(e.code or 0)
-    out, err = capsys.readouterr()
-    return code, out, err
+    return run_cli(capsys, "sim:///demo", *args)
 
 
 def state(b: Backend) -> dict[str, object]:

@@ -14,21 +14,14 @@ import pytest
 
 import autoballoon.cli as cli_module
 from autoballoon.backends.base import Backend
-from autoballoon.backends.sim import SimBackend
-from autoballoon.cli import main
 from autoballoon.cli.output import printable
 from autoballoon.health import release_command, remedy
-from autoballoon.sim import Simulation
-from autoballoon.sim.scenario import loads_scenario
+from tests.helpers.cli import run_cli
+from tests.helpers.simhost import sim_backend
 
 #: A VM name that clears the screen, turns text red, opens rich markup and reverses what follows it.
 EVIL = "evil\x1b[2J\x1b[31m[bold]red\u202e;$(id)"
-HOST = r"""
-[host]
-ram = "8G"
-[run]
-duration = 600
-step = 1
+GUESTS = r"""
 [[guest]]
 name = "evil\u001b[2J\u001b[31m[bold]red\u202e;$(id)"
 max = "2G"
@@ -42,21 +35,13 @@ demand = { shape = "constant", level = "300M" }
 
 @pytest.fixture
 def backend(monkeypatch: pytest.MonkeyPatch) -> Iterator[Backend]:
-    sim = Simulation(loads_scenario(HOST, source="<test>"))
-    sim.run(10)
-    b = SimBackend(sim, uri="sim:///test")
+    b = sim_backend(GUESTS)
     monkeypatch.setattr(cli_module, "open_backend", lambda uri: b)
     yield b
 
 
 def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
-    try:
-        main(["--connect", "sim:///test", *args])
-        code = 0
-    except SystemExit as e:
-        code = int(e.code or 0)
-    out, err = capsys.readouterr()
-    return code, out, err
+    return run_cli(capsys, "sim:///test", *args)
 
 
 def test_printable_escapes_controls_and_format_characters_only() -> None:

@@ -18,7 +18,6 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from autoballoon.backends.sim import SimBackend
 from autoballoon.config import DaemonConfig
 from autoballoon.constraints import (
     MAX_SECONDS,
@@ -31,10 +30,9 @@ from autoballoon.controller import Controller
 from autoballoon.health import HealthTunables
 from autoballoon.journal import Journal
 from autoballoon.model import GuestPolicy
-from autoballoon.sim import Simulation
-from autoballoon.sim.scenario import loads_scenario
 from autoballoon.tunables import Tunables
 from autoballoon.units import GiB, MiB
+from tests.helpers.simhost import sim_backend
 
 VALIDATED = (Tunables, HealthTunables, GuestPolicy)
 
@@ -133,40 +131,11 @@ def accepted(draw: st.DrawFn, cls: type) -> Any:
         reject()
 
 
-FLEET = """
-[host]
-ram = "6G"
-reserve = "256M"
-base_used = "256M"
-[run]
-duration = 3600
-step = 1
-[[guest]]
-name = "idle"
-max = "2G"
-target = "2G"
-demand = { shape = "constant", level = "300M" }
-[[guest]]
-name = "busy"
-max = "4G"
-target = "1G"
-autodeflate = true
-demand = { shape = "ramp", from = "200M", to = "3G", start = 5, length = 20 }
-[[guest]]
-name = "quiet"
-max = "2G"
-target = "1G"
-stats = false
-demand = { shape = "constant", level = "500M" }
-"""
-
-
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.filter_too_much])
 @given(tunables=accepted(Tunables), health=accepted(HealthTunables))
 def test_a_config_that_loads_never_crashes_the_loop(tunables: Tunables, health: HealthTunables) -> None:
-    sim = Simulation(loads_scenario(FLEET, source="<test>"))
-    sim.run(10)
-    backend = SimBackend(sim, uri="sim:///test")
+    backend = sim_backend()
+    sim = backend.sim
     config = DaemonConfig(tunables=tunables, health=health)
     controller = Controller(backend, backend.clock, config, Journal(None))
     with warnings.catch_warnings():

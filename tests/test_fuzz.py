@@ -21,8 +21,6 @@ from hypothesis import strategies as st
 
 import autoballoon.cli as cli_module
 from autoballoon.backends.base import Backend
-from autoballoon.backends.sim import SimBackend
-from autoballoon.cli import main
 from autoballoon.config import DaemonConfig, load_config
 from autoballoon.constraints import Range, field_ranges
 from autoballoon.controller import Controller
@@ -30,16 +28,13 @@ from autoballoon.errors import InvalidValueError
 from autoballoon.health import HealthTunables
 from autoballoon.journal import Journal
 from autoballoon.model import GuestPolicy
-from autoballoon.sim import Simulation
-from autoballoon.sim.scenario import loads_scenario
 from autoballoon.tunables import Tunables
 from autoballoon.units import MiB
+from tests.helpers.cli import run_cli
+from tests.helpers.simhost import sim_backend
+from tests.helpers.toml_text import Raw, toml_value
 
 # --- values ------------------------------------------------------------------------------------------
-
-
-class Raw(str):
-    """TOML text written as it is: a 5,000-digit integer (Python refuses to convert one to int)."""
 
 
 SIZES = ["512MiB", "2GiB", "1GB", "4096B", "0B", "1.5GiB", "-1GiB", "64MiB", "128MiB", "9" * 60 + "B", "10X"]
@@ -132,49 +127,22 @@ def documents(draw: st.DrawFn) -> dict[str, Any]:
     return doc
 
 
-def _toml_value(value: Any) -> str:
-    if isinstance(value, Raw):
-        return str.__str__(value)
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, float):
-        return (
-            "nan"
-            if math.isnan(value)
-            else ("inf" if value > 0 else "-inf")
-            if math.isinf(value)
-            else repr(value)
-        )
-    if isinstance(value, str):
-        return json.dumps(value)  # a JSON string is a TOML basic string (lone surrogates are refused)
-    return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-
-
 def to_toml(doc: dict[str, Any]) -> str:
-    lines = [f"{json.dumps(k)} = {_toml_value(v)}" for k, v in doc.items() if not isinstance(v, dict)]
+    lines = [f"{json.dumps(k)} = {toml_value(v)}" for k, v in doc.items() if not isinstance(v, dict)]
     for table, body in doc.items():
         if table == "vm":
             for name, section in body.items():
                 lines.append(f"[vm.{json.dumps(name)}]")
-                lines += [f"{json.dumps(k)} = {_toml_value(v)}" for k, v in section.items()]
+                lines += [f"{json.dumps(k)} = {toml_value(v)}" for k, v in section.items()]
         elif isinstance(body, dict):
             lines.append(f"[{table}]")
-            lines += [f"{json.dumps(k)} = {_toml_value(v)}" for k, v in body.items()]
+            lines += [f"{json.dumps(k)} = {toml_value(v)}" for k, v in body.items()]
     return "\n".join(lines) + "\n"
 
 
 # --- config files ------------------------------------------------------------------------------------
 
-FLEET = """
-[host]
-ram = "4G"
-reserve = "256M"
-base_used = "256M"
-[run]
-duration = 600
-step = 1
+GUESTS = """
 [[guest]]
 name = "web-1"
 max = "2G"
@@ -188,9 +156,8 @@ demand = { shape = "ramp", from = "100M", to = "800M", start = 2, length = 10 }
 
 
 def _survives_ticks(config: DaemonConfig) -> None:
-    sim = Simulation(loads_scenario(FLEET, source="<fuzz>"))
-    sim.run(5)
-    backend = SimBackend(sim, uri="sim:///fuzz")
+    backend = sim_backend(GUESTS, warmup=5)
+    sim = backend.sim
     controller = Controller(backend, backend.clock, config, Journal(None))
     for _ in range(3):
         assert controller.tick() is not None
@@ -232,9 +199,7 @@ def test_any_bytes_as_a_config_file_load_or_are_refused(tmp_path_factory: Any, d
 
 @pytest.fixture
 def backend(monkeypatch: pytest.MonkeyPatch) -> Iterator[Backend]:
-    sim = Simulation(loads_scenario(FLEET, source="<fuzz>"))
-    sim.run(5)
-    b = SimBackend(sim, uri="sim:///fuzz")
+    b = sim_backend(GUESTS, warmup=5)
     monkeypatch.setattr(cli_module, "open_backend", lambda uri: b)
     yield b
 
@@ -314,12 +279,7 @@ def test_any_command_line_succeeds_or_exits_2_unchanged(
     backend: Backend, capsys: pytest.CaptureFixture[str], argv: list[str]
 ) -> None:
     before = state(backend)
-    try:
-        main(["--connect", "sim:///fuzz", *argv])
-        code = 0
-    except SystemExit as e:
-        code = e.code if isinstance(e.code, int) else 1
-    out, err = capsys.readouterr()
+    code, out, err = run_cli(capsys, "sim:///fuzz", *argv)
     event(f"exit {code}")
     assert code in (0, 2), (argv, code, err)  # the simulator never fails a well-formed request
     assert "Traceback" not in err and "\x1b" not in out + err
@@ -338,13 +298,8 @@ def test_run_intervals_are_accepted_or_refused_before_anything_runs(
     backend: Backend, capsys: pytest.CaptureFixture[str], tmp_path_factory: Any, interval: float | str
 ) -> None:
     journal = tmp_path_factory.mktemp("run") / "j.jsonl"
-    try:
-        argv = ["run", "--once", "--no-http", "--dry-run", "--journal", str(journal)]
-        main(["--connect", "sim:///fuzz", *argv, "--interval", str(interval)])
-        code = 0
-    except SystemExit as e:
-        code = e.code if isinstance(e.code, int) else 1
-    err = capsys.readouterr().err
+    argv = ["run", "--once", "--no-http", "--dry-run", "--journal", str(journal), "--interval", str(interval)]
+    code, _, err = run_cli(capsys, "sim:///fuzz", *argv)
     assert code in (0, 2) and "Traceback" not in err
     assert (code == 0) == journal.exists()  # a refused start creates nothing
 

@@ -18,25 +18,15 @@ from pathlib import Path
 
 import pytest
 
-from autoballoon.backends.sim import SimBackend
 from autoballoon.config import DaemonConfig
 from autoballoon.controller import Controller
 from autoballoon.errors import InvalidValueError
 from autoballoon.journal import Journal, read_journal
-from autoballoon.sim import Simulation
-from autoballoon.sim.scenario import loads_scenario
+from tests.helpers.simhost import sim_backend
 
 DEV_FULL = Path("/dev/full")
 needs_dev_full = pytest.mark.skipif(not DEV_FULL.exists(), reason="no /dev/full on this system")
-
-FLEET = """
-[host]
-ram = "8G"
-reserve = "256M"
-base_used = "256M"
-[run]
-duration = 3600
-step = 1
+IDLE = """
 [[guest]]
 name = "idle"
 count = 3
@@ -60,9 +50,8 @@ def test_writes_to_a_full_device_are_counted_not_raised(caplog: pytest.LogCaptur
 
 @needs_dev_full
 def test_the_daemon_keeps_ballooning_with_its_journal_on_a_full_device() -> None:
-    sim = Simulation(loads_scenario(FLEET, source="<test>"))
-    sim.run(30)
-    backend = SimBackend(sim, uri="sim:///test")
+    backend = sim_backend(IDLE, warmup=30)
+    sim = backend.sim
     journal = Journal(DEV_FULL)
     controller = Controller(backend, backend.clock, DaemonConfig(), journal)
     for _ in range(60):
