@@ -39,10 +39,10 @@ import libvirt
 import pytest
 
 from autoballoon.journal import read_journal
+from autoballoon.rig import daemons
+from autoballoon.rig.domains import Guest
 from autoballoon.units import KiB, MiB
 from tests.real.conftest import Rig, rig_unavailable
-from tests.rig import daemons
-from tests.rig.domains import Guest
 from tests.rig.waiting import wait_for
 
 pytestmark = pytest.mark.realvm
