@@ -20,6 +20,7 @@ def test_full_config(tmp_path: Path) -> None:
         """
 interval = 1
 journal = "/tmp/j.jsonl"
+state = "/tmp/state.json"
 on_exit = "restore"
 restore_to = "start"
 [host]
@@ -41,7 +42,8 @@ exclude = true
 """
     )
     c = load_config(path)
-    assert c.interval_s == 1.0 and c.journal_path == "/tmp/j.jsonl"
+    assert c.interval_s == 1.0 and c.journal_path == "/tmp/j.jsonl" and c.state_path == "/tmp/state.json"
+    assert DaemonConfig().state_path == "/var/lib/autoballoon/state.json"
     assert (c.on_exit, c.restore_to) == ("restore", "start")
     t = c.tunables
     assert (t.buffer, t.min_headroom_bytes, t.stuck_after_s) == (0.25, 32 * MiB, 5.0)
@@ -56,7 +58,7 @@ exclude = true
 def test_precedence_runtime_exact_metadata_glob_defaults() -> None:
     c = parse_config(
         {
-            "defaults": {"min": "100MiB", "shares": 1, "buffer": 0.1, "max": "9GiB"},
+            "defaults": {"min": "130MiB", "shares": 1, "buffer": 0.1, "max": "9GiB"},
             "vm": {"a*": {"min": "200MiB", "shares": 2, "buffer": 0.2}, "ab": {"min": "300MiB"}},
         }
     )
@@ -102,7 +104,7 @@ def test_unreadable_and_malformed_files(tmp_path: Path) -> None:
 
 def test_with_interval() -> None:
     assert DaemonConfig().with_interval(0.5).interval_s == 0.5
-    with pytest.raises(InvalidValueError, match=r"at least 0\.5"):
+    with pytest.raises(InvalidValueError, match=r"from 0\.5"):
         DaemonConfig().with_interval(0.2)
 
 
@@ -115,5 +117,68 @@ def test_manage_limits_the_daemon_to_matching_vms() -> None:
     c = parse_config({"manage": ["web-*", "db"]})
     assert not c.policy_for("web-1").exclude and not c.policy_for("db").exclude
     assert c.policy_for("mail").exclude
-    assert c.policy_for("mail", GuestPolicy(exclude=False), GuestPolicy(min_bytes=1)).exclude
+    assert c.policy_for("mail", GuestPolicy(exclude=False), GuestPolicy(min_bytes=GiB)).exclude
     assert not parse_config({}).policy_for("mail").exclude
+
+
+# --- values that were accepted and then crashed the daemon, and inputs that gave a traceback -----------
+
+
+@pytest.mark.parametrize(
+    ("toml", "key", "accepted"),
+    [
+        ("[tunables]\njump_half_life_s = 0", "tunables.jump_half_life_s", "above 0 and at most"),
+        ('[tunables]\ntarget_align = "0B"', "tunables.target_align", "a size from 1B to 1024TiB"),
+        ("[tunables]\ndemand_decay_s = 0", "tunables.demand_decay_s", "a number of seconds above 0"),
+        ("interval = 1e12", "interval", "a number of seconds from 0.5 to 31536000"),
+        ("interval = nan", "interval", "a number of seconds from 0.5"),
+        ("interval = inf", "interval", "a number of seconds from 0.5"),
+        ("[tunables]\nbuffer = nan", "tunables.buffer", "a fraction from 0 to 10"),
+        ("[tunables]\nmin_interval_s = 5", "tunables.interval_s", "at least min_interval_s"),
+        ("[tunables]\njournal_ring_size = 0", "tunables.journal_ring_size", "a whole number from 1"),
+        ("[guard]\nsustain_s = inf", "guard.sustain_s", "a number of seconds from 0"),
+        ("[guard]\nbaseline_tau_s = 0", "guard.baseline_tau_s", "above 0"),
+        ('[guard]\nenabled = "yes"', "guard.enabled", "boolean"),
+        ("[defaults]\nshares = 0", "defaults.shares", "a whole number from 1 to 1000000"),
+        ('[defaults]\nmin = "64MiB"', "defaults.min", "a size from 128MiB to"),
+        ('[vm.a]\nbuffer = "nan%"', "vm.a.buffer", "percentage"),
+        ('[host]\nbudget = "-1GiB"', "host.budget", "'-1GiB'"),
+        ("[tunables]\njournal_ring_size = 1e400", "tunables.journal_ring_size", "a whole number"),
+        ("tunables = 5", "tunables", "dictionary"),
+    ],
+)
+def test_values_that_would_crash_the_loop_are_refused_at_load(
+    tmp_path: Path, toml: str, key: str, accepted: str
+) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text(toml + "\n")
+    with pytest.raises(InvalidValueError) as e:
+        load_config(path)
+    assert f"'{key}'" in str(e.value) and accepted in str(e.value), str(e.value)
+
+
+def test_a_config_file_that_is_not_utf8_is_refused_not_a_traceback(tmp_path: Path) -> None:
+    path = tmp_path / "latin1.toml"
+    path.write_bytes(b"interval = 2\n# caf\xe9\n")
+    with pytest.raises(InvalidValueError, match=r"UTF-8 text.*byte 18"):
+        load_config(path)
+
+
+def test_toml_nested_beyond_the_parser_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "deep.toml"
+    path.write_text("a = " + "[" * 100_000 + "]" * 100_000 + "\n")
+    with pytest.raises(InvalidValueError, match="config file"):
+        load_config(path)
+
+
+def test_a_refused_value_is_quoted_short() -> None:
+    with pytest.raises(InvalidValueError) as e:
+        parse_config({"tunables": {"target_align": "9" * 5000 + "B"}})
+    assert len(str(e.value)) < 400 and "5003 characters" in str(e.value)
+
+
+def test_a_toml_number_too_long_for_python_is_refused_not_a_traceback(tmp_path: Path) -> None:
+    path = tmp_path / "big.toml"
+    path.write_text("interval = " + "9" * 5000 + "\n")
+    with pytest.raises(InvalidValueError, match="4300 digits"):
+        load_config(path)

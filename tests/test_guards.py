@@ -19,7 +19,6 @@ T = Tunables()
 def test_limits_floor_is_global_minimum_and_never_above_ceiling() -> None:
     g = make_guest(max_bytes=4 * GiB)
     assert guards.limits(g, GuestPolicy(), T) == (T.global_min_bytes, 4 * GiB)
-    assert guards.limits(g, GuestPolicy(min_bytes=1 * MiB), T)[0] == T.global_min_bytes
     assert guards.limits(g, GuestPolicy(min_bytes=1 * GiB, max_bytes=2 * GiB), T) == (1 * GiB, 2 * GiB)
     assert guards.limits(g, GuestPolicy(max_bytes=8 * GiB), T)[1] == 4 * GiB  # never above <memory>
     tiny = make_guest(max_bytes=64 * MiB)

@@ -9,7 +9,7 @@ import pytest
 from autoballoon.backends.libvirt import xml as lvxml
 from autoballoon.errors import InvalidValueError, RefusedError
 from autoballoon.model import BalloonChange, GuestPolicy
-from autoballoon.units import KiB, MiB
+from autoballoon.units import GiB, KiB, MiB
 from tests.needs import need_module
 
 DOMAIN = """\
@@ -79,21 +79,46 @@ def test_malformed_policy_attributes_are_ignored_not_fatal() -> None:
     assert lvxml.policy_from_element(el) == GuestPolicy(shares=7, exclude=True)
 
 
+@pytest.mark.parametrize(
+    "attrs",
+    [
+        "shares='0'",  # accepted before: 0 meant "floor only" in one part of the policy, "1" in another
+        "shares='1000001'",
+        "min='1'",  # below the lowest target anybody may set (128 MiB)
+        "buffer='nan'",
+        "buffer='inf'",
+        "buffer='11'",
+        "min='" + "9" * 5000 + "'",
+    ],
+)
+def test_policy_metadata_outside_the_policy_ranges_is_ignored(attrs: str) -> None:
+    assert lvxml.policy_from_element(ET.fromstring(f"<policy {attrs}/>")) == GuestPolicy()
+
+
+def test_policy_metadata_with_min_above_max_keeps_the_max() -> None:
+    el = ET.fromstring(f"<policy min='{2 * GiB}' max='{GiB}'/>")
+    assert lvxml.policy_from_element(el) == GuestPolicy(max_bytes=GiB)
+
+
+def test_stats_period_outside_its_range_is_unset() -> None:
+    xml = "<domain><name>x</name><memory>1024</memory><devices><memballoon model='virtio'>"
+    assert (
+        lvxml.parse_domain(xml + "<stats period='-3'/></memballoon></devices></domain>").balloon.stats_period
+        is None
+    )
+
+
 def test_policy_round_trip_through_metadata_text() -> None:
-    policy = GuestPolicy(min_bytes=1, max_bytes=3 * MiB, shares=9, buffer=0.125, exclude=True)
+    policy = GuestPolicy(min_bytes=128 * MiB, max_bytes=3 * GiB, shares=9, buffer=0.125, exclude=True)
     text = lvxml.policy_to_xml(policy)
-    assert 'min="1"' in text and 'max="3145728"' in text  # bytes as attributes
+    assert 'min="134217728"' in text and 'max="3221225472"' in text  # bytes as attributes
     assert lvxml.policy_from_xml(text) == policy
     assert lvxml.policy_from_xml(lvxml.policy_to_xml(GuestPolicy())) == GuestPolicy()
 
 
-@pytest.mark.parametrize(
-    "policy",
-    [GuestPolicy(min_bytes=-1), GuestPolicy(buffer=11.0), GuestPolicy(min_bytes=2 * MiB, max_bytes=MiB)],
-)
-def test_validate_policy_refuses_nonsense(policy: GuestPolicy) -> None:
-    with pytest.raises(InvalidValueError, match="web1"):
-        lvxml.validate_policy("web1", policy)
+def test_validate_policy_refuses_min_above_max() -> None:
+    with pytest.raises(RefusedError, match="web1"):
+        lvxml.validate_policy("web1", GuestPolicy(min_bytes=2 * GiB, max_bytes=GiB))
 
 
 def _balloon(xml: str) -> ET.Element:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from autoballoon.model import BalloonConfig, GuestPolicy, GuestSnapshot, GuestStats, HostSnapshot, VMState
-from autoballoon.units import MiB
+from autoballoon.units import GiB, MiB
 
 
 def guest(**kw: object) -> GuestSnapshot:
@@ -44,10 +44,10 @@ def test_stats_age() -> None:
 
 
 def test_policy_merge_prefers_own_values_and_exclude_is_sticky() -> None:
-    own = GuestPolicy(min_bytes=1, shares=None, exclude=False)
-    base = GuestPolicy(min_bytes=2, shares=500, buffer=0.3, exclude=True)
+    own = GuestPolicy(min_bytes=1 * GiB, shares=None, exclude=False)
+    base = GuestPolicy(min_bytes=2 * GiB, shares=500, buffer=0.3, exclude=True)
     merged = own.merged_over(base)
-    assert merged == GuestPolicy(min_bytes=1, max_bytes=None, shares=500, buffer=0.3, exclude=True)
+    assert merged == GuestPolicy(min_bytes=1 * GiB, max_bytes=None, shares=500, buffer=0.3, exclude=True)
 
 
 def test_host_sums_count_only_running_guests() -> None:

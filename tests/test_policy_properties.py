@@ -33,12 +33,13 @@ def guests(draw: st.DrawFn, name: str) -> GuestSnapshot:
         used = draw(st.integers(0, max(0, actual // MiB))) * MiB
         available = max(0, total - used - (max_bytes - actual if autodeflate else 0))
         stats = GuestStats(total=total, available=available, swap_in=0, major_faults=0, last_update=1000.0)
-    pmin = draw(st.one_of(st.none(), st.integers(0, 16 * 1024).map(lambda m: m * MiB)))
-    pmax = draw(st.one_of(st.none(), st.integers(0, 16 * 1024).map(lambda m: m * MiB)))
+    # Policy sizes from the lowest target anybody may set (128 MiB); shares from 1 (see constraints.py).
+    pmin = draw(st.one_of(st.none(), st.integers(128, 16 * 1024).map(lambda m: m * MiB)))
+    pmax = draw(st.one_of(st.none(), st.integers(128, 16 * 1024).map(lambda m: m * MiB)))
     policy = GuestPolicy(
         min_bytes=pmin,
         max_bytes=pmax,
-        shares=draw(st.one_of(st.none(), st.integers(0, 5000))),
+        shares=draw(st.one_of(st.none(), st.integers(1, 5000))),
         buffer=draw(st.one_of(st.none(), st.floats(0, 1))),
         exclude=draw(st.integers(0, 19)) == 0,
     )
@@ -125,11 +126,13 @@ def test_sum_of_targets_within_budget_when_oom_floors_fit(case: tuple[HostSnapsh
 def test_new_growth_is_paid_from_free_memory(case: tuple[HostSnapshot, Tunables]) -> None:
     """A balloon that shrinks gives its memory back slowly: while it does, the host holds
     ``max(actual, target)`` of every VM, so growth granted now (beyond targets, balloons and floors)
-    must fit beside that, whenever the host holds what it has now (squeezed's two-phase rule)."""
+    must fit beside that, whenever the host holds what it has now (squeezed's two-phase rule). Growth
+    up to a guest's OOM floor may also take the host's reserve, all but its last free MiB."""
     snap, tunables = case
     tunables = replace(tunables, host_budget_bytes=None)  # the rule is about the host's own memory
     plan, _, final = outcome(snap, tunables)
-    assert plan.budget is not None
+    assert plan.budget is not None and plan.reserve is not None
+    all_it_has = plan.budget + max(0, plan.reserve - tunables.host_min_free_bytes)
     transient = 0
     now_held = 0
     held = 0
@@ -145,7 +148,7 @@ def test_new_growth_is_paid_from_free_memory(case: tuple[HostSnapshot, Tunables]
         elif status != Status.EXCLUDED:
             held += max(final[g.name], actual)
     if grew and now_held + held <= plan.budget:
-        assert transient + held <= plan.budget
+        assert transient + held <= all_it_has
 
 
 @SETTINGS

@@ -8,6 +8,7 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from autoballoon.constraints import MIN_TARGET_BYTES
 from autoballoon.evaluate.policies import (
     OraclePolicy,
     StaticPolicy,
@@ -32,6 +33,7 @@ def guest(
     free: int | None = 1 * GiB,
     min_b: int | None = 1 * GiB,
     shares: int | None = None,
+    exclude: bool = False,
 ) -> GuestSnapshot:
     stats = GuestStats()
     if free is not None:
@@ -43,7 +45,7 @@ def guest(
         target_bytes=actual,
         actual_bytes=actual,
         stats=stats,
-        policy=GuestPolicy(min_bytes=min_b, shares=shares),
+        policy=GuestPolicy(min_bytes=min_b, shares=shares, exclude=exclude),
     )
 
 
@@ -174,7 +176,7 @@ def test_mom_never_moves_a_balloon_more_than_five_percent_per_tick(
                 max_b=actual + extra * GiB,
                 actual=actual,
                 free=int(actual * free_frac),
-                min_b=min(min_mib * MiB, actual),
+                min_b=min(min_mib * MiB, actual) if min(min_mib * MiB, actual) >= MIN_TARGET_BYTES else None,
             )
         )
     snap = host(int(64 * GiB * host_free), *guests)
@@ -191,11 +193,12 @@ def test_proxmox_goal_is_eighty_percent_of_ram_minus_used() -> None:
     assert proxmox.host_goal(snap) == 10 * GiB
 
 
-def test_proxmox_skips_vms_without_balloon_min_or_with_zero_shares() -> None:
+def test_proxmox_skips_vms_without_balloon_min_or_excluded() -> None:
+    # Proxmox's "shares: 0" (not auto-ballooned) is autoballoon's exclude: a policy's shares are 1 or more.
     snap = host(
         1 * GiB,
         guest("nomin", min_b=None),
-        guest("zero", shares=0),
+        guest("zero", exclude=True),
         guest("ok"),
         total=64 * GiB,
     )

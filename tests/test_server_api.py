@@ -278,7 +278,7 @@ BAD_REQUESTS = [
     ("vms/db/policy", {"shares": 0}, TOKEN, 400, "shares"),
     ("vms/db/policy", {"shares": "many"}, TOKEN, 400, "shares"),
     ("vms/db/policy", {"max_bytes": 9 * GiB}, TOKEN, 422, "max_bytes"),
-    ("vms/db/policy", {"min_bytes": 1 * MiB}, TOKEN, 422, "min_bytes"),
+    ("vms/db/policy", {"min_bytes": 1 * MiB}, TOKEN, 400, "min_bytes"),  # below any policy's range
     ("vms/db/policy", {"max_bytes": "1GiB"}, TOKEN, 422, "min_bytes"),  # below the stored min of 2 GiB
     ("vms/db/policy", {"buffer": 11}, TOKEN, 400, "buffer"),
     ("vms/db/policy", {"buffer": "lots"}, TOKEN, 400, "buffer"),

@@ -128,7 +128,7 @@ def test_policy_round_trips_and_is_validated(demo: SimBackend) -> None:
         demo.set_policy("web", GuestPolicy(min_bytes=9 * GiB))
     with pytest.raises(LimitError):
         demo.set_policy("web", GuestPolicy(min_bytes=2 * GiB, max_bytes=GiB))
-    with pytest.raises(LimitError, match="from 1"):  # 0 was taken, though config and CLI refuse it
+    with pytest.raises(InvalidValueError, match="from 1"):  # a policy with 0 shares cannot be made at all
         demo.set_policy("web", GuestPolicy(shares=0))
     assert demo.get_policy("web") == policy
 

@@ -14,18 +14,22 @@ that excludes a VM excludes it.
 from __future__ import annotations
 
 import fnmatch
+import functools
 import tomllib
+import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, create_model
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, Strict, ValidationError, create_model
 
-from autoballoon.errors import InvalidValueError
+from autoballoon.constraints import MAX_SECONDS, ConstraintError, range_of
+from autoballoon.errors import InvalidValueError, LimitError
 from autoballoon.health import HealthTunables
-from autoballoon.model import MAX_BUFFER, GuestPolicy
-from autoballoon.ops import LIMITS
+from autoballoon.model import GuestPolicy
+from autoballoon.ops import check_policy
+from autoballoon.state import DEFAULT_STATE_PATH
 from autoballoon.tunables import Tunables
 from autoballoon.units import parse_percent, parse_size
 
@@ -38,126 +42,114 @@ OnExit = Literal["hold", "restore"]
 RestoreTo = Literal["max", "start"]
 
 
-def _size(value: Any) -> int:
+def _size(value: Any) -> Any:
+    """A size string with a unit becomes bytes; a bare number is refused rather than guessed at."""
     if isinstance(value, str) and value.strip() and not value.strip()[-1].isdigit():
         return parse_size(value)
     raise ValueError(SIZE_FORMS)
 
 
-def _fraction(value: Any) -> float:
-    if isinstance(value, bool):
-        raise ValueError(FRACTION_FORMS)
+def _fraction(value: Any) -> Any:
+    """``'20%'`` becomes 0.2; a number passes on to its range; any other string is refused."""
     if isinstance(value, str):
         if not value.strip().endswith("%"):
             raise ValueError(FRACTION_FORMS)
         return parse_percent(value)
-    if isinstance(value, int | float) and 0 <= value <= MAX_BUFFER:
-        return float(value)
-    raise ValueError(FRACTION_FORMS + f", from 0 to {MAX_BUFFER:g}")
+    return value
 
 
-Size = Annotated[int, BeforeValidator(_size)]
-Fraction = Annotated[float, BeforeValidator(_fraction)]
-Seconds = Annotated[float, Field(ge=0, allow_inf_nan=False)]
+def _config_type(annotation: Any) -> Any:
+    """The TOML type of a dataclass field: its own range (:mod:`autoballoon.constraints`), after the text
+    forms a config file may use (sizes with a unit, percentages); unset (None) is always allowed."""
+    rng, _ = range_of(annotation)
+    if rng is None:  # a switch or a word: exactly that type, no coercion (``enabled = "yes"`` is refused)
+        base = next(a for a in typing.get_args(annotation) or (annotation,) if a is not type(None))
+        return Annotated[base, Strict()] | None
+    kind = int if rng.whole else float
+    sizes = [BeforeValidator(_size)]
+    parse = {"bytes": sizes, "bytes/s": sizes, "fraction": [BeforeValidator(_fraction)]}.get(rng.unit, [])
+    return Annotated[kind, rng, *parse] | None
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=False)
-
-
-class VMSection(_Strict):
-    """``[defaults]`` and each ``[vm."name-or-glob"]``."""
-
-    min: Size | None = None
-    max: Size | None = None
-    shares: Annotated[int, Field(ge=1, le=LIMITS.max_shares, strict=True)] | None = None
-    buffer: Fraction | None = None
-    exclude: bool = False
-    #: The guest OS when libvirt cannot tell (no libosinfo metadata): Windows guests get a safe floor.
-    os: Literal["linux", "windows", "other"] | None = None
-
-    def policy(self) -> GuestPolicy:
-        return GuestPolicy(
-            min_bytes=self.min,
-            max_bytes=self.max,
-            shares=self.shares,
-            buffer=self.buffer,
-            exclude=self.exclude,
-        )
-
-
-Share = Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)]
-Factor = Annotated[float, Field(gt=0, allow_inf_nan=False)]
-
-
-class HealthSection(_Strict):
-    """``[guard]``: the balloon health guard (see :class:`autoballoon.health.HealthTunables`)."""
-
-    enabled: bool | None = None
-    cpu_level: Share | None = None
-    sustain_s: Seconds | None = None
-    window_s: Seconds | None = None
-    baseline_margin: Share | None = None
-    baseline_tau_s: Annotated[float, Field(gt=0, allow_inf_nan=False)] | None = None
-    baseline_min_s: Seconds | None = None
-    quarantine_s: Seconds | None = None
-    host_load_factor: Factor | None = None
-    host_load_clear_factor: Factor | None = None
-    host_pause_hold_s: Seconds | None = None
-    thermal_throttle_increase: Annotated[int, Field(ge=1, strict=True)] | None = None
-    windows_min: Size | None = None
-    windows_min_fraction: Share | None = None
-    disable_balloon: bool | None = None
-
-    def tunables(self) -> HealthTunables:
-        values = {k: v for k, v in self.model_dump().items() if v is not None}
-        if "windows_min" in values:
-            values["windows_min_bytes"] = values.pop("windows_min")
-        return HealthTunables(**values)
-
-
-class HostSection(_Strict):
-    reserve: Size | None = None  # fixed reserve instead of max(reserve_bytes, reserve_fraction * RAM)
-    budget: Size | None = None  # fixed budget for all ballooned VMs together
-
-
-def _tunable_type(name: str, default: object) -> Any:
-    """The TOML type of a tunable, from its name and default: sizes, fractions, seconds, counts."""
-    if "_bytes" in name:
-        return Size | None
-    if name.endswith("_s"):
-        return Seconds | None
-    if isinstance(default, float):
-        return Annotated[float, Field(ge=0, allow_inf_nan=False)] if name.endswith("_per_s") else Fraction
-    return Annotated[int, Field(ge=1, strict=True)]
-
-
-def _tunable_key(name: str) -> str:
-    """The TOML key of a tunable: its field name without ``_bytes`` (the value then carries a unit)."""
+def _key(name: str) -> str:
+    """The TOML key of a field: its name without ``_bytes`` (the value then carries a unit)."""
     return name.replace("_bytes", "")
 
 
-_TUNABLE_KEYS: dict[str, str] = {
-    _tunable_key(f.name): f.name for f in fields(Tunables) if not f.name.startswith("host_")
-}
-_TUNABLE_TYPES: dict[str, Any] = {
-    key: _tunable_type(name, getattr(Tunables(), name)) for key, name in _TUNABLE_KEYS.items()
-}
+class _Table:
+    """One TOML table read into the fields of a validated dataclass (``Tunables``, ``HealthTunables``,
+    ``GuestPolicy``): every key, its type and its range come from the dataclass, so the config accepts
+    exactly what the dataclass does and refuses the rest with the same words."""
+
+    def __init__(
+        self,
+        cls: type,
+        title: str,
+        *,
+        only: tuple[str, ...] | None = None,
+        skip: tuple[str, ...] = (),
+        prefix: str = "",
+        extra: dict[str, Any] | None = None,
+    ) -> None:
+        hints = typing.get_type_hints(cls, include_extras=True)
+        names = [f.name for f in fields(cls) if (only is None or f.name in only) and f.name not in skip]
+        #: TOML key -> field name; a field's key is its name less ``prefix`` and ``_bytes``.
+        self.fields = {_key(n.removeprefix(prefix)): n for n in names}
+        spec: dict[str, Any] = {key: (_config_type(hints[name]), None) for key, name in self.fields.items()}
+        for key, kind in (extra or {}).items():
+            spec[key] = (kind, None)
+        self.model: type[BaseModel] = create_model(
+            title, __config__=ConfigDict(extra="forbid", frozen=True), **spec
+        )
+
+    def read(self, raw: Any, prefix: str) -> dict[str, Any]:
+        """The values the table sets (None = unset), by field name (extra keys by their own)."""
+        if not isinstance(raw, Mapping):
+            raise InvalidValueError(f"config key {prefix!r}", raw, "a table, like [" + prefix + "]")
+        try:
+            parsed = self.model.model_validate(raw)
+        except ValidationError as e:
+            raise _refuse(e, prefix, raw, known=sorted(self.model.model_fields)) from None
+        return {self.fields.get(k, k): v for k, v in parsed.model_dump().items() if v is not None}
+
+    def key(self, prefix: str, name: str) -> str:
+        """``config key 'tunables.target_align'`` for the field ``target_align_bytes``."""
+        keys = {n: k for k, n in self.fields.items()}
+        return f"config key '{prefix}.{keys.get(name, name)}'"
 
 
-class ConfigFile(_Strict):
-    """The file as written. Field names are the TOML keys."""
+@functools.cache
+def _tables() -> dict[str, _Table]:
+    """Built on first use (a CLI command that reads no config never pays for the models)."""
+    host = ("host_reserve_bytes", "host_budget_bytes")  # [host] reserve and budget
+    return {
+        "tunables": _Table(Tunables, "Tunables", skip=host),
+        "host": _Table(Tunables, "Host", only=host, prefix="host_"),
+        "guard": _Table(HealthTunables, "Guard"),
+        "vm": _Table(
+            GuestPolicy,
+            "VM",
+            extra={"os": Literal["linux", "windows", "other"] | None},  # when libvirt cannot tell
+        ),
+    }
 
-    interval: Annotated[float, Field(gt=0, allow_inf_nan=False)] | None = None
-    journal: str | None = None
+
+class ConfigFile(BaseModel):
+    """The file as written: the top-level keys; each table is read by its :class:`_Table`."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    interval: Annotated[float, Strict(False), Field(allow_inf_nan=True)] | None = None
+    journal: Annotated[str, Strict()] | None = None
+    state: Annotated[str, Strict(), Field(min_length=1)] | None = None
     on_exit: OnExit = "hold"
     restore_to: RestoreTo = "max"
-    manage: list[str] | None = None
-    host: HostSection = HostSection()
-    guard: HealthSection = HealthSection()
-    defaults: VMSection = VMSection()
+    manage: list[Annotated[str, Strict()]] | None = None
+    host: dict[str, Any] = Field(default_factory=dict)
+    guard: dict[str, Any] = Field(default_factory=dict)
+    defaults: dict[str, Any] = Field(default_factory=dict)
     tunables: dict[str, Any] = Field(default_factory=dict)
-    vm: dict[str, VMSection] = Field(default_factory=dict)
+    vm: dict[str, dict[str, Any]] = Field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,6 +158,8 @@ class DaemonConfig:
 
     tunables: Tunables = field(default_factory=Tunables)
     journal_path: str | None = None
+    #: Where the daemon keeps what it must remember across restarts (:mod:`autoballoon.state`).
+    state_path: str = str(DEFAULT_STATE_PATH)
     on_exit: OnExit = "hold"
     #: With ``on_exit = "restore"``: every managed VM back to its max, or to the target it had at start.
     restore_to: RestoreTo = "max"
@@ -184,7 +178,7 @@ class DaemonConfig:
         return self.tunables.interval_s
 
     def with_interval(self, seconds: float) -> DaemonConfig:
-        """This config with another interval (``--interval``), refused below the minimum."""
+        """This config with another interval (``--interval``), refused outside what the config accepts."""
         check_interval(seconds, self.tunables, what="interval")
         return replace(self, tunables=replace(self.tunables, interval_s=seconds))
 
@@ -220,15 +214,21 @@ class DaemonConfig:
 
 
 def check_interval(seconds: float, tunables: Tunables, *, what: str) -> None:
-    if not (tunables.min_interval_s <= seconds < float("inf")):
-        raise InvalidValueError(what, seconds, f"a number of seconds of at least {tunables.min_interval_s}")
+    """An interval from the config or ``--interval``: from the minimum to a year (a longer wait overflows
+    no timer any more, but means the daemon does nothing)."""
+    if not (tunables.min_interval_s <= seconds <= MAX_SECONDS):
+        raise InvalidValueError(
+            what, seconds, f"a number of seconds from {tunables.min_interval_s:g} to {MAX_SECONDS:.15g}"
+        )
 
 
 def _is_glob(name: str) -> bool:
     return any(c in name for c in "*?[")
 
 
-def _refuse(error: ValidationError, prefix: str, raw: Mapping[str, Any]) -> InvalidValueError:
+def _refuse(
+    error: ValidationError, prefix: str, raw: Mapping[str, Any], known: list[str] | None = None
+) -> InvalidValueError:
     """The first pydantic error as our error: the dotted key, the value, what is accepted."""
     first = error.errors()[0]
     loc = [str(p) for p in first["loc"] if not str(p).startswith("function-")]
@@ -239,40 +239,25 @@ def _refuse(error: ValidationError, prefix: str, raw: Mapping[str, Any]) -> Inva
     msg = first["msg"].removeprefix("Value error, ")
     msg = msg[:1].lower() + msg[1:]
     if first["type"] == "extra_forbidden":
-        return InvalidValueError(f"config key {key!r}", value, "a known key (see contrib/autoballoon.toml)")
+        accepted = "one of " + ", ".join(known) if known else "a known key (see contrib/autoballoon.toml)"
+        return InvalidValueError(f"config key {key!r}", value, accepted)
     return InvalidValueError(f"config key {key!r}", value, msg)
 
 
-def _tunables(raw: Mapping[str, Any], host: HostSection) -> Tunables:
-    values: dict[str, Any] = {}
-    for key, value in raw.items():
-        if key not in _TUNABLE_KEYS:
-            accepted = ", ".join(sorted(_TUNABLE_KEYS))
-            raise InvalidValueError(f"config key 'tunables.{key}'", value, f"one of {accepted}")
-        model = _single_value_model(key)
-        try:
-            values[_TUNABLE_KEYS[key]] = model.model_validate({key: value}).__dict__[key]
-        except ValidationError as e:
-            raise _refuse(e, "tunables", {key: value}) from None
-    tunables = Tunables(**values, host_reserve_bytes=host.reserve, host_budget_bytes=host.budget)
-    if tunables.reconnect_max_s < tunables.reconnect_initial_s:
+def _section(table: _Table, raw: Any, prefix: str) -> tuple[GuestPolicy, str | None]:
+    """``[defaults]`` or one ``[vm."name"]``: its policy, checked as a whole, and the OS it names."""
+    values = table.read(raw, prefix)
+    os_type = values.pop("os", None)
+    try:
+        policy = GuestPolicy(**values)
+        check_policy(policy)
+    except ConstraintError as e:  # pragma: no cover - the table's types hold the same ranges
+        raise InvalidValueError(table.key(prefix, e.field), e.value, e.accepted) from None
+    except LimitError as e:
         raise InvalidValueError(
-            "config key 'tunables.reconnect_max_s'", tunables.reconnect_max_s, "at least reconnect_initial_s"
-        )
-    return tunables
-
-
-_SINGLE_MODELS: dict[str, type[BaseModel]] = {}
-
-
-def _single_value_model(key: str) -> type[BaseModel]:
-    """A model that validates one ``[tunables]`` key, so that a refusal names exactly that key; built
-    on first use and kept, since a config file names only a few of the many tunables."""
-    if key not in _SINGLE_MODELS:
-        _SINGLE_MODELS[key] = create_model(  # type: ignore[call-overload]
-            f"Tunable_{key}", __config__=ConfigDict(extra="forbid"), **{key: (_TUNABLE_TYPES[key], ...)}
-        )
-    return _SINGLE_MODELS[key]
+            f"config key '{prefix}.min'", raw.get("min"), "a size not " + e.limit
+        ) from None
+    return policy, os_type
 
 
 def parse_config(raw: Mapping[str, Any], *, source: str | None = None) -> DaemonConfig:
@@ -281,35 +266,39 @@ def parse_config(raw: Mapping[str, Any], *, source: str | None = None) -> Daemon
         parsed = ConfigFile.model_validate(raw)
     except ValidationError as e:
         raise _refuse(e, "", raw) from None
-    tunables = _tunables(parsed.tunables, parsed.host)
+    tables = _tables()
+    values = tables["tunables"].read(parsed.tunables, "tunables")
+    values |= tables["host"].read(parsed.host, "host")
     if parsed.interval is not None:
-        check_interval(parsed.interval, tunables, what="config key 'interval'")
-        tunables = replace(tunables, interval_s=parsed.interval)
-    check_interval(tunables.interval_s, tunables, what="config key 'tunables.interval_s'")
-    for name, section in [("defaults", parsed.defaults), *((f"vm.{k}", v) for k, v in parsed.vm.items())]:
-        if section.min is not None and section.max is not None and section.min > section.max:
-            raise InvalidValueError(
-                f"config key '{name}.min'", section.min, f"a size not above {name}.max ({section.max} bytes)"
-            )
-    exact = {name: s.policy() for name, s in parsed.vm.items() if not _is_glob(name)}
-    globs = tuple((name, s.policy()) for name, s in parsed.vm.items() if _is_glob(name))
-    health = parsed.guard.tunables()
-    if health.host_load_clear_factor > health.host_load_factor:
-        raise InvalidValueError(
-            "config key 'guard.host_load_clear_factor'",
-            health.host_load_clear_factor,
-            f"at most guard.host_load_factor ({health.host_load_factor:g})",
+        check_interval(
+            parsed.interval, Tunables(**values) if values else Tunables(), what="config key 'interval'"
         )
-    named = [(n, s.os) for n, s in parsed.vm.items() if s.os is not None]
+        values["interval_s"] = parsed.interval
+    try:
+        tunables = Tunables(**values)
+    except ConstraintError as e:
+        where = "host" if e.field in tables["host"].fields.values() else "tunables"
+        raise InvalidValueError(tables[where].key(where, e.field), e.value, e.accepted) from None
+    health_values = tables["guard"].read(parsed.guard, "guard")
+    try:
+        health = HealthTunables(**health_values)
+    except ConstraintError as e:
+        raise InvalidValueError(tables["guard"].key("guard", e.field), e.value, e.accepted) from None
+    defaults, _ = _section(tables["vm"], parsed.defaults, "defaults")
+    sections = {name: _section(tables["vm"], body, f"vm.{name}") for name, body in parsed.vm.items()}
+    exact = {name: policy for name, (policy, _) in sections.items() if not _is_glob(name)}
+    globs = tuple((name, policy) for name, (policy, _) in sections.items() if _is_glob(name))
+    named = [(n, o) for n, (_, o) in sections.items() if o is not None]
     os_types = tuple(
         [(n, o) for n, o in named if not _is_glob(n)] + [(n, o) for n, o in named if _is_glob(n)]
     )
     return DaemonConfig(
         tunables=tunables,
         journal_path=parsed.journal,
+        state_path=parsed.state if parsed.state is not None else str(DEFAULT_STATE_PATH),
         on_exit=parsed.on_exit,
         restore_to=parsed.restore_to,
-        defaults=parsed.defaults.policy(),
+        defaults=defaults,
         exact=exact,
         globs=globs,
         manage=tuple(parsed.manage) if parsed.manage is not None else None,
@@ -327,11 +316,21 @@ def load_config(path: str | Path | None) -> DaemonConfig:
         path = DEFAULT_CONFIG_PATH
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        data = path.read_bytes()
     except OSError as e:
         raise InvalidValueError("config file", str(path), f"a readable TOML file ({e.strerror})") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise InvalidValueError(
+            "config file", str(path), f"UTF-8 text, as TOML requires (byte {e.start} is not UTF-8)"
+        ) from None
     try:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise InvalidValueError("config file", str(path), f"valid TOML ({e})") from None
+    except ValueError:  # tomllib's int() of a number over 4,300 digits (Python's conversion limit)
+        raise InvalidValueError("config file", str(path), "TOML numbers of at most 4300 digits") from None
+    except RecursionError:
+        raise InvalidValueError("config file", str(path), "valid TOML nested less deeply") from None
     return parse_config(raw, source=str(path))

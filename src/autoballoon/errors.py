@@ -9,6 +9,15 @@ from __future__ import annotations
 
 from typing import Any
 
+#: The longest rendering of a refused value in a message: a refusal must not echo a megabyte back.
+SHOWN_CHARS = 80
+
+
+def shown(value: Any) -> str:
+    """``repr(value)`` for a message, cut to :data:`SHOWN_CHARS` with the full length said."""
+    text = repr(value)
+    return text if len(text) <= SHOWN_CHARS else f"{text[:SHOWN_CHARS]}... ({len(text)} characters)"
+
 
 class AutoballoonError(Exception):
     """Base of every error autoballoon raises on purpose."""
@@ -29,7 +38,7 @@ class InvalidValueError(RefusedError, ValueError):
         self.what = what
         self.value = value
         self.accepted = accepted
-        super().__init__(f"invalid {what} {value!r}: expected {accepted}")
+        super().__init__(f"invalid {what} {shown(value)}: expected {accepted}")
 
 
 class UnknownVMError(RefusedError, LookupError):
@@ -50,7 +59,9 @@ class LimitError(RefusedError):
     def __init__(self, vm: str, what: str, value: str, limit: str) -> None:
         self.vm = vm
         self.what = what
-        super().__init__(f"refused: {what} {value} for VM {vm!r}: {limit}; nothing was changed")
+        self.limit = limit
+        where = f" for VM {vm!r}" if vm else ""
+        super().__init__(f"refused: {what} {value}{where}: {limit}; nothing was changed")
 
 
 class UnknownSchemeError(RefusedError):

@@ -87,11 +87,15 @@ def exclusion(guest: GuestSnapshot, policy: GuestPolicy) -> str | None:
         return f"not running ({guest.state.value})"
     if not guest.balloon.enabled:
         return "no balloon device (model='none')"
+    if guest.incapable is not None:
+        return guest.incapable
     return None
 
 
 def hold_reason(guest: GuestSnapshot, wall_time: float, tunables: Tunables) -> str | None:
     """Why a running VM must be held at its target (no fresh stats), or None if it may be managed."""
+    if guest.hold is not None:
+        return guest.hold
     if guest.state not in _RUNNING:
         return f"VM is {guest.state.value}"
     if guest.actual_bytes is None:

@@ -31,11 +31,21 @@ shrinks itself, reading the guard's verdicts through :func:`shrink_hold` and ``H
 from __future__ import annotations
 
 import math
+import shlex
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import NamedTuple
 
+from autoballoon.constraints import (
+    Bytes,
+    Count,
+    Factor,
+    Fraction,
+    PositiveSeconds,
+    Seconds,
+    check_fields,
+)
 from autoballoon.model import Event, GuestSnapshot, HostSnapshot
 from autoballoon.units import GiB
 
@@ -50,36 +60,39 @@ class HealthTunables:
     #: Turn the whole guard off (no storm detection, no host pause, no Windows floor).
     enabled: bool = True
     #: A guest at this share of its vCPUs or more is spinning (the WMI storm shows ~100 %).
-    cpu_level: float = 0.9
+    cpu_level: Fraction = 0.9
     #: ... for at least this long without a break before it is quarantined (a short burst is no storm).
-    sustain_s: float = 30.0
+    sustain_s: Seconds = 30.0
     #: The storm must start within this long after the balloon target last moved to be blamed on it.
-    window_s: float = 300.0
+    window_s: Seconds = 300.0
     #: ... and be at least this share of its vCPUs above the guest's baseline from before the change.
-    baseline_margin: float = 0.4
+    baseline_margin: Fraction = 0.4
     #: Time constant of the baseline's moving average of CPU use.
-    baseline_tau_s: float = 60.0
+    baseline_tau_s: PositiveSeconds = 60.0
     #: CPU seconds of observation needed before a guest may be shrunk at all (its first baseline).
-    baseline_min_s: float = 4.0
+    baseline_min_s: Seconds = 4.0
     #: A quarantine ends by itself after this long (0: only ``autoballoon release`` ends it).
-    quarantine_s: float = 86400.0
+    quarantine_s: Seconds = 86400.0
     #: Shrinking pauses when the host's 1-minute load average exceeds this many times its CPU count ...
-    host_load_factor: float = 2.0
+    host_load_factor: Factor = 2.0
     #: ... and resumes once it is back at or under this many times its CPU count ...
-    host_load_clear_factor: float = 1.0
+    host_load_clear_factor: Factor = 1.0
     #: ... and no pause trigger was seen for this long.
-    host_pause_hold_s: float = 60.0
+    host_pause_hold_s: Seconds = 60.0
     #: The CPUs' thermal-throttle counters rising by at least this many events since the last look
     #: (after a balloon change) also pause shrinking.
-    thermal_throttle_increase: int = 1
+    thermal_throttle_increase: Count = 1
     #: Windows guests are never shrunk below this (64-bit Windows needs 2 GiB; it pages hard below) ...
-    windows_min_bytes: int = 2 * GiB
+    windows_min_bytes: Bytes = 2 * GiB
     #: ... nor below this share of their max (Windows counts its standby cache as available, so its
     #: "available" overstates what it can give up).
-    windows_min_fraction: float = 0.25
+    windows_min_fraction: Fraction = 0.25
     #: On quarantine, also apply the remedy (``model='none'``) to the VM's persistent config. Never to
     #: the running VM: it takes effect at the next boot.
     disable_balloon: bool = False
+
+    def __post_init__(self) -> None:
+        check_fields(self, (("host_load_clear_factor", "<=", "host_load_factor"),))
 
 
 DEFAULT_HEALTH = HealthTunables()
@@ -90,12 +103,13 @@ EVENT_KINDS = ("quarantine", "release", "pause", "resume")
 
 
 def remedy(vm: str) -> str:
-    """The one command that removes a guest's balloon device (effective at the next boot)."""
-    return f"autoballoon balloon {vm} --model none"
+    """The one command that removes a guest's balloon device (effective at the next boot), quoted for a
+    POSIX shell: the operator pastes it, and a VM name is anybody's text."""
+    return f"autoballoon balloon {shlex.quote(vm)} --model none"
 
 
 def release_command(vm: str) -> str:
-    return f"autoballoon release {vm}"
+    return f"autoballoon release {shlex.quote(vm)}"
 
 
 class VMHealth(NamedTuple):

@@ -4,21 +4,36 @@ An operator must be able to answer "why did my VM lose 300 MiB at 03:12?" from t
 action line carries the numbers the decision was based on (demand, the guest's MemAvailable, the host
 budget). The in-memory ring serves the status API and dashboard without re-reading the file. Writes
 and reads may come from different threads (controller vs HTTP server), hence the lock.
+
+A journal that cannot be written is not a reason to stop ballooning: a full disk (or ``--journal
+/dev/full``) killed the daemon, and under systemd's ``Restart=on-failure`` it then failed again at every
+start. A failed write is logged once per run of failures, counted in :attr:`Journal.write_errors` (the
+``autoballoon_journal_errors_total`` metric), the entry stays in the ring, and the first line written
+after the failures says how many were lost. Each line goes out in one ``write`` on an ``O_APPEND``
+descriptor, so a line is never interleaved with another; a line the disk cut short is cut off again
+(truncated) where that is possible, so the file holds whole lines only.
 """
 
 from __future__ import annotations
 
 import json
+import logging
+import os
 import threading
 from collections import deque
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
 from autoballoon.errors import InvalidValueError
 from autoballoon.model import Action
 
 JournalEntry = Mapping[str, Any]
+
+log = logging.getLogger(__name__)
+
+#: Permissions of a journal file the daemon creates: it names VMs and their memory, so not world-readable.
+FILE_MODE = 0o640
 
 
 class Journal:
@@ -29,26 +44,83 @@ class Journal:
         self._ring: deque[JournalEntry] = deque(maxlen=ring_size)
         self._lock = threading.Lock()
         self._seq = 0
-        self._file: TextIO | None = None
+        self._fd: int | None = None
+        #: Entries that could not be written to the file (they are still in the ring), since start.
+        self.write_errors = 0
+        self._failing = 0  # entries lost in the current run of failures
+        self._torn = False  # the file may end in part of a line
         if self.path is not None:
             try:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
-                self._file = self.path.open("a", encoding="utf-8", buffering=1)
-            except OSError as e:
+                self._fd = os.open(
+                    self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, FILE_MODE
+                )
+            except (OSError, ValueError) as e:  # ValueError: a NUL in the path
+                reason = e.strerror if isinstance(e, OSError) else str(e)
                 raise InvalidValueError(
-                    "journal file", str(self.path), f"a writable path ({e.strerror})"
+                    "journal file", str(self.path), f"a writable path ({reason})"
                 ) from None
 
     def write(self, entry: Mapping[str, Any]) -> None:
         """Append ``entry`` with a ``seq`` one above the previous entry's: a number that never changes,
-        so that a reader of the ring (``/api/v1/events`` paging) can say where it stopped."""
+        so that a reader of the ring (``/api/v1/events`` paging) can say where it stopped. It goes to the
+        ring, and to the file if there is one; a failed write is counted, never raised."""
         with self._lock:
             self._seq += 1
             record = {"seq": self._seq, **entry}
             line = json.dumps(record, separators=(",", ":"), sort_keys=False, default=str)
             self._ring.append(record)
-            if self._file is not None:
-                self._file.write(line + "\n")
+            if self._fd is not None:
+                self._append(line)
+
+    def _append(self, line: str) -> None:
+        """Write one line (the lock is held). On failure: count, log the first of a run, carry on."""
+        assert self._fd is not None
+        lost = self._failing
+        if lost:
+            note = {
+                "kind": "journal-error",
+                "message": f"{lost} journal entries could not be written before this",
+            }
+            line = json.dumps(note, separators=(",", ":")) + "\n" + line
+        data = (("\n" if self._torn else "") + line + "\n").encode("utf-8")
+        try:
+            self._write_all(data)
+        except OSError as e:
+            self.write_errors += 1
+            self._failing += 1
+            if not lost:
+                log.error(
+                    "journal %s cannot be written (%s); ballooning goes on, entries are kept in memory only",
+                    self.path,
+                    e.strerror or e,
+                )
+            return
+        self._torn = False
+        if lost:
+            self._failing = 0
+            log.warning("journal %s is writable again; %d entries were lost", self.path, lost)
+
+    def _write_all(self, data: bytes) -> None:
+        """Write all of ``data`` or none of it: a short write (the disk filled within it) is truncated off
+        again, so that the next line does not continue a fragment; if that fails too, the next line
+        starts on a new line."""
+        assert self._fd is not None
+        done = 0
+        try:
+            while done < len(data):
+                n = os.write(self._fd, data[done:])
+                if n <= 0:
+                    raise OSError(28, "No space left on device")
+                done += n
+        except OSError:
+            if done:
+                try:
+                    end = os.lseek(self._fd, 0, os.SEEK_END)
+                    os.ftruncate(self._fd, end - done)
+                except OSError:
+                    self._torn = True
+            raise
 
     def action(
         self,
@@ -94,9 +166,12 @@ class Journal:
 
     def close(self) -> None:
         with self._lock:
-            if self._file is not None:
-                self._file.close()
-                self._file = None
+            if self._fd is not None:
+                try:
+                    os.close(self._fd)
+                except OSError as e:  # a write-back error surfacing at close: nothing left to do about it
+                    log.warning("closing journal %s: %s", self.path, e)
+                self._fd = None
 
 
 def read_journal(path: str | Path) -> list[dict[str, Any]]:

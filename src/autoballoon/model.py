@@ -13,6 +13,9 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Literal, NamedTuple, get_args
 
+from autoballoon.constraints import MAX_BUFFER as MAX_BUFFER  # re-exported: callers import it from here
+from autoballoon.constraints import Buffer, GuestBytes, Shares, check_fields
+
 BalloonModel = Literal["virtio", "virtio-transitional", "virtio-non-transitional", "xen", "none"]
 #: The same names as a tuple, for checks and choices at run time (one list, so the two cannot drift).
 BALLOON_MODELS: tuple[str, ...] = get_args(BalloonModel)
@@ -73,20 +76,24 @@ class BalloonConfig:
         return self.model != "none"
 
 
-#: The largest per-VM buffer accepted anywhere (config, CLI, API, metadata, scenarios): 10 = 1000 % above
-#: demand. Past that a "buffer" is just a VM that is never ballooned, which ``exclude`` says plainly.
-MAX_BUFFER = 10.0
-
-
 @dataclass(frozen=True, slots=True)
 class GuestPolicy:
-    """Per-VM policy. ``None`` fields fall back to the daemon's defaults."""
+    """Per-VM policy. ``None`` fields fall back to the daemon's defaults.
 
-    min_bytes: int | None = None  # the floor: never balloon below this
-    max_bytes: int | None = None  # never give more than this (and never more than <memory>)
-    shares: int | None = None  # weight in the water-fill when the host is short
-    buffer: float | None = None  # fraction kept above demand (0.2 = 20 %)
+    Each field is checked against its type's range when the policy is made (a few hundred ns), so a
+    policy from any source (config, metadata, API, scenario) is valid wherever it is read. ``min_bytes``
+    above ``max_bytes`` is refused where one source states both (:func:`autoballoon.ops.check_policy`),
+    not here: layers merge, and the guards let the ceiling win.
+    """
+
+    min_bytes: GuestBytes | None = None  # the floor: never balloon below this
+    max_bytes: GuestBytes | None = None  # never give more than this (and never more than <memory>)
+    shares: Shares | None = None  # weight in the water-fill when the host is short
+    buffer: Buffer | None = None  # fraction kept above demand (0.2 = 20 %)
     exclude: bool = False  # never touch this VM
+
+    def __post_init__(self) -> None:
+        check_fields(self)
 
     def merged_over(self, base: GuestPolicy) -> GuestPolicy:
         """This policy with its unset fields taken from ``base`` (``exclude`` is sticky: either wins)."""
@@ -126,6 +133,12 @@ class GuestSnapshot:
     os_type: GuestOS = "unknown"
     persistent: bool = True
     uuid: str | None = None
+    #: Why the hypervisor says this VM must not be shrunk now (a migration or other job in progress,
+    #: paused, host memory unknown), or None; the guards hold it at its target.
+    hold: str | None = None
+    #: Why its balloon cannot give memory back to the host (VFIO device, locked or hugepage memory),
+    #: or None; the guards exclude it.
+    incapable: str | None = None
 
     @property
     def used_bytes(self) -> int | None:
@@ -183,6 +196,9 @@ class HostSnapshot:
     cpu_count: int = 1
     thermal_throttle_count: int | None = None  # sum over CPUs, cumulative
     hostname: str = ""
+    #: Why the host's memory figures cannot be trusted (a remote host that reports none), or None.
+    #: Every guest then carries a ``hold`` too: nothing shrinks, nothing grows beyond what is known free.
+    hold: str | None = None
 
     def guest(self, name: str) -> GuestSnapshot | None:
         for g in self.guests:

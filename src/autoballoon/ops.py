@@ -8,42 +8,28 @@ message names the value and the limit; nothing has changed when it is raised.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Literal
 
 from autoballoon.backends.base import Backend
+from autoballoon.constraints import MIN_TARGET_BYTES, STATS_PERIOD
 from autoballoon.errors import InvalidValueError, LimitError
 from autoballoon.model import (
     BALLOON_MODELS,
-    MAX_BUFFER,
     BalloonChange,
     ChangeResult,
     GuestPolicy,
     GuestSnapshot,
 )
-from autoballoon.units import MiB, format_size
-
-
-@dataclass(frozen=True, slots=True)
-class OperatorLimits:
-    """Hard limits on what an operator may ask for, whoever asks."""
-
-    #: No guest is ever ballooned below this: a Linux guest under 64 MiB stops being useful or crashes.
-    min_guest_bytes: int = 64 * MiB
-    max_shares: int = 1_000_000
-    #: The largest per-VM buffer, as a fraction of demand (10 = 1000 %): more is surely a typo.
-    max_buffer: float = MAX_BUFFER
-    max_stats_period_s: int = 86_400
-
-
-LIMITS = OperatorLimits()
+from autoballoon.units import format_size
 
 Scope = Literal["live", "config", "both"]
 
 
-def floor_of(guest: GuestSnapshot, limits: OperatorLimits = LIMITS) -> int:
-    """The lowest target this guest may be given: its policy minimum, never below the global minimum."""
-    return max(limits.min_guest_bytes, guest.policy.min_bytes or 0)
+def floor_of(guest: GuestSnapshot) -> int:
+    """The lowest target this guest may be given by hand: its policy minimum, never below the lowest
+    target anybody may set (the same floor for the CLI and the API; the daemon's own ``global_min`` may
+    only be higher)."""
+    return max(MIN_TARGET_BYTES, guest.policy.min_bytes or 0)
 
 
 def resolve_scope(guest: GuestSnapshot, live: bool, config: bool) -> Scope:
@@ -61,7 +47,7 @@ def resolve_scope(guest: GuestSnapshot, live: bool, config: bool) -> Scope:
     return "live" if guest.state.active else "config"
 
 
-def check_target(guest: GuestSnapshot, size: int, limits: OperatorLimits = LIMITS) -> None:
+def check_target(guest: GuestSnapshot, size: int) -> None:
     """A balloon target must lie between the guest's floor and its ``<memory>``."""
     if size > guest.max_bytes:
         raise LimitError(
@@ -70,11 +56,11 @@ def check_target(guest: GuestSnapshot, size: int, limits: OperatorLimits = LIMIT
             format_size(size),
             f"above the VM's maximum <memory> {format_size(guest.max_bytes)}",
         )
-    floor = floor_of(guest, limits)
+    floor = floor_of(guest)
     if size < floor:
         source = (
             "its policy minimum"
-            if (guest.policy.min_bytes or 0) > limits.min_guest_bytes
+            if (guest.policy.min_bytes or 0) > MIN_TARGET_BYTES
             else ("the smallest target autoballoon allows")
         )
         raise LimitError(guest.name, "target", format_size(size), f"below {source} {format_size(floor)}")
@@ -88,12 +74,12 @@ def setmem(backend: Backend, vm: str, size: int, *, live: bool = False, config: 
     return scope
 
 
-def setmaxmem(backend: Backend, vm: str, size: int, limits: OperatorLimits = LIMITS) -> ChangeResult:
+def setmaxmem(backend: Backend, vm: str, size: int) -> ChangeResult:
     """``<memory>`` is fixed at boot, so only the persistent config can change; it applies at next boot."""
     guest = backend.guest(vm)
     if not guest.persistent:
         raise LimitError(vm, "maximum memory", format_size(size), "a transient VM has no persistent config")
-    floor = floor_of(guest, limits)
+    floor = floor_of(guest)
     if size < floor:
         raise LimitError(vm, "maximum memory", format_size(size), f"below the floor {format_size(floor)}")
     return backend.set_max(vm, size)
@@ -116,9 +102,7 @@ def setvcpus(
     return backend.set_vcpus(vm, count, live=scope in ("live", "both"), config=scope in ("config", "both"))
 
 
-def set_balloon(
-    backend: Backend, vm: str, change: BalloonChange, limits: OperatorLimits = LIMITS
-) -> ChangeResult:
+def set_balloon(backend: Backend, vm: str, change: BalloonChange) -> ChangeResult:
     if change.empty:
         raise InvalidValueError(
             "balloon change",
@@ -127,10 +111,8 @@ def set_balloon(
         )
     if change.model is not None and change.model not in BALLOON_MODELS:
         raise InvalidValueError("balloon model", change.model, "one of " + ", ".join(BALLOON_MODELS))
-    if change.stats_period is not None and not (0 <= change.stats_period <= limits.max_stats_period_s):
-        raise InvalidValueError(
-            "stats period", change.stats_period, f"whole seconds from 0 (off) to {limits.max_stats_period_s}"
-        )
+    if change.stats_period is not None:
+        STATS_PERIOD.check(change.stats_period, "stats period")
     guest = backend.guest(vm)
     if not guest.persistent:
         raise LimitError(vm, "balloon change", "", "a transient VM has no persistent config to edit")
@@ -141,42 +123,43 @@ def set_balloon(
     return backend.set_balloon(vm, change)
 
 
-def validate_policy(guest: GuestSnapshot, policy: GuestPolicy, limits: OperatorLimits = LIMITS) -> None:
-    """A per-VM policy must be consistent with the VM it is for."""
-    for what, value in (("policy minimum", policy.min_bytes), ("policy maximum", policy.max_bytes)):
-        if value is None:
-            continue
-        if value < limits.min_guest_bytes:
-            limit = f"below the smallest target allowed, {format_size(limits.min_guest_bytes)}"
-            raise LimitError(guest.name, what, format_size(value), limit)
-        if value > guest.max_bytes:
-            limit = f"above the VM's <memory> {format_size(guest.max_bytes)}"
-            raise LimitError(guest.name, what, format_size(value), limit)
+def check_policy(policy: GuestPolicy, vm: str = "") -> None:
+    """What a policy's own type cannot check: its minimum above its maximum, when one source states
+    both (config section, metadata, API request). Merged layers may cross; the guards let the max win."""
     if policy.min_bytes is not None and policy.max_bytes is not None and policy.min_bytes > policy.max_bytes:
         raise LimitError(
-            guest.name,
+            vm,
             "policy minimum",
             format_size(policy.min_bytes),
             f"above the policy maximum {format_size(policy.max_bytes)}",
         )
-    if policy.shares is not None and not (1 <= policy.shares <= limits.max_shares):
-        raise InvalidValueError("shares", policy.shares, f"a whole number from 1 to {limits.max_shares}")
-    if policy.buffer is not None and not (0.0 <= policy.buffer <= limits.max_buffer):
-        raise InvalidValueError(
-            "buffer", policy.buffer, f"a percentage from 0 to {limits.max_buffer * 100:g}"
-        )
+
+
+def validate_policy(guest: GuestSnapshot, policy: GuestPolicy) -> None:
+    """A per-VM policy must be consistent with the VM it is for (each field's range is its type's)."""
+    for what, value in (("policy minimum", policy.min_bytes), ("policy maximum", policy.max_bytes)):
+        if value is not None and value > guest.max_bytes:
+            limit = f"above the VM's <memory> {format_size(guest.max_bytes)}"
+            raise LimitError(guest.name, what, format_size(value), limit)
+    check_policy(policy, guest.name)
+
+
+def make_policy(fields: dict[str, object]) -> GuestPolicy:
+    """A policy from field values (the JSON shape of :meth:`GuestPolicy.to_json`); a value outside its
+    type's range is refused under its field name (a :class:`~autoballoon.constraints.ConstraintError`),
+    an unknown field with the list of known ones."""
+    known = GuestPolicy().to_json()
+    unknown = set(fields) - set(known)
+    if unknown:
+        raise InvalidValueError("policy field", sorted(unknown)[0], "one of " + ", ".join(known))
+    return GuestPolicy(**fields)  # type: ignore[arg-type]
 
 
 def update_policy(backend: Backend, vm: str, **changes: object) -> GuestPolicy:
     """Merge ``changes`` (only the keys given) into the VM's stored policy, validate, then store it."""
     guest = backend.guest(vm)
     current = backend.get_policy(vm)
-    fields = current.to_json()
-    unknown = set(changes) - set(fields)
-    if unknown:
-        raise InvalidValueError("policy field", sorted(unknown)[0], "one of " + ", ".join(fields))
-    fields.update(changes)
-    policy = GuestPolicy(**fields)  # type: ignore[arg-type]
+    policy = make_policy(current.to_json() | changes)
     validate_policy(guest, policy)
     backend.set_policy(vm, policy)
     return policy

@@ -10,7 +10,28 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from autoballoon.constraints import (
+    Buffer,
+    Bytes,
+    BytesPerS,
+    Count,
+    Fraction,
+    GuestBytes,
+    Order,
+    PositiveBytes,
+    PositiveSeconds,
+    Rate,
+    Seconds,
+    Shares,
+    check_fields,
+)
 from autoballoon.units import GiB, KiB, MiB
+
+#: Rules between fields (see :func:`autoballoon.constraints.check_fields`).
+_ORDERED: tuple[Order, ...] = (
+    ("interval_s", ">=", "min_interval_s"),
+    ("reconnect_max_s", ">=", "reconnect_initial_s"),
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -20,25 +41,25 @@ class Tunables:
     # --- what a guest should get -------------------------------------------------------------------
     #: Fraction of demand kept above it at the least (Hyper-V's default memory buffer is 20 %). The
     #: cushion below is usually larger; a VM's own ``buffer`` policy raises this one.
-    buffer: float = 0.20
+    buffer: Buffer = 0.20
     #: Memory a guest needs beyond its demand not to be under pressure: the kernel's free watermarks,
     #: the page cache its programs run from, what MemAvailable overstates, and some room above its OOM
     #: floor (``oom_margin``), so that a host short enough to cut guests to their needs does not leave
     #: them on the edge of an OOM kill that a demand read a stats period ago cannot see.
-    min_headroom_bytes: int = 96 * MiB
+    min_headroom_bytes: Bytes = 96 * MiB
     #: Below ``demand + oom_margin`` a guest without swap is OOM-killed: the MemAvailable a guest still
     #: reports when its OOM killer fires. That is the file pages it cannot give up (its programs; the
     #: simulator models 32 MiB on a server) plus the kernel's min watermark (sqrt(16 x RAM in KiB): 3 MiB
     #: at 512 MiB, 16 MiB at 16 GiB); on the rig's initramfs guests it fired with 14-24 MiB still shown.
     #: For a guest without swap, being short of memory is not pressure but an OOM kill; and ``used`` read
     #: from stats a period old wanders by some MiB.
-    oom_margin_bytes: int = 64 * MiB
+    oom_margin_bytes: Bytes = 64 * MiB
     #: The lowest target ever set, whatever a VM's own ``min`` says: below this Linux guests thrash.
-    global_min_bytes: int = 128 * MiB
+    global_min_bytes: GuestBytes = 128 * MiB
     #: Targets are rounded to this (libvirt speaks KiB; a MiB grain keeps the journal readable).
-    target_align_bytes: int = 1 * MiB
+    target_align_bytes: PositiveBytes = 1 * MiB
     #: Weight of a VM in the water-fill when it has none of its own (Proxmox's default is 1000).
-    default_shares: int = 1000
+    default_shares: Shares = 1000
 
     # --- the cushion: what one reaction time can bring ---------------------------------------------
     # A guest's cushion (its want above its need) must hold whatever it can allocate before the daemon
@@ -47,107 +68,110 @@ class Tunables:
     # cushion within one reaction time is OOM-killed if it has no swap and no autodeflate.
     #: Seconds from a new target to the balloon having moved (libvirt round trip plus deflation:
     #: measured on the rig, 312 MiB deflate in about 0.15 s, a setmem reflected within a second).
-    actuation_s: float = 1.0
+    actuation_s: Seconds = 1.0
     #: The stats period assumed for a guest whose period is not known (libvirt reports none over QMP).
-    default_stats_period_s: float = 10.0
+    default_stats_period_s: Seconds = 10.0
     #: Growth every guest's cushion covers for one reaction time before any growth was seen: a guest
     #: ramping its memory this fast is never OOM-killed (the rig's ramps run at 10-40 MiB/s).
-    growth_allowance_bytes_per_s: int = 40 * MiB
+    growth_allowance_bytes_per_s: BytesPerS = 40 * MiB
     #: A first sudden allocation of this share of a guest's maximum (but at most ``jump_prior_max``)
     #: fits in its cushion: nothing about a guest says in advance how big its first burst will be.
-    jump_prior_fraction: float = 0.25
-    jump_prior_max_bytes: int = 1 * GiB
+    jump_prior_fraction: Fraction = 0.25
+    jump_prior_max_bytes: Bytes = 1 * GiB
     #: A rise of ``used`` between two stats reports smaller than this is noise, not a jump.
-    jump_min_bytes: int = 16 * MiB
+    jump_min_bytes: Bytes = 16 * MiB
     #: The jumps a guest has shown are remembered, fading with this half-life: a guest that once
     #: allocated 2 GiB at once keeps room for it for hours after.
-    jump_half_life_s: float = 4 * 3600.0
+    jump_half_life_s: PositiveSeconds = 4 * 3600.0
     #: The steady growth rates a guest has shown fade faster: a ramp is seen as it goes (two stats
     #: reports in a row), so its memory only bridges the next ramp of the same job.
-    rate_half_life_s: float = 600.0
+    rate_half_life_s: PositiveSeconds = 600.0
 
     # --- demand estimation -------------------------------------------------------------------------
     #: Time constant of demand decay: demand rises at once but falls towards ``used`` with this
     #: exponential time constant, so a guest that just freed memory is not squeezed straight away.
-    demand_decay_s: float = 60.0
+    demand_decay_s: PositiveSeconds = 60.0
     #: When ``used`` is rising, demand is projected at least this far ahead at the observed rate (and
     #: at least one reaction time), so the balloon deflates ahead of a steadily growing guest.
-    trend_lookahead_s: float = 6.0
+    trend_lookahead_s: Seconds = 6.0
     #: Swap-in above this rate (bytes/s) means the guest is short of memory now.
-    swap_in_pressure_bytes_per_s: int = 256 * KiB
+    swap_in_pressure_bytes_per_s: BytesPerS = 256 * KiB
     #: Major faults above this rate mean the guest is re-reading evicted pages (working set too big).
-    major_fault_pressure_per_s: float = 200.0
+    major_fault_pressure_per_s: Rate = 200.0
     #: A guest whose MemAvailable is below this is under pressure even before it swaps.
-    low_available_bytes: int = 32 * MiB
+    low_available_bytes: Bytes = 32 * MiB
     #: Extra demand given to a guest under swap/fault pressure, as a fraction of its maximum: its ``used``
     #: under-reports a working set that no longer fits.
-    pressure_boost_fraction: float = 0.10
+    pressure_boost_fraction: Fraction = 0.10
     #: A guest stays "under pressure" this long after its last pressure signal (stats come in bursts).
-    pressure_hold_s: float = 10.0
+    pressure_hold_s: Seconds = 10.0
     #: A guest that deflated its balloon by itself (autodeflate) ran past its swap: it gets what it
     #: took plus this fraction of its max at once, since it is still short of what did not fit.
-    self_deflate_boost_fraction: float = 0.15
+    self_deflate_boost_fraction: Fraction = 0.15
 
     # --- how targets move --------------------------------------------------------------------------
     #: Voluntary shrinking is limited to this fraction of the VM's maximum per second, so a guest is
     #: never pushed into a reclaim storm (MOM: 5 % per 10 s; we go faster but still gradually).
-    shrink_rate_per_s: float = 0.025
+    shrink_rate_per_s: Fraction = 0.025
     #: ... but at least this much per tick, so small VMs converge in a reasonable time.
-    shrink_min_step_bytes: int = 16 * MiB
+    shrink_min_step_bytes: Bytes = 16 * MiB
     #: No shrink smaller than ``max(shrink_dead_band_bytes, shrink_dead_band_fraction * max)``:
     #: targets do not flap with noise in ``used``.
-    shrink_dead_band_bytes: int = 24 * MiB
-    shrink_dead_band_fraction: float = 0.02
+    shrink_dead_band_bytes: Bytes = 24 * MiB
+    shrink_dead_band_fraction: Fraction = 0.02
     #: Growth smaller than this is not worth an action (growth itself is never rate-limited).
-    grow_min_step_bytes: int = 1 * MiB
+    grow_min_step_bytes: Bytes = 1 * MiB
     #: After growing a VM, do not shrink it for this long (its load just changed; let it settle).
-    shrink_cooldown_after_grow_s: float = 20.0
+    shrink_cooldown_after_grow_s: Seconds = 20.0
 
     # --- the host ----------------------------------------------------------------------------------
     #: Host memory kept free for the host itself: ``max(reserve_bytes, reserve_fraction * MemTotal)``
     #: unless the config names a fixed reserve.
-    reserve_bytes: int = 512 * MiB
-    reserve_fraction: float = 0.05
+    reserve_bytes: Bytes = 512 * MiB
+    reserve_fraction: Fraction = 0.05
     #: A fixed reserve (config ``[host] reserve``) instead of the rule above.
-    host_reserve_bytes: int | None = None
+    host_reserve_bytes: Bytes | None = None
     #: What the host keeps free whatever happens: a process killed in a guest is a worse harm than a
     #: host below its reserve, so guests may take the reserve to stay above their OOM floors, but not
     #: this last part of it, below which the host itself swaps (and its OOM killer takes whole VMs).
-    host_min_free_bytes: int = 256 * MiB
+    host_min_free_bytes: Bytes = 256 * MiB
     #: A fixed budget for all ballooned VMs together (config ``[host] budget``); the host-derived budget
     #: (MemAvailable + what the VMs hold - reserve) still applies when it is smaller.
-    host_budget_bytes: int | None = None
+    host_budget_bytes: Bytes | None = None
 
     # --- guards ------------------------------------------------------------------------------------
     #: Guest stats older than this are stale: the guest is held, never shrunk.
-    stats_stale_s: float = 30.0
+    stats_stale_s: Seconds = 30.0
     #: A balloon whose ``actual`` has not moved toward its target for this long is stuck (Xen: 5 s).
-    stuck_after_s: float = 10.0
+    stuck_after_s: Seconds = 10.0
     #: ``|actual - target|`` within this counts as arrived; a move by at least this counts as progress.
-    stuck_tolerance_bytes: int = 4 * MiB
+    stuck_tolerance_bytes: Bytes = 4 * MiB
     #: ``actual`` rising by more than this above both its last value and its target, without us asking,
     #: means the guest deflated itself (autodeflate at OOM time): its target follows instead of fighting.
-    self_deflate_tolerance_bytes: int = 8 * MiB
+    self_deflate_tolerance_bytes: Bytes = 8 * MiB
     #: A target changed outside autoballoon (virsh setmem, autoballoon setmem) is left alone this long.
-    manual_grace_s: float = 300.0
+    manual_grace_s: Seconds = 300.0
     #: A stuck balloon's target is set back to where the balloon is, and it is left alone this long
     #: before autoballoon tries to move it again.
-    stuck_retry_s: float = 300.0
+    stuck_retry_s: Seconds = 300.0
     #: A grow whose balloon has not moved toward it for this long is sent again: a guest that needs
     #: memory is never left waiting on a request that got lost (seen with a libvirtd busy re-probing
     #: QEMU: the call returned, the balloon did not move).
-    grow_retry_s: float = 5.0
+    grow_retry_s: Seconds = 5.0
 
     # --- controller --------------------------------------------------------------------------------
     #: Seconds between two decisions.
-    interval_s: float = 2.0
+    interval_s: PositiveSeconds = 2.0
     #: The shortest interval accepted: stats and balloons do not move faster than this anyway.
-    min_interval_s: float = 0.5
+    min_interval_s: PositiveSeconds = 0.5
     #: Back-off between reconnect attempts after a lost backend: doubles from initial up to max.
-    reconnect_initial_s: float = 1.0
-    reconnect_max_s: float = 30.0
+    reconnect_initial_s: PositiveSeconds = 1.0
+    reconnect_max_s: PositiveSeconds = 30.0
     #: Journal entries kept in memory for the status API and dashboard.
-    journal_ring_size: int = 1000
+    journal_ring_size: Count = 1000
+
+    def __post_init__(self) -> None:
+        check_fields(self, _ORDERED)
 
 
 DEFAULT_TUNABLES = Tunables()

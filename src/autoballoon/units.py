@@ -50,6 +50,10 @@ _BINARY_UNITS = (("TiB", TiB), ("GiB", GiB), ("MiB", MiB), ("KiB", KiB))
 _PERCENT_FORMS = "a percentage from 0 to 1000, like 20 or 20%"
 
 _SIZE_RE = re.compile(r"^\s*(?P<num>\d+(?:\.\d+)?|\.\d+)\s*(?P<unit>[A-Za-z]*)\s*$")
+#: Digits a size may have: 8 EiB is 19 digits in bytes, a fraction of a unit needs no more than that
+#: either. Longer numbers are refused before any arithmetic (Python refuses to convert over 4300 digits
+#: to an int, with a ValueError that used to escape as a traceback).
+_MAX_DIGITS = 40
 
 
 def parse_size(text: str | int, *, default_unit: int = KiB, what: str = "size") -> int:
@@ -71,6 +75,8 @@ def parse_size(text: str | int, *, default_unit: int = KiB, what: str = "size") 
     match = _SIZE_RE.match(text)
     if match is None:
         raise InvalidValueError(what, text, ACCEPTED_FORMS)
+    if len(match.group("num")) > _MAX_DIGITS:
+        raise InvalidValueError(what, text, f"a number of at most {_MAX_DIGITS} digits (sizes end at 8 EiB)")
     unit_text = match.group("unit").lower()
     if unit_text == "":
         scale = default_unit
@@ -78,12 +84,12 @@ def parse_size(text: str | int, *, default_unit: int = KiB, what: str = "size") 
         scale = _UNITS[unit_text]
     else:
         raise InvalidValueError(what, text, f"unknown unit {match.group('unit')!r}; {ACCEPTED_FORMS}")
-    value = Fraction(match.group("num")) * scale
-    if value.denominator != 1:
+    exact = Fraction(match.group("num")) * scale
+    if exact.denominator != 1:
         raise InvalidValueError(what, text, "a size that is a whole number of bytes; " + ACCEPTED_FORMS)
-    if value > MAX_BYTES:
+    if exact > MAX_BYTES:
         raise InvalidValueError(what, text, f"a size of at most {MAX_BYTES} bytes (8 EiB)")
-    return int(value)
+    return int(exact)
 
 
 def format_size(n: int) -> str:

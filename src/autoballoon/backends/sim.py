@@ -18,6 +18,7 @@ from pathlib import Path
 from urllib.parse import parse_qsl, urlsplit
 
 from autoballoon.clock import VirtualClock
+from autoballoon.constraints import MAX_SHARES
 from autoballoon.errors import InvalidValueError, LimitError, RefusedError, UnknownVMError
 from autoballoon.model import (
     BALLOON_MODELS,
@@ -29,7 +30,6 @@ from autoballoon.model import (
     GuestSnapshot,
     HostSnapshot,
 )
-from autoballoon.ops import LIMITS as OPERATOR_LIMITS
 from autoballoon.sim import Simulation, load_scenario
 from autoballoon.sim.demand import SECONDS_PER_DAY
 from autoballoon.sim.scenario import Real, Scenario, Whole
@@ -349,11 +349,9 @@ def _check_policy(name: str, policy: GuestPolicy, max_bytes: int) -> None:
         raise LimitError(
             name, "policy min", human(policy.min_bytes), f"above policy max {human(policy.max_bytes)}"
         )
-    if policy.shares is not None and not 1 <= policy.shares <= OPERATOR_LIMITS.max_shares:
+    if policy.shares is not None and not 1 <= policy.shares <= MAX_SHARES:
         # the config file's and the CLI's range: 0 meant two things inside the policy
-        raise LimitError(
-            name, "policy shares", str(policy.shares), f"must be from 1 to {OPERATOR_LIMITS.max_shares}"
-        )
+        raise LimitError(name, "policy shares", str(policy.shares), f"must be from 1 to {MAX_SHARES}")
     if policy.buffer is not None and not 0 <= policy.buffer <= MAX_BUFFER:
         raise LimitError(
             name, "policy buffer", f"{policy.buffer:.0%}", f"must be from 0% to {MAX_BUFFER:.0%}"

@@ -13,6 +13,7 @@ import click
 
 from autoballoon import __version__
 from autoballoon.backends import KNOWN_SCHEMES, Backend, default_uri, open_backend
+from autoballoon.cli.output import say
 from autoballoon.errors import AutoballoonError
 
 
@@ -80,7 +81,7 @@ def main(argv: list[str] | None = None) -> Any:
         e.show()
         sys.exit(e.exit_code)
     except AutoballoonError as e:
-        click.echo(f"autoballoon: error: {e}", err=True)
+        say(f"autoballoon: error: {e}", err=True)
         sys.exit(e.exit_code)
     if isinstance(rv, int):
         sys.exit(rv)

@@ -10,8 +10,8 @@ import click
 from autoballoon import ops
 from autoballoon.cli import Context, cli, pass_ctx
 from autoballoon.cli.inventory import policy_text
-from autoballoon.cli.output import emit_json
-from autoballoon.cli.params import ON_OFF, PERCENT, SIZE
+from autoballoon.cli.output import emit_json, say
+from autoballoon.cli.params import COUNT_TYPE, ON_OFF, PERCENT, SHARES_TYPE, SIZE, STATS_PERIOD_TYPE
 from autoballoon.model import BALLOON_MODELS, BalloonChange, ChangeResult
 from autoballoon.units import format_size
 
@@ -23,9 +23,9 @@ _SCOPE_HELP = "Neither --live nor --config means the running VM if it runs, else
 
 
 def _report(result: ChangeResult) -> None:
-    click.echo(result.message)
+    say(result.message)
     if result.next_boot and not result.live:
-        click.echo("note: this takes effect at the next boot of the VM (a restart, not a reboot inside it)")
+        say("note: this takes effect at the next boot of the VM (a restart, not a reboot inside it)")
 
 
 @cli.command(context_settings=_NUMERIC_ARGS)
@@ -37,10 +37,10 @@ def _report(result: ChangeResult) -> None:
 def setmem(ctx: Context, vm: str, size: int, live: bool, config: bool) -> None:
     """Set the balloon target of VM to SIZE (bare number = KiB, as virsh; 512M, 2G...).
 
-    Refused (exit 2, nothing changed) above the VM's <memory>, below 64 MiB or below the VM's policy minimum.
+    Refused (exit 2, nothing changed) above the VM's <memory>, below 128 MiB or below the VM's policy minimum.
     """
     scope = ops.setmem(ctx.backend, vm, size, live=live, config=config)
-    click.echo(f"{vm}: balloon target set to {format_size(size)} ({scope})")
+    say(f"{vm}: balloon target set to {format_size(size)} ({scope})")
 
 
 setmem.help = (setmem.help or "") + "\n\n" + _SCOPE_HELP
@@ -60,7 +60,7 @@ def setmaxmem(ctx: Context, vm: str, size: int, config: bool) -> None:
 
 @cli.command(context_settings=_NUMERIC_ARGS)
 @click.argument("vm")
-@click.argument("count", type=click.IntRange(min=1))
+@click.argument("count", type=COUNT_TYPE)
 @click.option("--live", is_flag=True, help="Change the running VM.")
 @click.option("--config", is_flag=True, help="Change the persistent config.")
 @pass_ctx
@@ -85,7 +85,7 @@ setvcpus.help = (setvcpus.help or "") + "\n\n" + _SCOPE_HELP
 @click.option("--free-page-reporting", type=ON_OFF, help="Let the guest report free pages to the host.")
 @click.option(
     "--stats-period",
-    type=click.IntRange(min=0, max=ops.LIMITS.max_stats_period_s),
+    type=STATS_PERIOD_TYPE,
     help="Seconds between guest memory stats; 0 turns them off. Also applied live.",
 )
 @pass_ctx
@@ -110,7 +110,7 @@ def balloon(
     )
     if change.empty:
         b = ctx.backend.guest(vm).balloon
-        click.echo(
+        say(
             f"{vm}: model {b.model}, autodeflate {'on' if b.autodeflate else 'off'}, "
             f"free-page-reporting {'on' if b.free_page_reporting else 'off'}, "
             f"stats period {b.stats_period or 0} s"
@@ -125,7 +125,7 @@ def balloon(
 @click.option("--max", "max_", type=SIZE, help="Never give the VM more than this (at most its <memory>).")
 @click.option(
     "--shares",
-    type=click.IntRange(min=1, max=ops.LIMITS.max_shares),
+    type=SHARES_TYPE,
     help="Weight when the host is short (default 1000).",
 )
 @click.option("--buffer", type=PERCENT, help="Headroom kept above demand, in percent (default 20).")
@@ -157,4 +157,4 @@ def policy(
     if as_json:
         emit_json(current.to_json())
     else:
-        click.echo(f"{vm}: {policy_text(current)}")
+        say(f"{vm}: {policy_text(current)}")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from autoballoon.cli import Context, cli, pass_ctx
-from autoballoon.cli.output import emit_json, pairs, table
+from autoballoon.cli.output import emit_json, pairs, say, table
 from autoballoon.cli.remote import daemon_option, statuses
 from autoballoon.model import GuestPolicy
 from autoballoon.units import human
@@ -84,7 +84,7 @@ def list_(ctx: Context, as_json: bool, daemon_url: str) -> None:
     for g in snap.guests:
         status, reason = judged[g.name]
         if reason and status != "managed":
-            click.echo(f"{g.name}: {status_text(status, reason)}")
+            say(f"{g.name}: {status_text(status, reason)}")
 
 
 def status_text(status: str, reason: str) -> str:

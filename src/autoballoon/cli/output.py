@@ -1,13 +1,20 @@
-"""Printing for the CLI: rich tables for people, JSON (bytes, stable names) for scripts."""
+"""Printing for the CLI: rich tables for people, JSON (bytes, stable names) for scripts.
+
+Text a VM (or its guest, or a remote host) chose — names above all — is printed only through
+:func:`printable`: a VM named with terminal escape sequences must not be able to recolour, hide or
+rewrite what the operator reads, nor a name with rich markup (``[bold]``) change the table around it.
+"""
 
 from __future__ import annotations
 
 import json
+import unicodedata
 from typing import Any
 
 import click
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 #: Width for tables written to a pipe or file, where rich would otherwise squeeze them into 80 columns.
 PIPE_WIDTH = 200
@@ -18,6 +25,38 @@ def console() -> Console:
     if not c.is_terminal:
         c = Console(soft_wrap=False, width=PIPE_WIDTH)
     return c
+
+
+#: Unicode categories that are not shown but act: C0/C1 controls (escape sequences, newlines, bells) and
+#: format characters (bidirectional overrides, zero-width joiners, which reorder or hide text).
+_HIDDEN = ("Cc", "Cf")
+
+
+def printable(text: str) -> str:
+    """``text`` with every control and format character written as an escape (``\x1b``, ``\u202e``),
+    as Python's repr writes it, so that it is seen rather than obeyed; other characters are kept."""
+    if text.isprintable():
+        return text
+    out = []
+    for c in text:
+        if unicodedata.category(c) in _HIDDEN:
+            code = ord(c)
+            out.append(
+                f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
+            )
+        else:
+            out.append(c)
+    return "".join(out)
+
+
+def say(message: str, *, err: bool = False) -> None:
+    """One line for a person, with anything that could act on the terminal escaped."""
+    click.echo(printable(message), err=err)
+
+
+def cell(text: str) -> Text:
+    """A table cell shown as written: escaped, and never read as rich markup."""
+    return Text(printable(text))
 
 
 def emit_json(value: Any) -> None:
@@ -31,15 +70,15 @@ def table(
     for i, col in enumerate(columns):
         t.add_column(col, justify="right" if right and i in right else "left", no_wrap=True)
     for row in rows:
-        t.add_row(*row)
+        t.add_row(*(cell(c) for c in row))
     console().print(t)
 
 
 def pairs(title: str, items: list[tuple[str, str]]) -> None:
     """A two-column "key: value" block, like ``virsh dominfo``."""
-    t = Table(title=title, show_header=False, show_edge=False, box=None, title_justify="left")
+    t = Table(title=cell(title), show_header=False, show_edge=False, box=None, title_justify="left")
     t.add_column("field", style="bold", no_wrap=True)
     t.add_column("value")
     for k, v in items:
-        t.add_row(k, v)
+        t.add_row(cell(k), cell(v))
     console().print(t)

@@ -14,6 +14,7 @@ from pathlib import Path
 import click
 
 from autoballoon.cli import Context, cli, pass_ctx
+from autoballoon.cli.output import say
 from autoballoon.cli.remote import DaemonUnreachable, daemon_option, request
 from autoballoon.errors import AutoballoonError
 from autoballoon.server.auth import load_token
@@ -46,4 +47,4 @@ def release(ctx: Context, vm: str, daemon_url: str, api_token_file: Path | None)
     except DaemonUnreachable as e:
         raise AutoballoonError(f"{e}: no daemon is running there, so no quarantine to release") from None
     done = "released" if answer.get("applied") else "release queued (applied at the daemon's next tick)"
-    click.echo(f"{vm}: {done}")
+    say(f"{vm}: {done}")

@@ -16,10 +16,10 @@ import click
 from rich.console import Console, Group
 from rich.live import Live
 from rich.table import Table
-from rich.text import Text
 
 from autoballoon.backends import open_backend
 from autoballoon.cli import Context, cli, pass_ctx
+from autoballoon.cli.output import cell
 from autoballoon.clock import Clock, RealClock
 from autoballoon.config import DEFAULT_CONFIG_PATH, load_config
 from autoballoon.controller import Controller, ControllerStatus
@@ -37,13 +37,13 @@ def status_table(status: ControllerStatus) -> Group:
     for vm in status.vms:
         label = vm.status + (" (pressure)" if vm.pressure else "")
         table.add_row(
-            vm.name,
+            cell(vm.name),
             human(vm.max_bytes),
             human(vm.target_bytes),
             human(vm.actual_bytes),
             human(vm.used_bytes),
             human(vm.want_bytes),
-            label,
+            cell(label),
         )
     snap = status.snapshot
     parts = [
@@ -55,7 +55,7 @@ def status_table(status: ControllerStatus) -> Group:
         "HOST SHORT" if status.host_short else "",
         "" if status.connected else f"DISCONNECTED: {status.last_error}",
     ]
-    host = Text(" · ".join(p for p in parts if p))
+    host = cell(" · ".join(p for p in parts if p))
     return Group(table, host)
 
 
@@ -179,7 +179,11 @@ def run_command(
         )
     if http is not None:
         click.echo(f"autoballoon: dashboard {http.url} · metrics {http.url}metrics · API {http.url}api/v1/")
-    after_tick = http.on_tick if http is not None else (lambda c: None)
+
+    def after_tick(c: Controller) -> None:
+        if http is not None:
+            http.on_tick(c)
+
     stop = threading.Event()
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
@@ -190,14 +194,12 @@ def run_command(
         if live_table:
             console = Console()
             with Live(console=console, auto_refresh=False) as live:
-                controller.run(
-                    stop,
-                    on_tick=lambda c: (
-                        after_tick(c),
-                        live.update(status_table(c.status(journal_entries=0)), refresh=True),
-                    ),
-                    max_ticks=1 if once else None,
-                )
+
+                def show(c: Controller) -> None:
+                    after_tick(c)
+                    live.update(status_table(c.status(journal_entries=0)), refresh=True)
+
+                controller.run(stop, on_tick=show, max_ticks=1 if once else None)
         else:
             controller.run(stop, on_tick=after_tick, max_ticks=1 if once else None)
     finally:

@@ -632,7 +632,7 @@ def allocate(estimates: Sequence[Estimate], b: Budget, now: float, t: Tunables) 
     c = _columns(estimates, now, t)
     # Room for the largest burst a guest with autodeflate has shown: it would take it from the host.
     room = max((e.jump for e in estimates if e.verdict.guest.balloon.autodeflate and not e.blind), default=0)
-    hard_pool = b.host + b.reserve - t.host_min_free_bytes - b.held
+    hard_pool = b.host - b.held + max(0, b.reserve - t.host_min_free_bytes)
     goal, pool, short = goals(c, b.budget - b.held, hard_pool, room)
     short = short or int(c.want.sum()) > pool
     alloc = move(c, goal, b.danger, t)

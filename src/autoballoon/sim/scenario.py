@@ -21,9 +21,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from autoballoon.constraints import MAX_SHARES
 from autoballoon.errors import InvalidValueError
 from autoballoon.model import MAX_BUFFER, GuestPolicy
-from autoballoon.ops import LIMITS as OPERATOR_LIMITS
 from autoballoon.sim.demand import (
     SECONDS_PER_DAY,
     SHAPE_NAMES,
@@ -111,7 +111,7 @@ PHASE = Real(low=-MAX_SECONDS)
 HOUR = Real(high=24.0)
 CPUS = Whole(1, 4096)
 COUNT = Whole(1, MAX_COUNT)
-SHARES = Whole(1, OPERATOR_LIMITS.max_shares)
+SHARES = Whole(1, MAX_SHARES)
 
 
 @dataclass(frozen=True, slots=True)

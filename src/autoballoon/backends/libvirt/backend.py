@@ -14,7 +14,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
@@ -52,13 +52,15 @@ LOCAL_HOSTS = ("", "localhost", "127.0.0.1", "::1")
 
 @dataclass(frozen=True, slots=True)
 class LibvirtTunables:
-    """Timing of keepalive, reconnects and the XML cache."""
+    """Timing of keepalive and the XML cache.
+
+    There is no reconnect back-off here: a lost connection is tried again once per call, and the
+    caller waits between calls (the daemon's loop backs off on a wait that SIGTERM interrupts). Sleeping
+    in here held the backend's lock for up to 8 s and made a stopping daemon wait for it.
+    """
 
     keepalive_interval_s: int = 5
     keepalive_count: int = 3
-    reconnect_attempts: int = 6
-    backoff_initial_s: float = 0.25
-    backoff_max_s: float = 4.0
     #: Re-read a domain's XML at least this often even without events (changes made elsewhere).
     xml_max_age_s: float = 30.0
 
@@ -92,6 +94,8 @@ class LibvirtBackend:
         self._lock = threading.RLock()
         self._cache: dict[str, _CachedDomain] = {}
         self._targets: dict[str, int] = {}  # uuid -> last target this backend set live
+        self._jobs_supported = True  # the test driver has no job API
+        self._host_unknown = False  # the remote host's memory figures were unavailable last time
 
     # -- connection -------------------------------------------------------------------------------
 
@@ -140,27 +144,19 @@ class LibvirtBackend:
                 log.debug("closing a dead connection: %s", _message(exc))
 
     def _connection(self) -> libvirt.virConnect:
-        """A live connection: the current one, or a new one after back-off; ConnectionLostError if not."""
+        """A live connection: the current one, or a new one (one attempt, no waiting); else
+        ConnectionLostError, and the caller decides when to try again."""
         if self._conn is not None and self._alive():
             return self._conn
         if self._conn is not None:
             log.warning("libvirt connection to %s lost; reconnecting", self.uri)
         self._drop()
-        delay = self.tunables.backoff_initial_s
-        last: BackendError | None = None
-        for attempt in range(self.tunables.reconnect_attempts):
-            try:
-                return self._connect_once()
-            except BackendError as exc:
-                last = exc
-                if attempt + 1 < self.tunables.reconnect_attempts:
-                    time.sleep(delay)
-                    delay = min(delay * 2, self.tunables.backoff_max_s)
-        raise ConnectionLostError(
-            f"lost the connection to {self.uri} and could not reconnect "
-            f"after {self.tunables.reconnect_attempts} attempts",
-            cause=last.cause if last else None,
-        )
+        try:
+            return self._connect_once()
+        except BackendError as exc:
+            raise ConnectionLostError(
+                f"lost the connection to {self.uri} and could not reconnect", cause=exc.cause
+            ) from None
 
     def _call(self, fn: Callable[[libvirt.virConnect], T], vm: str | None = None, what: str = "") -> T:
         """Run ``fn`` on a live connection; once more after a reconnect if the connection died under it.
@@ -240,6 +236,9 @@ class LibvirtBackend:
         uuid = dom.UUIDString()
         actual = lvstats.actual_bytes(raw) if state.active else None
         max_bytes = lvstats.maximum_bytes(raw) or cfg.max_bytes
+        hold = lvstats.hold_reason(
+            state, lvstats.state_reason(record), self._job(dom) if state.active else None
+        )
         return GuestSnapshot(
             name=dom.name(),
             state=state,
@@ -255,7 +254,26 @@ class LibvirtBackend:
             os_type=cfg.os_type,
             persistent=entry.persistent,
             uuid=uuid,
+            hold=hold,
+            incapable=cfg.incapable,
         )
+
+    def _job(self, dom: libvirt.virDomain) -> dict[str, Any] | None:
+        """The domain's job (migration, save, dump, snapshot...), or None when it has none or the driver
+        cannot say. One call per running domain per snapshot: no bulk statistic carries jobs, and a
+        migration starts without a lifecycle event."""
+        if not self._jobs_supported:
+            return None
+        try:
+            return dict(dom.jobStats(0))
+        except libvirt.libvirtError as exc:
+            code = exc.get_error_code()
+            if code == libvirt.VIR_ERR_NO_SUPPORT:
+                self._jobs_supported = False
+                return None
+            if code == libvirt.VIR_ERR_OPERATION_INVALID:  # stopped since the bulk call
+                return None
+            raise
 
     def _host(self, conn: libvirt.virConnect, guests: tuple[GuestSnapshot, ...]) -> HostSnapshot:
         now, wall = time.monotonic(), time.time()
@@ -284,20 +302,50 @@ class LibvirtBackend:
     def _remote_host(
         self, conn: libvirt.virConnect, guests: tuple[GuestSnapshot, ...], now: float, wall: float
     ) -> HostSnapshot:
-        """What libvirt can tell about a remote (or fake) host: RAM and CPUs; the rest stays None."""
+        """What libvirt can tell about a remote (or fake) host: RAM and CPUs; the rest stays None.
+
+        A host whose free memory cannot be read is *held*: its available memory is what is known free
+        (nothing), and every guest carries the hold, so that nothing shrinks and nothing grows. It was
+        assumed to have all of its RAM free, which let the daemon hand out memory it did not have.
+        """
         model, memory_mib, cpus, *_ = conn.getInfo()
         total = memory_mib * MiB
-        available = total
+        available: int | None = None
         try:
             node = conn.getMemoryStats(libvirt.VIR_NODE_MEMORY_STATS_ALL_CELLS, 0)
             total = node["total"] * KiB if "total" in node else memory_mib * MiB
             # No MemAvailable over the wire: free + buffers + cached is the closest libvirt offers.
             available = sum(node.get(k, 0) for k in ("free", "buffers", "cached")) * KiB
-        except libvirt.libvirtError:
+        except libvirt.libvirtError as stats_error:
             try:
-                available = conn.getFreeMemory()
-            except libvirt.libvirtError:
-                log.debug("%s reports no free memory; using its RAM size", self.uri)
+                available = int(conn.getFreeMemory())
+            except libvirt.libvirtError as free_error:
+                hold = (
+                    f"host memory unknown: {self.uri} answers neither getMemoryStats "
+                    f"({_message(stats_error)}) nor getFreeMemory ({_message(free_error)})"
+                )
+                if not self._host_unknown:
+                    log.warning("%s; every guest is held (nothing shrinks, nothing grows)", hold)
+                self._host_unknown = True
+                guests = tuple(replace(g, hold=g.hold or hold) for g in guests)
+                return self._host_snapshot(conn, guests, now, wall, total, 0, cpus, model, hold)
+        if self._host_unknown:
+            log.warning("%s reports its free memory again; guests are no longer held for it", self.uri)
+            self._host_unknown = False
+        return self._host_snapshot(conn, guests, now, wall, total, available, cpus, model, None)
+
+    def _host_snapshot(
+        self,
+        conn: libvirt.virConnect,
+        guests: tuple[GuestSnapshot, ...],
+        now: float,
+        wall: float,
+        total: int,
+        available: int,
+        cpus: int,
+        model: str,
+        hold: str | None,
+    ) -> HostSnapshot:
         try:
             hostname = conn.getHostname()
         except libvirt.libvirtError:
@@ -310,6 +358,7 @@ class LibvirtBackend:
             guests=guests,
             cpu_count=cpus,
             hostname=hostname,
+            hold=hold,
         )
 
     def snapshot(self) -> HostSnapshot:
@@ -490,9 +539,9 @@ class LibvirtBackend:
     @staticmethod
     def _metadata_flags(dom: libvirt.virDomain) -> int:
         if not dom.isActive():
-            return libvirt.VIR_DOMAIN_AFFECT_CONFIG
-        return libvirt.VIR_DOMAIN_AFFECT_LIVE | (
-            libvirt.VIR_DOMAIN_AFFECT_CONFIG if dom.isPersistent() else 0
+            return int(libvirt.VIR_DOMAIN_AFFECT_CONFIG)
+        return int(libvirt.VIR_DOMAIN_AFFECT_LIVE) | (
+            int(libvirt.VIR_DOMAIN_AFFECT_CONFIG) if dom.isPersistent() else 0
         )
 
     def get_policy(self, vm: str) -> GuestPolicy:

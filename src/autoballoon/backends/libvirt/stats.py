@@ -104,6 +104,64 @@ def vm_state(record: Mapping[str, Any]) -> VMState | None:
     return None if state is None else STATE_MAP.get(state, VMState.UNKNOWN)
 
 
+def state_reason(record: Mapping[str, Any]) -> int | None:
+    """libvirt's reason for the domain's state (why it is paused, how it came to run)."""
+    return _value(record, "state.reason")
+
+
+#: Why a domain is paused (virDomainPausedReason), in the words of a hold reason.
+PAUSED_REASONS: dict[int, str] = {
+    libvirt.VIR_DOMAIN_PAUSED_USER: "paused by the user",
+    libvirt.VIR_DOMAIN_PAUSED_MIGRATION: "paused for a migration",
+    libvirt.VIR_DOMAIN_PAUSED_SAVE: "paused while it is saved",
+    libvirt.VIR_DOMAIN_PAUSED_DUMP: "paused for a core dump",
+    libvirt.VIR_DOMAIN_PAUSED_IOERROR: "paused on an I/O error",
+    libvirt.VIR_DOMAIN_PAUSED_WATCHDOG: "paused by its watchdog",
+    libvirt.VIR_DOMAIN_PAUSED_FROM_SNAPSHOT: "paused (restored from a snapshot)",
+    libvirt.VIR_DOMAIN_PAUSED_SHUTTING_DOWN: "shutting down",
+    libvirt.VIR_DOMAIN_PAUSED_SNAPSHOT: "paused for a snapshot",
+    libvirt.VIR_DOMAIN_PAUSED_CRASHED: "paused after a crash",
+    libvirt.VIR_DOMAIN_PAUSED_STARTING_UP: "starting up",
+    libvirt.VIR_DOMAIN_PAUSED_POSTCOPY: "paused in a post-copy migration",
+    libvirt.VIR_DOMAIN_PAUSED_POSTCOPY_FAILED: "paused after a failed post-copy migration",
+}
+#: What a libvirt job is doing (virDomainJobOperation).
+JOB_OPERATIONS: dict[int, str] = {
+    libvirt.VIR_DOMAIN_JOB_OPERATION_START: "starting",
+    libvirt.VIR_DOMAIN_JOB_OPERATION_SAVE: "being saved",
+    libvirt.VIR_DOMAIN_JOB_OPERATION_RESTORE: "being restored",
+    libvirt.VIR_DOMAIN_JOB_OPERATION_MIGRATION_IN: "migrating in",
+    libvirt.VIR_DOMAIN_JOB_OPERATION_MIGRATION_OUT: "migrating out",
+    libvirt.VIR_DOMAIN_JOB_OPERATION_SNAPSHOT: "a snapshot is being taken",
+    libvirt.VIR_DOMAIN_JOB_OPERATION_SNAPSHOT_REVERT: "reverting to a snapshot",
+    libvirt.VIR_DOMAIN_JOB_OPERATION_DUMP: "a core dump is being written",
+    libvirt.VIR_DOMAIN_JOB_OPERATION_BACKUP: "a backup is running",
+    libvirt.VIR_DOMAIN_JOB_OPERATION_SNAPSHOT_DELETE: "a snapshot is being deleted",
+}
+_ACTIVE_JOBS = (libvirt.VIR_DOMAIN_JOB_BOUNDED, libvirt.VIR_DOMAIN_JOB_UNBOUNDED)
+
+
+def hold_reason(state: VMState, reason: int | None, job: Mapping[str, Any] | None) -> str | None:
+    """Why libvirt says a domain's balloon must be left where it is now, or None.
+
+    A job in progress comes first: a migration copies the guest's memory while it runs, and a balloon
+    inflating under it dirties pages the copy must send again (and a shrink decided on the source is
+    meaningless on the destination); a save, dump or snapshot writes out memory the same way. A paused
+    guest cannot answer a balloon request at all, and libvirt says why it is paused.
+    """
+    if job is not None and job.get("type") in _ACTIVE_JOBS:
+        operation = job.get("operation")
+        what = (
+            JOB_OPERATIONS.get(operation, "a libvirt job is running") if isinstance(operation, int) else None
+        )
+        return f"{what or 'a libvirt job is running'}; held until it ends"
+    if state is VMState.RUNNING and reason == libvirt.VIR_DOMAIN_RUNNING_POSTCOPY:
+        return "migrating out (post-copy); held until it ends"
+    if state is VMState.PAUSED:
+        return f"{PAUSED_REASONS.get(reason or 0, 'paused')}; held until it runs again"
+    return None
+
+
 def vcpu_counts(record: Mapping[str, Any]) -> tuple[int | None, int | None]:
     return _value(record, "vcpu.current"), _value(record, "vcpu.maximum")
 

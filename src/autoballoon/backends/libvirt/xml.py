@@ -10,10 +10,12 @@ from __future__ import annotations
 import io
 import logging
 import xml.etree.ElementTree as ET
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
-from autoballoon.errors import InvalidValueError, RefusedError
-from autoballoon.model import BALLOON_MODELS, MAX_BUFFER, BalloonChange, BalloonConfig, GuestOS, GuestPolicy
+from autoballoon.constraints import STATS_PERIOD, field_ranges
+from autoballoon.errors import InvalidValueError, LimitError, RefusedError
+from autoballoon.model import BALLOON_MODELS, BalloonChange, BalloonConfig, GuestOS, GuestPolicy
+from autoballoon.ops import check_policy
 from autoballoon.units import KiB, parse_size
 
 log = logging.getLogger(__name__)
@@ -42,6 +44,10 @@ LINUX_OS_ID_MARKERS = (
 )
 WINDOWS_OS_ID_MARKER = "microsoft.com/win"
 _YES = ("yes", "on", "true", "1")
+#: The policy's metadata attributes: (attribute, GuestPolicy field, its range, may be unset).
+_POLICY_ATTRS = tuple(
+    (name.removesuffix("_bytes"), name, rng, opt) for name, rng, opt in field_ranges(GuestPolicy)
+)
 _NO = ("no", "off", "false", "0")
 
 
@@ -58,6 +64,8 @@ class DomainConfig:
     balloon: BalloonConfig = field(default_factory=BalloonConfig)
     os_type: GuestOS = "unknown"
     policy: GuestPolicy = field(default_factory=GuestPolicy)
+    #: Why ballooning cannot give this guest's memory back to the host, or None (see balloon_incapable).
+    incapable: str | None = None
 
 
 def _parse(xml: str) -> ET.Element:
@@ -69,10 +77,11 @@ def _parse(xml: str) -> ET.Element:
 
 def _size(el: ET.Element | None) -> int | None:
     """A libvirt scaled integer (``<memory unit='KiB'>``) in bytes; libvirt's default unit is KiB."""
-    if el is None or not (el.text or "").strip():
+    text = (el.text or "").strip() if el is not None else ""
+    if el is None or not text:
         return None
     unit = el.get("unit", "KiB")
-    return parse_size(f"{el.text.strip()}{unit}", default_unit=KiB, what=f"<{el.tag}> size")
+    return parse_size(f"{text}{unit}", default_unit=KiB, what=f"<{el.tag}> size")
 
 
 def _flag(value: str | None) -> bool:
@@ -91,12 +100,42 @@ def parse_balloon(root: ET.Element) -> BalloonConfig:
             period = int(stats.get("period", "0"))
         except ValueError:
             period = None
+        if period is not None and not STATS_PERIOD.accepts(period):
+            period = None
     return BalloonConfig(
         model=el.get("model", "virtio"),
         autodeflate=_flag(el.get("autodeflate")),
         free_page_reporting=_flag(el.get("freePageReporting")),
         stats_period=period,
     )
+
+
+#: Host devices passed through with VFIO (PCI functions, mediated devices, SR-IOV network functions).
+_VFIO_DEVICES = (
+    "./devices/hostdev[@type='pci']",
+    "./devices/hostdev[@type='mdev']",
+    "./devices/interface[@type='hostdev']",
+)
+
+
+def balloon_incapable(root: ET.Element) -> str | None:
+    """Why this guest's balloon cannot return memory to the host, or None.
+
+    - A VFIO device can DMA into any guest page, so QEMU pins all guest memory and disables discarding
+      it (``ram_block_discard_disable()`` in QEMU's VFIO code): the balloon inflates, the host gains
+      nothing, and the guest is short for no one's benefit.
+    - ``<memoryBacking><locked/>`` mlocks the guest's memory: the host cannot take it back either.
+    - With ``<hugepages/>`` a huge page is freed only once the balloon holds every 4 KiB of it (QEMU's
+      virtio-balloon tracks partly ballooned huge pages), and then it goes back to the reserved huge
+      page pool, which only huge-page guests can use.
+    """
+    if any(root.find(path) is not None for path in _VFIO_DEVICES):
+        return "balloon ineffective: a VFIO host device pins all guest memory"
+    if root.find("./memoryBacking/locked") is not None:
+        return "balloon ineffective: guest memory is locked (<memoryBacking><locked/>)"
+    if root.find("./memoryBacking/hugepages") is not None:
+        return "balloon ineffective: guest memory is backed by huge pages (<memoryBacking><hugepages/>)"
+    return None
 
 
 def guess_os(root: ET.Element) -> GuestOS:
@@ -118,44 +157,42 @@ def guess_os(root: ET.Element) -> GuestOS:
 
 def _vcpus(root: ET.Element) -> tuple[int, int]:
     el = root.find("vcpu")
-    if el is None or not (el.text or "").strip():
+    text = (el.text or "").strip() if el is not None else ""
+    if el is None or not text:
         return 1, 1
-    maximum = int(el.text.strip())
+    maximum = int(text)
     return int(el.get("current", maximum)), maximum
 
 
 def policy_from_element(el: ET.Element) -> GuestPolicy:
-    """A policy from its metadata element; malformed attributes are ignored (and logged), never fatal.
+    """A policy from its metadata element; a malformed or out-of-range attribute is ignored (and logged),
+    never fatal.
 
     Metadata can be hand-edited; one bad attribute must not make the VM's snapshot fail. The field falls
-    back to the daemon's default, which is the documented meaning of an unset field.
+    back to the daemon's default, which is the documented meaning of an unset field. Each value is held
+    to its :class:`GuestPolicy` field's own range, the one the config file and the API use.
     """
-
-    def number(name: str, kind: type[int] | type[float]) -> int | float | None:
-        text = el.get(name)
+    values: dict[str, object] = {}
+    for attr, name, rng, _ in _POLICY_ATTRS:
+        text = el.get(attr)
         if text is None:
-            return None
+            continue
         try:
-            value = kind(text)
+            value: int | float = int(text) if rng.whole else float(text)
         except ValueError:
-            log.warning("ignoring autoballoon policy %s=%r: not a number", name, text)
-            return None
-        if value < 0:
-            log.warning("ignoring autoballoon policy %s=%r: negative", name, text)
-            return None
-        return value
-
-    exclude_text = (el.get("exclude") or "no").lower()
-    min_bytes = number("min", int)
-    max_bytes = number("max", int)
-    shares = number("shares", int)
-    return GuestPolicy(
-        min_bytes=int(min_bytes) if min_bytes is not None else None,
-        max_bytes=int(max_bytes) if max_bytes is not None else None,
-        shares=int(shares) if shares is not None else None,
-        buffer=number("buffer", float),
-        exclude=exclude_text in _YES,
-    )
+            log.warning("ignoring autoballoon policy %s=%r: not a number", attr, text)
+            continue
+        if not rng.accepts(value):
+            log.warning("ignoring autoballoon policy %s=%r: expected %s", attr, text, rng.describe())
+            continue
+        values[name] = value
+    policy = GuestPolicy(**values, exclude=(el.get("exclude") or "no").lower() in _YES)  # type: ignore[arg-type]
+    try:
+        check_policy(policy)
+    except LimitError as e:  # min above max: the max wins, as when layers merge (see guards)
+        log.warning("ignoring autoballoon policy min=%r: %s", el.get("min"), e)
+        policy = replace(policy, min_bytes=None)
+    return policy
 
 
 def policy_from_metadata(root: ET.Element) -> GuestPolicy:
@@ -188,18 +225,9 @@ def policy_to_xml(policy: GuestPolicy) -> str:
 
 
 def validate_policy(vm: str, policy: GuestPolicy) -> None:
-    """Refuse a policy that cannot mean anything, before anything is written."""
-    for what, value in (("min", policy.min_bytes), ("max", policy.max_bytes), ("shares", policy.shares)):
-        if value is not None and value < 0:
-            raise InvalidValueError(f"policy {what} for VM {vm!r}", value, "a value of 0 or more")
-    if policy.buffer is not None and not 0 <= policy.buffer <= MAX_BUFFER:
-        raise InvalidValueError(
-            f"policy buffer for VM {vm!r}", policy.buffer, f"a fraction from 0 to {MAX_BUFFER:g}"
-        )
-    if policy.min_bytes is not None and policy.max_bytes is not None and policy.min_bytes > policy.max_bytes:
-        raise InvalidValueError(
-            f"policy min for VM {vm!r}", policy.min_bytes, f"at most the policy max {policy.max_bytes}"
-        )
+    """Refuse a policy that cannot mean anything, before anything is written (each field's range is
+    checked by its type; what is left is its minimum above its maximum)."""
+    check_policy(policy, vm)
 
 
 def parse_domain(xml: str) -> DomainConfig:
@@ -218,6 +246,7 @@ def parse_domain(xml: str) -> DomainConfig:
         balloon=parse_balloon(root),
         os_type=guess_os(root),
         policy=policy_from_metadata(root),
+        incapable=balloon_incapable(root),
     )
 
 
