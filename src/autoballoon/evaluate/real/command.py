@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 import tempfile
 from pathlib import Path
@@ -14,7 +15,7 @@ from autoballoon.evaluate.real.report import metrics_table, write_report
 from autoballoon.evaluate.runner import find_scenarios
 
 DEFAULT_SCENARIOS = "scenarios/real"
-CALIBRATION_FILE = "calibration.json"
+CALIBRATION_FILE = "calibration.json.gz"
 
 
 def _command(
@@ -59,10 +60,10 @@ def evaluate_real(
 
             cal = measure(lease_path=lease_path, progress=say)
             calibration_md = render_calibration(cal)
-            if report_dir is not None:
-                out = Path(report_dir) / "evaluation-real" / CALIBRATION_FILE
-                out.parent.mkdir(parents=True, exist_ok=True)
-                out.write_text(json.dumps(cal.to_json(), indent=1) + "\n")
+            if record_dir is not None:  # raw data, with the traces: its trials' samples too
+                record_dir.mkdir(parents=True, exist_ok=True)
+                with gzip.open(record_dir / CALIBRATION_FILE, "wt", encoding="utf-8") as fh:
+                    json.dump(cal.to_json(), fh, separators=(",", ":"))
             say(calibration_md)
         results = run_real(
             scenarios, names, work=Path(work), record=record_dir, lease_path=lease_path, progress=say
