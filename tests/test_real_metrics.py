@@ -110,6 +110,7 @@ def test_reaction_is_the_first_growth_of_the_target_after_an_allocation() -> Non
         CommandRecord(0.0, "alloc 64M", 0.0, 0.5, "done"),
         CommandRecord(1.0, "ramp 100M 20M/s", 1.0, 6.0, "done"),
         CommandRecord(4.0, "free", 4.0, 4.5, "done"),
+        CommandRecord(4.5, "alloc 8M", 4.5, 4.6, "done"),  # no growth after it: not followed
     )
     actions = (
         JournalAction(0.2, "d-a", MEM, 300 * MiB, "idle"),  # a shrink: not a reaction
@@ -119,7 +120,7 @@ def test_reaction_is_the_first_growth_of_the_target_after_an_allocation() -> Non
     )
     m = run_metrics(run("p", (guest("a", "d-a", cmds),), actions))
     assert m.guests[0].reactions_s == (1.5,)
-    assert m.unanswered == 1  # the first alloc got no growth before the ramp began
+    assert m.unanswered == 1  # the alloc at second 0 sets the guest up and is not counted
     assert (m.reaction_p50_s, m.reaction_max_s) == (1.5, 1.5)
 
 
@@ -187,7 +188,7 @@ def test_the_daemon_config_names_only_its_guests_and_the_budget() -> None:
 
 
 def test_calibration_summary_lists_what_survived_every_trial() -> None:
-    from autoballoon.evaluate.real.calibrate import Calibration, OomTrial, edge_summary, render_calibration
+    from autoballoon.evaluate.real.calibration import Calibration, OomTrial, edge_summary, render_calibration
 
     def trial(kind: str, size: int, rate: int, killed: bool) -> OomTrial:
         before = 30 * MiB if killed else None
