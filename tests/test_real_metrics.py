@@ -24,6 +24,7 @@ from autoballoon.evaluate.real.trace import (
     RunTrace,
     read_trace,
     targets_at,
+    to_recording,
     trace_filename,
     write_trace,
 )
@@ -42,6 +43,9 @@ def columns(**overrides: list[Any]) -> dict[str, list[Any]]:
         "guest_mem_total": [MEM] * N,
         "guest_mem_available": [200 * MiB] * N,
         "guest_mem_free": [150 * MiB] * N,
+        "guest_anon": [80 * MiB] * N,
+        "guest_cached": [30 * MiB] * N,
+        "guest_shmem": [20 * MiB] * N,
         "guest_swap_total": [0] * N,
         "guest_swap_free": [0] * N,
         "oom_kill": [0] * N,
@@ -106,6 +110,7 @@ def test_reaction_is_the_first_growth_of_the_target_after_an_allocation() -> Non
         CommandRecord(0.0, "alloc 64M", 0.0, 0.5, "done"),
         CommandRecord(1.0, "ramp 100M 20M/s", 1.0, 6.0, "done"),
         CommandRecord(4.0, "free", 4.0, 4.5, "done"),
+        CommandRecord(4.5, "alloc 8M", 4.5, 4.6, "done"),  # no growth after it: not followed
     )
     actions = (
         JournalAction(0.2, "d-a", MEM, 300 * MiB, "idle"),  # a shrink: not a reaction
@@ -115,7 +120,7 @@ def test_reaction_is_the_first_growth_of_the_target_after_an_allocation() -> Non
     )
     m = run_metrics(run("p", (guest("a", "d-a", cmds),), actions))
     assert m.guests[0].reactions_s == (1.5,)
-    assert m.unanswered == 1  # the first alloc got no growth before the ramp began
+    assert m.unanswered == 1  # the alloc at second 0 sets the guest up and is not counted
     assert (m.reaction_p50_s, m.reaction_max_s) == (1.5, 1.5)
 
 
@@ -183,7 +188,7 @@ def test_the_daemon_config_names_only_its_guests_and_the_budget() -> None:
 
 
 def test_calibration_summary_lists_what_survived_every_trial() -> None:
-    from autoballoon.evaluate.real.calibrate import Calibration, OomTrial, edge_summary, render_calibration
+    from autoballoon.evaluate.real.calibration import Calibration, OomTrial, edge_summary, render_calibration
 
     def trial(kind: str, size: int, rate: int, killed: bool) -> OomTrial:
         before = 30 * MiB if killed else None
@@ -204,3 +209,27 @@ def test_calibration_summary_lists_what_survived_every_trial() -> None:
     text = render_calibration(Calibration((0.4, 0.6), (300 * MiB,), (2000 * MiB,), (), trials, 12.0))
     assert "median 0.50, min 0.40, max 0.60 (2 times) s" in text
     assert "| 63 | alloc 64 MiB at once | yes |" in text and "not measured" in text
+
+
+def test_a_trace_converts_to_the_simulators_replay_format() -> None:
+    cmds = (CommandRecord(1.0, "ramp 64M 16M/s", 1.0, 5.0, "done"),)
+    held = [0, 0, 16 * MiB, 32 * MiB, 48 * MiB, 64 * MiB] + [64 * MiB] * 5
+    trace = run("static", (guest("a", "d1", cmds, held=held, actual=[MEM] * 10 + [None]),))
+    rec = to_recording(trace, "why")
+    assert (rec["format"], rec["name"], rec["description"]) == ("autoballoon-recording/1", "w--static", "why")
+    (g,) = rec["guests"]
+    assert (g["name"], g["max_bytes"], g["swap_bytes"], g["workload"]) == (
+        "a",
+        MEM,
+        0,
+        [[1.0, "ramp 64M 16M/s"]],
+    )
+    assert len(g["samples"]) == N - 1  # the sample without libvirt's actual is left out
+    first = g["samples"][0]
+    assert (
+        first["target_bytes"] == MEM and first["meminfo"]["AnonPages"] == 80 * MiB and first["oom_kills"] == 0
+    )
+    assert [x["held_mib"] for x in g["samples"]][:6] == [0, 0, 16, 32, 48, 64]
+    old = run("static", (GuestTrace("a", "d", MEM, False, 0, 1, cmds, {"t": [0.0]}),))
+    with pytest.raises(InvalidValueError, match="AnonPages"):
+        to_recording(old)

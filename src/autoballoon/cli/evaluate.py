@@ -149,6 +149,12 @@ def _table(title: str, rows: list[list[str]]) -> None:
     help="With --real: hold an exclusive flock on this file while a workload's guests are up.",
 )
 @click.option(
+    "--from-record",
+    "from_record",
+    type=click.Path(file_okay=False, exists=True, path_type=Path),
+    help="With --real: report on the runs recorded in this directory (by --record) instead of running.",
+)
+@click.option(
     "--calibrate",
     is_flag=True,
     help="With --real: also measure stats latency, balloon speed and the OOM edge (docs/evaluation-real.md).",
@@ -165,6 +171,7 @@ def evaluate(
     record_dir: Path | None,
     lease_path: Path | None,
     calibrate: bool,
+    from_record: Path | None,
 ) -> None:
     """Run every policy on every scenario in the simulator and measure them (see docs/evaluation.md).
 
@@ -177,7 +184,14 @@ def evaluate(
         from autoballoon.evaluate.real.command import evaluate_real
 
         evaluate_real(
-            scenario_paths, policies, report_dir, record_dir, lease_path, calibrate=calibrate, as_json=as_json
+            scenario_paths,
+            policies,
+            report_dir,
+            record_dir,
+            lease_path,
+            calibrate=calibrate,
+            as_json=as_json,
+            from_record=from_record,
         )
         return
     names = parse_policy_names(policies)

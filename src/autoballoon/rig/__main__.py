@@ -18,24 +18,21 @@ from autoballoon.rig.errors import RigError
 
 
 def _boot(count: int) -> None:
-    from autoballoon.rig.domains import GuestSpec, boot, destroy, open_connection, quiet_libvirt
-    from autoballoon.rig.image import build_image
+    """Boot ``count`` guests at once in a session of their own (daemons started if needed, and stopped
+    again), print how long it took, remove them."""
+    from autoballoon.rig.domains import GuestSpec
+    from autoballoon.rig.session import open_session
 
-    quiet_libvirt()
-    image = build_image()
-    conn = open_connection()
-    started = time.monotonic()
-    guests = boot(conn, image, [GuestSpec() for _ in range(count)])
-    took = time.monotonic() - started
+    session = open_session()
     try:
+        started = time.monotonic()
+        guests = session.boot([GuestSpec() for _ in range(count)])
+        took = time.monotonic() - started
         for guest in guests:
             print(f"{guest.name}: agent answered {guest.boot_seconds:.1f} s after its start returned")
         print(f"{count} guest(s) booted in {took:.1f} s (domain start + boot, all at once)")
     finally:
-        for guest in guests:
-            guest.control.close()
-            destroy(conn, guest.name)
-        conn.close()
+        session.close()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -40,6 +40,9 @@ class GuestSample:
     mem_total: int
     mem_available: int
     mem_free: int
+    anon: int  # AnonPages: what processes hold, the workload included
+    cached: int  # Cached (page cache, shmem included)
+    shmem: int  # Shmem (the initramfs lives here: cache the guest can never drop)
     swap_total: int
     swap_free: int
     oom_kill: int
@@ -62,6 +65,9 @@ class GuestSample:
             mem_total=kib("mem_total_kb"),
             mem_available=kib("mem_available_kb"),
             mem_free=kib("mem_free_kb"),
+            anon=kib("anon_kb"),
+            cached=kib("cached_kb"),
+            shmem=kib("shmem_kb"),
             swap_total=kib("swap_total_kb"),
             swap_free=kib("swap_free_kb"),
             oom_kill=f["oom_kill"],

@@ -16,10 +16,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from autoballoon.errors import InvalidValueError
-from autoballoon.evaluate.real.harness import POLICIES, run_scenario
 from autoballoon.evaluate.real.metrics import RunMetrics, ranked, run_metrics
 from autoballoon.evaluate.real.scenario import RealScenario, load_real_scenario
 from autoballoon.evaluate.real.trace import RunTrace, trace_filename, write_trace
+from autoballoon.policy import POLICY_NAMES
 from autoballoon.rig.errors import RigError
 
 
@@ -33,12 +33,12 @@ class RealResults:
 def parse_policies(text: str) -> tuple[str, ...]:
     """``all`` or a comma-separated subset of :data:`POLICIES`, in the order given."""
     if text == "all":
-        return POLICIES
+        return POLICY_NAMES
     names = tuple(dict.fromkeys(p.strip() for p in text.split(",") if p.strip()))
-    bad = [n for n in names if n not in POLICIES]
+    bad = [n for n in names if n not in POLICY_NAMES]
     if bad or not names:
         raise InvalidValueError(
-            "--policies", text, f"'all' or a comma-separated list of {', '.join(POLICIES)}"
+            "--policies", text, f"'all' or a comma-separated list of {', '.join(POLICY_NAMES)}"
         )
     return names
 
@@ -67,7 +67,8 @@ def run_real(
     progress: Callable[[str], None] = print,
 ) -> RealResults:
     """Run the matrix; each run's trace goes to ``record`` (if given) as soon as its scenario ends."""
-    from autoballoon.rig.session import open_session  # needs libvirt-python
+    from autoballoon.evaluate.real.harness import run_scenario  # needs libvirt-python
+    from autoballoon.rig.session import open_session
 
     busy_s = 0.0  # time with the lease held: waiting for another user of the host is not ours
     runs: list[RunTrace] = []

@@ -12,7 +12,9 @@ The rules, per guest, over the samples of a run (about every 0.5 s):
   ``memory - RSS of the QEMU process``. A guest never touches most of a fresh boot's memory, so the host
   figure counts untouched pages too, and QEMU's own memory counts against it.
 - **Reaction**: for each ``alloc``/``ramp``, the time from its start to the first applied growth of the
-  daemon's target for that guest before the guest's next command (none: no growth came in that time).
+  daemon's target for that guest before the guest's next command (none: no growth came in that time,
+  counted as "growths not followed"). Commands at second 0 set the guest up while the daemon starts and
+  are not counted.
 """
 
 from __future__ import annotations
@@ -106,7 +108,7 @@ def reactions(
     answered: list[float] = []
     missing = 0
     for i, c in enumerate(g.commands):
-        if c.started_s is None or not _is_growth(c.text):
+        if c.started_s is None or not _is_growth(c.text) or c.at_s == 0:
             continue
         later = [s for s in starts[i + 1 :] if s is not None]
         window_end = later[0] if later else end_s

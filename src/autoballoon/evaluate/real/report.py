@@ -17,7 +17,7 @@ import numpy as np
 from autoballoon.evaluate.real.metrics import F64, RunMetrics, column, ranked, run_metrics
 from autoballoon.evaluate.real.metrics import __doc__ as METRICS_RULES
 from autoballoon.evaluate.real.trace import GuestTrace, RunTrace
-from autoballoon.evaluate.report import DEFAULT_REPORT, ReportTunables, _pyplot, scenario_description
+from autoballoon.evaluate.report import DPI, _pyplot, scenario_description
 from autoballoon.units import MiB, format_size
 
 REPORT_NAME = "evaluation-real.md"
@@ -59,9 +59,9 @@ def guest_used(g: GuestTrace) -> F64:
     return used
 
 
-def plot_workload(runs: Sequence[RunTrace], out: Path, tun: ReportTunables = DEFAULT_REPORT) -> None:
+def plot_workload(runs: Sequence[RunTrace], out: Path) -> None:
     """One panel per (guest, policy): target, actual, guest used, max; commands and OOM kills marked."""
-    plt = _pyplot()  # type: ignore[no-untyped-call]
+    plt = _pyplot()
     n_guests = len(runs[0].guests)
     fig, axes = plt.subplots(
         n_guests,
@@ -70,7 +70,7 @@ def plot_workload(runs: Sequence[RunTrace], out: Path, tun: ReportTunables = DEF
         sharex=True,
         sharey="row",
         squeeze=False,
-        dpi=tun.dpi,
+        dpi=DPI,
     )
     for col, run in enumerate(runs):
         for row, g in enumerate(run.guests):

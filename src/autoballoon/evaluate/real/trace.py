@@ -20,8 +20,10 @@ from typing import Any, Literal
 
 from autoballoon.errors import InvalidValueError
 from autoballoon.journal import read_journal
+from autoballoon.units import MiB
 
 FORMAT = "autoballoon-real-trace/1"
+
 Outcome = Literal["done", "killed", "unfinished"]
 
 #: Per-sample columns, in the order they are recorded. ``target`` is the daemon's, from its journal.
@@ -32,6 +34,9 @@ SAMPLE_FIELDS = (
     "guest_mem_total",  # the guest's /proc/meminfo
     "guest_mem_available",
     "guest_mem_free",
+    "guest_anon",  # AnonPages
+    "guest_cached",  # Cached
+    "guest_shmem",  # Shmem
     "guest_swap_total",
     "guest_swap_free",
     "oom_kill",  # the guest's /proc/vmstat, cumulative since boot
@@ -181,3 +186,50 @@ def journal_actions(path: Path, started_wall: float) -> tuple[JournalAction, ...
         for e in read_journal(path)
         if e.get("kind") == "action" and e.get("applied")
     )
+
+
+#: The simulator's replay format (``autoballoon.sim.replay``): one file per run, per-sample dicts.
+RECORDING_FORMAT = "autoballoon-recording/1"
+
+
+def to_recording(trace: RunTrace, description: str = "") -> dict[str, Any]:
+    """The run in the simulator's replay format: the same guests, workload, targets and outcomes, so that
+    a replay can run each real workload with its recorded target trajectory. Needs the AnonPages, Cached
+    and Shmem columns (traces from before they were recorded cannot be converted)."""
+    guests = []
+    for g in trace.guests:
+        s = g.samples
+        if not s.get("guest_anon"):
+            raise InvalidValueError(f"trace {trace.scenario}/{trace.policy}", g.name, "AnonPages samples")
+        rows = [
+            {
+                "t": s["t"][i],
+                "target_bytes": s["target"][i],
+                "actual_bytes": s["actual"][i],
+                "meminfo": {
+                    "MemTotal": s["guest_mem_total"][i],
+                    "MemAvailable": s["guest_mem_available"][i],
+                    "MemFree": s["guest_mem_free"][i],
+                    "AnonPages": s["guest_anon"][i],
+                    "Cached": s["guest_cached"][i],
+                    "Shmem": s["guest_shmem"][i],
+                },
+                "oom_kills": s["oom_kill"][i],
+                "held_mib": (s["held"][i] or 0) // MiB,
+            }
+            for i in range(len(s["t"]))
+            if s["guest_mem_available"][i] is not None and s["actual"][i] is not None
+        ]
+        guests.append(
+            {
+                "name": g.name,
+                "max_bytes": g.memory,
+                "autodeflate": g.autodeflate,
+                "swap_bytes": g.swap,
+                "stats_period_s": g.stats_period_s,
+                "workload": [[c.at_s, c.text] for c in g.commands],
+                "samples": rows,
+            }
+        )
+    name = f"{trace.scenario}--{trace.policy}"
+    return {"format": RECORDING_FORMAT, "name": name, "description": description, "guests": guests}

@@ -275,11 +275,13 @@ static void cmd_sample(const char *id) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     reply(id,
-          "ok t_ms=%ld mem_total_kb=%ld mem_available_kb=%ld mem_free_kb=%ld swap_total_kb=%ld "
+          "ok t_ms=%ld mem_total_kb=%ld mem_available_kb=%ld mem_free_kb=%ld anon_kb=%ld cached_kb=%ld "
+          "shmem_kb=%ld swap_total_kb=%ld "
           "swap_free_kb=%ld oom_kill=%ld pswpin=%ld pswpout=%ld pgmajfault=%ld psi_some_us=%ld "
           "psi_full_us=%ld held=%ld target=%ld alive=%d",
           ts.tv_sec * 1000L + ts.tv_nsec / 1000000L, meminfo_kb("MemTotal"), meminfo_kb("MemAvailable"),
-          meminfo_kb("MemFree"), meminfo_kb("SwapTotal"), meminfo_kb("SwapFree"), vmstat_value("oom_kill"),
+          meminfo_kb("MemFree"), meminfo_kb("AnonPages"), meminfo_kb("Cached"), meminfo_kb("Shmem"),
+          meminfo_kb("SwapTotal"), meminfo_kb("SwapFree"), vmstat_value("oom_kill"),
           vmstat_value("pswpin"), vmstat_value("pswpout"), vmstat_value("pgmajfault"), psi_total_us("some"),
           psi_total_us("full"), hog->held_mib, hog->target_mib, hog_pid > 0);
 }
