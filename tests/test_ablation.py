@@ -76,11 +76,11 @@ def reversals(moves: list[dict[str, int]]) -> int:
 # --- growth is paid only from memory that is free now ----------------------------------------------
 
 #: A small host: "idle" boots at its max and gives most of it back (its balloon inflates at about
-#: 100 MiB/s, and its shrinking is paced), while "hungry" grows by 3 GiB within ten seconds. The host
-#: cannot hold both at once.
+#: 100 MiB/s, and its shrinking is paced), while "hungry" grows by 3 GiB within twenty seconds (it has
+#: swap to wait in). The host cannot hold both at once.
 GROWTH_WHILE_SHRINKING = """
 [host]
-ram = "10G"
+ram = "8704M"
 reserve = "512M"
 base_used = "512M"
 [run]
@@ -93,14 +93,14 @@ demand = { shape = "constant", level = "512M" }
 name = "hungry"
 max = "6G"
 target = "1G"
-demand = { shape = "ramp", from = "512M", to = "3584M", start = 20, length = 10 }
+demand = { shape = "ramp", from = "512M", to = "3584M", start = 20, length = 20 }
+swap = "2G"
 """
 
 
 def test_without_paying_growth_from_free_memory_the_host_is_overrun(monkeypatch: pytest.MonkeyPatch) -> None:
     kept, _ = measure(GROWTH_WHILE_SHRINKING)
-    # (with the rule, growth to the OOM floor may still take the reserve for a moment: a kill is worse)
-    assert kept.host_overrun_s <= 2
+    assert kept.host_overrun_s == 0 and kept.oom_kills == 0
 
     def pay_everything(c: object, alloc: I64, pool: int, hard_pool: int) -> I64:
         return alloc
@@ -108,7 +108,7 @@ def test_without_paying_growth_from_free_memory_the_host_is_overrun(monkeypatch:
     monkeypatch.setattr(default, "pay_growth", pay_everything)
     ablated, _ = measure(GROWTH_WHILE_SHRINKING)
     print(f"host overrun: {kept.host_overrun_s:g} s with the rule, {ablated.host_overrun_s:g} s without")
-    assert ablated.host_overrun_s >= 3 * max(kept.host_overrun_s, 2)
+    assert ablated.host_overrun_s >= 5
 
 
 # --- the dead band -----------------------------------------------------------------------------------

@@ -25,13 +25,28 @@ def prior(max_bytes: int, t: Tunables = T) -> int:
     return min(int(max_bytes * t.jump_prior_fraction), t.jump_prior_max_bytes)
 
 
-def needed(used: int, t: Tunables = T) -> int:
-    """What demand needs: the want's cushion goes on top of this, not of the floor."""
-    return -(-(used + t.min_headroom_bytes) // MiB) * MiB
+def align(n: int) -> int:
+    return -(-n // MiB) * MiB
 
 
-def need_of(used: int, t: Tunables = T) -> int:
-    return max(t.global_min_bytes, needed(used, t))
+def headroom(max_bytes: int, t: Tunables = T) -> int:
+    return t.min_headroom_bytes + int(max_bytes * t.oom_margin_fraction)
+
+
+def margin(max_bytes: int, t: Tunables = T) -> int:
+    """What the OOM killer fires with still shown as available, for a guest this large."""
+    return t.oom_margin_bytes + int(max_bytes * t.oom_margin_fraction)
+
+
+def need_of(used: int, max_bytes: int = 4 * GiB, t: Tunables = T) -> int:
+    return max(t.global_min_bytes, align(used + headroom(max_bytes, t)))
+
+
+def want_of(used: int, max_bytes: int, burst: int, t: Tunables = T) -> int:
+    """A guest without autodeflate: what it uses, then room for the largest of the headroom, the
+    buffer, and a burst on top of the OOM margin."""
+    room = max(headroom(max_bytes, t), int(used * t.buffer), burst + margin(max_bytes, t))
+    return min(max_bytes, max(need_of(used, max_bytes, t), align(used + room)))
 
 
 def test_guest_used_subtracts_balloon_counted_in_memtotal() -> None:
@@ -48,9 +63,8 @@ def test_growth_is_immediate_and_unlimited() -> None:
     plan, _ = decide(make_host(g), inputs(), PolicyState(), T)
     (action,) = plan.actions
     assert action.direction == "grow" and action.reason == "demand"
-    # in one step, all of it: its need and a cushion for a first burst
-    assert action.new_target >= need_of(900 * MiB) + prior(4 * GiB)
-    assert plan.guests["vm"].want == action.new_target
+    # in one step, all of it: room for a first burst above what it uses
+    assert action.new_target == want_of(900 * MiB, 4 * GiB, prior(4 * GiB)) == plan.guests["vm"].want
 
 
 def test_cushion_covers_one_reaction_time_of_growth_and_a_first_burst() -> None:
@@ -63,16 +77,14 @@ def test_cushion_covers_one_reaction_time_of_growth_and_a_first_burst() -> None:
     safe = make_guest("safe", max_bytes=16 * GiB, used=2 * GiB, autodeflate=True)
     plan, _ = decide(make_host(small, slow, big, safe), inputs(), PolicyState(), T)
     growth = int(T.growth_allowance_bytes_per_s * reaction_time(small, T))
-    # ... and the OOM margin on top: the OOM killer fires with that much still shown as available
-    margin = T.oom_margin_bytes
-    assert plan.guests["small"].want == needed(60 * MiB) + max(prior(512 * MiB), growth) + margin
+    assert plan.guests["small"].want == want_of(60 * MiB, 512 * MiB, max(prior(512 * MiB), growth))
     # stats every 10 s: ten seconds more of growth before the daemon can see it
     slow_growth = int(T.growth_allowance_bytes_per_s * reaction_time(slow, T))
     assert reaction_time(slow, T) == reaction_time(small, T) + 9
-    assert plan.guests["slow"].want == min(512 * MiB, needed(60 * MiB) + slow_growth + margin)
-    assert plan.guests["big"].want == need_of(2 * GiB) + T.jump_prior_max_bytes + margin  # capped prior
+    assert plan.guests["slow"].want == want_of(60 * MiB, 512 * MiB, slow_growth)
+    assert plan.guests["big"].want == want_of(2 * GiB, 16 * GiB, T.jump_prior_max_bytes)  # capped prior
     # With autodeflate the guest takes back what a burst needs by itself: only the buffer is kept.
-    assert plan.guests["safe"].want == need_of(2 * GiB) + -(-int(2 * GiB * T.buffer) // MiB) * MiB
+    assert plan.guests["safe"].want == align(2 * GiB + int(2 * GiB * T.buffer))
 
 
 def test_a_jump_is_remembered_for_hours() -> None:
@@ -222,7 +234,7 @@ def test_short_host_cuts_cushions_before_needs_and_needs_before_oom_floors() -> 
     a = make_guest("a", max_bytes=4 * GiB, target=3 * GiB, used=2 * GiB)
     b = make_guest("b", max_bytes=4 * GiB, target=3 * GiB, used=2 * GiB)
     need = need_of(2 * GiB)
-    oom_floor = 2 * GiB + T.oom_margin_bytes
+    oom_floor = 2 * GiB + margin(4 * GiB)
     for budget, low, high in [
         (2 * need + 512 * MiB, need, need + 512 * MiB),  # cushions cut, by the same share
         (2 * oom_floor + 32 * MiB, oom_floor, need),  # needs cut, nobody below the OOM floor
@@ -247,7 +259,7 @@ def test_oom_floors_may_take_the_reserve_and_a_configured_budget() -> None:
     plan, _ = decide(snap, inputs(), PolicyState(), tun)
     got = targets(plan, snap)
     assert plan.budget == 3 * GiB and plan.host_short
-    oom_floor = 3 * GiB + T.oom_margin_bytes
+    oom_floor = align(3 * GiB + margin(4 * GiB))
     assert got == {"a": oom_floor, "b": oom_floor}  # above the budget, never below the OOM floors
 
 

@@ -54,6 +54,9 @@ class Tunables:
     #: For a guest without swap, being short of memory is not pressure but an OOM kill; and ``used`` read
     #: from stats a period old wanders by some MiB.
     oom_margin_bytes: Bytes = 64 * MiB
+    #: ... and this share of its maximum more (on the headroom too): the watermark and the file pages
+    #: grow with the guest, and so does what its workload wanders by between two stats reports.
+    oom_margin_fraction: Fraction = 0.005
     #: The lowest target ever set, whatever a VM's own ``min`` says: below this Linux guests thrash.
     global_min_bytes: GuestBytes = 128 * MiB
     #: Targets are rounded to this (libvirt speaks KiB; a MiB grain keeps the journal readable).
@@ -66,9 +69,11 @@ class Tunables:
     # sees it and its balloon deflates: one reaction time, ``interval + stats period + actuation``.
     # Growth is never rate-limited, but it cannot come sooner than that; a guest that outgrows its
     # cushion within one reaction time is OOM-killed if it has no swap and no autodeflate.
-    #: Seconds from a new target to the balloon having moved (libvirt round trip plus deflation:
-    #: measured on the rig, 312 MiB deflate in about 0.15 s, a setmem reflected within a second).
-    actuation_s: Seconds = 1.0
+    #: Seconds a reaction takes beyond the tick and the stats period: the stats' own delay (libvirt's
+    #: figure trailed the guest's by up to 0.25 s beyond the period) and the balloon deflating (about
+    #: 2 GiB/s on the rig). ``make realbench``'s calibration: a daemon ticking every 2 s on stats every
+    #: second gave a guest its memory back 0.1-3.6 s after its allocation.
+    actuation_s: Seconds = 0.6
     #: The stats period assumed for a guest whose period is not known (libvirt reports none over QMP).
     default_stats_period_s: Seconds = 10.0
     #: Growth every guest's cushion covers for one reaction time before any growth was seen: a guest
@@ -111,8 +116,9 @@ class Tunables:
 
     # --- how targets move --------------------------------------------------------------------------
     #: Voluntary shrinking is limited to this fraction of the VM's maximum per second, so a guest is
-    #: never pushed into a reclaim storm (MOM: 5 % per 10 s; we go faster but still gradually).
-    shrink_rate_per_s: Fraction = 0.025
+    #: never pushed into a reclaim storm (MOM: 5 % per 10 s; we go faster but still gradually, and only
+    #: ever toward a want that keeps the guest's room: the balloon inflated 480-640 MiB/s on the rig).
+    shrink_rate_per_s: Fraction = 0.05
     #: ... but at least this much per tick, so small VMs converge in a reasonable time.
     shrink_min_step_bytes: Bytes = 16 * MiB
     #: No shrink smaller than ``max(shrink_dead_band_bytes, shrink_dead_band_fraction * max)``:
@@ -133,8 +139,10 @@ class Tunables:
     host_reserve_bytes: Bytes | None = None
     #: What the host keeps free whatever happens: a process killed in a guest is a worse harm than a
     #: host below its reserve, so guests may take the reserve to stay above their OOM floors, but not
-    #: this last part of it, below which the host itself swaps (and its OOM killer takes whole VMs).
+    #: this last part of it, below which the host itself swaps (and its OOM killer takes whole VMs):
+    #: ``max(host_min_free, host_min_free_fraction * MemTotal)``, never more than the reserve.
     host_min_free_bytes: Bytes = 256 * MiB
+    host_min_free_fraction: Fraction = 0.01
     #: A fixed budget for all ballooned VMs together (config ``[host] budget``); the host-derived budget
     #: (MemAvailable + what the VMs hold - reserve) still applies when it is smaller.
     host_budget_bytes: Bytes | None = None

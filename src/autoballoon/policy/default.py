@@ -360,6 +360,7 @@ class Budget:
     """The host's memory as the allocation sees it."""
 
     reserve: int  # kept for the host itself
+    min_free: int  # the part of the reserve not even an OOM floor may take
     host: int  # what the VMs could hold together now: MemAvailable + what they hold - reserve
     budget: int  # the same, or a configured budget if that is smaller
     held: int  # what the VMs that are not managed hold (or are going to)
@@ -394,6 +395,7 @@ def budget(
     configured = t.host_budget_bytes
     return Budget(
         reserve=reserve,
+        min_free=min(reserve, max(t.host_min_free_bytes, int(snapshot.mem_total * t.host_min_free_fraction))),
         host=host,
         budget=host if configured is None else min(host, configured),
         held=sum(holding(v) for v in others if v.status != Status.EXCLUDED),
@@ -413,6 +415,7 @@ class _Columns(NamedTuple):
     want: I64
     shares: list[float]
     pressure: npt.NDArray[np.bool_]
+    blind: npt.NDArray[np.bool_]  # lost its stats: never shrunk
     urgent: npt.NDArray[np.bool_]  # under pressure or deflating itself: paid first
     may_shrink: npt.NDArray[np.bool_]
     step: I64  # the most it may shrink this tick
@@ -425,21 +428,24 @@ def tiers(
     """Each managed VM's OOM floor, need and want, for all of them at once. Per VM::
 
         growth    = max(rate, last report's rate) * latency
-        oom_floor = clamp(align_up(used + growth + oom_margin), floor, ceiling), at least least_oom_floor
+        margin    = oom_margin + oom_margin_fraction * ceiling
+        oom_floor = clamp(align_up(used + growth + margin), floor, ceiling), at least least_oom_floor
                     (but never above what the guest has, if it swaps)
-        needed    = align_up(demand + growth + min_headroom), at least its least_need
-        need      = clamp(needed, floor, ceiling)
-        cushion   = max(buffer * demand, growth)                         with autodeflate
-                  = max(buffer * demand, growth,
-                        max(growth_allowance * latency, jump, prior) + oom_margin)   without
-        want      = clamp(align_up(needed + cushion), need, ceiling)
+        headroom  = min_headroom + oom_margin_fraction * ceiling
+        need      = clamp(align_up(demand + growth + headroom), floor, ceiling), at least least_need
+        room      = max(headroom, buffer * demand)                                    with autodeflate
+                  = max(headroom, buffer * demand,
+                        max(growth_allowance * latency, jump, prior) + margin)         without
+        want      = clamp(align_up(demand + growth + room), need, ceiling)
 
     where ``prior = min(jump_prior_fraction * ceiling, jump_prior_max)``. A guest without autodeflate
-    is OOM-killed by a burst that outruns its cushion, so its cushion holds what it can bring within
-    one reaction time by any way the estimate knows: a steady growth, its own jumps, a first burst. A
-    guest with autodeflate takes balloon pages back by itself when a burst outruns the daemon (on the
-    rig: 120 to 330 MiB within 2 s, no OOM kill), and the policy then follows it up; its cushion only
-    keeps what its steady growth brings within one reaction time, and the buffer."""
+    is OOM-killed by a burst that outruns its room, so its room holds what it can bring within one
+    reaction time by any way the estimate knows (a steady growth, its own jumps, a first burst) on top
+    of the MemAvailable the OOM killer fires with. On the rig, a 512 MiB guest with N MiB available
+    survived a 40 MiB/s ramp for N = 128 and an allocation at once of up to 0.75 N, with a daemon
+    ticking every 2 s on stats every second. A guest with autodeflate takes balloon pages back by
+    itself when a burst outruns the daemon (120 to 330 MiB within 2 s on the rig, no OOM kill), and the
+    policy then follows it up; its room is the headroom and the buffer."""
     n = len(estimates)
 
     def floats(values: list[float]) -> npt.NDArray[np.float64]:
@@ -459,10 +465,13 @@ def tiers(
     # boosted by pressure: it sizes the need and the want, which a short host may cut; the OOM floor is
     # what it may not).
     used = ints([e.used for e in estimates])
+    scaled = (ceiling * t.oom_margin_fraction).astype(np.int64)  # grows with the guest (see Tunables)
+    margin = t.oom_margin_bytes + scaled
+    headroom = t.min_headroom_bytes + scaled
     # (the rate is the larger of the guest's remembered steady rate and the one its last report showed)
     growth = (latency * floats([e.rate for e in estimates])).astype(np.int64)
     oom_floor = np.maximum(
-        _clip(_align_up(used + growth + t.oom_margin_bytes, align), floor, ceiling),
+        _clip(_align_up(used + growth + margin, align), floor, ceiling),
         ints([e.least_oom_floor for e in estimates]),
     )
     # A guest that swaps is short of memory before it is OOM-killed, and what it has resident fills
@@ -471,11 +480,8 @@ def tiers(
     if swaps.any():
         has = ints([max(e.verdict.guest.target_bytes, e.verdict.guest.actual_bytes or 0) for e in estimates])
         oom_floor = np.where(swaps, np.minimum(oom_floor, np.maximum(has, floor)), oom_floor)
-    # The cushion goes on top of what the demand needs, not of the floor: a floor above that is room.
-    needed = np.maximum(
-        _align_up(demand + growth + t.min_headroom_bytes, align), ints([e.least_need for e in estimates])
-    )
-    need = _clip(needed, floor, ceiling)
+    least_need = ints([e.least_need for e in estimates])
+    need = _clip(_align_up(np.maximum(demand + growth + headroom, least_need), align), floor, ceiling)
     burst = np.maximum.reduce(
         [
             (latency * t.growth_allowance_bytes_per_s).astype(np.int64),
@@ -483,15 +489,16 @@ def tiers(
             np.minimum((ceiling * t.jump_prior_fraction).astype(np.int64), t.jump_prior_max_bytes),
         ]
     )
-    cushion = np.maximum.reduce(
+    # The room kept above what the demand and its growth take: the headroom, the buffer, and for a guest
+    # without autodeflate a burst on top of the margin the OOM killer fires with.
+    room = np.maximum.reduce(
         [
+            headroom,
             (demand * floats([e.buffer for e in estimates])).astype(np.int64),
-            growth,
-            # the OOM killer fires with oom_margin still shown as available: a burst needs that on top
-            np.where(exposed, burst + t.oom_margin_bytes, 0),
+            np.where(exposed, burst + margin, 0),
         ]
     )
-    want = _clip(_align_up(needed + cushion, align), need, ceiling)
+    want = _clip(_align_up(demand + growth + room, align), need, ceiling)
     blind = np.array([e.blind for e in estimates], dtype=np.bool_).reshape(n)
     if blind.any():  # blind to its demand: never below what it has, and its want is its ceiling
         least = _clip(ints([e.least_need for e in estimates]), floor, ceiling)
@@ -537,6 +544,7 @@ def _columns(estimates: Sequence[Estimate], now: float, t: Tunables) -> _Columns
             for e in estimates
         ],
         pressure=flags([e.pressure for e in estimates]),
+        blind=flags([e.blind for e in estimates]),
         urgent=flags([e.pressure or e.verdict.self_deflated for e in estimates]),
         may_shrink=flags(may_shrink),
         step=ints(steps),
@@ -632,7 +640,7 @@ def allocate(estimates: Sequence[Estimate], b: Budget, now: float, t: Tunables) 
     c = _columns(estimates, now, t)
     # Room for the largest burst a guest with autodeflate has shown: it would take it from the host.
     room = max((e.jump for e in estimates if e.verdict.guest.balloon.autodeflate and not e.blind), default=0)
-    hard_pool = b.host - b.held + max(0, b.reserve - t.host_min_free_bytes)
+    hard_pool = b.host - b.held + b.reserve - b.min_free
     goal, pool, short = goals(c, b.budget - b.held, hard_pool, room)
     short = short or int(c.want.sum()) > pool
     alloc = move(c, goal, b.danger, t)
@@ -650,6 +658,7 @@ def allocate(estimates: Sequence[Estimate], b: Budget, now: float, t: Tunables) 
     # (its reserve too, when only that keeps guests at their OOM floors).
     alloc = pay_growth(c, alloc, max(b.host - b.held, pool), hard_pool)
     alloc = np.minimum(np.maximum(_align_down(alloc, t.target_align_bytes), c.floor), c.ceiling)
+    alloc = np.where(c.blind, np.maximum(alloc, c.target), alloc)  # never shrunk without fresh stats
     return Allocation(alloc, goal, c.want, c.oom_floor, short, danger)
 
 
