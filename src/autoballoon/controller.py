@@ -29,7 +29,7 @@ from types import MappingProxyType
 
 from prometheus_client import Histogram
 
-from autoballoon import guards, health
+from autoballoon import guards, health, saved
 from autoballoon.backends.base import Backend
 from autoballoon.clock import Clock, RealClock
 from autoballoon.config import DaemonConfig
@@ -54,6 +54,7 @@ from autoballoon.model import (
     Plan,
 )
 from autoballoon.policy import DefaultPolicy, Inputs, Policy
+from autoballoon.state import StateStore
 from autoballoon.units import human
 
 #: Statuses of VMs that autoballoon has been ballooning (and so restores on exit).
@@ -156,6 +157,7 @@ class Controller:
         reopen: Callable[[], Backend] | None = None,
         uri: str | None = None,
         policy: Policy | None = None,
+        store: StateStore | None = None,
     ) -> None:
         self.backend = backend
         self.clock = clock
@@ -167,6 +169,11 @@ class Controller:
         self.policy: Policy = policy if policy is not None else DefaultPolicy(config.tunables)
         self._state = self.policy.initial_state()
         self._health = health.HealthState()
+        #: Where what must survive a restart is saved (quarantines, manual holds, learned history).
+        self.store = store
+        self._saved_key: object = None
+        self._saved_at = float("-inf")
+        self._recall()
         self._last: tuple[HostSnapshot | None, Plan | None] = (None, None)
         self._start_targets: dict[str, int] = {}
         self._lock = threading.Lock()
@@ -276,7 +283,50 @@ class Controller:
                 self._act(backend, action, wall, snapshot.mem_available)
         except ConnectionLostError as e:
             self._backend_failed(e)
+        self._save()
         return plan
+
+    # --- what survives a restart ---------------------------------------------------------------
+
+    def _recall(self) -> None:
+        """Start from what the last run saved: its quarantines, manual holds and learned history."""
+        if self.store is None:
+            return
+        loaded = self.store.load(saved.Saved)
+        if loaded is None:
+            return
+        now, wall = self.clock.now(), self.clock.wall()
+        self._health = saved.recall_health(loaded, self._health, now, wall)
+        self._state = saved.recall_policy(
+            loaded, self.policy.name, self._state, now, wall, self.config.tunables
+        )
+        held = sorted(loaded.quarantines)
+        self.journal.event(
+            wall,
+            "recalled",
+            f"state recalled from {self.store.path}: {len(loaded.guests)} guests"
+            + (f", quarantined: {', '.join(held)}" if held else ""),
+            quarantined=held,
+        )
+
+    def _save(self) -> None:
+        """Save what must survive a restart: at once when a quarantine or a hold changed, otherwise every
+        ``state_save_interval_s`` (the learned history changes slowly). A dry run saves nothing."""
+        if self.store is None or self.dry_run:
+            return
+        now, wall = self.clock.now(), self.clock.wall()
+        document = saved.remember(self.policy.name, self._health, self._state, now, wall)
+        key = (
+            sorted((vm, round(q.until or 0)) for vm, q in document.quarantines.items()),
+            sorted(
+                (vm, round(g.manual_until or 0), round(g.stuck_until or 0))
+                for vm, g in document.guests.items()
+            ),
+        )
+        if key == self._saved_key and now - self._saved_at < self.config.tunables.state_save_interval_s:
+            return
+        if self.store.save(document, now=wall):
+            self._saved_key, self._saved_at = key, now
 
     def _policies(self, guests: Iterable[GuestSnapshot]) -> dict[str, GuestPolicy]:
         """Each VM's effective policy; the one place that layers the run-time overrides (set from other

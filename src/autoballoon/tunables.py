@@ -177,6 +177,9 @@ class Tunables:
     reconnect_max_s: PositiveSeconds = 30.0
     #: Journal entries kept in memory for the status API and dashboard.
     journal_ring_size: Count = 1000
+    #: What survives a restart (quarantines, manual holds, learned history) is saved at once when a
+    #: quarantine or a hold changes, and otherwise at most this often.
+    state_save_interval_s: PositiveSeconds = 60.0
 
     def __post_init__(self) -> None:
         check_fields(self, _ORDERED)

@@ -73,6 +73,7 @@ def daemon_setup(rig: Rig, make_guests: Any, tmp_path: Path):  # type: ignore[no
         f"""
 interval = {INTERVAL_S}
 journal = "{journal}"
+state = "{journal.with_name("state.json")}"
 on_exit = "restore"
 restore_to = "max"
 manage = [{names}]

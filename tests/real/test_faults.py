@@ -111,6 +111,7 @@ def running_daemon(tmp_path: Path, guests: list[Guest], *, journal: Path | None 
         f"""
 interval = {INTERVAL_S}
 journal = "{journal}"
+state = "{tmp_path / "state.json"}"
 on_exit = "hold"
 manage = [{names}]
 [tunables]

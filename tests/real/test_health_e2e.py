@@ -62,6 +62,7 @@ def health_daemon(rig: Rig, make_guests: Any, tmp_path: Path):  # type: ignore[n
         f"""
 interval = {INTERVAL_S}
 journal = "{journal}"
+state = "{journal.with_name("state.json")}"
 manage = ["{sick.name}", "{calm.name}"]
 [guard]
 cpu_level = 0.6

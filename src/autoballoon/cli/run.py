@@ -26,6 +26,7 @@ from autoballoon.controller import Controller, ControllerStatus
 from autoballoon.journal import Journal
 from autoballoon.policy import POLICY_NAMES, create_policy
 from autoballoon.server import DEFAULT_LISTEN, Tls, check_listen, serve_controller
+from autoballoon.state import StateStore
 from autoballoon.units import human
 
 
@@ -87,6 +88,14 @@ def status_table(status: ControllerStatus) -> Group:
 @click.option(
     "--journal", "journal_path", type=click.Path(dir_okay=False), default=None, help="JSON-lines journal."
 )
+@click.option(
+    "--state",
+    "state_path",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Where to keep what survives a restart: quarantines, manual holds, learned history (default: the "
+    "config's 'state', else /var/lib/autoballoon/state.json; none for a sim:// host, which restarts fresh).",
+)
 @click.option("--once", is_flag=True, help="Run a single tick and exit (on_exit is still applied).")
 @click.option("--table", "live_table", is_flag=True, help="Show a live table of the VMs until Ctrl-C.")
 @click.option(
@@ -134,6 +143,7 @@ def run_command(
     interval: float | None,
     dry_run: bool,
     journal_path: str | None,
+    state_path: str | None,
     once: bool,
     live_table: bool,
     listen: str,
@@ -157,6 +167,8 @@ def run_command(
     journal = Journal(journal_path or config.journal_path, ring_size=config.tunables.journal_ring_size)
     backend = ctx.backend
     clock: Clock = getattr(backend, "clock", None) or RealClock()
+    if state_path is None and not ctx.uri.startswith("sim:"):
+        state_path = config.state_path
     controller = Controller(
         backend,
         clock,
@@ -166,6 +178,7 @@ def run_command(
         reopen=lambda: open_backend(ctx.uri),
         uri=ctx.uri,
         policy=create_policy(policy_name, config.tunables),
+        store=StateStore(state_path) if state_path is not None else None,
     )
     http = None
     if serving:
