@@ -81,9 +81,6 @@ class FakeBackend:
     def set_policy(self, vm: str, policy: GuestPolicy) -> None:
         self.policies[vm] = policy
 
-    def enable_stats(self, vm: str, period_s: int) -> None:
-        raise NotImplementedError
-
     def close(self) -> None:
         self.closed = True
 

@@ -25,8 +25,7 @@ from autoballoon.server import serve
 from autoballoon.server.controller_source import ControllerSource
 from autoballoon.server.tunables import TUNABLES
 from autoballoon.units import GiB, MiB
-from tests.server_fakes import asgi_client
-from tests.test_server_api import TOKEN, call
+from tests.helpers.server import TOKEN, asgi_client, call
 
 
 class Flaky:

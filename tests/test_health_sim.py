@@ -27,7 +27,7 @@ from autoballoon.server.tunables import TUNABLES
 from autoballoon.sim import Simulation
 from autoballoon.sim.scenario import loads_scenario
 from autoballoon.units import GiB
-from tests.server_fakes import asgi_client
+from tests.helpers.server import asgi_client
 
 HEALTH = {"sustain_s": 10, "window_s": 60, "quarantine_s": 0}
 TOKEN = "t0ken-for-the-health-tests"

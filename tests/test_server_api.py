@@ -2,12 +2,8 @@
 
 from __future__ import annotations
 
-import json
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import replace
-from email.message import Message
 from typing import Any
 
 import pytest
@@ -19,28 +15,7 @@ from autoballoon.server.auth import load_token
 from autoballoon.server.http import parse_listen
 from autoballoon.server.tunables import TUNABLES
 from autoballoon.units import GiB, MiB
-from tests.server_fakes import FakeSource
-
-TOKEN = "s3cret-token-0123456789abcdef"
-
-
-def call(
-    url: str, method: str = "GET", body: Any = None, token: str | None = None, raw: bytes | None = None
-) -> tuple[int, Any, Message]:
-    """One request; (status, the JSON answer or the raw bytes, the headers by case-insensitive name)."""
-    data = raw if raw is not None else (None if body is None else json.dumps(body).encode())
-    req = urllib.request.Request(url, data=data, method=method)
-    if token is not None:
-        req.add_header("Authorization", f"Bearer {token}")
-    if data is not None:
-        req.add_header("Content-Type", "application/json")
-    try:
-        with urllib.request.urlopen(req, timeout=10) as resp:
-            status, text, headers = resp.status, resp.read(), resp.headers
-    except urllib.error.HTTPError as e:
-        status, text, headers = e.code, e.read(), e.headers
-    ctype = headers.get("Content-Type", "")
-    return status, json.loads(text) if ctype.startswith("application/json") else text, headers
+from tests.helpers.server import TOKEN, FakeSource, call
 
 
 class Swappable:

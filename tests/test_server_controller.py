@@ -18,7 +18,7 @@ from autoballoon.server import RunningServer, serve
 from autoballoon.server.controller_source import ControllerSource
 from autoballoon.server.tunables import TUNABLES
 from autoballoon.units import GiB, MiB
-from tests.test_server_api import TOKEN, call
+from tests.helpers.server import TOKEN, call
 
 
 @dataclass

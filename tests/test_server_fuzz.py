@@ -32,7 +32,7 @@ from autoballoon.journal import Journal
 from autoballoon.server import RunningServer, serve
 from autoballoon.server.controller_source import ControllerSource
 from autoballoon.server.tunables import TUNABLES
-from tests.test_server_api import TOKEN
+from tests.helpers.server import TOKEN
 
 #: Generated requests per operation and mode at most (operations with few distinct inputs make fewer).
 EXAMPLES = 100

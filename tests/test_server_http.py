@@ -29,8 +29,7 @@ from autoballoon.server.auth import load_token
 from autoballoon.server.tunables import TUNABLES
 from autoballoon.units import GiB
 from tests import needs
-from tests.server_fakes import FakeSource, guest, host
-from tests.test_server_api import TOKEN, call
+from tests.helpers.server import TOKEN, FakeSource, call, guest, host
 
 #: VM names that need percent-encoding in a URL.
 ODD_NAMES = ("vm-é", "vm with spaces", 'quote"d', "100%")

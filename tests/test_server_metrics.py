@@ -24,8 +24,8 @@ from autoballoon.server.metrics import make_registry
 from autoballoon.server.source import ServerView
 from autoballoon.server.tunables import TUNABLES
 from autoballoon.units import GiB, MiB
-from tests import server_fakes as fakes
-from tests.server_fakes import TICKS_S, FakeSource
+from tests.helpers import server as fakes
+from tests.helpers.server import TICKS_S, FakeSource
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 

@@ -11,7 +11,7 @@ import pytest
 from autoballoon.backends.libvirt import LibvirtBackend, LibvirtTunables
 from autoballoon.errors import ConnectionLostError, LimitError, RefusedError, UnknownVMError
 from autoballoon.hostinfo import read_host_info
-from autoballoon.model import VMState
+from autoballoon.model import BalloonChange, VMState
 from autoballoon.rig import daemons
 from autoballoon.rig.domains import URI, Guest
 from autoballoon.units import MiB
@@ -75,7 +75,7 @@ def test_target_is_remembered_and_balloon_events_arrive(backend: Any, guest_pair
         )
 
 
-def test_enable_stats_on_a_guest_without_a_stats_period(backend: Any, make_guests: Any) -> None:
+def test_a_stats_period_set_live_on_a_guest_without_one(backend: Any, make_guests: Any) -> None:
     (guest,) = make_guests(1, stats_period=None)
     g = backend.guest(guest.name)
     assert not g.balloon.stats_period
@@ -83,12 +83,12 @@ def test_enable_stats_on_a_guest_without_a_stats_period(backend: Any, make_guest
     first = g.stats.last_update
     time.sleep(2 * STATS_WAIT_S)
     assert backend.guest(guest.name).stats.last_update == first
-    backend.enable_stats(guest.name, 1)
+    backend.set_balloon(guest.name, BalloonChange(stats_period=1))  # applied live as well
     wait_for(
         lambda: backend.guest(guest.name).stats.last_update,
         lambda v: v is not None and v != first,
         DEADLINE_S,
-        "fresh stats after enable_stats",
+        "fresh stats after setting a stats period",
     )
     assert backend.guest(guest.name).balloon.stats_period == 1
 

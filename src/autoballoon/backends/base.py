@@ -50,10 +50,6 @@ class Backend(Protocol):
         """Store the per-VM policy with the VM so that it travels with it."""
         ...
 
-    def enable_stats(self, vm: str, period_s: int) -> None:
-        """Turn on guest memory stats polling on a running VM."""
-        ...
-
     def close(self) -> None:
         """Release the connection. Never changes a VM."""
         ...

@@ -302,18 +302,6 @@ class SimBackend:
         _check_policy(name, policy, int(self.sim.max[i]))
         self.sim.policies[i] = policy
 
-    def enable_stats(self, vm: str, period_s: int) -> None:
-        """Start stats polling; a guest without a driver (stats=false) still never reports, as in life."""
-        name = self._name(vm)
-        i = self.sim.index(name)
-        if isinstance(period_s, bool) or not isinstance(period_s, int) or period_s <= 0:
-            raise InvalidValueError("stats period", period_s, "a whole number of seconds above 0")
-        if self.sim.balloons[i].model == "none":
-            raise RefusedError(
-                f"refused: VM {name!r} has no balloon device (model='none'); nothing was changed"
-            )
-        self.sim.set_stats_period(i, period_s)
-
     def close(self) -> None:
         """Nothing to release: the simulated host lives and dies with this object."""
 

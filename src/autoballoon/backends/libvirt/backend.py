@@ -570,19 +570,3 @@ class LibvirtBackend:
             self._invalidate(dom)
 
         self._call(apply, vm, "store the policy metadata")
-
-    def enable_stats(self, vm: str, period_s: int) -> None:
-        if period_s < 1:
-            raise InvalidValueError(f"stats period for VM {vm!r}", period_s, "whole seconds, 1 or more")
-
-        def apply(conn: libvirt.virConnect) -> None:
-            dom = self._lookup(conn, vm)
-            entry = self._domain_config(dom, fresh=True)
-            if not entry.config.balloon.enabled:
-                raise RefusedError(
-                    f"refused: VM {vm!r} has no balloon device (model 'none'); no stats to enable"
-                )
-            dom.setMemoryStatsPeriod(period_s, self._metadata_flags(dom))
-            self._invalidate(dom)
-
-        self._call(apply, vm, "enable guest memory stats")

@@ -48,7 +48,6 @@ _YES = ("yes", "on", "true", "1")
 _POLICY_ATTRS = tuple(
     (name.removesuffix("_bytes"), name, rng, opt) for name, rng, opt in field_ranges(GuestPolicy)
 )
-_NO = ("no", "off", "false", "0")
 
 
 @dataclass(frozen=True, slots=True)

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import threading
+import urllib.error
+import urllib.request
 from collections.abc import Mapping
 from concurrent.futures import Future
 from dataclasses import replace
+from email.message import Message
 from typing import Any
 
 from prometheus_client import Histogram
@@ -186,3 +190,26 @@ def asgi_client(source: Any, token: str | None = None, **tunables: Any) -> Any:
     registry = make_registry(source.view, history, tick_histogram=source.tick_histogram)
     app = create_app(api, registry, AllowedHosts("testserver"))
     return TestClient(app, raise_server_exceptions=False)
+
+
+#: The API token the server tests start their servers with.
+TOKEN = "s3cret-token-0123456789abcdef"
+
+
+def call(
+    url: str, method: str = "GET", body: Any = None, token: str | None = None, raw: bytes | None = None
+) -> tuple[int, Any, Message]:
+    """One request; (status, the JSON answer or the raw bytes, the headers by case-insensitive name)."""
+    data = raw if raw is not None else (None if body is None else json.dumps(body).encode())
+    req = urllib.request.Request(url, data=data, method=method)
+    if token is not None:
+        req.add_header("Authorization", f"Bearer {token}")
+    if data is not None:
+        req.add_header("Content-Type", "application/json")
+    try:
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            status, text, headers = resp.status, resp.read(), resp.headers
+    except urllib.error.HTTPError as e:
+        status, text, headers = e.code, e.read(), e.headers
+    ctype = headers.get("Content-Type", "")
+    return status, json.loads(text) if ctype.startswith("application/json") else text, headers
