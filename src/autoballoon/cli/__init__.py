@@ -1,6 +1,6 @@
 """The ``autoballoon`` command: thin, it parses, calls the layers below and prints.
 
-Exit codes (README, "Conventions"): 0 success, 1 the operation failed at run time, 2 bad usage or a refused
+Exit codes (README, "Command-line reference"): 0 success, 1 the operation failed at run time, 2 bad usage or a refused
 request (nothing changed).
 """
 
