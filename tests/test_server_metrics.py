@@ -7,6 +7,7 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -23,6 +24,7 @@ from autoballoon.server.controller_source import ControllerSource
 from autoballoon.server.metrics import make_registry
 from autoballoon.server.source import ServerView
 from autoballoon.server.tunables import TUNABLES
+from autoballoon.state import StateStore
 from autoballoon.units import GiB, MiB
 from tests.helpers import server as fakes
 from tests.helpers.server import TICKS_S, FakeSource
@@ -242,3 +244,22 @@ def test_the_controller_source_stamps_each_tick_on_the_real_clock() -> None:
     assert view.host_short == controller.status().host_short
     source.on_tick(controller)  # no new tick: the stamp stays
     assert source.view().last_tick_at == view.last_tick_at
+
+
+def test_journal_and_state_write_errors_are_exported(tmp_path: Path) -> None:
+    """A full disk under the journal (or the state file) costs lines, never the daemon: /metrics says how
+    many, so an alert can tell the operator."""
+    backend = SimBackend.open("sim:///demo?speed=max")
+    blocked = tmp_path / "not-a-dir"
+    blocked.write_text("a file where the state directory should be")
+    store = StateStore(blocked / "state.json")
+    controller = Controller(backend, backend.clock, DaemonConfig(), Journal("/dev/full"), store=store)
+    source = ControllerSource(controller, TUNABLES)
+    for _ in range(3):
+        controller.tick()
+        source.on_tick(controller)
+        backend.clock.sleep(controller.config.interval_s)
+    text = generate_latest(make_registry(source.view)).decode()
+    samples = {s.name: s.value for f in text_string_to_metric_families(text) for s in f.samples}
+    assert samples["autoballoon_journal_errors_total"] == controller.journal.write_errors > 0
+    assert samples["autoballoon_state_errors_total"] == store.write_errors > 0

@@ -112,6 +112,10 @@ class ControllerStatus:
     backend_errors: int
     reconnects: int
     last_error: str | None
+    #: Journal lines that could not be written (a full disk): the daemon balloons on regardless.
+    journal_errors: int = 0
+    #: Saves of the restart state that failed (they are tried again).
+    state_errors: int = 0
     journal: tuple[JournalEntry, ...] = field(default=())
     #: Why the health guard holds every shrink now (host load or thermal throttling), or None.
     shrink_paused: str | None = None
@@ -674,6 +678,8 @@ class Controller:
             actions_by_reason=MappingProxyType(dict(reasons)),
             action_errors=self._action_errors,
             backend_errors=self._backend_errors,
+            journal_errors=self.journal.write_errors,
+            state_errors=self.store.write_errors if self.store is not None else 0,
             reconnects=self._reconnects,
             last_error=self._last_error,
             journal=self.journal.recent(journal_entries),

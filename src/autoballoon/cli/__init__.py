@@ -1,7 +1,7 @@
 """The ``autoballoon`` command: thin, it parses, calls the layers below and prints.
 
-Exit codes (README, "Command-line reference"): 0 success, 1 the operation failed at run time, 2 bad usage or a refused
-request (nothing changed).
+Exit codes (README, "Command-line reference"): 0 success, 1 the operation failed at run time, 2 bad
+usage or a refused request (nothing changed).
 """
 
 from __future__ import annotations

@@ -87,6 +87,8 @@ class ControllerSource:
             actions=status.actions,
             backend_errors=status.backend_errors,
             reconnects=status.reconnects,
+            journal_errors=status.journal_errors,
+            state_errors=status.state_errors,
             events=status.journal,
             config=self._config,
             interval_s=status.interval_s,

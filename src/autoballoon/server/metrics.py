@@ -297,7 +297,13 @@ def controller_families(view: ServerView, host: str) -> list[Metric]:
     errors.add_metric([host], view.backend_errors)
     reconnects = _counter("autoballoon_backend_reconnects", "Reconnections to the hypervisor.")
     reconnects.add_metric([host], view.reconnects)
-    return [actions, errors, reconnects]
+    journal = _counter(
+        "autoballoon_journal_errors", "Journal lines that could not be written; the daemon balloons on."
+    )
+    journal.add_metric([host], view.journal_errors)
+    state = _counter("autoballoon_state_errors", "Saves of the restart state that failed (tried again).")
+    state.add_metric([host], view.state_errors)
+    return [actions, errors, reconnects, journal, state]
 
 
 class ControllerCollector(Collector):

@@ -40,6 +40,8 @@ class ServerView:
     actions: Mapping[tuple[str, str], int] = field(default_factory=dict)
     backend_errors: int = 0
     reconnects: int = 0
+    journal_errors: int = 0
+    state_errors: int = 0
     #: Recent journal entries as JSON objects, oldest first; each has an integer ``seq`` rising by entry.
     events: tuple[Mapping[str, Any], ...] = ()
     #: The effective tunables and defaults, JSON-ready.
