@@ -191,6 +191,21 @@ def test_disable_balloon_edits_only_the_next_boot_config() -> None:
     assert backend.next_boot("busy")["balloon_model"] == "virtio"
 
 
+def test_enable_autodeflate_gives_guests_the_safety_net_from_their_next_boot() -> None:
+    backend, controller = make({"guard": HEALTH | {"enable_autodeflate": True}})
+    tick(controller, backend, 10)
+    remedies = {e["vm"]: e for e in journal(controller, "remedy")}
+    assert set(remedies) == {"storm", "busy"} and all(e["applied"] for e in remedies.values())
+    assert "autodeflate on" in remedies["busy"]["message"] and "next boot" in remedies["busy"]["message"]
+    assert backend.next_boot("busy")["autodeflate"] is True
+    assert backend.guest("busy").balloon.autodeflate is False  # it cannot change on the running VM
+    dry_backend, dry = make({"guard": HEALTH | {"enable_autodeflate": True}})
+    dry.dry_run = True
+    tick(dry, dry_backend, 10)
+    assert journal(dry, "remedy") and all(not e["applied"] for e in journal(dry, "remedy"))
+    assert dry_backend.next_boot("busy")["autodeflate"] is False
+
+
 def test_windows_guest_floor_in_the_daemon() -> None:
     backend, controller = make({"guard": {"enabled": True, "windows_min_fraction": 0.75}})
     tick(controller, backend, 600)

@@ -345,27 +345,40 @@ class Controller:
         self.journal.event(wall, event.kind, event.message, vm=event.vm, **event.fields)
         if event.kind in health.EVENT_KINDS:
             log.warning("%s", event.message)
-        if event.kind == "quarantine" and event.vm is not None and self.config.health.disable_balloon:
-            self._disable_balloon(backend, event.vm, wall)
+        if event.vm is None:
+            return
+        guard = self.config.health
+        if event.kind == "quarantine" and guard.disable_balloon:
+            note = "the running VM keeps its balloon (deflated, quarantined)"
+            self._next_boot(
+                backend, event.vm, BalloonChange(model="none"), health.remedy(event.vm), note, wall
+            )
+        if event.kind == "warning" and event.fields.get("autodeflate") is False and guard.enable_autodeflate:
+            command = health.autodeflate_command(event.vm)
+            note = "the running VM keeps its balloon as it is (autodeflate cannot change live)"
+            self._next_boot(backend, event.vm, BalloonChange(autodeflate=True), command, note, wall)
 
-    def _disable_balloon(self, backend: Backend, vm: str, wall: float) -> None:
-        """``[guard] disable_balloon``: the remedy on the persistent config only, never the live VM."""
+    def _next_boot(
+        self, backend: Backend, vm: str, change: BalloonChange, command: str, note: str, wall: float
+    ) -> None:
+        """A ``[guard]`` remedy (``disable_balloon``, ``enable_autodeflate``): ``command`` applied to the
+        persistent config only, never to the live VM; it takes effect at the VM's next boot."""
         if self.dry_run:
-            message = f"{vm}: dry run: would apply '{health.remedy(vm)}' (persistent config, next boot)"
+            message = f"{vm}: dry run: would apply '{command}' (persistent config, next boot)"
             self.journal.event(wall, "remedy", message, vm=vm, applied=False)
             return
         try:
-            result = backend.set_balloon(vm, BalloonChange(model="none"))
+            result = backend.set_balloon(vm, change)
         except ConnectionLostError:
             raise
         except (RefusedError, BackendError) as e:
-            message = f"{vm}: could not apply '{health.remedy(vm)}': {e}"
+            message = f"{vm}: could not apply '{command}': {e}"
             self.journal.event(wall, "remedy", message, vm=vm, applied=False, error=str(e))
             log.warning("%s", message)
             return
         message = (
-            f"{vm}: applied '{health.remedy(vm)}' to the persistent config ({result.message}); "
-            "it takes effect at the next boot, the running VM keeps its balloon (deflated, quarantined)"
+            f"{vm}: applied '{command}' to the persistent config ({result.message}); "
+            f"it takes effect at the next boot, {note}"
         )
         self.journal.event(wall, "remedy", message, vm=vm, applied=True, next_boot=True)
         log.warning("%s", message)

@@ -90,6 +90,10 @@ class HealthTunables:
     #: On quarantine, also apply the remedy (``model='none'``) to the VM's persistent config. Never to
     #: the running VM: it takes effect at the next boot.
     disable_balloon: bool = False
+    #: For every managed VM without autodeflate, turn it on in the persistent config (it cannot change
+    #: live): from its next boot, a burst faster than the daemon deflates the balloon instead of
+    #: OOM-killing in the guest.
+    enable_autodeflate: bool = False
 
     def __post_init__(self) -> None:
         check_fields(self, (("host_load_clear_factor", "<=", "host_load_factor"),))
@@ -106,6 +110,11 @@ def remedy(vm: str) -> str:
     """The one command that removes a guest's balloon device (effective at the next boot), quoted for a
     POSIX shell: the operator pastes it, and a VM name is anybody's text."""
     return f"autoballoon balloon {shlex.quote(vm)} --model none"
+
+
+def autodeflate_command(vm: str) -> str:
+    """The command that gives a guest the OOM-time safety net (``deflate-on-oom``) from its next boot."""
+    return f"autoballoon balloon {shlex.quote(vm)} --autodeflate on"
 
 
 def release_command(vm: str) -> str:

@@ -39,7 +39,7 @@ import numpy.typing as npt
 
 from autoballoon import guards
 from autoballoon.guards import Progress, Status
-from autoballoon.health import DEFAULT_HEALTH, HealthState, HealthTunables, shrink_hold
+from autoballoon.health import DEFAULT_HEALTH, HealthState, HealthTunables, autodeflate_command, shrink_hold
 from autoballoon.model import Action, Event, GuestDecision, GuestPolicy, GuestSnapshot, HostSnapshot, Plan
 from autoballoon.policy.fill import fit_tiers, water_fill
 from autoballoon.tunables import Tunables
@@ -707,12 +707,12 @@ def _autodeflate_warning(v: Verdict) -> Event | None:
     if v.guest.balloon.autodeflate or v.record.warned_autodeflate:
         return None
     name = v.guest.name
+    command = autodeflate_command(name)
     message = (
-        f"{name}: warning: managed without autodeflate; an allocation larger than its cushion within one "
-        f"reaction time can OOM-kill in the guest (fix at next boot: autoballoon balloon {name} "
-        "--autodeflate on)"
+        f"{name}: warning: managed without autodeflate; an allocation larger than its room within one "
+        f"reaction time can OOM-kill in the guest (fix at next boot: '{command}')"
     )
-    return Event(name, "warning", message, {"autodeflate": False})
+    return Event(name, "warning", message, {"autodeflate": False, "remedy": command})
 
 
 def decide(
