@@ -300,9 +300,11 @@ def estimate(v: Verdict, now: float, wall: float, t: Tunables) -> Estimate:
     if not fresh and rec.stats_time:
         stats_time = rec.stats_time  # nothing new: keep measuring from the last report
     dt = now - rec.seen_time if rec.seen_time is not None else 0.0
-    rise_rate = rec.rise_rate
-    rate = rec.rate * 0.5 ** (dt / t.rate_half_life_s) if dt > 0 else rec.rate
-    jump = int(rec.jump * 0.5 ** (dt / t.jump_half_life_s)) if dt > 0 else rec.jump
+    rise_rate, rate, jump = rec.rise_rate, rec.rate, rec.jump
+    if rate and dt > 0:
+        rate *= 0.5 ** (dt / t.rate_half_life_s)
+    if jump and dt > 0:
+        jump = int(jump * 0.5 ** (dt / t.jump_half_life_s))
     raw = used
     boost = 0
     signal = (stats.available or 0) < t.low_available_bytes or v.self_deflated
