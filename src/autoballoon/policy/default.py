@@ -32,7 +32,7 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import NamedTuple, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -46,6 +46,8 @@ from autoballoon.tunables import Tunables
 from autoballoon.units import human
 
 I64 = npt.NDArray[np.int64]
+F64 = npt.NDArray[np.float64]
+Bools = npt.NDArray[np.bool_]
 _N = TypeVar("_N", int, I64)
 
 
@@ -406,27 +408,37 @@ def budget(
 
 
 class _Columns(NamedTuple):
-    """The managed VMs' figures the allocation works on, one NumPy array each (index = VM)."""
+    """The managed VMs' figures the allocation works on, one NumPy array each (index = VM), built in one
+    pass over the estimates (:func:`_columns`); :func:`tiers` adds the OOM floor, need and want."""
 
     target: I64
     actual: I64
     floor: I64
     ceiling: I64
-    oom_floor: I64
-    need: I64
-    want: I64
+    demand: I64
+    used: I64
+    latency: F64  # reaction time, seconds
+    rate: F64  # remembered steady growth rate, bytes/s
+    jump: I64  # remembered largest jump
+    buffer: F64
+    least_need: I64
+    least_oom_floor: I64
+    has: I64  # max(target, actual): what it has or is promised
     shares: list[float]
-    pressure: npt.NDArray[np.bool_]
-    blind: npt.NDArray[np.bool_]  # lost its stats: never shrunk
-    urgent: npt.NDArray[np.bool_]  # under pressure or deflating itself: paid first
-    may_shrink: npt.NDArray[np.bool_]
+    pressure: Bools
+    blind: Bools  # lost its stats: never shrunk
+    urgent: Bools  # under pressure or deflating itself: paid first
+    exposed: Bools  # no autodeflate: a burst beyond its room is an OOM kill
+    swaps: Bools  # it has swapped out since it booted
+    may_shrink: Bools
     step: I64  # the most it may shrink this tick
     dead_band: I64
+    oom_floor: I64  # the tiers (see :func:`tiers`)
+    need: I64
+    want: I64
 
 
-def tiers(
-    demand: I64, floor: I64, ceiling: I64, estimates: Sequence[Estimate], t: Tunables
-) -> tuple[I64, I64, I64]:
+def tiers(c: _Columns, t: Tunables) -> tuple[I64, I64, I64]:
     """Each managed VM's OOM floor, need and want, for all of them at once. Per VM::
 
         growth    = max(rate, last report's rate) * latency
@@ -448,112 +460,87 @@ def tiers(
     ticking every 2 s on stats every second. A guest with autodeflate takes balloon pages back by
     itself when a burst outruns the daemon (120 to 330 MiB within 2 s on the rig, no OOM kill), and the
     policy then follows it up; its room is the headroom and the buffer."""
-    n = len(estimates)
-
-    def floats(values: list[float]) -> npt.NDArray[np.float64]:
-        return np.array(values, dtype=np.float64).reshape(n)
-
-    def ints(values: list[int]) -> I64:
-        return np.array(values, dtype=np.int64).reshape(n)
-
     align = t.target_align_bytes
-    latency = floats([e.latency for e in estimates])
-    exposed = np.array([not e.verdict.guest.balloon.autodeflate for e in estimates], dtype=np.bool_).reshape(
-        n
-    )
+    ceiling, floor, demand = c.ceiling, c.floor, c.demand
     # What the guest's steady growth adds within one reaction time: demand is read from stats up to a
     # period old and a cut lands a reaction time later, so even the OOM floor holds that. The OOM floor
     # is what the guest uses now, that growth and the margin (the demand is smoothed, projected and
     # boosted by pressure: it sizes the need and the want, which a short host may cut; the OOM floor is
     # what it may not).
-    used = ints([e.used for e in estimates])
     scaled = (ceiling * t.oom_margin_fraction).astype(np.int64)  # grows with the guest (see Tunables)
     margin = t.oom_margin_bytes + scaled
     headroom = t.min_headroom_bytes + scaled
-    # (the rate is the larger of the guest's remembered steady rate and the one its last report showed)
-    growth = (latency * floats([e.rate for e in estimates])).astype(np.int64)
+    growth = (c.latency * c.rate).astype(np.int64)
     oom_floor = np.maximum(
-        _clip(_align_up(used + growth + margin, align), floor, ceiling),
-        ints([e.least_oom_floor for e in estimates]),
+        _clip(_align_up(c.used + growth + margin, align), floor, ceiling), c.least_oom_floor
     )
     # A guest that swaps is short of memory before it is OOM-killed, and what it has resident fills
     # what it is given: its OOM floor is never above what it has (it is not grown from the reserve).
-    swaps = np.array([e.swaps for e in estimates], dtype=np.bool_).reshape(n)
-    if swaps.any():
-        has = ints([max(e.verdict.guest.target_bytes, e.verdict.guest.actual_bytes or 0) for e in estimates])
-        oom_floor = np.where(swaps, np.minimum(oom_floor, np.maximum(has, floor)), oom_floor)
-    least_need = ints([e.least_need for e in estimates])
-    need = _clip(_align_up(np.maximum(demand + growth + headroom, least_need), align), floor, ceiling)
+    oom_floor = np.where(c.swaps, np.minimum(oom_floor, np.maximum(c.has, floor)), oom_floor)
+    need = _clip(_align_up(np.maximum(demand + growth + headroom, c.least_need), align), floor, ceiling)
     burst = np.maximum.reduce(
         [
-            (latency * t.growth_allowance_bytes_per_s).astype(np.int64),
-            ints([e.jump for e in estimates]),
+            (c.latency * t.growth_allowance_bytes_per_s).astype(np.int64),
+            c.jump,
             np.minimum((ceiling * t.jump_prior_fraction).astype(np.int64), t.jump_prior_max_bytes),
         ]
     )
     # The room kept above what the demand and its growth take: the headroom, the buffer, and for a guest
     # without autodeflate a burst on top of the margin the OOM killer fires with.
     room = np.maximum.reduce(
-        [
-            headroom,
-            (demand * floats([e.buffer for e in estimates])).astype(np.int64),
-            np.where(exposed, burst + margin, 0),
-        ]
+        [headroom, (demand * c.buffer).astype(np.int64), np.where(c.exposed, burst + margin, 0)]
     )
     want = _clip(_align_up(demand + growth + room, align), need, ceiling)
-    blind = np.array([e.blind for e in estimates], dtype=np.bool_).reshape(n)
-    if blind.any():  # blind to its demand: never below what it has, and its want is its ceiling
-        least = _clip(ints([e.least_need for e in estimates]), floor, ceiling)
-        oom_floor = np.where(blind, least, oom_floor)
-        need = np.where(blind, least, need)
-        want = np.where(blind, ceiling, want)
+    # Blind to its demand: never below what it has, and its want is its ceiling.
+    least = _clip(c.least_need, floor, ceiling)
+    oom_floor = np.where(c.blind, least, oom_floor)
+    need = np.where(c.blind, least, need)
+    want = np.where(c.blind, ceiling, want)
     return oom_floor, need, want
 
 
+#: The columns that are not int64 (see :class:`_Columns`).
+_DTYPES: dict[str, type] = {
+    "latency": np.float64, "rate": np.float64, "buffer": np.float64,
+    "pressure": np.bool_, "blind": np.bool_, "urgent": np.bool_, "exposed": np.bool_, "swaps": np.bool_,
+    "may_shrink": np.bool_,
+}  # fmt: skip
+
+
 def _columns(estimates: Sequence[Estimate], now: float, t: Tunables) -> _Columns:
-    n = len(estimates)
-
-    def ints(values: list[int]) -> I64:
-        return np.array(values, dtype=np.int64).reshape(n)
-
-    def flags(values: list[bool]) -> npt.NDArray[np.bool_]:
-        return np.array(values, dtype=np.bool_).reshape(n)
-
-    guests = [e.verdict.guest for e in estimates]
-    may_shrink = []
-    steps = []
+    """The allocation's columns, in one pass over the estimates (one row per VM, transposed once)."""
+    rows = []
     for e in estimates:
-        rec = e.verdict.record
+        v = e.verdict
+        g, rec = v.guest, v.record
+        actual = g.actual_bytes if g.actual_bytes is not None else g.target_bytes
         cooling = rec.last_grow is not None and now - rec.last_grow < t.shrink_cooldown_after_grow_s
         # One shrink per fresh stats report: the next step is judged on what the last one did.
         unseen = rec.shrink_wall is not None and (e.stats_time or 0.0) <= rec.shrink_wall
-        may_shrink.append(not (cooling or unseen or e.verdict.shrink_hold or e.blind))
         dt = now - rec.seen_time if rec.seen_time is not None and now > rec.seen_time else t.interval_s
-        steps.append(max(t.shrink_min_step_bytes, int(e.verdict.ceiling * t.shrink_rate_per_s * dt)))
-    floor = ints([e.verdict.floor for e in estimates])
-    ceiling = ints([e.verdict.ceiling for e in estimates])
-    oom_floor, need, want = tiers(ints([e.demand for e in estimates]), floor, ceiling, estimates, t)
-    return _Columns(
-        target=ints([g.target_bytes for g in guests]),
-        actual=ints([g.actual_bytes if g.actual_bytes is not None else g.target_bytes for g in guests]),
-        floor=floor,
-        ceiling=ceiling,
-        oom_floor=oom_floor,
-        need=need,
-        want=want,
-        shares=[
-            float(e.verdict.policy.shares if e.verdict.policy.shares is not None else t.default_shares)
-            for e in estimates
-        ],
-        pressure=flags([e.pressure for e in estimates]),
-        blind=flags([e.blind for e in estimates]),
-        urgent=flags([e.pressure or e.verdict.self_deflated for e in estimates]),
-        may_shrink=flags(may_shrink),
-        step=ints(steps),
-        dead_band=np.maximum(
-            t.shrink_dead_band_bytes, (ceiling * t.shrink_dead_band_fraction).astype(np.int64)
-        ),
+        shares = v.policy.shares if v.policy.shares is not None else t.default_shares
+        rows.append(
+            (  # in _Columns' order, up to ``step``
+                g.target_bytes, actual, v.floor, v.ceiling, e.demand, e.used, e.latency, e.rate, e.jump,
+                e.buffer, e.least_need, e.least_oom_floor, max(g.target_bytes, actual), float(shares),
+                e.pressure, e.blind, e.pressure or v.self_deflated, not g.balloon.autodeflate, e.swaps,
+                not (cooling or unseen or v.shrink_hold or e.blind),
+                max(t.shrink_min_step_bytes, int(v.ceiling * t.shrink_rate_per_s * dt)),
+            )
+        )  # fmt: skip
+    n = len(rows)
+    names = _Columns._fields[: _Columns._fields.index("step") + 1]
+    columns = dict(zip(names, zip(*rows, strict=True) if rows else [()] * len(names), strict=True))
+    arrays: dict[str, Any] = {name: np.array(col, dtype=_DTYPES.get(name, np.int64)).reshape(n)
+                              for name, col in columns.items()}  # fmt: skip
+    arrays["shares"] = list(columns["shares"])
+    empty = np.zeros(n, dtype=np.int64)
+    dead_band = np.maximum(
+        t.shrink_dead_band_bytes, (arrays["ceiling"] * t.shrink_dead_band_fraction).astype(np.int64)
     )
+    c = _Columns(**arrays, dead_band=dead_band, oom_floor=empty, need=empty, want=empty)
+    oom_floor, need, want = tiers(c, t)
+    return c._replace(oom_floor=oom_floor, need=need, want=want)
 
 
 def goals(c: _Columns, pool: int, hard_pool: int, room: int) -> tuple[I64, int, bool]:
