@@ -16,11 +16,14 @@ import json
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from autoballoon.errors import InvalidValueError
 from autoballoon.journal import read_journal
 from autoballoon.units import MiB
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
 
 FORMAT = "autoballoon-real-trace/1"
 
@@ -111,7 +114,10 @@ class RunTrace:
         return asdict(self)
 
 
-def _build(cls: type, data: Mapping[str, Any]) -> Any:
+D = TypeVar("D", bound="DataclassInstance")
+
+
+def _build(cls: type[D], data: Mapping[str, Any]) -> D:
     names = {f.name for f in fields(cls)}
     return cls(**{k: v for k, v in data.items() if k in names})
 
@@ -127,7 +133,7 @@ def trace_from_json(data: Mapping[str, Any]) -> RunTrace:
     actions = tuple(_build(JournalAction, a) for a in data.get("actions", ()))
     load = data.get("host_load")
     fixed = {"guests": guests, "actions": actions, "host_load": tuple(load) if load else None}
-    return _build(RunTrace, {**data, **fixed})  # type: ignore[no-any-return]
+    return _build(RunTrace, {**data, **fixed})
 
 
 def write_trace(trace: RunTrace, path: Path) -> Path:
