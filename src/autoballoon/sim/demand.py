@@ -75,6 +75,11 @@ class Spikes:
     length: float
 
 
+#: How a trace is read between its rows: a straight line to the next row, or the previous row's value.
+Interpolation = Literal["linear", "hold"]
+INTERPOLATIONS: tuple[Interpolation, ...] = ("linear", "hold")
+
+
 @dataclass(frozen=True, slots=True)
 class Trace:
     """Recorded (second, bytes) rows; ``interpolate`` linear or hold-previous between rows."""
@@ -82,7 +87,7 @@ class Trace:
     times: tuple[float, ...]
     values: tuple[int, ...]
     source: str = ""
-    interpolate: Literal["linear", "hold"] = "linear"
+    interpolate: Interpolation = "linear"
 
 
 Shape = Constant | Steps | Ramp | Sine | Diurnal | Spikes | Trace

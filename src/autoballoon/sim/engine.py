@@ -335,7 +335,7 @@ class Simulation:
         i = self.index(vm)
         if not 0 <= period_s <= SECONDS_PER_DAY:  # also refuses NaN
             raise InvalidValueError("stats period", period_s, "0 (off) or a number of seconds up to a day")
-        self.balloons[i] = _replace_balloon(self.balloons[i], stats_period=round(period_s) or None)
+        self.balloons[i] = replace(self.balloons[i], stats_period=round(period_s) or None)
         if period_s > 0:
             self._stats_period[i] = period_s
             self._stats_delay[i] = min(self.physics.stats_delay_s, period_s)
@@ -745,7 +745,3 @@ def _zeros(n: int) -> I64:
 
 def _default_kernel(max_bytes: int, tu: Physics) -> int:
     return min(max_bytes // 2, tu.kernel_base_bytes + round(max_bytes * tu.kernel_max_fraction))
-
-
-def _replace_balloon(b: BalloonConfig, **changes: object) -> BalloonConfig:
-    return replace(b, **changes)  # type: ignore[arg-type]

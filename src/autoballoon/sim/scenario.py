@@ -19,17 +19,19 @@ import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from autoballoon.constraints import MAX_SHARES
 from autoballoon.errors import InvalidValueError
 from autoballoon.model import MAX_BUFFER, GuestPolicy
 from autoballoon.sim.demand import (
+    INTERPOLATIONS,
     SECONDS_PER_DAY,
     SHAPE_NAMES,
     Constant,
     Demand,
     Diurnal,
+    Interpolation,
     Ramp,
     Shape,
     Sine,
@@ -193,6 +195,9 @@ class Scenario:
         return [g.name for g in self.guests]
 
 
+C = TypeVar("C", bound=str)
+
+
 class _Where:
     """Where a value came from, so that every error message can say it."""
 
@@ -252,11 +257,13 @@ class _Where:
             raise self.error(key, raw, "true or false")
         return raw
 
-    def choice(self, table: Mapping[str, Any], key: str, default: str, choices: tuple[str, ...]) -> str:
+    def choice(self, table: Mapping[str, Any], key: str, default: C, choices: tuple[C, ...]) -> C:
+        """One of ``choices``, returned as the choice itself (so a ``Literal`` tuple gives that type)."""
         raw = table.get(key, default)
-        if raw not in choices:
-            raise self.error(key, raw, "one of " + ", ".join(repr(c) for c in choices))
-        return str(raw)
+        for choice in choices:
+            if raw == choice:
+                return choice
+        raise self.error(key, raw, "one of " + ", ".join(repr(c) for c in choices))
 
     def table(self, table: Mapping[str, Any], key: str) -> Mapping[str, Any]:
         raw = table.get(key, {})
@@ -534,7 +541,7 @@ def _parse_demand(t: Mapping[str, Any], w: _Where, run: RunSpec, base_dir: Path)
                 length=w.number(t, "length", at_least_a_step),
             )
         case _:
-            interpolate = w.choice(t, "interpolate", "linear", ("linear", "hold"))
+            interpolate = w.choice(t, "interpolate", "linear", INTERPOLATIONS)
             shape = _load_trace(w, w.require(t, "file"), base_dir, interpolate)
     return Demand(shape=shape, noise=noise)
 
@@ -555,7 +562,7 @@ def _parse_points(w: _Where, raw: Any) -> tuple[tuple[float, int], ...]:
     return tuple(points)
 
 
-def _load_trace(w: _Where, file: Any, base_dir: Path, interpolate: str) -> Trace:
+def _load_trace(w: _Where, file: Any, base_dir: Path, interpolate: Interpolation) -> Trace:
     accepted = (
         "a CSV file of 'seconds,bytes' rows (a header line and '#' comments allowed), in increasing time"
     )
@@ -587,4 +594,4 @@ def _load_trace(w: _Where, file: Any, base_dir: Path, interpolate: str) -> Trace
         times.append(at)
     if not times:
         raise w.error("file", file, f"{accepted}; {path} has no rows")
-    return Trace(times=tuple(times), values=tuple(values), source=str(path), interpolate=interpolate)  # type: ignore[arg-type]
+    return Trace(times=tuple(times), values=tuple(values), source=str(path), interpolate=interpolate)
