@@ -8,7 +8,8 @@ message names the value and the limit; nothing has changed when it is raised.
 
 from __future__ import annotations
 
-from typing import Literal
+from dataclasses import replace
+from typing import Literal, TypedDict, Unpack
 
 from autoballoon.backends.base import Backend
 from autoballoon.constraints import MIN_TARGET_BYTES, STATS_PERIOD
@@ -144,22 +145,22 @@ def validate_policy(guest: GuestSnapshot, policy: GuestPolicy) -> None:
     check_policy(policy, guest.name)
 
 
-def make_policy(fields: dict[str, object]) -> GuestPolicy:
-    """A policy from field values (the JSON shape of :meth:`GuestPolicy.to_json`); a value outside its
-    type's range is refused under its field name (a :class:`~autoballoon.constraints.ConstraintError`),
-    an unknown field with the list of known ones."""
-    known = GuestPolicy().to_json()
-    unknown = set(fields) - set(known)
-    if unknown:
-        raise InvalidValueError("policy field", sorted(unknown)[0], "one of " + ", ".join(known))
-    return GuestPolicy(**fields)  # type: ignore[arg-type]
+class PolicyChanges(TypedDict, total=False):
+    """The :class:`GuestPolicy` fields a caller changes; a key left out keeps its stored value."""
+
+    min_bytes: int | None
+    max_bytes: int | None
+    shares: int | None
+    buffer: float | None
+    exclude: bool
 
 
-def update_policy(backend: Backend, vm: str, **changes: object) -> GuestPolicy:
-    """Merge ``changes`` (only the keys given) into the VM's stored policy, validate, then store it."""
+def update_policy(backend: Backend, vm: str, **changes: Unpack[PolicyChanges]) -> GuestPolicy:
+    """Merge ``changes`` (only the keys given) into the VM's stored policy, validate, then store it. A
+    value outside its field's range is refused under the field's name (a
+    :class:`~autoballoon.constraints.ConstraintError`, from :class:`GuestPolicy` itself)."""
     guest = backend.guest(vm)
-    current = backend.get_policy(vm)
-    policy = make_policy(current.to_json() | changes)
+    policy = replace(backend.get_policy(vm), **changes)
     validate_policy(guest, policy)
     backend.set_policy(vm, policy)
     return policy

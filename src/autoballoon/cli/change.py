@@ -143,16 +143,17 @@ def policy(
     as_json: bool,
 ) -> None:
     """Show or change the VM's autoballoon policy, stored with the VM (libvirt <metadata>)."""
-    changes: dict[str, object] = {}
-    for key, value in (
-        ("min_bytes", min_),
-        ("max_bytes", max_),
-        ("shares", shares),
-        ("buffer", buffer),
-        ("exclude", exclude),
-    ):
-        if value is not None:
-            changes[key] = value
+    changes: ops.PolicyChanges = {}
+    if min_ is not None:
+        changes["min_bytes"] = min_
+    if max_ is not None:
+        changes["max_bytes"] = max_
+    if shares is not None:
+        changes["shares"] = shares
+    if buffer is not None:
+        changes["buffer"] = buffer
+    if exclude is not None:
+        changes["exclude"] = exclude
     current = ops.update_policy(ctx.backend, vm, **changes) if changes else ctx.backend.get_policy(vm)
     if as_json:
         emit_json(current.to_json())
