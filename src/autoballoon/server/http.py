@@ -337,7 +337,8 @@ class DeadlineProtocol(H11Protocol):
 
     deadline_s: float = 10.0
 
-    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]  # uvicorn narrows it too
+    # uvicorn's own signature: asyncio's stream servers always pass a Transport, not a BaseTransport.
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]  # as H11Protocol
         super().connection_made(transport)
         self._deadline: asyncio.TimerHandle | None = None
         self._arm()

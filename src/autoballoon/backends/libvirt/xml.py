@@ -185,7 +185,9 @@ def policy_from_element(el: ET.Element) -> GuestPolicy:
             log.warning("ignoring autoballoon policy %s=%r: expected %s", attr, text, rng.describe())
             continue
         values[name] = value
-    policy = GuestPolicy(**values, exclude=(el.get("exclude") or "no").lower() in _YES)  # type: ignore[arg-type]
+    exclude = (el.get("exclude") or "no").lower() in _YES
+    # mypy cannot follow field names through a dict: each value was parsed as its field's type above.
+    policy = GuestPolicy(**values, exclude=exclude)  # type: ignore[arg-type]  # int if its Range is whole
     try:
         check_policy(policy)
     except LimitError as e:  # min above max: the max wins, as when layers merge (see guards)
