@@ -1,7 +1,7 @@
 # autoballoon — the targets a contributor expects.
 #   make demo      the daemon on the built-in simulated host, with its dashboard
-#   make test      set up (packages when root, venv) and run the whole suite
-#   make lint      ruff
+#   make test      set up (packages when root, venv), lint, and run the whole suite
+#   make lint      ruff (check and format) and mypy --strict on src/
 #   make bench     simulator throughput, policy decision time, server overhead
 #   make soak      the daemon on 1,000 simulated VMs for a simulated day with 20 HTTP clients
 #   make evaluate  every policy on every scenario; writes docs/evaluation.md
@@ -48,12 +48,15 @@ demo: $(STAMP)-base
 rig:
 	scripts/setup-rig
 
-test: rig $(STAMP)-test $(STAMP)-libvirt
+# The lint runs first: CI (`.ci/run`) runs `make test`, so it checks the types and the format too.
+test: rig $(STAMP)-test $(STAMP)-libvirt lint
 	$(PY) -m pytest -q
 
+# mypy takes its files and settings from [tool.mypy] in pyproject.toml.
 lint: $(STAMP)-test
 	$(BIN)/ruff check src tests bench
 	$(BIN)/ruff format --check src tests bench
+	$(BIN)/mypy --strict
 
 bench: $(STAMP)-test
 	$(PY) bench/bench_sim.py
@@ -76,4 +79,4 @@ realbench: rig $(STAMP)-test $(STAMP)-libvirt
 		--record $(REALBENCH_RECORD) --report docs --lease $(RIG_LEASE)
 
 clean:
-	rm -rf $(VENV) build *.egg-info src/*.egg-info .pytest_cache .ruff_cache
+	rm -rf $(VENV) build *.egg-info src/*.egg-info .pytest_cache .ruff_cache .mypy_cache
