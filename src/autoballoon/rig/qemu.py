@@ -20,9 +20,11 @@ import os
 import signal
 import subprocess
 import time
+import xml.etree.ElementTree as ET
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from autoballoon.hostinfo import read_pidfile
 from autoballoon.rig.control import GuestControl
@@ -33,13 +35,14 @@ from autoballoon.rig.domains import (
     NAME_RE,
     Guest,
     GuestSpec,
+    domain_xml,
     new_name,
     run_dir,
     wait_booted,
 )
 from autoballoon.rig.errors import RigError
 from autoballoon.rig.image import GuestImage, build_image
-from autoballoon.units import MiB
+from autoballoon.units import KiB, MiB
 
 #: QMP sockets, pid files and QEMU's own log of rig guests, unless a spec names another directory.
 QMP_SUBDIR = "qemu"
@@ -368,3 +371,53 @@ def open_qemu_rig() -> QemuRig:
     rig = QemuRig(image=build_image())
     sweep()
     return rig
+
+
+def with_virtio_mem(xml: str, vmem: VirtioMemSpec) -> str:
+    """A rig domain's XML (from :func:`autoballoon.rig.domains.domain_xml`) with a virtio-mem device on top
+    of its memory, as libvirt needs it: ``<maxMemory slots>`` for the device's address space, a NUMA
+    cell holding the boot memory (and every vCPU), and ``<memory>`` counting the device's region."""
+    root = ET.fromstring(xml)
+    memory = root.find("memory")
+    if memory is None or memory.text is None:
+        raise RigError("rig domain XML without <memory>")
+    boot_kib = int(memory.text)
+    top_kib = boot_kib + vmem.region_bytes // KiB
+    memory.text = str(top_kib)
+    maximum = ET.Element("maxMemory", slots="1", unit="KiB")
+    maximum.text = str(top_kib)
+    root.insert(list(root).index(memory), maximum)
+    vcpu = root.find("vcpu")
+    cpus = int(vcpu.text or "1") if vcpu is not None else 1
+    numa = ET.SubElement(ET.SubElement(root, "cpu"), "numa")
+    ET.SubElement(numa, "cell", id="0", cpus=f"0-{cpus - 1}", memory=str(boot_kib), unit="KiB")
+    devices = root.find("devices")
+    if devices is None:
+        raise RigError("rig domain XML without <devices>")
+    target = ET.SubElement(ET.SubElement(devices, "memory", model="virtio-mem"), "target")
+    for tag, size in (
+        ("size", vmem.region_bytes),
+        ("block", vmem.block_bytes),
+        ("requested", vmem.requested_bytes),
+    ):
+        ET.SubElement(target, tag, unit="KiB").text = str(size // KiB)
+    ET.SubElement(target, "node").text = "0"
+    return ET.tostring(root, encoding="unicode")
+
+
+def start_libvirt_virtio_mem(conn: Any, image: GuestImage, spec: GuestSpec, vmem: VirtioMemSpec) -> Guest:
+    """Start a transient libvirt rig guest with a virtio-mem device; returns before it has booted.
+
+    The libvirt rig's :func:`autoballoon.rig.domains.start` writes its XML itself; this is the same
+    guest with :func:`with_virtio_mem` applied (remove it with :func:`autoballoon.rig.domains.destroy`).
+    """
+    import libvirt
+
+    name = new_name()
+    rundir = run_dir()
+    xml = with_virtio_mem(domain_xml(name, spec, image, rundir), vmem)
+    try:
+        conn.createXML(xml, 0)
+    except libvirt.libvirtError as exc:
+        raise RigError(f"cannot start test domain {name} with virtio-mem: {exc}") from exc
+    return Guest(name, spec, GuestControl(rundir / f"{name}.ctl", name), rundir / f"{name}.console.log")
