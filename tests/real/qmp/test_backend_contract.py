@@ -26,7 +26,7 @@ from autoballoon.model import BalloonChange, VMState
 from autoballoon.rig.domains import URI, Guest, GuestSpec
 from autoballoon.rig.qemu import QemuGuest, QemuSpec
 from autoballoon.units import MiB
-from tests.real.qemu_guests import SOCKET_DIR_PREFIX, qemu_rig  # noqa: F401  (fixture)
+from tests.real.qmp.conftest import SOCKET_DIR_PREFIX
 from tests.rig.waiting import wait_for
 
 pytestmark = pytest.mark.realvm

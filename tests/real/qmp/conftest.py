@@ -1,6 +1,7 @@
 """Fixtures for tests on plain QEMU guests (no libvirt), for the ``qmp://`` backend.
 
-Import the fixtures a module uses (``from tests.real.qemu_guests import qemu_rig, make_qemu_guests``):
+The tests in this directory get them as any fixture (libvirt's ``rig`` and ``make_guests`` come from the
+parent conftest):
 
     def test_something(make_qemu_guests, tmp_path):
         a, b = make_qemu_guests(2, directory=tmp_path)        # QemuSpec fields; GuestSpec ones via guest=
