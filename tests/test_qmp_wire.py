@@ -223,6 +223,8 @@ def test_proxmox_balloon_off_defaults_and_odd_values() -> None:
     )
     odd = proxmox.parse_conf("104", "memory: lots\nballoon: -3\nshares: many\nostype: solaris\n")
     assert odd.memory_bytes == proxmox.DEFAULT_MEMORY and odd.shares is None and odd.os_type == "other"
+    handed_over = proxmox.parse_conf("106", "memory: 1024\nballoon: 512\nshares: 0\n")
+    assert handed_over.policy.shares is None and handed_over.policy.min_bytes == 512 * MiB
     capped = proxmox.parse_conf("105", "memory: 1024\nballoon: 4096\n")
     assert capped.policy.min_bytes == 1024 * MiB  # a floor above the maximum is the maximum
 

@@ -8,7 +8,9 @@ The mapping (Proxmox's ``qm.conf(5)`` names):
 - ``memory: N`` (MiB; newer releases also write ``memory: current=N``) is the VM's maximum;
 - ``balloon: N`` (MiB) is the least Proxmox's ballooning leaves the VM: autoballoon's per-VM floor;
   ``balloon: 0`` means no balloon device at all, and the VM shows as excluded;
-- ``shares: N`` is the VM's weight when the host is short, as in autoballoon;
+- ``shares: N`` is the VM's weight when the host is short, as in autoballoon; ``shares: 0`` is Proxmox's
+  own switch to leave the VM out of *its* auto-ballooning (``PVE/AutoBalloon.pm``, ``compute_alg1``),
+  which is how a VM is handed to autoballoon, so it is not a weight here (autoballoon's default applies);
 - ``ostype`` tells Linux (``l24``, ``l26``) from Windows (``w*``) for the guest-stats rules;
 - ``smbios1: uuid=…`` is the VM's UUID, ``name`` its name (Proxmox does not make names unique).
 
@@ -127,8 +129,8 @@ def parse_conf(vmid: str, text: str) -> PveConfig:
             shares = int(keys["shares"])
         except ValueError:
             log.warning("VM %s: ignoring shares %r (expected a whole number)", vmid, keys["shares"])
-        if shares is not None and shares < 0:
-            shares = None
+        if shares is not None and shares <= 0:
+            shares = None  # 0: out of Proxmox's own loop, not a weight
     return PveConfig(
         vmid=vmid,
         name=keys.get("name") or None,
