@@ -55,6 +55,11 @@ VIRTIO_MEM_ID = "vmem0"
 #: Linux's memory-block size on x86-64 is 128 MiB, but virtio-mem plugs in sub-blocks; QEMU's default
 #: block size for anonymous RAM is the host's transparent huge page size, 2 MiB.
 VIRTIO_MEM_BLOCK = 2 * MiB
+#: QEMU places virtio-mem memory above 4 GiB, and a Linux guest that has memory above 4 GiB sets up a
+#: 64 MiB bounce buffer (SWIOTLB) for 32-bit DMA at boot, taken from its boot memory and zeroed, so
+#: resident on the host: measured 60 MiB more RSS, and 60 MiB less MemTotal, for a 256 MiB guest. The
+#: rig's virtio devices do 64-bit DMA, so the guest needs none.
+VIRTIO_MEM_CMDLINE = "swiotlb=noforce"
 STOP_TIMEOUT_S = 10.0
 QMP_TIMEOUT_S = 10.0
 POLL_S = 0.05
@@ -130,7 +135,8 @@ def qemu_argv(
         top = (g.memory_bytes + spec.virtio_mem.region_bytes) // MiB
         memory += f",maxmem={top}M"
     argv += ["-m", memory, "-smp", f"{g.vcpus},maxcpus={g.max_vcpus}"]
-    argv += ["-kernel", str(image.kernel), "-initrd", str(image.initrd), "-append", KERNEL_CMDLINE]
+    cmdline = KERNEL_CMDLINE + (f" {VIRTIO_MEM_CMDLINE}" if spec.virtio_mem is not None else "")
+    argv += ["-kernel", str(image.kernel), "-initrd", str(image.initrd), "-append", cmdline]
     argv += ["-serial", f"file:{rundir / f'{name}.console.log'}"]
     argv += ["-serial", f"unix:{rundir / f'{name}.ctl'},server=on,wait=off"]
     if g.swap_bytes:
@@ -378,6 +384,9 @@ def with_virtio_mem(xml: str, vmem: VirtioMemSpec) -> str:
     of its memory, as libvirt needs it: ``<maxMemory slots>`` for the device's address space, a NUMA
     cell holding the boot memory (and every vCPU), and ``<memory>`` counting the device's region."""
     root = ET.fromstring(xml)
+    cmdline = root.find("os/cmdline")
+    if cmdline is not None:
+        cmdline.text = f"{cmdline.text or ''} {VIRTIO_MEM_CMDLINE}".strip()
     memory = root.find("memory")
     if memory is None or memory.text is None:
         raise RigError("rig domain XML without <memory>")
