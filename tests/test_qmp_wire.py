@@ -58,6 +58,24 @@ def test_run_states() -> None:
     assert wire.vm_state({"status": "something-new"}) is VMState.UNKNOWN
 
 
+def test_holds_for_migrations_and_paused_guests() -> None:
+    running = {"status": "running", "running": True}
+    assert wire.hold_reason(running, {}) is None
+    assert wire.hold_reason(running, {"status": "completed"}) is None
+    assert wire.hold_reason(running, {"status": "active"}) == "migrating out (active); held until it ends"
+    assert wire.hold_reason({"status": "inmigrate"}, {}) == "migrating in; held until it runs again"
+    assert wire.hold_reason({"status": "paused"}, None) == "paused; held until it runs again"
+
+
+def test_vfio_devices_make_the_balloon_ineffective() -> None:
+    entries = [
+        {"name": "hostdev0", "type": "child<vfio-pci>"},
+        {"name": "net0", "type": "child<virtio-net-pci>"},
+    ]
+    assert wire.passthrough_devices(entries) == ["hostdev0"]
+    assert wire.passthrough_devices(None) == []
+
+
 def test_devices_are_found_with_and_without_an_id() -> None:
     named = [{"name": "type", "type": "string"}, {"name": "vmem0", "type": "child<virtio-mem-pci>"}]
     anon = [{"name": "type", "type": "string"}, {"name": "device[0]", "type": "child<virtio-balloon-pci>"}]
@@ -223,6 +241,11 @@ def test_proxmox_balloon_off_defaults_and_odd_values() -> None:
     )
     odd = proxmox.parse_conf("104", "memory: lots\nballoon: -3\nshares: many\nostype: solaris\n")
     assert odd.memory_bytes == proxmox.DEFAULT_MEMORY and odd.shares is None and odd.os_type == "other"
+    tiny = proxmox.parse_conf("107", "memory: 1024\nballoon: 64\nshares: 9000000\n")
+    assert (tiny.policy.min_bytes, tiny.policy.shares) == (
+        128 * MiB,
+        1_000_000,
+    )  # within autoballoon's ranges
     handed_over = proxmox.parse_conf("106", "memory: 1024\nballoon: 512\nshares: 0\n")
     assert handed_over.policy.shares is None and handed_over.policy.min_bytes == 512 * MiB
     capped = proxmox.parse_conf("105", "memory: 1024\nballoon: 4096\n")

@@ -23,6 +23,7 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
+from autoballoon.constraints import MAX_SHARES, MIN_TARGET_BYTES
 from autoballoon.model import GuestOS, GuestPolicy
 from autoballoon.units import MiB
 
@@ -56,9 +57,11 @@ class PveConfig:
         """The per-VM policy this config implies: Proxmox's balloon minimum as the floor, its shares as
         the weight, and no ballooning at all for a VM whose balloon is off."""
         floor = self.balloon_min_bytes
-        if floor is not None and floor > self.memory_bytes:
-            floor = self.memory_bytes
-        return GuestPolicy(min_bytes=floor, shares=self.shares, exclude=self.balloon_off)
+        if floor is not None:
+            # Proxmox allows floors autoballoon never goes under anyway (its least target is 128 MiB).
+            floor = max(MIN_TARGET_BYTES, min(floor, self.memory_bytes))
+        shares = self.shares if self.shares is None or self.shares <= MAX_SHARES else MAX_SHARES
+        return GuestPolicy(min_bytes=floor, shares=shares, exclude=self.balloon_off)
 
 
 def _mib(value: str) -> int | None:

@@ -117,6 +117,7 @@ class _Facts:
     boot_bytes: int
     virtio_mem: _VirtioMemFacts | None
     max_vcpus: int | None
+    incapable: str | None  # why an inflated balloon frees nothing at the host (VFIO), or None
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,6 +130,7 @@ class _Reading:
     stats_period: int | None
     virtio_mem: VirtioMem | None
     vcpu_threads: list[int]
+    hold: str | None
 
 
 class _Monitor:
@@ -346,9 +348,11 @@ class QmpBackend:
         )
         balloons: list[str] = []
         mems: list[str] = []
+        vfio: list[str] = []
         for container, entries in zip(wire.PERIPHERAL_CONTAINERS, lists, strict=True):
             balloons += wire.child_paths(container, entries, wire.BALLOON_TYPES)
             mems += wire.child_paths(container, entries, wire.VIRTIO_MEM_TYPES)
+            vfio += wire.passthrough_devices(entries)
         balloon = balloons[0] if balloons else None
         autodeflate = fpr = False
         if balloon is not None:
@@ -370,6 +374,11 @@ class QmpBackend:
             boot_bytes=boot or 0,
             virtio_mem=await self._virtio_mem_facts(client, mems),
             max_vcpus=max_vcpus,
+            incapable=(
+                f"balloon ineffective: a VFIO host device ({', '.join(vfio)}) pins all guest memory"
+                if vfio
+                else None
+            ),
         )
 
     async def _virtio_mem_facts(self, client: QMPClient, paths: list[str]) -> _VirtioMemFacts | None:
@@ -397,8 +406,10 @@ class QmpBackend:
     async def _read(self, mon: _Monitor) -> tuple[_Facts, _Reading]:
         async def read(_client: QMPClient) -> tuple[_Facts, _Reading]:
             client, facts = await self._known(mon)
-            status, cpus = await asyncio.gather(
-                self._exec(client, "query-status"), self._exec(client, "query-cpus-fast")
+            status, cpus, migration = await asyncio.gather(
+                self._exec(client, "query-status"),
+                self._exec(client, "query-cpus-fast"),
+                self._exec(client, "query-migrate"),
             )
             actual: int | None = None
             stats: Any = None
@@ -424,7 +435,8 @@ class QmpBackend:
             state = wire.vm_state(status)
             if mon.shutdown and state is VMState.RUNNING:
                 state = VMState.SHUTDOWN
-            return facts, _Reading(state, actual, stats, period, vmem, wire.vcpu_threads(cpus))
+            hold = wire.hold_reason(status, migration)
+            return facts, _Reading(state, actual, stats, period, vmem, wire.vcpu_threads(cpus), hold)
 
         return await self._on(mon, read)
 
@@ -532,6 +544,8 @@ class QmpBackend:
             uuid=conf.uuid if conf is not None else None,
             virtio_mem=vmem,
             host_rss_bytes=hostinfo.process_rss(pid) if pid else None,
+            hold=r.hold,
+            incapable=facts.incapable,
         )
 
     @staticmethod

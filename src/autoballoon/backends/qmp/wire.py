@@ -61,6 +61,49 @@ RUN_STATES: dict[str, VMState] = {
 }
 
 
+#: Run states in which the balloon must be left where it is, in the words of a hold reason.
+HOLD_STATES: dict[str, str] = {
+    "inmigrate": "migrating in",
+    "postmigrate": "migrated out (post-migrate)",
+    "finish-migrate": "finishing a migration",
+    "save-vm": "being saved",
+    "restore-vm": "being restored",
+    "paused": "paused",
+    "prelaunch": "not started yet (prelaunch)",
+    "debug": "stopped in the debugger",
+    "watchdog": "paused by its watchdog",
+    "io-error": "paused on an I/O error",
+    "colo": "in COLO replication",
+    "suspended": "suspended by the guest",
+}
+#: ``query-migrate`` statuses of a migration in progress (QAPI MigrationStatus).
+MIGRATING = frozenset(
+    {"setup", "active", "pre-switchover", "device", "postcopy-active", "postcopy-paused", "wait-unplug"}
+)
+
+
+def hold_reason(status: Any, migration: Any) -> str | None:
+    """Why QEMU says the balloon must be left alone now (a migration copies memory the balloon would
+    dirty, a paused guest cannot answer it), or None."""
+    if isinstance(migration, Mapping) and migration.get("status") in MIGRATING:
+        return f"migrating out ({migration.get('status')}); held until it ends"
+    run_state = status.get("status") if isinstance(status, Mapping) else None
+    what = HOLD_STATES.get(str(run_state))
+    return f"{what}; held until it runs again" if what else None
+
+
+def passthrough_devices(entries: Any) -> list[str]:
+    """Names of VFIO devices in a ``qom-list`` of peripherals: they pin all guest memory for DMA, so QEMU
+    disables discarding it and an inflated balloon frees nothing at the host."""
+    if not isinstance(entries, list):
+        return []
+    return [
+        str(e.get("name"))
+        for e in entries
+        if isinstance(e, Mapping) and str(e.get("type", "")).startswith("child<vfio-")
+    ]
+
+
 def number(value: Any) -> int | None:
     """A QMP integer, or None for QEMU's "absent" and anything that is not an integer."""
     if isinstance(value, bool) or not isinstance(value, int) or value in ABSENT_VALUES:
