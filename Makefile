@@ -31,7 +31,7 @@ $(STAMP)-base: pyproject.toml | $(BIN)/python
 	touch $@
 
 $(STAMP)-test: pyproject.toml | $(BIN)/python
-	$(BIN)/pip install --quiet -e '.[test,eval]'
+	$(BIN)/pip install --quiet -e '.[test,eval,qmp]'
 	touch $@
 
 # libvirt-python compiles against libvirt-dev: only `make test` (which installs that) asks for it.

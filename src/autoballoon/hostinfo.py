@@ -1,22 +1,31 @@
-"""Host memory and load signals from /proc and /sys: pure parsers plus one reader.
+"""Host memory and load signals from /proc and /sys: pure parsers plus a few readers.
 
 The parsers take the text of a kernel file and return plain values, so they are tested on samples without
-a host. :func:`read_host_info` is the only function that touches the file system; it takes the root as
-an argument (tests point it at a fake tree) and leaves a field ``None`` when its file is absent (no PSI
-on old kernels, no KSM in containers, no thermal_throttle on virtual CPUs).
+a host. The readers (:func:`read_host_info`, :func:`process_rss`, :func:`threads_cpu_ns`,
+:func:`read_pidfile`) are the only functions that touch the file system; they take the root as an
+argument (tests point it at a fake tree) and give ``None`` when a file is absent (no PSI on old kernels,
+no KSM in containers, no thermal_throttle on virtual CPUs, a process that has exited).
+
+Per-process figures exist because what ballooning gives back is measured where it matters, at the host:
+a QEMU process's resident memory (``VmRSS``) falls only when the host really got pages back (an inflated
+balloon over VFIO or huge pages may not free anything; free page reporting frees pages the balloon never
+touched).
 """
 
 from __future__ import annotations
 
 import os
 import socket
+import struct
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 from autoballoon.units import KiB
 
-#: Sizes in /proc/meminfo are printed as "kB" but are KiB.
+#: Sizes in /proc/meminfo and /proc/PID/status are printed as "kB" but are KiB.
 MEMINFO_UNIT_BYTES = KiB
+NS_PER_S = 1_000_000_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,3 +176,87 @@ def read_host_info(root: Path = Path("/")) -> HostInfo:
         thermal_throttle_count=_thermal_throttle_count(root / "sys/devices/system/cpu"),
         hostname=socket.gethostname(),
     )
+
+
+def parse_status_rss(text: str) -> int | None:
+    """``VmRSS`` of a ``/proc/PID/status`` text in bytes; None for a kernel thread or a zombie (no line)."""
+    for line in text.splitlines():
+        if line.startswith("VmRSS:"):
+            parts = line.split()
+            try:
+                return int(parts[1]) * MEMINFO_UNIT_BYTES
+            except (IndexError, ValueError):
+                return None
+    return None
+
+
+def process_rss(pid: int, root: Path = Path("/")) -> int | None:
+    """The resident memory of process ``pid`` in bytes, or None when it has exited (or is unreadable)."""
+    text = _read(root / f"proc/{pid}/status")
+    return parse_status_rss(text) if text is not None else None
+
+
+def parse_stat_cpu_ticks(text: str) -> int | None:
+    """utime + stime (clock ticks) from a ``/proc/PID/task/TID/stat`` line.
+
+    The command name (field 2) is in parentheses and may contain spaces or parentheses itself, so the
+    fields are counted from the *last* ``)``.
+    """
+    _, sep, rest = text.rpartition(")")
+    fields = rest.split()
+    if not sep or len(fields) < 13:
+        return None
+    try:
+        return int(fields[11]) + int(fields[12])  # utime, stime: fields 14 and 15 of the whole line
+    except ValueError:
+        return None
+
+
+def threads_cpu_ns(pid: int, tids: Iterable[int], root: Path = Path("/")) -> int | None:
+    """CPU time (user + system) of some threads of ``pid`` in ns; None unless every thread was readable.
+
+    For a QEMU process the threads are its vCPUs (``query-cpus-fast`` names them): their time is the
+    guest's own CPU time, without QEMU's I/O and main-loop threads. A partial sum would look like a CPU
+    time that went backwards, so one missing thread makes the whole figure unknown.
+    """
+    ticks_per_s = os.sysconf("SC_CLK_TCK")
+    total = 0
+    seen = False
+    for tid in tids:
+        text = _read(root / f"proc/{pid}/task/{tid}/stat")
+        ticks = parse_stat_cpu_ticks(text) if text is not None else None
+        if ticks is None:
+            return None
+        total += ticks
+        seen = True
+    return total * NS_PER_S // ticks_per_s if seen else None
+
+
+def read_pidfile(path: Path) -> int | None:
+    """The PID in a pid file (QEMU's ``-pidfile``, libvirt's ``/run/libvirt/qemu/NAME.pid``), or None."""
+    text = _read(path)
+    if text is None:
+        return None
+    try:
+        pid = int(text.strip())
+    except ValueError:
+        return None
+    return pid if pid > 0 else None
+
+
+#: ``struct ucred`` (pid, uid, gid) as ``SO_PEERCRED`` returns it on Linux.
+_UCRED = struct.Struct("3i")
+
+
+def peer_pid(sock: socket.socket) -> int | None:
+    """The PID of the process at the other end of a connected unix socket (``SO_PEERCRED``), or None.
+
+    The kernel records it when the peer called ``listen()``/``connect()``, so for a QMP socket it is the
+    QEMU process itself, with no pid file to trust or go stale.
+    """
+    try:
+        raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size)
+    except OSError:
+        return None
+    pid, _uid, _gid = _UCRED.unpack(raw)
+    return pid if pid > 0 else None

@@ -77,6 +77,36 @@ class BalloonConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class VirtioMem:
+    """A virtio-mem device: memory the host plugs into the guest, or unplugs from it, in whole blocks.
+
+    The guest boots with ``boot_bytes`` of ordinary RAM (the balloon works on that) and the device adds
+    up to ``region_bytes`` on top. The host asks for ``requested_bytes`` (a multiple of ``block_bytes``)
+    and the guest driver plugs or unplugs blocks until ``plugged_bytes`` equals it. A guest with the
+    device therefore has ``boot + plugged`` now and can have ``boot + region`` at most; a target on top
+    of the boot memory is reached only in steps of ``block_bytes``.
+    """
+
+    block_bytes: int
+    plugged_bytes: int
+    requested_bytes: int
+    region_bytes: int
+    boot_bytes: int
+
+    def requested_for(self, target_bytes: int) -> int:
+        """The ``requested-size`` that gives the guest at least ``target_bytes`` in all (boot memory plus
+        plugged blocks), within the device's region: rounded *up* to a block, so a policy's target is
+        never cut short by the alignment."""
+        above = max(0, target_bytes - self.boot_bytes)
+        blocks = -(-above // self.block_bytes)
+        return min(blocks * self.block_bytes, self.region_bytes // self.block_bytes * self.block_bytes)
+
+
+#: How a guest gives memory back to the host (:attr:`GuestSnapshot.mechanism`).
+Mechanism = Literal["balloon", "report", "virtio-mem"]
+
+
+@dataclass(frozen=True, slots=True)
 class GuestPolicy:
     """Per-VM policy. ``None`` fields fall back to the daemon's defaults.
 
@@ -139,6 +169,19 @@ class GuestSnapshot:
     #: Why its balloon cannot give memory back to the host (VFIO device, locked or hugepage memory),
     #: or None; the guards exclude it.
     incapable: str | None = None
+    virtio_mem: VirtioMem | None = None  # the guest's virtio-mem device, if it has one
+    host_rss_bytes: int | None = None  # the QEMU process's resident memory on the host (VmRSS)
+
+    @property
+    def mechanism(self) -> Mechanism:
+        """How this guest gives memory back: ``virtio-mem`` (a device resized in blocks), ``report``
+        (a balloon with free page reporting: the host gets free pages back without a cap) or
+        ``balloon`` (the balloon alone: only what it takes is given back)."""
+        if self.virtio_mem is not None:
+            return "virtio-mem"
+        if self.balloon.enabled and self.balloon.free_page_reporting:
+            return "report"
+        return "balloon"
 
     @property
     def used_bytes(self) -> int | None:

@@ -10,7 +10,7 @@ from typing import Any
 
 from autoballoon import guards
 from autoballoon.guards import Status
-from autoballoon.model import GuestSnapshot, HostSnapshot
+from autoballoon.model import GuestSnapshot, HostSnapshot, VirtioMem
 from autoballoon.tunables import DEFAULT_TUNABLES, Tunables
 
 #: The fields of ``autoballoon list --json``, in order.
@@ -28,6 +28,8 @@ LIST_FIELDS = (
     "policy",
     "status",
     "status_reason",
+    "host_rss_bytes",
+    "mechanism",
 )
 
 
@@ -67,6 +69,8 @@ def guest_row(g: GuestSnapshot, now_wall: float, status: tuple[str, str] | None 
         "policy": g.policy.to_json(),
         "status": state,
         "status_reason": reason,
+        "host_rss_bytes": g.host_rss_bytes,
+        "mechanism": g.mechanism,
     }
 
 
@@ -100,9 +104,28 @@ def guest_detail(g: GuestSnapshot, now_wall: float) -> dict[str, Any]:
                 "last_update": s.last_update,
             },
             "balloon_size_bytes": None if g.actual_bytes is None else g.max_bytes - g.actual_bytes,
+            "virtio_mem": None if g.virtio_mem is None else virtio_mem_view(g.virtio_mem),
         }
     )
     return row
+
+
+def virtio_mem_view(v: VirtioMem) -> dict[str, int]:
+    """A virtio-mem device: block size, plugged and requested size, region and the boot memory under it."""
+    return {
+        "block_bytes": v.block_bytes,
+        "plugged_bytes": v.plugged_bytes,
+        "requested_bytes": v.requested_bytes,
+        "region_bytes": v.region_bytes,
+        "boot_bytes": v.boot_bytes,
+    }
+
+
+def sum_host_rss(h: HostSnapshot) -> int | None:
+    """What the running VMs' QEMU processes hold at the host, or None unless every one is known (a
+    partial sum would read as memory given back)."""
+    values = [g.host_rss_bytes for g in h.guests if g.state.active]
+    return sum(v for v in values if v is not None) if all(v is not None for v in values) else None
 
 
 def host_view(h: HostSnapshot) -> dict[str, Any]:
@@ -125,5 +148,6 @@ def host_view(h: HostSnapshot) -> dict[str, Any]:
         "sum_max_bytes": h.sum_max,
         "sum_target_bytes": h.sum_target,
         "sum_actual_bytes": h.sum_actual,
+        "sum_host_rss_bytes": sum_host_rss(h),
         "overcommit_ratio": round(h.overcommit_ratio, 4),
     }

@@ -12,8 +12,11 @@ from autoballoon.errors import UnknownSchemeError
 LIBVIRT_DRIVERS = ("qemu", "test", "kvm")
 KNOWN_SCHEMES = (
     "qemu:///system, qemu:///session, qemu+ssh://host/system, test:///default, "
-    "sim:///demo, sim:///path/to/scenario.toml"
+    "sim:///demo, sim:///path/to/scenario.toml, "
+    "qmp:///path/to/vm.qmp, qmp:///dir/?glob=*.qmp, qmp:///run/qemu-server/, proxmox://"
 )
+#: Schemes of QEMU's own monitor sockets (no libvirt): plain QEMU and Proxmox VE.
+QMP_SCHEMES = ("qmp", "proxmox")
 
 
 def default_uri() -> str:
@@ -29,6 +32,10 @@ def open_backend(uri: str) -> Backend:
         from autoballoon.backends.sim import SimBackend
 
         return SimBackend.open(uri)
+    if scheme in QMP_SCHEMES:
+        from autoballoon.backends.qmp import QmpBackend
+
+        return QmpBackend.open(uri)
     if driver in LIBVIRT_DRIVERS:
         from autoballoon.backends.libvirt import LibvirtBackend
 

@@ -7,7 +7,7 @@ import click
 from autoballoon.cli import Context, cli, pass_ctx
 from autoballoon.cli.output import emit_json, pairs, say, table
 from autoballoon.cli.remote import daemon_option, statuses
-from autoballoon.model import GuestPolicy
+from autoballoon.model import GuestPolicy, GuestSnapshot
 from autoballoon.units import human
 from autoballoon.views import guest_detail, guest_row, host_view, snapshot_status
 
@@ -53,6 +53,7 @@ def list_(ctx: Context, as_json: bool, daemon_url: str) -> None:
             "MAX",
             "TARGET",
             "ACTUAL",
+            "RSS",
             "USED",
             "AVAIL",
             "STATS",
@@ -68,6 +69,7 @@ def list_(ctx: Context, as_json: bool, daemon_url: str) -> None:
                 human(g.max_bytes),
                 human(g.target_bytes),
                 human(g.actual_bytes),
+                human(g.host_rss_bytes),
                 human(g.used_bytes),
                 human(g.stats.available),
                 _age(g.stats_age(snap.wall_time)),
@@ -78,13 +80,24 @@ def list_(ctx: Context, as_json: bool, daemon_url: str) -> None:
             ]
             for g in snap.guests
         ],
-        right={2, 3, 4, 5, 6, 7, 9},
+        right={2, 3, 4, 5, 6, 7, 8, 10},
     )
     # Reasons are sentences: below the table they stay readable instead of squeezing every column.
     for g in snap.guests:
         status, reason = judged[g.name]
         if reason and status != "managed":
             say(f"{g.name}: {status_text(status, reason)}")
+
+
+def _virtio_mem_text(g: GuestSnapshot) -> str:
+    v = g.virtio_mem
+    if v is None:
+        return ""
+    return (
+        f" ({human(v.plugged_bytes)} plugged of {human(v.region_bytes)} "
+        f"on {human(v.boot_bytes)} boot memory, requested {human(v.requested_bytes)}, "
+        f"blocks of {human(v.block_bytes)})"
+    )
 
 
 def status_text(status: str, reason: str) -> str:
@@ -120,6 +133,8 @@ def info(ctx: Context, vm: str, as_json: bool, daemon_url: str) -> None:
             ("Balloon target", human(g.target_bytes)),
             ("Balloon actual", human(g.actual_bytes)),
             ("Balloon size", human(detail["balloon_size_bytes"])),
+            ("QEMU RSS (host)", human(g.host_rss_bytes)),
+            ("Reclaim mechanism", g.mechanism + _virtio_mem_text(g)),
             (
                 "Balloon device",
                 f"{b.model}, autodeflate {'on' if b.autodeflate else 'off'}, "
@@ -183,6 +198,7 @@ def host(ctx: Context, as_json: bool) -> None:
             ("Sum of VM max", human(snap.sum_max)),
             ("Sum of VM targets", human(snap.sum_target)),
             ("Sum of VM actual", human(snap.sum_actual)),
+            ("Sum of QEMU RSS", human(view["sum_host_rss_bytes"])),
             ("Over-commit (max / RAM)", f"{snap.overcommit_ratio:.2f}"),
         ],
     )

@@ -35,6 +35,7 @@ VIRTIO_MODULES = (
     "virtio_pci",
     "virtio_balloon",
     "virtio_blk",
+    "virtio_mem",
 )
 DEFAULT_CACHE = Path("/var/cache/autoballoon-rig")
 WORLD_READABLE_DIR = 0o755

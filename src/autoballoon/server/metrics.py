@@ -49,13 +49,25 @@ def reclaimed_by_balloon(guest: GuestSnapshot) -> int | None:
     return max(0, guest.max_bytes - guest.actual_bytes)
 
 
+def reclaimed_at_host(guest: GuestSnapshot) -> int | None:
+    """What the host really holds back from a running guest: ``max - RSS of its QEMU process``.
+
+    Lower than the balloon's figure where an inflated balloon frees nothing at the host (VFIO, huge
+    pages), higher where free page reporting hands back pages the balloon never took, and where the
+    guest never touched its memory at all. Unknown (None) where the backend cannot see the process.
+    """
+    if guest.host_rss_bytes is None:
+        return None
+    return max(0, guest.max_bytes - guest.host_rss_bytes)
+
+
 #: How "reclaimed" is measured, as ``(measure label, per-VM figure or None where unknown)``. The balloon
 #: is what autoballoon moves; what the host really got back is each QEMU process's resident memory
-#: (lower still with free page reporting). When the snapshot carries that RSS, its measure is one more
-#: row here (``("host_rss", lambda g: max - rss)``), the rules in ``contrib/prometheus/`` already keep the
-#: label, and dashboards gain the series without a change.
+#: (lower still with free page reporting). The rules in ``contrib/prometheus/`` keep the label, and
+#: dashboards show each measure as its own series.
 RECLAIM_MEASURES: tuple[tuple[str, Callable[[GuestSnapshot], int | None]], ...] = (
     ("balloon", reclaimed_by_balloon),
+    ("host_rss", reclaimed_at_host),
 )
 
 
@@ -100,6 +112,11 @@ def vm_families(view: ServerView, history: History | None, host: str) -> list[Me
     g_majflt_rate = _gauge(
         "autoballoon_vm_major_faults_per_second", "Major fault rate over the last two ticks seen.", vm
     )
+    g_rss = _gauge(
+        "autoballoon_vm_host_rss_bytes",
+        "Resident memory of the VM's QEMU process on the host (VmRSS): what the VM really costs the host.",
+        vm,
+    )
     g_reclaimed = _gauge(
         "autoballoon_vm_reclaimed_bytes",
         "Memory a running VM could hold at its max but does not, by how it is measured.",
@@ -122,6 +139,7 @@ def vm_families(view: ServerView, history: History | None, host: str) -> list[Me
         c_oom,
         g_swap_rate,
         g_majflt_rate,
+        g_rss,
         g_reclaimed,
         g_status,
     ]
@@ -135,6 +153,8 @@ def vm_families(view: ServerView, history: History | None, host: str) -> list[Me
             g_actual.add_metric(labels, g.actual_bytes)
         if g.used_bytes is not None:
             g_used.add_metric(labels, g.used_bytes)
+        if g.host_rss_bytes is not None and g.state.active:
+            g_rss.add_metric(labels, g.host_rss_bytes)
         if g.stats.available is not None:
             g_avail.add_metric(labels, g.stats.available)
         age = g.stats_age(snap.wall_time)

@@ -15,6 +15,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
@@ -38,6 +39,7 @@ from autoballoon.model import (
     GuestPolicy,
     GuestSnapshot,
     HostSnapshot,
+    VirtioMem,
     VMState,
 )
 from autoballoon.units import KiB, MiB, human
@@ -45,6 +47,8 @@ from autoballoon.units import KiB, MiB, human
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
+#: Where the system libvirtd's QEMU driver writes each running domain's QEMU PID.
+QEMU_PID_DIR = Path("/run/libvirt/qemu")
 #: Drivers whose host is this machine when the URI names no remote host.
 LOCAL_DRIVERS = ("qemu", "kvm")
 LOCAL_HOSTS = ("", "localhost", "127.0.0.1", "::1")
@@ -256,6 +260,8 @@ class LibvirtBackend:
             uuid=uuid,
             hold=hold,
             incapable=cfg.incapable,
+            virtio_mem=cfg.virtio_mem,
+            host_rss_bytes=self._rss(dom, raw) if state.active else None,
         )
 
     def _job(self, dom: libvirt.virDomain) -> dict[str, Any] | None:
@@ -274,6 +280,15 @@ class LibvirtBackend:
             if code == libvirt.VIR_ERR_OPERATION_INVALID:  # stopped since the bulk call
                 return None
             raise
+
+    def _rss(self, dom: libvirt.virDomain, raw: dict[str, Any]) -> int | None:
+        """The QEMU process's RSS: libvirt's own figure (``balloon.rss``, also over remote URIs), else, on
+        this host's system libvirtd, from the QEMU PID libvirt records in its pid file."""
+        rss = lvstats.rss_bytes(raw)
+        if rss is None and self.local and urlsplit(self.uri).path == "/system":
+            pid = hostinfo.read_pidfile(QEMU_PID_DIR / f"{dom.name()}.pid")
+            rss = hostinfo.process_rss(pid) if pid is not None else None
+        return rss
 
     def _host(self, conn: libvirt.virConnect, guests: tuple[GuestSnapshot, ...]) -> HostSnapshot:
         now, wall = time.monotonic(), time.time()
@@ -432,12 +447,31 @@ class LibvirtBackend:
                 raise LimitError(
                     vm, "balloon target", human(target_bytes), f"above its <memory> of {human(limit)}"
                 )
+            vmem = entry.config.virtio_mem
+            if live and vmem is not None:
+                self._resize_virtio_mem(dom, vmem, target_bytes, config)
+                return
             dom.setMemoryFlags(target_bytes // KiB, self._flags(live, config))
             self._invalidate(dom)
             if live:
                 self._targets[dom.UUIDString()] = target_bytes // KiB * KiB
 
         self._call(apply, vm, "set the balloon target")
+
+    def _resize_virtio_mem(
+        self, dom: libvirt.virDomain, vmem: VirtioMem, target_bytes: int, config: bool
+    ) -> None:
+        """A target for a guest with a virtio-mem device: the blocks above its boot memory go to the
+        device (``<requested>``, rounded up to a block), and only a target below the boot memory is left
+        to the balloon, which otherwise stays deflated (libvirt's ``setMemory`` moves the balloon on the
+        boot memory alone)."""
+        requested = vmem.requested_for(target_bytes)
+        balloon = min(target_bytes, vmem.boot_bytes) // KiB
+        flags = self._flags(True, config)
+        dom.updateDeviceFlags(lvxml.virtio_mem_update(dom.XMLDesc(0), requested), flags)
+        dom.setMemoryFlags(balloon, self._flags(True, False))
+        self._invalidate(dom)
+        self._targets[dom.UUIDString()] = balloon * KiB + requested
 
     def set_max(self, vm: str, max_bytes: int) -> ChangeResult:
         if max_bytes <= 0:

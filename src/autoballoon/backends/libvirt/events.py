@@ -82,6 +82,13 @@ class DomainEvents:
             self._dirty.add(uuid)
             self._balloon[dom.name()] = BalloonChangeEvent(actual_kib * KiB, time.monotonic())
 
+    def _on_memory_device(
+        self, _conn: object, dom: libvirt.virDomain, _alias: str, _size_kib: int, _op: object
+    ) -> None:
+        """A virtio-mem device plugged or unplugged blocks: its ``<current>`` in the XML changed."""
+        with self._lock:
+            self._dirty.add(dom.UUIDString())
+
     def _on_close(self, _conn: object, reason: int, _op: object) -> None:
         log.warning("libvirt connection closed (reason %d)", reason)
         with self._lock:
@@ -102,6 +109,15 @@ class DomainEvents:
                 None, libvirt.VIR_DOMAIN_EVENT_ID_BALLOON_CHANGE, self._on_balloon, None
             ),
         ]
+        with contextlib.suppress(libvirt.libvirtError, AttributeError):  # libvirt before 7.9 has none
+            self._callback_ids.append(
+                conn.domainEventRegisterAny(
+                    None,
+                    libvirt.VIR_DOMAIN_EVENT_ID_MEMORY_DEVICE_SIZE_CHANGE,
+                    self._on_memory_device,
+                    None,
+                )
+            )
         with contextlib.suppress(libvirt.libvirtError):
             conn.registerCloseCallback(self._on_close, None)
 

@@ -89,6 +89,11 @@ def actual_bytes(raw: Mapping[str, Any]) -> int | None:
     return _kib(raw, "actual")
 
 
+def rss_bytes(raw: Mapping[str, Any]) -> int | None:
+    """The QEMU process's resident memory on the host (libvirt reads it from /proc; ``balloon.rss``)."""
+    return _kib(raw, "rss")
+
+
 def maximum_bytes(raw: Mapping[str, Any]) -> int | None:
     """The balloon's ceiling as libvirt reports it (the live ``<memory>``)."""
     return _kib(raw, "maximum")

@@ -14,7 +14,14 @@ from dataclasses import dataclass, field, replace
 
 from autoballoon.constraints import STATS_PERIOD, field_ranges
 from autoballoon.errors import InvalidValueError, LimitError, RefusedError
-from autoballoon.model import BALLOON_MODELS, BalloonChange, BalloonConfig, GuestOS, GuestPolicy
+from autoballoon.model import (
+    BALLOON_MODELS,
+    BalloonChange,
+    BalloonConfig,
+    GuestOS,
+    GuestPolicy,
+    VirtioMem,
+)
 from autoballoon.ops import check_policy
 from autoballoon.units import KiB, parse_size
 
@@ -65,6 +72,8 @@ class DomainConfig:
     policy: GuestPolicy = field(default_factory=GuestPolicy)
     #: Why ballooning cannot give this guest's memory back to the host, or None (see balloon_incapable).
     incapable: str | None = None
+    virtio_mem: VirtioMem | None = None
+    virtio_mem_alias: str | None = None  # the device's alias, which updateDeviceFlags matches on
 
 
 def _parse(xml: str) -> ET.Element:
@@ -231,12 +240,64 @@ def validate_policy(vm: str, policy: GuestPolicy) -> None:
     check_policy(policy, vm)
 
 
+VIRTIO_MEM_DEVICE = "./devices/memory[@model='virtio-mem']"
+
+
+def parse_virtio_mem(root: ET.Element, max_bytes: int) -> tuple[VirtioMem | None, str | None]:
+    """The domain's (first) virtio-mem device and its alias.
+
+    libvirt's ``<memory>`` counts every memory device's ``<size>``, so the boot memory under the device
+    is ``<memory>`` less those sizes. ``<current>`` (plugged) is only in the live XML; the inactive XML
+    has the ``<requested>`` size the guest boots with, which is what it will have plugged then.
+    """
+    devices = root.findall(VIRTIO_MEM_DEVICE)
+    if not devices:
+        return None, None
+    el = devices[0]
+    region, block = _size(el.find("target/size")), _size(el.find("target/block"))
+    if region is None or not block:
+        return None, None
+    requested = _size(el.find("target/requested")) or 0
+    current = _size(el.find("target/current"))
+    sizes = sum(_size(d.find("target/size")) or 0 for d in root.findall("./devices/memory"))
+    alias = el.find("alias")
+    vmem = VirtioMem(
+        block_bytes=block,
+        plugged_bytes=current if current is not None else requested,
+        requested_bytes=requested,
+        region_bytes=region,
+        boot_bytes=max(0, max_bytes - sizes),
+    )
+    return vmem, alias.get("name") if alias is not None else None
+
+
+def virtio_mem_update(xml: str, requested_bytes: int) -> str:
+    """The device XML ``updateDeviceFlags`` needs to resize the domain's virtio-mem device: the device as
+    the live XML has it, with only ``<requested>`` changed (libvirt refuses a change to anything else)."""
+    root = _parse(xml)
+    devices = root.findall(VIRTIO_MEM_DEVICE)
+    if not devices:
+        raise RefusedError(f"refused: domain {root.findtext('name', '')!r} has no virtio-mem device")
+    el = devices[0]
+    requested = el.find("target/requested")
+    if requested is None:
+        target = el.find("target")
+        if target is None:
+            target = ET.SubElement(el, "target")
+        requested = ET.SubElement(target, "requested")
+    requested.attrib.clear()
+    requested.set("unit", "KiB")
+    requested.text = str(requested_bytes // KiB)
+    return ET.tostring(el, encoding="unicode")
+
+
 def parse_domain(xml: str) -> DomainConfig:
     """Everything the model reads from one domain XML."""
     root = _parse(xml)
     max_bytes = _size(root.find("memory")) or 0
     target = _size(root.find("currentMemory"))
     vcpus, max_vcpus = _vcpus(root)
+    vmem, vmem_alias = parse_virtio_mem(root, max_bytes)
     return DomainConfig(
         name=root.findtext("name", ""),
         uuid=root.findtext("uuid"),
@@ -248,6 +309,8 @@ def parse_domain(xml: str) -> DomainConfig:
         os_type=guess_os(root),
         policy=policy_from_metadata(root),
         incapable=balloon_incapable(root),
+        virtio_mem=vmem,
+        virtio_mem_alias=vmem_alias,
     )
 
 

@@ -6,7 +6,11 @@
 mount -t proc proc /proc
 mount -t sysfs sys /sys
 mount -t devtmpfs dev /dev
-for m in virtio_ring virtio virtio_pci_legacy_dev virtio_pci_modern_dev virtio_pci virtio_balloon virtio_blk; do
+# Memory that virtio-mem plugs is onlined at once (there is no udev), mostly as ZONE_MOVABLE so that it
+# can be unplugged again: the kernel's auto-movable policy, as virtio-mem's author recommends.
+echo auto-movable > /sys/module/memory_hotplug/parameters/online_policy
+echo online > /sys/devices/system/memory/auto_online_blocks
+for m in virtio_ring virtio virtio_pci_legacy_dev virtio_pci_modern_dev virtio_pci virtio_balloon virtio_blk virtio_mem; do
   insmod "/lib/modules/$m.ko" || echo "init: insmod $m failed"
 done
 # A swap disk (the rig's per-guest swap) is the first virtio disk; the disk scan may lag the module load.

@@ -102,7 +102,7 @@ function makeRow(vm) {
   info.append(head, el("div", "vm-reason muted"), remedy);
   const nums = el("dl", "vm-nums");
   for (const [key, label] of [["max", "max"], ["target", "target"], ["actual", "actual"],
-    ["used", "guest used"], ["avail", "guest available"], ["age", "stats age"]]) {
+    ["rss", "QEMU RSS (host)"], ["used", "guest used"], ["avail", "guest available"], ["age", "stats age"]]) {
     nums.append(el("dt", "t-" + key, label), el("dd", "n-" + key));
   }
   info.append(nums);
@@ -145,7 +145,8 @@ function renderVm(row, vm, now) {
   const badge = row.querySelector(".badge");
   badge.textContent = st;
   badge.dataset.status = st;
-  row.querySelector(".vm-state").textContent = vm.state + " · " + vm.balloon_model + " balloon";
+  row.querySelector(".vm-state").textContent = vm.state + " · " + vm.balloon_model + " balloon" +
+    (vm.mechanism && vm.mechanism !== "balloon" ? " · " + vm.mechanism : "");
   row.querySelector(".vm-reason").textContent = vm.status_reason || "";
   const remedy = row.querySelector(".vm-remedy");
   remedy.hidden = vm.status !== "quarantined";
@@ -153,6 +154,7 @@ function renderVm(row, vm, now) {
   row.querySelector(".n-max").textContent = bytes(vm.max_bytes);
   row.querySelector(".n-target").textContent = bytes(vm.target_bytes);
   row.querySelector(".n-actual").textContent = bytes(vm.actual_bytes);
+  row.querySelector(".n-rss").textContent = bytes(vm.host_rss_bytes);
   row.querySelector(".n-used").textContent = bytes(vm.guest_used_bytes);
   row.querySelector(".n-avail").textContent = bytes(vm.guest_available_bytes);
   row.querySelector(".n-age").textContent = vm.stats_age_s === null ? "no stats" : vm.stats_age_s.toFixed(0) + " s";
