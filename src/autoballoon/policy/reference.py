@@ -25,6 +25,7 @@ from autoballoon.guards import Status
 from autoballoon.model import Action, GuestDecision, HostSnapshot, Plan
 from autoballoon.policy import mom, proxmox
 from autoballoon.policy.default import Inputs, host_reserve
+from autoballoon.policy.mom import MomState  # the class's `mom` field hides the module in its annotations
 from autoballoon.tunables import Tunables
 
 
@@ -100,12 +101,12 @@ class MomPolicy:
     def interval_s(self) -> float:
         return self.mom.sample_interval_s
 
-    def initial_state(self) -> mom.MomState:
-        return mom.MomState()
+    def initial_state(self) -> MomState:
+        return MomState()
 
     def decide(
-        self, snapshot: HostSnapshot, inputs: Inputs, state: mom.MomState
-    ) -> tuple[Plan, mom.MomState]:
+        self, snapshot: HostSnapshot, inputs: Inputs, state: MomState
+    ) -> tuple[Plan, MomState]:
         view = budget_view(snapshot, inputs, self.tunables)
         state = mom.observe(state, view, self.mom)
         targets = mom.decide(state, view, self.mom) if mom.decides(state, self.mom) else {}

@@ -320,7 +320,7 @@ class QmpBackend:
         except ExecuteError:
             raise
         except (QMPError, OSError, EOFError, TimeoutError) as exc:
-            raise _Broken(f"{cmd}: {exc or type(exc).__name__}") from None
+            raise _Broken(f"{cmd}: {str(exc) or type(exc).__name__}") from None
 
     async def _on(self, mon: _Monitor, fn: Callable[[QMPClient], Awaitable[T]]) -> T:
         """Run ``fn`` on the monitor's connection; once more on a new connection if that one died under it.
