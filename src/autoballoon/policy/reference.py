@@ -104,9 +104,7 @@ class MomPolicy:
     def initial_state(self) -> MomState:
         return MomState()
 
-    def decide(
-        self, snapshot: HostSnapshot, inputs: Inputs, state: MomState
-    ) -> tuple[Plan, MomState]:
+    def decide(self, snapshot: HostSnapshot, inputs: Inputs, state: MomState) -> tuple[Plan, MomState]:
         view = budget_view(snapshot, inputs, self.tunables)
         state = mom.observe(state, view, self.mom)
         targets = mom.decide(state, view, self.mom) if mom.decides(state, self.mom) else {}
