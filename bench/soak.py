@@ -71,12 +71,13 @@ class Clients:
     host: str
     port: int
     count: int
-    answered: int = 0
+    #: Requests answered, per client: each one must keep getting answers, however slow the machine.
+    answered: list[int] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)
     stop: threading.Event = field(default_factory=threading.Event)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def run(self, offset: float) -> None:
+    def run(self, index: int, offset: float) -> None:
         """Poll like the dashboard page does: its whole history once, then only the points after the
         last ones it got (``since``)."""
         conn = http.client.HTTPConnection(self.host, self.port, timeout=CLIENT_TIMEOUT_S)
@@ -100,15 +101,17 @@ class Clients:
                     ok, why = False, f"{path}: {e!r}"
                 with self.lock:
                     if ok:
-                        self.answered += 1
+                        self.answered[index] += 1
                     else:
                         self.failed.append(why)
             self.stop.wait(max(0.0, 1.0 - (time.monotonic() - begun)))
         conn.close()
 
     def start(self) -> list[threading.Thread]:
+        self.answered = [0] * self.count
         threads = [
-            threading.Thread(target=self.run, args=(i / self.count,), daemon=True) for i in range(self.count)
+            threading.Thread(target=self.run, args=(i, i / self.count), daemon=True)
+            for i in range(self.count)
         ]
         for t in threads:
             t.start()
@@ -124,8 +127,12 @@ class Result:
     rss_max_mib: float
     tick_p50_s: float
     tick_p99_s: float
-    answered: int
+    answered_per_client: tuple[int, ...]
     failed: tuple[str, ...]
+
+    @property
+    def answered(self) -> int:
+        return sum(self.answered_per_client)
 
     @property
     def rss_growth(self) -> float:
@@ -215,7 +222,7 @@ def _measure(proc: subprocess.Popen[bytes], sim_seconds: float, clients: int, wa
         rss_max_mib=max(rss_max, rss_warm),
         tick_p50_s=float(host_view["tick_p50_s"]),  # type: ignore[arg-type]
         tick_p99_s=float(host_view["tick_p99_s"]),  # type: ignore[arg-type]
-        answered=polling.answered,
+        answered_per_client=tuple(polling.answered),
         failed=tuple(polling.failed),
     )
 

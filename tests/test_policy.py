@@ -164,15 +164,26 @@ def test_demand_rises_at_once_and_decays_slowly() -> None:
     assert demand is not None and 1900 * MiB < demand < 2 * GiB  # 2 s later it has barely decayed
 
 
-def test_a_sustained_rise_is_projected_at_least_one_reaction_time_ahead() -> None:
+def test_a_ramp_is_projected_ahead_while_it_goes_on_and_not_after() -> None:
+    """The OOM floor of a ramping guest holds the ramp's growth for at least one reaction time; once
+    the ramp stops, the projection goes at once (it is not folded into the slowly decaying demand)."""
+    used = [1 * GiB + i * 50 * MiB for i in range(3)] + [1 * GiB + 100 * MiB] * 2
     snaps = [
-        make_host(make_guest(target=2 * GiB, used=1 * GiB + i * 50 * MiB, time=float(i)), time=float(i))
-        for i in range(3)
+        make_host(make_guest(target=4 * GiB, used=u, time=float(i)), time=float(i))
+        for i, u in enumerate(used)
     ]
-    plans, state = run(snaps, T)
-    assert plans[1].guests["vm"].demand == 1 * GiB + 50 * MiB  # one rise is no trend yet
+    plans, _ = run(snaps, T)
+    margin = T.oom_margin_bytes + int(4 * GiB * T.oom_margin_fraction)
+    used_now = plans[2].guests["vm"].demand  # the demand is what it uses now, not the projection
+    assert used_now is not None and plans[4].guests["vm"].demand == used_now
+
+    def floor_of(used: int) -> int:
+        return -(-(used + margin) // T.target_align_bytes) * T.target_align_bytes
+
+    assert plans[1].guests["vm"].oom_floor == floor_of(used_now - 50 * MiB)  # one rise is no trend yet
     ahead = max(T.trend_lookahead_s, reaction_time(snaps[0].guests[0], T))
-    assert state.guests["vm"].demand == 1 * GiB + 100 * MiB + int(50 * MiB * ahead)
+    assert plans[2].guests["vm"].oom_floor == floor_of(used_now + int(50 * MiB * ahead))
+    assert plans[4].guests["vm"].oom_floor == floor_of(used_now)  # the ramp stopped: nothing ahead
 
 
 def test_swap_in_raises_demand_and_marks_pressure() -> None:

@@ -96,8 +96,8 @@ class Tunables:
     #: Time constant of demand decay: demand rises at once but falls towards ``used`` with this
     #: exponential time constant, so a guest that just freed memory is not squeezed straight away.
     demand_decay_s: PositiveSeconds = 60.0
-    #: When ``used`` is rising, demand is projected at least this far ahead at the observed rate (and
-    #: at least one reaction time), so the balloon deflates ahead of a steadily growing guest.
+    #: While ``used`` rises steadily, the tiers hold what it adds this far ahead (and at least one
+    #: reaction time), so the balloon deflates ahead of a growing guest.
     trend_lookahead_s: Seconds = 6.0
     #: Swap-in above this rate (bytes/s) means the guest is short of memory now.
     swap_in_pressure_bytes_per_s: BytesPerS = 256 * KiB

@@ -67,6 +67,7 @@ class GuestRecord(NamedTuple):
     swap_in: int | None = None
     major_faults: int | None = None
     rise_rate: float = 0.0  # growth rate of ``used`` over the last report, bytes/s (0 if it fell)
+    trend: float = 0.0  # the growth the last two reports agree on, bytes/s: the ramp going on now
     rate: float = 0.0  # remembered sustained growth rate, bytes/s, fading
     jump: int = 0  # remembered largest rise within one report, bytes, fading
     pressure_at: float | None = None  # last time a pressure signal was seen
@@ -235,6 +236,7 @@ class Estimate(NamedTuple):
     swap_in: int | None
     major_faults: int | None
     rise_rate: float
+    trend: float
     rate: float
     jump: int
     pressure_at: float | None
@@ -275,7 +277,7 @@ def estimate(v: Verdict, now: float, wall: float, t: Tunables) -> Estimate:
         held = min(max(g.target_bytes, actual), v.ceiling)
         return Estimate(
             v, rec.used or 0, rec.demand or 0, False, True, False, latency, 0.0, held, held, rec.reserved,
-            rec.stats_time, rec.swap_in, rec.major_faults, 0.0, rec.rate, rec.jump, rec.pressure_at,
+            rec.stats_time, rec.swap_in, rec.major_faults, 0.0, 0.0, rec.rate, rec.jump, rec.pressure_at,
         )  # fmt: skip
     still = rec.seen_actual is not None and abs(actual - rec.seen_actual) <= t.stuck_tolerance_bytes
     stats_wall = stats.last_update or 0.0
@@ -302,7 +304,7 @@ def estimate(v: Verdict, now: float, wall: float, t: Tunables) -> Estimate:
     if not fresh and rec.stats_time:
         stats_time = rec.stats_time  # nothing new: keep measuring from the last report
     dt = now - rec.seen_time if rec.seen_time is not None else 0.0
-    rise_rate, rate, jump = rec.rise_rate, rec.rate, rec.jump
+    rise_rate, trend, rate, jump = rec.rise_rate, rec.trend, rec.rate, rec.jump
     if rate and dt > 0:
         rate *= 0.5 ** (dt / t.rate_half_life_s)
     if jump and dt > 0:
@@ -316,11 +318,11 @@ def estimate(v: Verdict, now: float, wall: float, t: Tunables) -> Estimate:
         if rise >= t.jump_min_bytes:
             jump = max(jump, rise)
         # A rate counts once two reports in a row show it: one jump is not a ramp (the jump is
-        # remembered above, and the cushion keeps room for another like it).
-        sustained = min(rise_rate, rec.rise_rate)
-        rate = max(rate, sustained)
-        if sustained > 0:
-            raw += int(sustained * max(t.trend_lookahead_s, latency))
+        # remembered above, and the cushion keeps room for another like it). The ramp going on now is
+        # projected ahead by the tiers (see :func:`tiers`), not into the demand: the demand decays
+        # slowly, and a ramp that has stopped needs no more room ahead of it.
+        trend = min(rise_rate, rec.rise_rate)
+        rate = max(rate, trend)
         if rec.swap_in is not None and stats.swap_in is not None and stats.swap_in > rec.swap_in:
             swapped = stats.swap_in - rec.swap_in
             if swapped / sdt > t.swap_in_pressure_bytes_per_s:
@@ -352,7 +354,7 @@ def estimate(v: Verdict, now: float, wall: float, t: Tunables) -> Estimate:
     return Estimate(
         v, used, demand, pressure, False, (stats.swap_out or 0) > 0, latency, buffer, least_need,
         least_oom_floor, reserved, stats_time,
-        stats.swap_in, stats.major_faults, rise_rate, rate, jump, pressure_at,
+        stats.swap_in, stats.major_faults, rise_rate, trend, rate, jump, pressure_at,
     )  # fmt: skip
 
 
@@ -418,6 +420,7 @@ class _Columns(NamedTuple):
     demand: I64
     used: I64
     latency: F64  # reaction time, seconds
+    trend: F64  # the steady growth going on now, bytes/s
     rate: F64  # remembered steady growth rate, bytes/s
     jump: I64  # remembered largest jump
     buffer: F64
@@ -441,7 +444,7 @@ class _Columns(NamedTuple):
 def tiers(c: _Columns, t: Tunables) -> tuple[I64, I64, I64]:
     """Each managed VM's OOM floor, need and want, for all of them at once. Per VM::
 
-        growth    = max(rate, last report's rate) * latency
+        growth    = trend * max(trend_lookahead, latency)
         margin    = oom_margin + oom_margin_fraction * ceiling
         oom_floor = clamp(align_up(used + growth + margin), floor, ceiling), at least least_oom_floor
                     (but never above what the guest has, if it swaps)
@@ -449,10 +452,14 @@ def tiers(c: _Columns, t: Tunables) -> tuple[I64, I64, I64]:
         need      = clamp(align_up(demand + growth + headroom), floor, ceiling), at least least_need
         room      = max(headroom, buffer * demand)                                    with autodeflate
                   = max(headroom, buffer * demand,
-                        max(growth_allowance * latency, jump, prior) + margin)         without
+                        max(growth_allowance * latency, rate * latency, jump, prior)
+                        + margin)                                                      without
         want      = clamp(align_up(demand + growth + room), need, ceiling)
 
-    where ``prior = min(jump_prior_fraction * ceiling, jump_prior_max)``. A guest without autodeflate
+    where ``trend`` is the growth rate of the ramp going on now (the last two stats reports agree on
+    it), ``rate`` the fastest steady growth remembered (fading), and ``prior = min(jump_prior_fraction *
+    ceiling, jump_prior_max)``. The growth of a ramp in progress is projected ahead of the guest; once it
+    stops, only the room remembers it. A guest without autodeflate
     is OOM-killed by a burst that outruns its room, so its room holds what it can bring within one
     reaction time by any way the estimate knows (a steady growth, its own jumps, a first burst) on top
     of the MemAvailable the OOM killer fires with. On the rig, a 512 MiB guest with N MiB available
@@ -462,15 +469,15 @@ def tiers(c: _Columns, t: Tunables) -> tuple[I64, I64, I64]:
     policy then follows it up; its room is the headroom and the buffer."""
     align = t.target_align_bytes
     ceiling, floor, demand = c.ceiling, c.floor, c.demand
-    # What the guest's steady growth adds within one reaction time: demand is read from stats up to a
-    # period old and a cut lands a reaction time later, so even the OOM floor holds that. The OOM floor
-    # is what the guest uses now, that growth and the margin (the demand is smoothed, projected and
-    # boosted by pressure: it sizes the need and the want, which a short host may cut; the OOM floor is
-    # what it may not).
+    # What the ramp going on now adds before the daemon can react again: demand is read from stats up to
+    # a period old and a cut lands a reaction time later, so even the OOM floor holds that. The OOM
+    # floor is what the guest uses now, that growth and the margin (the demand is smoothed and boosted
+    # by pressure: it sizes the need and the want, which a short host may cut; the OOM floor is what it
+    # may not).
     scaled = (ceiling * t.oom_margin_fraction).astype(np.int64)  # grows with the guest (see Tunables)
     margin = t.oom_margin_bytes + scaled
     headroom = t.min_headroom_bytes + scaled
-    growth = (c.latency * c.rate).astype(np.int64)
+    growth = (c.trend * np.maximum(c.latency, t.trend_lookahead_s)).astype(np.int64)
     oom_floor = np.maximum(
         _clip(_align_up(c.used + growth + margin, align), floor, ceiling), c.least_oom_floor
     )
@@ -480,7 +487,7 @@ def tiers(c: _Columns, t: Tunables) -> tuple[I64, I64, I64]:
     need = _clip(_align_up(np.maximum(demand + growth + headroom, c.least_need), align), floor, ceiling)
     burst = np.maximum.reduce(
         [
-            (c.latency * t.growth_allowance_bytes_per_s).astype(np.int64),
+            (c.latency * np.maximum(c.rate, t.growth_allowance_bytes_per_s)).astype(np.int64),
             c.jump,
             np.minimum((ceiling * t.jump_prior_fraction).astype(np.int64), t.jump_prior_max_bytes),
         ]
@@ -501,7 +508,7 @@ def tiers(c: _Columns, t: Tunables) -> tuple[I64, I64, I64]:
 
 #: The columns that are not int64 (see :class:`_Columns`).
 _DTYPES: dict[str, type] = {
-    "latency": np.float64, "rate": np.float64, "buffer": np.float64,
+    "latency": np.float64, "trend": np.float64, "rate": np.float64, "buffer": np.float64,
     "pressure": np.bool_, "blind": np.bool_, "urgent": np.bool_, "exposed": np.bool_, "swaps": np.bool_,
     "may_shrink": np.bool_,
 }  # fmt: skip
@@ -521,7 +528,8 @@ def _columns(estimates: Sequence[Estimate], now: float, t: Tunables) -> _Columns
         shares = v.policy.shares if v.policy.shares is not None else t.default_shares
         rows.append(
             (  # in _Columns' order, up to ``step``
-                g.target_bytes, actual, v.floor, v.ceiling, e.demand, e.used, e.latency, e.rate, e.jump,
+                g.target_bytes, actual, v.floor, v.ceiling, e.demand, e.used, e.latency, e.trend, e.rate,
+                e.jump,
                 e.buffer, e.least_need, e.least_oom_floor, max(g.target_bytes, actual), float(shares),
                 e.pressure, e.blind, e.pressure or v.self_deflated, not g.balloon.autodeflate, e.swaps,
                 not (cooling or unseen or v.shrink_hold or e.blind),
@@ -763,6 +771,7 @@ def decide(
             swap_in=e.swap_in,
             major_faults=e.major_faults,
             rise_rate=e.rise_rate,
+            trend=e.trend,
             rate=e.rate,
             jump=e.jump,
             pressure_at=e.pressure_at,
