@@ -10,7 +10,7 @@ import pytest
 
 from autoballoon.guards import Status
 from autoballoon.health import HealthState, Quarantine, VMHealth
-from autoballoon.model import GuestPolicy, GuestSnapshot, HostSnapshot, VMState
+from autoballoon.model import GuestPolicy, GuestSnapshot, HostSnapshot, VirtioMem, VMState
 from autoballoon.policy import PolicyState, decide
 from autoballoon.policy.default import reaction_time
 from autoballoon.tunables import Tunables
@@ -372,12 +372,16 @@ def test_autodeflate_self_deflation_is_adopted_not_fought() -> None:
     assert plans[1].guests["vm"].pressure
 
 
-def test_warns_once_about_managed_guests_without_autodeflate() -> None:
+def test_warns_once_about_managed_guests_without_autodeflate_or_free_page_reporting() -> None:
     snaps = [make_host(make_guest(autodeflate=False, time=float(i)), time=float(i)) for i in range(3)]
     plans, _ = run(snaps, T)
-    assert [e.kind for e in plans[0].events if e.vm == "vm"] == ["warning"]
+    assert [e.kind for e in plans[0].events if e.vm == "vm"] == ["warning", "warning"]
     assert "--autodeflate on" in plans[0].events[0].message
+    assert "--free-page-reporting on" in plans[0].events[1].message
     assert plans[1].events == plans[2].events == ()
+    # With both, no warning; a Windows guest is not told to report free pages.
+    plans, _ = run([make_host(reporting(make_guest("ok")), make_guest("win", os_type="windows"))], T)
+    assert [e for e in plans[0].events if e.kind == "warning"] == []
 
 
 def test_a_grow_that_does_not_arrive_is_sent_again() -> None:
@@ -446,3 +450,57 @@ def test_memory_the_guest_kernel_keeps_out_of_memtotal_counts_as_demand() -> Non
     assert state.guests["vm"].reserved == 30 * MiB and plans[1].guests["vm"].demand == 90 * MiB
     at_max, _ = run([snap(0, 512 * MiB)], T)  # a balloon at max: MemTotal is the boot size less it
     assert at_max[0].guests["vm"].demand == 90 * MiB
+
+
+def reporting(g: GuestSnapshot) -> GuestSnapshot:
+    """``g`` with free page reporting on its balloon."""
+    return replace(g, balloon=replace(g.balloon, free_page_reporting=True))
+
+
+def test_a_guest_with_free_page_reporting_keeps_its_memory_unless_the_host_is_short() -> None:
+    """Its free pages reach the host without the balloon, which would only cap it: an idle one is left at
+    its ceiling where a balloon-only twin is shrunk; a short host shrinks it like the others."""
+    rep = reporting(make_guest("rep", max_bytes=2 * GiB, used=300 * MiB))
+    bal = make_guest("bal", max_bytes=2 * GiB, used=300 * MiB)
+    assert (rep.mechanism, bal.mechanism) == ("report", "balloon")
+    plan, _ = decide(make_host(rep, bal), inputs(), PolicyState(), T)
+    assert plan.guests["rep"].want == 2 * GiB
+    assert "rep" not in {a.vm for a in plan.actions}
+    assert (plan.guests["bal"].want or 0) < GiB
+    assert [a.direction for a in plan.actions if a.vm == "bal"] == ["shrink"]
+
+    tun = replace(T, host_reserve_bytes=0, host_budget_bytes=2 * GiB)
+    snap = make_host(rep, bal, available=0)
+    plan, _ = decide(snap, inputs(), PolicyState(), tun)
+    got = targets(plan, snap)
+    assert plan.host_short
+    assert got["rep"] < 2 * GiB
+    assert sum(got.values()) <= 2 * GiB
+
+
+def test_a_virtio_mem_guest_is_targeted_in_whole_blocks_on_its_boot_memory() -> None:
+    """The backends round a target up to a block (VirtioMem.requested_for): the policy targets what the
+    guest will really have, so the plan and the device agree, and never less than the policy asked."""
+    block, boot = 2 * MiB, 256 * MiB + 512 * 1024  # a boot size off the block grid: the grid is on top of it
+    vmem = VirtioMem(
+        block_bytes=block, plugged_bytes=768 * MiB, requested_bytes=768 * MiB, region_bytes=768 * MiB,
+        boot_bytes=boot,
+    )  # fmt: skip
+    target = boot + 768 * MiB
+    state = PolicyState()
+    for i in range(40):  # it shrinks step by step; each step beside its balloon-only twin's, same state
+        now = 2.0 * i
+        twin = make_host(
+            make_guest("vm", max_bytes=boot + 768 * MiB, target=target, used=300 * MiB, time=now)
+        )
+        snap = make_host(replace(twin.guests[0], virtio_mem=vmem), time=now)
+        assert snap.guests[0].mechanism == "virtio-mem"
+        twin = replace(twin, time=now, wall_time=snap.wall_time)
+        twin_plan, _ = decide(twin, inputs(), state, T)
+        plan, state = decide(snap, inputs(), state, T)
+        for a in plan.actions:
+            assert (a.new_target - boot) % block == 0, a
+            assert a.new_target <= boot + 768 * MiB
+        target, asked = targets(plan, snap)["vm"], targets(twin_plan, twin)["vm"]
+        assert asked <= target < asked + block
+    assert 300 * MiB < target < 700 * MiB  # it did shrink, not below its use

@@ -117,6 +117,11 @@ def autodeflate_command(vm: str) -> str:
     return f"autoballoon balloon {shlex.quote(vm)} --autodeflate on"
 
 
+def reporting_command(vm: str) -> str:
+    """The command that turns on free page reporting from a guest's next boot."""
+    return f"autoballoon balloon {shlex.quote(vm)} --free-page-reporting on"
+
+
 def release_command(vm: str) -> str:
     return f"autoballoon release {shlex.quote(vm)}"
 

@@ -39,7 +39,14 @@ import numpy.typing as npt
 
 from autoballoon import guards
 from autoballoon.guards import Progress, Status
-from autoballoon.health import DEFAULT_HEALTH, HealthState, HealthTunables, autodeflate_command, shrink_hold
+from autoballoon.health import (
+    DEFAULT_HEALTH,
+    HealthState,
+    HealthTunables,
+    autodeflate_command,
+    reporting_command,
+    shrink_hold,
+)
 from autoballoon.model import Action, Event, GuestDecision, GuestPolicy, GuestSnapshot, HostSnapshot, Plan
 from autoballoon.policy.fill import fit_tiers, water_fill
 from autoballoon.tunables import Tunables
@@ -78,6 +85,7 @@ class GuestRecord(NamedTuple):
     manual_until: float | None = None  # a manual target is honoured until then
     retried_at: float | None = None  # when a grow that had not arrived was last sent again
     warned_autodeflate: bool = False
+    warned_reporting: bool = False
 
 
 _FIRST_LOOK = GuestRecord()
@@ -420,6 +428,7 @@ class _Columns(NamedTuple):
     demand: I64
     used: I64
     latency: F64  # reaction time, seconds
+    rise: F64  # the growth the last stats report showed, bytes/s (a ramp's start, or one jump)
     trend: F64  # the steady growth going on now, bytes/s
     rate: F64  # remembered steady growth rate, bytes/s
     jump: I64  # remembered largest jump
@@ -432,6 +441,7 @@ class _Columns(NamedTuple):
     blind: Bools  # lost its stats: never shrunk
     urgent: Bools  # under pressure or deflating itself: paid first
     exposed: Bools  # no autodeflate: a burst beyond its room is an OOM kill
+    reports: Bools  # free page reporting: the host gets its free memory back without the balloon
     swaps: Bools  # it has swapped out since it booted
     may_shrink: Bools
     step: I64  # the most it may shrink this tick
@@ -450,23 +460,27 @@ def tiers(c: _Columns, t: Tunables) -> tuple[I64, I64, I64]:
                     (but never above what the guest has, if it swaps)
         headroom  = min_headroom + oom_margin_fraction * ceiling
         need      = clamp(align_up(demand + growth + headroom), floor, ceiling), at least least_need
-        room      = max(headroom, buffer * demand)                                    with autodeflate
+        room      = max(headroom, buffer * demand, rate * latency)                    with autodeflate
                   = max(headroom, buffer * demand,
                         max(growth_allowance * latency, rate * latency, jump, prior)
                         + margin)                                                      without
-        want      = clamp(align_up(demand + growth + room), need, ceiling)
+        rising    = max(growth, rise * latency)
+        want      = clamp(align_up(demand + rising + room), need, ceiling)
+                  = ceiling                                         with free page reporting
 
-    where ``trend`` is the growth rate of the ramp going on now (the last two stats reports agree on
-    it), ``rate`` the fastest steady growth remembered (fading), and ``prior = min(jump_prior_fraction *
-    ceiling, jump_prior_max)``. The growth of a ramp in progress is projected ahead of the guest; once it
-    stops, only the room remembers it. A guest without autodeflate
-    is OOM-killed by a burst that outruns its room, so its room holds what it can bring within one
-    reaction time by any way the estimate knows (a steady growth, its own jumps, a first burst) on top
-    of the MemAvailable the OOM killer fires with. On the rig, a 512 MiB guest with N MiB available
-    survived a 40 MiB/s ramp for N = 128 and an allocation at once of up to 0.75 N, with a daemon
-    ticking every 2 s on stats every second. A guest with autodeflate takes balloon pages back by
-    itself when a burst outruns the daemon (120 to 330 MiB within 2 s on the rig, no OOM kill), and the
-    policy then follows it up; its room is the headroom and the buffer."""
+    where ``rise`` is the growth rate the last stats report showed, ``trend`` the growth rate of the
+    ramp going on now (the last two stats reports agree on it), ``rate`` the fastest steady growth
+    remembered (fading), and ``prior = min(jump_prior_fraction * ceiling, jump_prior_max)``. The growth
+    of a ramp in progress is projected ahead of the guest; once it stops, only the room remembers it.
+    A guest without autodeflate is OOM-killed by a burst that outruns its room, so its room holds what
+    it can bring within one reaction time by any way the estimate knows (a steady growth, its own
+    jumps, a first burst) on top of the MemAvailable the OOM killer fires with. On the rig, a 512 MiB
+    guest with N MiB available survived a 40 MiB/s ramp for N = 128 and an allocation at once of up to
+    0.75 N, with a daemon ticking every 2 s on stats every second. A guest with autodeflate takes
+    balloon pages back by itself when a burst outruns the daemon (120 to 330 MiB within 2 s on the rig,
+    no OOM kill), and the policy then follows it up; its room is the headroom, the buffer and its
+    remembered growth. A guest with free page reporting gives the host its free pages without the
+    balloon, which would only cap it."""
     align = t.target_align_bytes
     ceiling, floor, demand = c.ceiling, c.floor, c.demand
     # What the ramp going on now adds before the daemon can react again: demand is read from stats up to
@@ -495,9 +509,21 @@ def tiers(c: _Columns, t: Tunables) -> tuple[I64, I64, I64]:
     # The room kept above what the demand and its growth take: the headroom, the buffer, and for a guest
     # without autodeflate a burst on top of the margin the OOM killer fires with.
     room = np.maximum.reduce(
-        [headroom, (demand * c.buffer).astype(np.int64), np.where(c.exposed, burst + margin, 0)]
+        [
+            headroom,
+            (demand * c.buffer).astype(np.int64),
+            (c.latency * c.rate).astype(np.int64),
+            np.where(c.exposed, burst + margin, 0),
+        ]
     )
-    want = _clip(_align_up(demand + growth + room, align), need, ceiling)
+    # A rise the last report showed may be a ramp's start, which the next report confirms (and the
+    # growth above then covers) a stats period later: the want already holds one reaction time of it.
+    # Only the want: one report's rise may be a single jump, which a short host need not pay for.
+    rising = np.maximum(growth, (c.rise * c.latency).astype(np.int64))
+    want = _clip(_align_up(demand + rising + room, align), need, ceiling)
+    # A guest with free page reporting already gives the host its free memory, and a balloon would only
+    # cap it: its want is its ceiling, so it is shrunk only when the host is short (to its need).
+    want = np.where(c.reports, ceiling, want)
     # Blind to its demand: never below what it has, and its want is its ceiling.
     least = _clip(c.least_need, floor, ceiling)
     oom_floor = np.where(c.blind, least, oom_floor)
@@ -508,9 +534,9 @@ def tiers(c: _Columns, t: Tunables) -> tuple[I64, I64, I64]:
 
 #: The columns that are not int64 (see :class:`_Columns`).
 _DTYPES: dict[str, type] = {
-    "latency": np.float64, "trend": np.float64, "rate": np.float64, "buffer": np.float64,
-    "pressure": np.bool_, "blind": np.bool_, "urgent": np.bool_, "exposed": np.bool_, "swaps": np.bool_,
-    "may_shrink": np.bool_,
+    "latency": np.float64, "rise": np.float64, "trend": np.float64, "rate": np.float64, "buffer": np.float64,
+    "pressure": np.bool_, "blind": np.bool_, "urgent": np.bool_, "exposed": np.bool_, "reports": np.bool_,
+    "swaps": np.bool_, "may_shrink": np.bool_,
 }  # fmt: skip
 
 
@@ -528,10 +554,12 @@ def _columns(estimates: Sequence[Estimate], now: float, t: Tunables) -> _Columns
         shares = v.policy.shares if v.policy.shares is not None else t.default_shares
         rows.append(
             (  # in _Columns' order, up to ``step``
-                g.target_bytes, actual, v.floor, v.ceiling, e.demand, e.used, e.latency, e.trend, e.rate,
+                g.target_bytes, actual, v.floor, v.ceiling, e.demand, e.used, e.latency, e.rise_rate, e.trend,
+                e.rate,
                 e.jump,
                 e.buffer, e.least_need, e.least_oom_floor, max(g.target_bytes, actual), float(shares),
-                e.pressure, e.blind, e.pressure or v.self_deflated, not g.balloon.autodeflate, e.swaps,
+                e.pressure, e.blind, e.pressure or v.self_deflated, not g.balloon.autodeflate,
+                g.mechanism == "report", e.swaps,
                 not (cooling or unseen or v.shrink_hold or e.blind),
                 max(t.shrink_min_step_bytes, int(v.ceiling * t.shrink_rate_per_s * dt)),
             )
@@ -655,8 +683,24 @@ def allocate(estimates: Sequence[Estimate], b: Budget, now: float, t: Tunables) 
     # (its reserve too, when only that keeps guests at their OOM floors).
     alloc = pay_growth(c, alloc, max(b.host - b.held, pool), hard_pool)
     alloc = np.minimum(np.maximum(_align_down(alloc, t.target_align_bytes), c.floor), c.ceiling)
+    alloc = _whole_blocks(alloc, estimates)
     alloc = np.where(c.blind, np.maximum(alloc, c.target), alloc)  # never shrunk without fresh stats
     return Allocation(alloc, goal, c.want, c.oom_floor, short, danger)
+
+
+def _whole_blocks(alloc: I64, estimates: Sequence[Estimate]) -> I64:
+    """A virtio-mem guest is resized in whole blocks on top of its boot memory, and the backends round
+    a target up to the next block (:meth:`VirtioMem.requested_for`): its target is set to what it will
+    really have, so that the plan, the budget and the progress checks agree with the device."""
+    out = alloc
+    for i, e in enumerate(estimates):
+        vmem = e.verdict.guest.virtio_mem
+        if vmem is not None:
+            if out is alloc:
+                out = alloc.copy()
+            whole = vmem.boot_bytes + vmem.requested_for(int(alloc[i]))
+            out[i] = min(whole, e.verdict.ceiling)
+    return out
 
 
 # --- 4. emit ----------------------------------------------------------------------------------------
@@ -712,6 +756,22 @@ def _autodeflate_warning(v: Verdict) -> Event | None:
     return Event(name, "warning", message, {"autodeflate": False, "remedy": command})
 
 
+def _reporting_warning(v: Verdict) -> Event | None:
+    """Once per guest that would give the host more with free page reporting: a Linux guest (whose
+    driver reports free pages since Linux 5.8) with a balloon alone hands back only what the balloon
+    takes, and only if the guest had touched it (docs/mechanisms.md measures the difference)."""
+    g = v.guest
+    if v.record.warned_reporting or g.mechanism != "balloon" or g.os_type != "linux":
+        return None
+    command = reporting_command(g.name)
+    message = (
+        f"{g.name}: warning: its balloon gives the host back only the pages it takes; with free page "
+        f"reporting the host would also get the guest's free memory, without a cap on the guest (from its "
+        f"next boot: '{command}')"
+    )
+    return Event(g.name, "warning", message, {"free_page_reporting": False, "remedy": command})
+
+
 def decide(
     snapshot: HostSnapshot, inputs: Inputs, state: PolicyState, tunables: Tunables
 ) -> tuple[Plan, PolicyState]:
@@ -750,8 +810,8 @@ def decide(
         elif _retries(v, now, t):
             actions.append(Action(g.name, old, old, "retry", e.demand, g.stats.available, b.budget))
             retried_at = now
-        warning = _autodeflate_warning(v)
-        for event in (_status_event(v), warning):
+        warning, hint = _autodeflate_warning(v), _reporting_warning(v)
+        for event in (_status_event(v), warning, hint):
             if event is not None:
                 events.append(event)
         status[g.name] = v.status
@@ -780,6 +840,7 @@ def decide(
             progress=v.progress,
             retried_at=retried_at,
             warned_autodeflate=rec.warned_autodeflate or warning is not None,
+            warned_reporting=rec.warned_reporting or hint is not None,
         )
 
     for v in others:
@@ -820,6 +881,7 @@ def decide(
             manual_until=v.manual_until,
             retried_at=retried_at,
             warned_autodeflate=rec.warned_autodeflate,
+            warned_reporting=rec.warned_reporting,
         )
 
     plan = Plan(
