@@ -1,6 +1,6 @@
 """Record real guests for the simulator's replay test: ``python -m tests.replay.record OUT.json [PLAN]``.
 
-Boots one rig guest per plan step below (``tests/rig``: 512 MiB, TCG, balloon stats every second, no
+Boots one rig guest per plan step below (``autoballoon.rig``: 512 MiB, TCG, balloon stats every second, no
 swap), drives each one with a fixed **target trajectory** and a **workload** (no policy), and samples
 every half second what the host set, what the balloon reached, the guest's ``/proc/meminfo`` and its
 OOM-kill count. The file is the format :mod:`autoballoon.sim.replay` reads, so the simulator can be run
@@ -22,11 +22,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from autoballoon.rig import daemons
+from autoballoon.rig.domains import Guest, GuestSpec, boot, destroy, open_connection, quiet_libvirt
+from autoballoon.rig.errors import RigError
+from autoballoon.rig.image import build_image
 from autoballoon.units import MiB, parse_size
-from tests.rig import daemons
-from tests.rig.domains import Guest, GuestSpec, boot, destroy, open_connection, quiet_libvirt
-from tests.rig.errors import RigError
-from tests.rig.image import build_image
 
 SAMPLE_S = 0.5
 KIB = 1024

@@ -74,6 +74,9 @@ class RecordedGuest:
     held: I64
     #: Page cache the guest can never drop, at boot (``Cached - Shmem``: its files in use).
     pinned_cache: int
+    #: What the guest's kernel holds, where the recording knows it better than :func:`kernel_estimate`
+    #: (a run trace, which samples no ``AnonPages``, knows what the hog held at the first sample).
+    kernel_bytes: int | None = None
 
     @property
     def killed(self) -> bool:
@@ -216,6 +219,8 @@ def recorded_demand(g: RecordedGuest, horizon: float) -> Trace:
 def kernel_estimate(g: RecordedGuest, physics: Physics) -> int:
     """The guest memory the model counts as kernel: everything the first sample shows in use beyond
     anonymous memory and the page cache it keeps (MemAvailable is what the model's free + cache is)."""
+    if g.kernel_bytes is not None:
+        return g.kernel_bytes
     return max(0, int(g.actual[0] - g.mem_available[0] - g.anon[0]) - physics.cache_min_bytes)
 
 
