@@ -50,7 +50,7 @@ rig:
 
 # The lint runs first: CI (`.ci/run`) runs `make test`, so it checks the types and the format too.
 test: rig $(STAMP)-test $(STAMP)-libvirt lint
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=10
 
 # mypy takes its files and settings from [tool.mypy] in pyproject.toml.
 lint: $(STAMP)-test
