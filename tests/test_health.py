@@ -201,6 +201,23 @@ def test_no_shrink_before_a_cpu_baseline() -> None:
     assert health.shrink_hold(state, later.guests[0], H) is None  # watched long enough
 
 
+def test_a_guest_cut_on_the_first_tick_gets_its_baseline_without_waiting_a_window() -> None:
+    """A daemon that starts on a host over its budget cuts every guest at once, before any baseline: the
+    guest's quiet samples after that cut still count, so it may shrink again seconds later, not a window
+    (5 min by default) later; and a storm after the cut is still caught against that baseline."""
+    g = Guest("vm", load=0.05)
+    state, _, t = run([g], HealthState(), 0.0, STEP)  # the first look
+    g.target = 3 * GiB  # cut at once
+    state, _, t = run([g], state, t, STEP)
+    assert "CPU baseline" in (health.shrink_hold(state, g.snap(), H) or "")
+    state, _, t = run([g], state, t, H.baseline_min_s + STEP)
+    assert health.shrink_hold(state, g.snap(), H) is None
+    assert t < H.window_s
+    g.load = 0.98  # and if it starts to spin within the window, it is quarantined
+    state, events, t = run([g], state, t, 30.0)
+    assert [e.vm for e in events if e.kind == "quarantine"] == ["vm"]
+
+
 def test_windows_guests_get_a_safe_floor() -> None:
     base = GuestPolicy(min_bytes=512 * MiB)
     assert guards.os_floor(base, "linux", 16 * GiB, min_bytes=2 * GiB, min_fraction=0.25) is base

@@ -13,7 +13,9 @@ what the policy does not:
   max and never ballooned again until an operator releases it (``autoballoon release VM``) or
   ``quarantine_s`` passes. A guest that was already busy before the change is never blamed on the balloon.
   Until the guard has ``baseline_min_s`` of CPU samples for a guest, that guest is not shrunk (without a
-  baseline a storm could not be told from a busy guest).
+  baseline a storm could not be told from a busy guest); samples below the storm level count toward that
+  first baseline even just after a change, so a daemon that starts by cutting to its budget is not held
+  for a whole window.
 - **Host pause.** When the host's load average rises above ``host_load_factor`` times its CPU count, or
   its CPUs' thermal-throttle counters climb, within ``window_s`` of a balloon change, every *shrink* is
   suppressed (growth never is) until the load is back under ``host_load_clear_factor`` times the cores
@@ -195,7 +197,12 @@ def _watch(g: GuestSnapshot, prev: VMHealth | None, now: float, t: HealthTunable
     load = (g.cpu_time_ns - prev.cpu_ns) / (dt * _NS * max(1, g.vcpus))
     baseline, watched = prev.baseline, prev.watched_s
     quiet = not moved and (changed_at is None or now - changed_at > t.window_s + dt)
-    if quiet:  # a sample no balloon change can explain: it is the guest's own load
+    # A guest first seen right after a change (the daemon starts on a host over its budget and cuts at
+    # once) would otherwise wait a whole window for its first baseline, held from shrinking all along:
+    # until it has one, a sample below the storm level counts too, since it cannot be a storm.
+    first = baseline is None or watched < t.baseline_min_s
+    if quiet or (first and not moved and load < t.cpu_level):
+        # a sample no balloon change can explain (or no storm): it is the guest's own load
         baseline = _ewma(baseline, load, dt, t.baseline_tau_s)
         watched += dt
     return VMHealth(
