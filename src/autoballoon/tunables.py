@@ -50,10 +50,11 @@ class Tunables:
     #: Below ``demand + oom_margin`` a guest without swap is OOM-killed: the MemAvailable a guest still
     #: reports when its OOM killer fires. That is the file pages it cannot give up (its programs; the
     #: simulator models 32 MiB on a server) plus the kernel's min watermark (sqrt(16 x RAM in KiB): 3 MiB
-    #: at 512 MiB, 16 MiB at 16 GiB); on the rig's initramfs guests it fired with 14-24 MiB still shown.
-    #: For a guest without swap, being short of memory is not pressure but an OOM kill; and ``used`` read
-    #: from stats a period old wanders by some MiB.
-    oom_margin_bytes: Bytes = 64 * MiB
+    #: at 512 MiB, 16 MiB at 16 GiB); on the rig's initramfs guests it fired with 14-24 MiB still shown,
+    #: and an allocation at once survived while it left a quarter of MemAvailable. For a guest without
+    #: swap, being short of memory is not pressure but an OOM kill; and ``used`` read from stats a period
+    #: old wanders by some MiB.
+    oom_margin_bytes: Bytes = 56 * MiB
     #: ... and this share of its maximum more (on the headroom too): the watermark and the file pages
     #: grow with the guest, and so does what its workload wanders by between two stats reports.
     oom_margin_fraction: Fraction = 0.005
@@ -76,9 +77,11 @@ class Tunables:
     actuation_s: Seconds = 0.6
     #: The stats period assumed for a guest whose period is not known (libvirt reports none over QMP).
     default_stats_period_s: Seconds = 10.0
-    #: Growth every guest's cushion covers for one reaction time before any growth was seen: a guest
-    #: ramping its memory this fast is never OOM-killed (the rig's ramps run at 10-40 MiB/s).
-    growth_allowance_bytes_per_s: BytesPerS = 40 * MiB
+    #: Growth every guest's cushion covers for one reaction time before any growth was seen. A faster
+    #: ramp is seen within two stats reports and projected ahead from then on (``trend_lookahead_s``):
+    #: on the rig, a guest left 128 MiB of MemAvailable survived ramps of 10 to 80 MiB/s under a daemon
+    #: ticking every 2 s (``autoballoon evaluate --real --calibrate``).
+    growth_allowance_bytes_per_s: BytesPerS = 32 * MiB
     #: A first sudden allocation of this share of a guest's maximum (but at most ``jump_prior_max``)
     #: fits in its cushion: nothing about a guest says in advance how big its first burst will be.
     jump_prior_fraction: Fraction = 0.25
