@@ -6,6 +6,7 @@
 #   make soak      the daemon on 1,000 simulated VMs for a simulated day with 20 HTTP clients
 #   make evaluate  every policy on every scenario; writes docs/evaluation.md
 #   make realbench every policy on real guests (root; about 20 min); writes docs/evaluation-real.md
+#   make mechbench the reclaim mechanisms on real guests (root; 7 min); realbench then reports them
 
 PYTHON ?= python3
 VENV ?= .venv
@@ -17,7 +18,7 @@ endif
 PY := $(BIN)/python
 STAMP := $(BIN)/.autoballoon
 
-.PHONY: demo test lint bench soak evaluate realbench rig clean help
+.PHONY: demo test lint bench soak evaluate realbench mechbench rig clean help
 
 help:
 	@sed -n 's/^#   //p' Makefile
@@ -77,6 +78,13 @@ RIG_LEASE ?= /run/lock/autoballoon-rig.lease
 realbench: rig $(STAMP)-test $(STAMP)-libvirt
 	$(BIN)/autoballoon --connect qemu:///system evaluate --real --scenarios scenarios/real --calibrate \
 		--record $(REALBENCH_RECORD) --report docs --lease $(RIG_LEASE)
+
+# The balloon alone, with free page reporting, and virtio-mem, on plain-QEMU guests under the daemon on
+# qmp://: the results go beside the traces, where `make realbench` (or `evaluate --real --from-record`)
+# finds them for its report.
+mechbench: rig $(STAMP)-test
+	mkdir -p $(REALBENCH_RECORD)
+	flock $(RIG_LEASE) $(PY) bench/bench_mechanisms.py --json $(REALBENCH_RECORD)/mechanisms.json
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info .pytest_cache .ruff_cache .mypy_cache

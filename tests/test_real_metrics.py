@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -233,3 +234,22 @@ def test_a_trace_converts_to_the_simulators_replay_format() -> None:
     old = run("static", (GuestTrace("a", "d", MEM, False, 0, 1, cmds, {"t": [0.0]}),))
     with pytest.raises(InvalidValueError, match="AnonPages"):
         to_recording(old)
+
+
+def test_the_mechanisms_results_beside_the_traces_are_reported(tmp_path: Path) -> None:
+    from autoballoon.evaluate.real.command import MECHANISMS_FILE, _mechanisms
+
+    assert _mechanisms(tmp_path) is None  # not measured: no section
+    rows = [
+        {"mechanism": "balloon", "mean_rss_mib": 681.0, "final_rss_mib": 705.0, "reclaimed_mib": 343.0,
+         "oom_kills": 0, "pressure_s": 0.0, "actions": 5},
+        {"mechanism": "report", "mean_rss_mib": 552.0, "final_rss_mib": 417.0, "reclaimed_mib": 472.0,
+         "oom_kills": 0, "pressure_s": None, "actions": 0},
+    ]  # fmt: skip
+    (tmp_path / MECHANISMS_FILE).write_text(json.dumps(rows))
+    text = _mechanisms(tmp_path) or ""
+    assert "| balloon | 0 | 0.0 | 343 | 681 | 705 | 5 |" in text
+    assert "| report | 0 | n/a | 472 | 552 | 417 | 0 |" in text
+    (tmp_path / MECHANISMS_FILE).write_text('[{"mechanism": "balloon"}]')
+    with pytest.raises(InvalidValueError, match=r"mechanisms\.json"):
+        _mechanisms(tmp_path)

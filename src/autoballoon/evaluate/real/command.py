@@ -17,7 +17,7 @@ from autoballoon.errors import InvalidValueError
 from autoballoon.evaluate.real.bench import load_scenarios, parse_policies, run_real
 from autoballoon.evaluate.real.calibration import Calibration, calibration_from_json, render_calibration
 from autoballoon.evaluate.real.metrics import ranked, run_metrics
-from autoballoon.evaluate.real.report import metrics_table, write_report
+from autoballoon.evaluate.real.report import metrics_table, render_mechanisms, write_report
 from autoballoon.evaluate.real.trace import RunTrace, read_trace
 from autoballoon.evaluate.runner import find_scenarios
 from autoballoon.policy import POLICY_NAMES
@@ -26,6 +26,8 @@ DEFAULT_SCENARIOS = "scenarios/real"
 #: What a recordings directory holds besides the traces: the run's command and wall time.
 RUN_FILE = "run.json"
 CALIBRATION_FILE = "calibration.json.gz"
+#: The reclaim mechanisms' results (``bench/bench_mechanisms.py --json``), reported when present.
+MECHANISMS_FILE = "mechanisms.json"
 
 
 def _command(
@@ -79,9 +81,15 @@ def evaluate_real(
         if record_dir is not None:
             (record_dir / RUN_FILE).write_text(json.dumps({"command": command, "wall_s": round(wall_s, 1)}))
     calibration_md = render_calibration(cal) if cal is not None else None
+    mechanisms_md = _mechanisms(from_record or record_dir)
     if report_dir is not None:
         path = write_report(
-            Path(report_dir), runs, command=command, wall_s=wall_s, calibration_md=calibration_md
+            Path(report_dir),
+            runs,
+            command=command,
+            wall_s=wall_s,
+            calibration_md=calibration_md,
+            mechanisms_md=mechanisms_md,
         )
         say(f"report: {path}")
     metrics = [m for s in dict.fromkeys(r.scenario for r in runs) for m in ranked(
@@ -93,6 +101,18 @@ def evaluate_real(
         click.echo(f"\n{scenario}\n")
         click.echo(metrics_table([m for m in metrics if m.scenario == scenario]))
     click.echo(f"{len(runs)} runs in {wall_s / 60:.1f} min wall")
+
+
+def _mechanisms(directory: Path | None) -> str | None:
+    """The mechanisms' section, if the recordings directory holds their results."""
+    path = directory / MECHANISMS_FILE if directory is not None else None
+    if path is None or not path.exists():
+        return None
+    try:
+        results = json.loads(path.read_text(encoding="utf-8"))
+        return render_mechanisms(results)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise InvalidValueError(str(path), repr(exc), "bench/bench_mechanisms.py --json's results") from None
 
 
 def measure_physics(

@@ -9,8 +9,9 @@ marked and every OOM kill crossed out in red.
 from __future__ import annotations
 
 import platform
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -106,8 +107,36 @@ def _rules_text() -> str:
     return body.strip() + "\n"
 
 
+def render_mechanisms(results: Sequence[Mapping[str, Any]]) -> str:
+    """The reclaim mechanisms' section, from ``bench/bench_mechanisms.py --json``'s results."""
+    rows = [
+        "## Reclaim mechanisms: balloon, free page reporting, virtio-mem\n",
+        "`flock /run/lock/autoballoon-rig.lease .venv/bin/python bench/bench_mechanisms.py --json "
+        "RECORD/mechanisms.json` (`make mechbench`): two fresh 512 MiB plain-QEMU guests per mechanism under "
+        "the daemon on `qmp://` (default policy, budget 800 MiB), the same workload in each, QEMU's RSS "
+        "sampled every second; `none` is the same guests without a daemon. How each mechanism works and "
+        "when it is right: [docs/mechanisms.md](mechanisms.md).\n",
+        "| mechanism | OOM kills | pressure s | reclaimed at the host MiB (2 × 512 − mean QEMU RSS) | "
+        "mean QEMU RSS MiB | final QEMU RSS MiB | actions |",
+        "|---|--:|--:|--:|--:|--:|--:|",
+    ]
+    for r in results:
+        pressure = r.get("pressure_s")
+        rows.append(
+            f"| {r['mechanism']} | {r['oom_kills']} | {'n/a' if pressure is None else f'{pressure:.1f}'} | "
+            f"{r['reclaimed_mib']:.0f} | {r['mean_rss_mib']:.0f} | {r['final_rss_mib']:.0f} | "
+            f"{r['actions']} |"
+        )
+    return "\n".join(rows) + "\n"
+
+
 def render_markdown(
-    runs: Sequence[RunTrace], *, command: str, wall_s: float, calibration_md: str | None
+    runs: Sequence[RunTrace],
+    *,
+    command: str,
+    wall_s: float,
+    calibration_md: str | None,
+    mechanisms_md: str | None = None,
 ) -> str:
     scenarios = list(dict.fromkeys(r.scenario for r in runs))
     policies = list(dict.fromkeys(r.policy for r in runs))
@@ -152,6 +181,8 @@ def render_markdown(
                 f"\nHost load average (1 min) during these runs: {min(loads):.1f} to {max(loads):.1f}."
             )
         out.append(f"\n![{scenario}]({PLOT_DIR}/{scenario}.png)\n")
+    if mechanisms_md:
+        out.append(mechanisms_md)
     return "\n".join(out)
 
 
@@ -168,6 +199,7 @@ def write_report(
     command: str,
     wall_s: float,
     calibration_md: str | None = None,
+    mechanisms_md: str | None = None,
 ) -> Path:
     """Write ``directory/evaluation-real.md`` and its plots under ``directory/evaluation-real/``."""
     plots = directory / PLOT_DIR
@@ -175,5 +207,9 @@ def write_report(
     for scenario in dict.fromkeys(r.scenario for r in runs):
         plot_workload([r for r in runs if r.scenario == scenario], plots / f"{scenario}.png")
     path = directory / REPORT_NAME
-    path.write_text(render_markdown(runs, command=command, wall_s=wall_s, calibration_md=calibration_md))
+    path.write_text(
+        render_markdown(
+            runs, command=command, wall_s=wall_s, calibration_md=calibration_md, mechanisms_md=mechanisms_md
+        )
+    )
     return path
