@@ -464,7 +464,8 @@ def tiers(c: _Columns, t: Tunables) -> tuple[I64, I64, I64]:
                   = max(headroom, buffer * demand,
                         max(growth_allowance * latency, rate * latency, jump, prior)
                         + margin)                                                      without
-        rising    = max(growth, rise * latency)
+        rising    = max(growth, rise * latency)                                     with autodeflate
+                  = growth                                                           without
         want      = clamp(align_up(demand + rising + room), need, ceiling)
                   = ceiling                                         with free page reporting
 
@@ -517,9 +518,10 @@ def tiers(c: _Columns, t: Tunables) -> tuple[I64, I64, I64]:
         ]
     )
     # A rise the last report showed may be a ramp's start, which the next report confirms (and the
-    # growth above then covers) a stats period later: the want already holds one reaction time of it.
+    # growth above then covers) a stats period later: the want of a guest with autodeflate, whose room
+    # holds no burst, already holds one reaction time of it (a guest without has a burst in its room).
     # Only the want: one report's rise may be a single jump, which a short host need not pay for.
-    rising = np.maximum(growth, (c.rise * c.latency).astype(np.int64))
+    rising = np.maximum(growth, np.where(c.exposed, 0, (c.rise * c.latency).astype(np.int64)))
     want = _clip(_align_up(demand + rising + room, align), need, ceiling)
     # A guest with free page reporting already gives the host its free memory, and a balloon would only
     # cap it: its want is its ceiling, so it is shrunk only when the host is short (to its need).
