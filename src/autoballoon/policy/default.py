@@ -456,17 +456,17 @@ def tiers(c: _Columns, t: Tunables) -> tuple[I64, I64, I64]:
 
         growth    = trend * max(trend_lookahead, latency)
         margin    = oom_margin + oom_margin_fraction * ceiling
-        oom_floor = clamp(align_up(used + growth + margin), floor, ceiling), at least least_oom_floor
-                    (but never above what the guest has, if it swaps)
+        rising    = max(growth, rise * latency)
+        oom_floor = clamp(align_up(used + rising + margin), floor, ceiling)       without autodeflate
+                  = clamp(align_up(used + growth + margin), floor, ceiling)       with
+                    at least least_oom_floor (but never above what the guest has, if it swaps)
         headroom  = min_headroom + oom_margin_fraction * ceiling
         need      = clamp(align_up(demand + growth + headroom), floor, ceiling), at least least_need
         room      = max(headroom, buffer * demand, rate * latency)                    with autodeflate
                   = max(headroom, buffer * demand,
                         max(growth_allowance * latency, rate * latency, jump, prior)
                         + margin)                                                      without
-        rising    = max(growth, rise * latency)                                     with autodeflate
-                  = growth                                                           without
-        want      = clamp(align_up(demand + rising + room), need, ceiling)
+        want      = clamp(align_up(demand + rising + room), need, ceiling), at least oom_floor
                   = ceiling                                         with free page reporting
 
     where ``rise`` is the growth rate the last stats report showed, ``trend`` the growth rate of the
@@ -493,8 +493,14 @@ def tiers(c: _Columns, t: Tunables) -> tuple[I64, I64, I64]:
     margin = t.oom_margin_bytes + scaled
     headroom = t.min_headroom_bytes + scaled
     growth = (c.trend * np.maximum(c.latency, t.trend_lookahead_s)).astype(np.int64)
+    # A rise the last report showed may be a ramp's start, which the next report confirms (and the
+    # growth above then covers) a reaction time later: a guest without autodeflate at its OOM floor
+    # would be killed meanwhile (on the rig, a 20 MiB/s ramp ate a 58 MiB margin in under 3 s), so its
+    # OOM floor holds one reaction time of that rise.
+    rising = np.maximum(growth, (c.rise * c.latency).astype(np.int64))
     oom_floor = np.maximum(
-        _clip(_align_up(c.used + growth + margin, align), floor, ceiling), c.least_oom_floor
+        _clip(_align_up(c.used + np.where(c.exposed, rising, growth) + margin, align), floor, ceiling),
+        c.least_oom_floor,
     )
     # A guest that swaps is short of memory before it is OOM-killed, and what it has resident fills
     # what it is given: its OOM floor is never above what it has (it is not grown from the reserve).
@@ -517,12 +523,9 @@ def tiers(c: _Columns, t: Tunables) -> tuple[I64, I64, I64]:
             np.where(c.exposed, burst + margin, 0),
         ]
     )
-    # A rise the last report showed may be a ramp's start, which the next report confirms (and the
-    # growth above then covers) a stats period later: the want of a guest with autodeflate, whose room
-    # holds no burst, already holds one reaction time of it (a guest without has a burst in its room).
-    # Only the want: one report's rise may be a single jump, which a short host need not pay for.
-    rising = np.maximum(growth, np.where(c.exposed, 0, (c.rise * c.latency).astype(np.int64)))
-    want = _clip(_align_up(demand + rising + room, align), need, ceiling)
+    # The want holds that rise too (with autodeflate only there: one report's rise may be a single
+    # jump, which a short host need not pay for).
+    want = np.maximum(_clip(_align_up(demand + rising + room, align), need, ceiling), oom_floor)
     # A guest with free page reporting already gives the host its free memory, and a balloon would only
     # cap it: its want is its ceiling, so it is shrunk only when the host is short (to its need).
     want = np.where(c.reports, ceiling, want)
