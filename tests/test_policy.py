@@ -274,6 +274,29 @@ def test_oom_floors_may_take_the_reserve_and_a_configured_budget() -> None:
     assert got == {"a": oom_floor, "b": oom_floor}  # above the budget, never below the OOM floors
 
 
+def test_a_rise_lifts_the_oom_floor_of_a_guest_without_autodeflate_before_it_is_a_trend() -> None:
+    """At its OOM floor under a short budget, a guest without autodeflate that starts a ramp would be
+    killed before two reports call it a trend (on the rig: 20 MiB/s ate a 58 MiB margin in under 3 s):
+    the rise one report shows lifts its OOM floor by a reaction time of it, above the budget."""
+    tun = replace(T, host_reserve_bytes=0, host_budget_bytes=600 * MiB)
+    floor = align(150 * MiB + margin(512 * MiB))
+    state = PolicyState()
+    for i, (used, exposed) in enumerate([(150 * MiB, True), (150 * MiB, True), (170 * MiB, True)]):
+        g = make_guest("g", max_bytes=512 * MiB, target=floor, used=used, autodeflate=not exposed, time=i)
+        other = make_guest("o", max_bytes=512 * MiB, target=600 * MiB - floor, used=400 * MiB, time=i)
+        snap = make_host(g, other, time=float(i), available=8 * GiB)
+        plan, state = decide(snap, inputs(), state, tun)
+    latency = reaction_time(g, tun)
+    assert plan.guests["g"].oom_floor >= 170 * MiB + int(20 * MiB * latency) + margin(512 * MiB) - MiB
+    assert targets(plan, snap)["g"] >= plan.guests["g"].oom_floor  # paid, beyond the budget
+    # The same rise on a guest with autodeflate (which takes pages back itself) leaves its floor alone.
+    state = PolicyState()
+    for i, used in enumerate([150 * MiB, 150 * MiB, 170 * MiB]):
+        g = make_guest("g", max_bytes=512 * MiB, target=floor, used=used, autodeflate=True, time=i)
+        plan, state = decide(make_host(g, time=float(i), available=0), inputs(), state, tun)
+    assert plan.guests["g"].oom_floor <= align(170 * MiB + margin(512 * MiB))
+
+
 def test_a_host_out_of_memory_shares_all_it_has_by_shares() -> None:
     """When not even all the host's memory holds the OOM floors, the floors come first and the shares
     water-fill the rest: someone will lose a process, but the host does not lose whole VMs."""
