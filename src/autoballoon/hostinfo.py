@@ -21,6 +21,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from autoballoon.model import GuestSnapshot, HostSnapshot
 from autoballoon.units import KiB
 
 #: Sizes in /proc/meminfo and /proc/PID/status are printed as "kB" but are KiB.
@@ -175,6 +176,30 @@ def read_host_info(root: Path = Path("/")) -> HostInfo:
         cpu_count=os.cpu_count() or 1,
         thermal_throttle_count=_thermal_throttle_count(root / "sys/devices/system/cpu"),
         hostname=socket.gethostname(),
+    )
+
+
+def local_host_snapshot(guests: tuple[GuestSnapshot, ...], time: float, wall_time: float) -> HostSnapshot:
+    """This host's snapshot around ``guests``: what a backend whose VMs run here (libvirt's local URIs,
+    QMP sockets) reports of the host, read from /proc and /sys."""
+    info = read_host_info()
+    psi = info.psi
+    return HostSnapshot(
+        time=time,
+        wall_time=wall_time,
+        mem_total=info.mem_total,
+        mem_available=info.mem_available,
+        guests=guests,
+        swap_total=info.swap_total,
+        swap_free=info.swap_free,
+        psi_some_avg10=psi.some_avg10 if psi else None,
+        psi_full_avg10=psi.full_avg10 if psi else None,
+        ksm_saved_bytes=info.ksm_saved_bytes,
+        ksm_running=info.ksm_running,
+        load_avg1=info.load_avg1,
+        cpu_count=info.cpu_count,
+        thermal_throttle_count=info.thermal_throttle_count,
+        hostname=info.hostname,
     )
 
 

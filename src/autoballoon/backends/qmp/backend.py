@@ -604,25 +604,7 @@ class QmpBackend:
 
     def snapshot(self) -> HostSnapshot:
         guests = self._run(self._snapshot())
-        info = hostinfo.read_host_info()
-        psi = info.psi
-        return HostSnapshot(
-            time=time.monotonic(),
-            wall_time=time.time(),
-            mem_total=info.mem_total,
-            mem_available=info.mem_available,
-            guests=guests,
-            swap_total=info.swap_total,
-            swap_free=info.swap_free,
-            psi_some_avg10=psi.some_avg10 if psi else None,
-            psi_full_avg10=psi.full_avg10 if psi else None,
-            ksm_saved_bytes=info.ksm_saved_bytes,
-            ksm_running=info.ksm_running,
-            load_avg1=info.load_avg1,
-            cpu_count=info.cpu_count,
-            thermal_throttle_count=info.thermal_throttle_count,
-            hostname=info.hostname,
-        )
+        return hostinfo.local_host_snapshot(guests, time.monotonic(), time.time())
 
     async def _one(self, vm: str) -> GuestSnapshot:
         name, mon, conf = await self._resolve(vm)
