@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 
 from autoballoon.errors import InvalidValueError
-from autoballoon.evaluate.real.replay import recordings_in
+from autoballoon.evaluate.real.replay import bench_physics, recordings_in
 from autoballoon.sim.replay import (
     TIMING_SLACK_S,
     Recording,
@@ -40,12 +40,12 @@ RECORDINGS = sorted((Path(__file__).parent / "replay").glob("*.json"))
 BOUND = 16 * MiB
 P95_BOUND = 32 * MiB
 #: Every policy's run of the real benchmark (``make realbench`` records them here).
-BENCH_RUNS = recordings_in(Path(__file__).parents[1] / "scenarios" / "real" / "recorded")
-#: The benchmark's runs share two cores with four daemons' worth of work and load averages of 14-18,
-#: where the balloon's speed and the daemon's timing wander more than in the dedicated recordings above:
-#: a quarter of the rig's 512 MiB guests at worst (with the timing slack), an eighth for 95 % of samples.
-BENCH_BOUND = 128 * MiB
-BENCH_P95_BOUND = 64 * MiB
+BENCH_DIR = Path(__file__).parents[1] / "scenarios" / "real" / "recorded"
+BENCH_RUNS = recordings_in(BENCH_DIR)
+#: The benchmark's runs are replayed with the balloon speeds its own calibration measured; they sample
+#: every 0.5 s, and a target lands between two samples, so the same-instant error is looser.
+BENCH_BOUND = 32 * MiB
+BENCH_P95_BOUND = 48 * MiB
 
 
 def test_there_are_real_recordings_to_replay() -> None:
@@ -79,7 +79,7 @@ def test_every_real_benchmark_run_is_recorded() -> None:
 def test_the_simulator_predicts_every_real_benchmark_run(rec: Recording) -> None:
     """The real benchmark's runs, every policy's, replayed with the targets the policy set: the same OOM /
     no-OOM outcome for every guest, and ``actual`` within the stated bounds."""
-    for c in compare(rec, replay(rec)):
+    for c in compare(rec, replay(rec, bench_physics(rec, BENCH_DIR))):
         where = f"{c.recording}/{c.guest}"
         assert c.same_outcome, f"{where}: real OOM kill {c.real_killed}, simulated {c.sim_killed}"
         assert c.max_error <= BENCH_BOUND, f"{where}: actual off by {c.max_error / MiB:.0f} MiB"

@@ -77,6 +77,10 @@ class RecordedGuest:
     #: What the guest's kernel holds, where the recording knows it better than :func:`kernel_estimate`
     #: (a run trace, which samples no ``AnonPages``, knows what the hog held at the first sample).
     kernel_bytes: int | None = None
+    #: The targets the host set, each at the moment it set it (seconds, bytes), where the recording knows
+    #: them (a run trace has the daemon's journal); empty: the sampled ``target`` is applied at each
+    #: sample, up to a sampling interval after the host really set it.
+    moves: tuple[tuple[float, int], ...] = ()
 
     @property
     def killed(self) -> bool:
@@ -263,13 +267,17 @@ class Replayed:
 
 
 def replay(rec: Recording, physics: Physics | None = None) -> Replayed:
-    """Run the simulator through the recording, setting each guest's target as the host did."""
+    """Run the simulator through the recording, setting each guest's target as the host did: at the
+    moments it set them where the recording knows them, else at each sample."""
     physics = physics or replay_physics(rec)
     sim = Simulation(replay_scenario(rec, physics), physics=physics)
-    moments = sorted({float(t) for g in rec.guests for t in g.times})
+    moments = sorted(
+        {float(t) for g in rec.guests for t in g.times} | {t for g in rec.guests for t, _ in g.moves}
+    )
     actual = [np.zeros(len(g.times), dtype=np.int64) for g in rec.guests]
     kills = [np.zeros(len(g.times), dtype=np.int64) for g in rec.guests]
     cursor = [0] * len(rec.guests)
+    moved = [0] * len(rec.guests)
     for t in moments:
         sim.step(max(0.0, t - sim.time))
         for i, g in enumerate(rec.guests):
@@ -277,8 +285,12 @@ def replay(rec: Recording, physics: Physics | None = None) -> Replayed:
             if k < len(g.times) and g.times[k] <= t + 1e-9:
                 actual[i][k] = sim.actual[i]
                 kills[i][k] = sim.oom_kills[i]
-                sim.set_target(i, min(int(g.target[k]), g.max_bytes))
+                if not g.moves:
+                    sim.set_target(i, min(int(g.target[k]), g.max_bytes))
                 cursor[i] = k + 1
+            while moved[i] < len(g.moves) and g.moves[moved[i]][0] <= t + 1e-9:
+                sim.set_target(i, min(g.moves[moved[i]][1], g.max_bytes))
+                moved[i] += 1
     return Replayed(actual=tuple(actual), oom_kills=tuple(kills))
 
 
