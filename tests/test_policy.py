@@ -297,6 +297,24 @@ def test_a_rise_lifts_the_oom_floor_of_a_guest_without_autodeflate_before_it_is_
     assert plan.guests["g"].oom_floor <= align(170 * MiB + margin(512 * MiB))
 
 
+def test_a_guest_that_loses_its_stats_mid_shrink_has_the_shrink_called_off() -> None:
+    """Its balloon is still inflating toward a target set while its stats were fresh when they stop:
+    even on a host with no memory to give it, the target goes back up to where the balloon is, so
+    nothing more is taken from a guest nobody sees."""
+    tun = replace(T, host_reserve_bytes=0, host_budget_bytes=300 * MiB)
+    g = make_guest("g", max_bytes=512 * MiB, target=512 * MiB, used=100 * MiB, autodeflate=False)
+    plan, state = decide(make_host(g), inputs(), PolicyState(), tun)
+    cut = targets(plan, make_host(g))["g"]
+    assert cut <= 300 * MiB  # a shrink was decided with fresh stats
+    later = tun.stats_stale_s + 5.0
+    moving = replace(make_guest("g", max_bytes=512 * MiB, target=cut, actual=500 * MiB, used=100 * MiB,
+                                autodeflate=False), stats=g.stats)  # fmt: skip
+    snap = make_host(moving, time=later, available=0)
+    plan, _ = decide(snap, inputs(), state, tun)
+    assert plan.status["g"] == Status.NO_STATS
+    assert targets(plan, snap)["g"] >= 500 * MiB
+
+
 def test_a_host_out_of_memory_shares_all_it_has_by_shares() -> None:
     """When not even all the host's memory holds the OOM floors, the floors come first and the shares
     water-fill the rest: someone will lose a process, but the host does not lose whole VMs."""

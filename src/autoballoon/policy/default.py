@@ -904,8 +904,9 @@ def decide(
 
 def _held_action(v: Verdict, now: float, t: Tunables, budget_bytes: int) -> Action | None:
     """What a VM that is not managed still gets: a quarantined one goes to its ceiling; one whose balloon
-    rose above its target by itself (autodeflate) or got stuck above it has its target follow it up;
-    a grow that has not arrived is sent again. None of them is ever shrunk."""
+    rose above its target by itself (autodeflate), got stuck above it, or lost its stats while it still
+    inflated toward it has its target follow it up; a grow that has not arrived is sent again. None of
+    them is ever shrunk."""
     g = v.guest
     old = g.target_bytes
     available = g.stats.available
@@ -914,11 +915,13 @@ def _held_action(v: Verdict, now: float, t: Tunables, budget_bytes: int) -> Acti
             return Action(g.name, old, v.ceiling, "quarantine", available=available, budget=budget_bytes)
     else:
         follow = ""
+        actual = g.actual_bytes
         if v.self_deflated:
             follow = "autodeflate"
         elif v.status == Status.STUCK and v.record.stuck_until is None:
             follow = "stuck"  # just found stuck above its target: take the balloon where it is
-        actual = g.actual_bytes
+        elif v.status == Status.NO_STATS and actual is not None and actual - old >= t.grow_min_step_bytes:
+            follow = "no-stats"  # a shrink decided while it had stats is called off where the balloon is
         if follow and actual is not None:
             new = guards.safe_target(
                 _align_up(actual, t.target_align_bytes), old, v.floor, v.ceiling, may_shrink=False
