@@ -30,10 +30,14 @@ class Renders:
         hit = self._fresh(key, version, max_age_s)
         if hit is not None:
             return hit
+        asked = time.monotonic()
         with self._lock:
             flight = self._flights.setdefault(key, threading.Lock())
         with flight:
-            hit = self._fresh(key, version, max_age_s)  # rendered by the thread we waited for
+            # Rendered by the thread we waited for, after we asked: that is as new as ours would be. (If
+            # the state moved on meanwhile, rendering again would make every waiter re-render in turn:
+            # on a fast simulated host, whose state moves every few milliseconds, until they time out.)
+            hit = self._fresh(key, version, max_age_s, since=asked)
             if hit is not None:
                 return hit
             body = render()
@@ -46,12 +50,14 @@ class Renders:
                 self._done[key] = (version, time.monotonic(), body)
             return body
 
-    def _fresh(self, key: Hashable, version: Hashable, max_age_s: float) -> bytes | None:
+    def _fresh(
+        self, key: Hashable, version: Hashable, max_age_s: float, since: float | None = None
+    ) -> bytes | None:
         with self._lock:
             hit = self._done.get(key)
         if hit is None:
             return None
         seen, born, body = hit
-        if seen == version or time.monotonic() - born < max_age_s:
+        if seen == version or time.monotonic() - born < max_age_s or (since is not None and born >= since):
             return body
         return None
