@@ -107,11 +107,13 @@ def test_daemon_on_real_guests(rig: Rig, daemon_setup: Any) -> None:
     def all_small() -> list[int]:
         return [balloon(rig, g)[0] for g in guests]
 
+    # Both at once: the guests can pass under IDLE_BELOW_MIB a tick before the last cut that fits them
+    # into the budget lands (libvirt reports each balloon as it moves).
     targets, took = wait_for(
         all_small,
-        lambda ts: all(t < IDLE_BELOW_MIB * MiB for t in ts),
+        lambda ts: all(t < IDLE_BELOW_MIB * MiB for t in ts) and sum(ts) <= BUDGET_MIB * MiB,
         SHRINK_TIMEOUT_S,
-        "idle guests shrinking",
+        "idle guests shrinking within the budget",
     )
     assert proc.poll() is None, "daemon died"
     assert sum(targets) <= BUDGET_MIB * MiB
