@@ -269,6 +269,17 @@ def read_pidfile(path: Path) -> int | None:
     return pid if pid > 0 else None
 
 
+def pid_alive(pid: int) -> bool:
+    """Whether a process exists (one of another user's counts: it is alive, just not ours to signal)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 #: ``struct ucred`` (pid, uid, gid) as ``SO_PEERCRED`` returns it on Linux.
 _UCRED = struct.Struct("3i")
 

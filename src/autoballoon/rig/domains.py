@@ -19,6 +19,7 @@ from pathlib import Path
 
 import libvirt
 
+from autoballoon.hostinfo import pid_alive
 from autoballoon.rig.control import GuestControl
 from autoballoon.rig.errors import RigError
 from autoballoon.rig.image import GuestImage
@@ -178,22 +179,12 @@ def destroy(conn: libvirt.virConnect, name: str) -> None:
     _remove_files(name, RUN_DIR)
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def sweep(conn: libvirt.virConnect) -> list[str]:
     """Remove test domains left by test processes that no longer exist; returns their names."""
     removed = []
     for dom in conn.listAllDomains(0):
         match = NAME_RE.match(dom.name())
-        if match and not _pid_alive(int(match.group("pid"))):
+        if match and not pid_alive(int(match.group("pid"))):
             destroy(conn, dom.name())
             removed.append(dom.name())
     return removed

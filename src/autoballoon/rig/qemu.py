@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from autoballoon.hostinfo import read_pidfile
+from autoballoon.hostinfo import pid_alive, read_pidfile
 from autoballoon.rig.control import GuestControl
 from autoballoon.rig.domains import (
     BOOT_TIMEOUT_S,
@@ -309,16 +309,6 @@ def _runs_guest(pid: int, name: str) -> bool:
     )
 
 
-def _session_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def sweep(directory: Path | None = None) -> list[str]:
     """Stop plain-QEMU rig guests left by rig sessions that no longer exist; returns their names."""
     directory = directory or qmp_dir()
@@ -326,7 +316,7 @@ def sweep(directory: Path | None = None) -> list[str]:
     for pidfile in sorted(directory.glob(f"*{PID_SUFFIX}")):
         name = pidfile.name.removesuffix(PID_SUFFIX)
         match = NAME_RE.match(name)
-        if match is None or _session_alive(int(match.group("pid"))):
+        if match is None or pid_alive(int(match.group("pid"))):
             continue
         pid = read_pidfile(pidfile)
         if pid is not None and _runs_guest(pid, name):
