@@ -92,6 +92,14 @@ def exclusion(guest: GuestSnapshot, policy: GuestPolicy) -> str | None:
     return None
 
 
+def hands_off(guest: GuestSnapshot) -> bool:
+    """Whether its balloon must stay exactly where it is: the VM is paused, migrating or shutting down, or
+    its host's free memory is unknown. Unlike a guest that only lost its stats, nothing is sent to it,
+    not even memory back: a paused workload cannot grow unseen, a balloon moved during a migration
+    fights it, and a host whose free memory is unknown has none known to give."""
+    return guest.hold is not None or guest.state not in _RUNNING
+
+
 def hold_reason(guest: GuestSnapshot, wall_time: float, tunables: Tunables) -> str | None:
     """Why a running VM must be held at its target (no fresh stats), or None if it may be managed."""
     if guest.hold is not None:

@@ -184,7 +184,9 @@ def classify(
                 )
             else:
                 reason = f"balloon did not follow its target; left alone for {stuck_until - now:.0f} s more"
-        elif stale is not None and record.demand is not None and actual is not None:
+        elif (
+            stale is not None and record.demand is not None and actual is not None and not guards.hands_off(g)
+        ):
             # It had stats and lost them: blind to its demand, it gets its memory back as far as the
             # budget allows, since its workload may grow unseen (an OOM kill is the worst harm).
             status, reason = Status.NO_STATS, stale + "; never shrunk, given memory back while blind"
@@ -388,13 +390,13 @@ def host_reserve(snapshot: HostSnapshot, t: Tunables) -> int:
     return max(t.reserve_bytes, int(snapshot.mem_total * t.reserve_fraction))
 
 
-def holding(v: Verdict) -> int:
-    """What a VM that is not managed holds in the budget, now and at the end of this decision."""
+def holding(v: Verdict, now: float, t: Tunables) -> int:
+    """What a VM that is not managed holds in the budget, now and at the end of this decision (where
+    :func:`_held_move` takes its target: a quarantine's ceiling, a followed balloon, a floor)."""
     g = v.guest
     actual = g.actual_bytes if g.actual_bytes is not None else g.target_bytes
-    if v.status == Status.QUARANTINED:
-        return v.ceiling
-    return max(g.target_bytes, actual)
+    move = _held_move(v, now, t)
+    return max(move[0] if move is not None else g.target_bytes, actual)
 
 
 def budget(
@@ -412,7 +414,7 @@ def budget(
         min_free=min(reserve, max(t.host_min_free_bytes, int(snapshot.mem_total * t.host_min_free_fraction))),
         host=host,
         budget=host if configured is None else min(host, configured),
-        held=sum(holding(v) for v in others if v.status != Status.EXCLUDED),
+        held=sum(holding(v, snapshot.time, t) for v in others if v.status != Status.EXCLUDED),
         danger=snapshot.mem_available < reserve,
     )
 
@@ -859,12 +861,13 @@ def decide(
         decisions[g.name] = GuestDecision(rec.demand, None, v.floor, v.ceiling, False)
         planned = g.target_bytes
         retried_at = rec.retried_at
-        if v.status != Status.EXCLUDED:
-            action = _held_action(v, now, t, b.budget)
-            if action is not None:
-                actions.append(action)
-                planned = action.new_target
-                retried_at = now if action.reason == "retry" else retried_at
+        move = _held_move(v, now, t) if v.status != Status.EXCLUDED else None
+        if move is not None:
+            planned, why = move
+            actions.append(
+                Action(g.name, g.target_bytes, planned, why, available=g.stats.available, budget=b.budget)
+            )
+            retried_at = now if why == "retry" else retried_at
         records[g.name] = GuestRecord(
             status=v.status,
             seen_time=now,
@@ -902,17 +905,18 @@ def decide(
     return plan, PolicyState(guests=MappingProxyType(records), time=now)
 
 
-def _held_action(v: Verdict, now: float, t: Tunables, budget_bytes: int) -> Action | None:
-    """What a VM that is not managed still gets: a quarantined one goes to its ceiling; one whose balloon
-    rose above its target by itself (autodeflate), got stuck above it, or lost its stats while it still
-    inflated toward it has its target follow it up; a grow that has not arrived is sent again. None of
-    them is ever shrunk."""
+def _held_move(v: Verdict, now: float, t: Tunables) -> tuple[int, str] | None:
+    """Where a VM that is not managed still goes, and why: a quarantined one to its ceiling; one whose
+    balloon rose above its target by itself (autodeflate), got stuck above it, or lost its stats while
+    it still inflated toward it has its target follow it up; a grow that has not arrived is sent again.
+    None of them is ever shrunk, and one its backend holds (:func:`guards.hands_off`) gets nothing."""
     g = v.guest
+    if guards.hands_off(g):
+        return None
     old = g.target_bytes
-    available = g.stats.available
     if v.status == Status.QUARANTINED:
         if old < v.ceiling:
-            return Action(g.name, old, v.ceiling, "quarantine", available=available, budget=budget_bytes)
+            return v.ceiling, "quarantine"
     else:
         follow = ""
         actual = g.actual_bytes
@@ -927,9 +931,9 @@ def _held_action(v: Verdict, now: float, t: Tunables, budget_bytes: int) -> Acti
                 _align_up(actual, t.target_align_bytes), old, v.floor, v.ceiling, may_shrink=False
             )
             if new > old:
-                return Action(g.name, old, new, follow, available=available, budget=budget_bytes)
+                return new, follow
     if _retries(v, now, t):
-        return Action(g.name, old, old, "retry", available=available, budget=budget_bytes)
+        return old, "retry"
     return None
 
 
