@@ -19,6 +19,7 @@ from autoballoon.backends.sim import SimBackend
 from autoballoon.cli import main
 from autoballoon.config import parse_config
 from autoballoon.controller import Controller
+from autoballoon.errors import ConnectionLostError
 from autoballoon.guards import Status
 from autoballoon.journal import Journal
 from autoballoon.server import RunningServer, serve_controller
@@ -204,6 +205,23 @@ def test_enable_autodeflate_gives_guests_the_safety_net_from_their_next_boot() -
     tick(dry, dry_backend, 10)
     assert journal(dry, "remedy") and all(not e["applied"] for e in journal(dry, "remedy"))
     assert dry_backend.next_boot("busy")["autodeflate"] is False
+
+
+def test_a_connection_lost_while_applying_a_remedy_does_not_stop_the_daemon(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The remedy is journalled as not applied, the tick ends normally, and the daemon goes on ticking
+    (the lost connection escaped ``tick`` and ended the daemon)."""
+    backend, controller = make({"guard": HEALTH | {"enable_autodeflate": True}})
+
+    def lost(vm: str, change: object) -> None:
+        raise ConnectionLostError("the connection dropped")
+
+    monkeypatch.setattr(backend, "set_balloon", lost)
+    tick(controller, backend, 10)
+    remedies = journal(controller, "remedy")
+    assert remedies and all(not e["applied"] and "dropped" in e["error"] for e in remedies)
+    assert journal(controller, "action")  # the ticks went on
 
 
 def test_windows_guest_floor_in_the_daemon() -> None:

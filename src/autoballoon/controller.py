@@ -369,9 +369,7 @@ class Controller:
             return
         try:
             result = backend.set_balloon(vm, change)
-        except ConnectionLostError:
-            raise
-        except (RefusedError, BackendError) as e:
+        except (RefusedError, BackendError) as e:  # a lost connection too: the next backend call finds it
             message = f"{vm}: could not apply '{command}': {e}"
             self.journal.event(wall, "remedy", message, vm=vm, applied=False, error=str(e))
             log.warning("%s", message)
