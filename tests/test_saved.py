@@ -106,3 +106,17 @@ def test_a_restarted_daemon_keeps_a_quarantine_without_a_new_storm(tmp_path: Pat
         e for e in second.journal.recent() if e.get("vm") == "storm" and e.get("direction") == "shrink"
     ]
     assert storm_shrinks == []
+
+
+def test_what_the_document_cannot_hold_is_left_out_or_cut_instead_of_failing_every_save() -> None:
+    """A VM name longer than the document allows (QMP's glob mode takes any ``-name``), a quarantine
+    reason that quotes it twice, an infinite rate: each made every save raise, and the daemon with it."""
+    long = "v" * 2000
+    health = HealthState(quarantined=MappingProxyType({
+        long: Quarantine(1.0, None, f"{long}: CPU storm; {long}"),
+        "win": Quarantine(1.0, None, "x" * 5000),
+    }))  # fmt: skip
+    records = {long: GuestRecord(seen_time=1.0), "db": GuestRecord(seen_time=1.0, rate=float("inf"))}
+    document = saved.remember("autoballoon", health, PolicyState(guests=MappingProxyType(records)), 2.0, 10.0)
+    assert set(document.quarantines) == {"win"} and len(document.quarantines["win"].reason) == 4096
+    assert set(document.guests) == {"db"} and document.guests["db"].rate == 0.0

@@ -18,6 +18,7 @@ ignored as a whole (see :mod:`autoballoon.state`).
 
 from __future__ import annotations
 
+import math
 from types import MappingProxyType
 from typing import Annotated
 
@@ -27,10 +28,13 @@ from autoballoon.health import HealthState, Quarantine
 from autoballoon.policy.default import GuestRecord, PolicyState
 from autoballoon.tunables import Tunables
 
+NAME_MAX = 1024
+REASON_MAX = 4096
+BYTES_MAX = 2**62
 _Wall = Annotated[float, Field(ge=0, allow_inf_nan=False)]
-_Bytes = Annotated[int, Field(ge=0, le=2**62)]
+_Bytes = Annotated[int, Field(ge=0, le=BYTES_MAX)]
 _Rate = Annotated[float, Field(ge=0, allow_inf_nan=False)]
-_Name = Annotated[str, Field(min_length=1, max_length=1024)]
+_Name = Annotated[str, Field(min_length=1, max_length=NAME_MAX)]
 
 
 class _Strict(BaseModel):
@@ -40,7 +44,7 @@ class _Strict(BaseModel):
 class SavedQuarantine(_Strict):
     since: _Wall
     until: _Wall | None
-    reason: Annotated[str, Field(max_length=4096)]
+    reason: Annotated[str, Field(max_length=REASON_MAX)]
 
 
 class SavedGuest(_Strict):
@@ -73,19 +77,22 @@ def _to_clock(t: float | None, now: float, wall: float) -> float | None:
 
 def remember(policy: str, health: HealthState, state: object, now: float, wall: float) -> Saved:
     """What to save now (``now`` is the controller's clock, ``wall`` the wall clock at the same instant).
-    ``state`` is the policy's state: only the default policy's records are kept."""
+    ``state`` is the policy's state: only the default policy's records are kept. What the document
+    cannot hold is left out or cut to fit (a VM name longer than any libvirt accepts, a reason beyond
+    its length), so that saving never fails on what the daemon runs on."""
     quarantines = {
         vm: SavedQuarantine(
             since=max(0.0, _to_wall(q.since, now, wall) or 0.0),
             until=_to_wall(q.until, now, wall),
-            reason=q.reason,
+            reason=q.reason[:REASON_MAX],
         )
         for vm, q in health.quarantined.items()
+        if len(vm) <= NAME_MAX
     }
     guests: dict[str, SavedGuest] = {}
     if isinstance(state, PolicyState):
         for vm, r in state.guests.items():
-            if r.seen_time is None:
+            if r.seen_time is None or len(vm) > NAME_MAX:
                 continue
             at = _to_wall(r.seen_time, now, wall) or wall
             guests[vm] = SavedGuest(
@@ -93,9 +100,9 @@ def remember(policy: str, health: HealthState, state: object, now: float, wall: 
                 manual_until=_to_wall(r.manual_until, now, wall),
                 stuck_until=_to_wall(r.stuck_until, now, wall),
                 last_grow=_to_wall(r.last_grow, now, wall),
-                jump=max(0, r.jump),
-                rate=max(0.0, r.rate),
-                reserved=max(0, r.reserved),
+                jump=min(max(0, r.jump), BYTES_MAX),
+                rate=r.rate if 0.0 < r.rate < math.inf else 0.0,
+                reserved=min(max(0, r.reserved), BYTES_MAX),
             )
     return Saved(policy=policy, quarantines=quarantines, guests=guests)
 
