@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import socket
+import threading
 from pathlib import Path
 
 import pytest
@@ -178,6 +179,8 @@ def test_uri_forms() -> None:
         ("qmp:///run/vm.qmp?conf=/etc", "directory of sockets"),
         ("qmp:///run/?conf=relative", "absolute"),
         ("proxmox://?glob=*.qmp", "glob"),
+        ("qmp:///run/a%00b.qmp", "NUL"),
+        ("qmp:///run/?glob=*.qmp&conf=/a%00b", "NUL"),
     ],
 )
 def test_bad_uris_name_what_is_wrong(uri: str, named: str) -> None:
@@ -195,6 +198,9 @@ def test_open_backend_knows_the_schemes(tmp_path: Path) -> None:
         open_backend(f"qmp://{tmp_path}/")
     with pytest.raises(BackendError, match=r"vm\.qmp"):  # one socket that is not there: cannot connect
         open_backend(f"qmp://{tmp_path}/vm.qmp")
+    with pytest.raises(InvalidValueError, match="NUL"):  # the OS's own error leaked, and a loop thread
+        open_backend(f"qmp://{tmp_path}/a%00b.qmp")
+    assert not [t for t in threading.enumerate() if t.name == "qmp-backend"]
 
 
 # -- Proxmox configs ------------------------------------------------------------------------------------

@@ -200,6 +200,9 @@ class QmpBackend:
             except BackendError as exc:
                 backend.close()
                 raise BackendError(f"cannot connect to {uri}", cause=exc.cause or str(exc)) from None
+            except BaseException:
+                backend.close()  # its loop thread with it
+                raise
         return backend
 
     def _run(self, coro: Coroutine[Any, Any, T]) -> T:

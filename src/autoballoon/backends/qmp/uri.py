@@ -88,6 +88,10 @@ def parse_uri(uri: str, *, is_dir: bool | None = None) -> Location:
         query[key] = value
     hold = _flag("hold", query["hold"]) if "hold" in query else False
     raw_path = unquote(parts.path)
+    for what, text in (("path", raw_path), ("parameter conf", query.get("conf", ""))):
+        if "\x00" in text:  # no file name holds one: the OS refuses it with an error of its own
+            shown = text.replace("\x00", "%00")
+            raise InvalidValueError(f"QMP URI {what}", shown, "a path without NUL (%00)")
     conf = Path(query["conf"]) if query.get("conf") else None
     if conf is not None and not conf.is_absolute():
         raise InvalidValueError("QMP URI parameter conf", query["conf"], "an absolute directory path")
