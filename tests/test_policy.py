@@ -581,3 +581,18 @@ def test_what_a_held_guest_is_raised_to_counts_in_the_budget() -> None:
     got = targets(plan, snap)
     assert plan.status["held"] == Status.NO_STATS and got["held"] == T.global_min_bytes
     assert got["held"] + got["busy"] <= 600 * MiB
+
+
+def test_a_tick_held_between_two_looks_keeps_the_one_shrink_per_report_rule() -> None:
+    """A guest shrunk, then unreadable for a tick (held), then back with the same stats: the stats
+    still predate the shrink, so it is not shrunk again (the held tick forgot when it was shrunk)."""
+    tun = replace(T, host_reserve_bytes=0)
+    g = make_guest("g", max_bytes=4 * GiB, target=4 * GiB, used=512 * MiB, autodeflate=False)
+    snap = make_host(g)
+    plan, state = decide(snap, inputs(), PolicyState(), tun)
+    cut = targets(plan, snap)["g"]
+    assert cut < 4 * GiB
+    after = replace(g, target_bytes=cut, actual_bytes=cut)  # the same stats, taken before the shrink
+    _, state = decide(make_host(replace(after, hold="cannot read it now"), time=2.0), inputs(), state, tun)
+    plan, _ = decide(make_host(after, time=4.0), inputs(), state, tun)
+    assert plan.actions == ()

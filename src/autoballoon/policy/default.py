@@ -884,6 +884,7 @@ def decide(
             rate=rec.rate,
             jump=rec.jump,
             last_grow=now if planned > g.target_bytes else rec.last_grow,
+            shrink_wall=rec.shrink_wall,
             progress=v.progress,
             stuck_until=v.stuck_until,
             manual_until=v.manual_until,

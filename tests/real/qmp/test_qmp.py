@@ -117,6 +117,13 @@ def test_a_monitor_held_by_another_client(make_qemu_guests: Any, socket_dir: Pat
         # Without ?hold the backend keeps no connection between calls, so another client gets in at once.
         with HeldMonitor(free.qmp):
             pass
+        # Seen before, a VM that cannot be read for a tick is reported as last seen, held: the daemon
+        # keeps what it knows of it (its target unchanged, not someone else's change; not forgotten).
+        seen = {g.name: g for g in backend.snapshot().guests}[busy.name]
+        with HeldMonitor(busy.qmp):
+            held = {g.name: g for g in backend.snapshot().guests}[busy.name]
+        assert held.state is VMState.UNKNOWN and "cannot read it now" in (held.hold or ""), held
+        assert (held.target_bytes, held.max_bytes) == (seen.target_bytes, seen.max_bytes)
     finally:
         backend.close()
 

@@ -31,7 +31,7 @@ import stat
 import threading
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -55,6 +55,7 @@ from autoballoon.model import (
     ChangeResult,
     GuestPolicy,
     GuestSnapshot,
+    GuestStats,
     HostSnapshot,
     VirtioMem,
     VMState,
@@ -147,6 +148,7 @@ class _Monitor:
         self.target: int | None = None  # the balloon target this backend set for this QEMU
         self.shutdown = False
         self.last_balloon: BalloonChangeEvent | None = None
+        self.last_seen: GuestSnapshot | None = None  # as the last snapshot reported it
 
     def forget(self) -> None:
         """A different QEMU (or none) is behind the socket now: nothing known about the old one holds."""
@@ -154,6 +156,7 @@ class _Monitor:
         self.target = None
         self.shutdown = False
         self.last_balloon = None
+        self.last_seen = None
 
     def socket_identity(self) -> tuple[int, int] | None:
         try:
@@ -593,12 +596,19 @@ class QmpBackend:
                 if self.location.mode is Mode.SOCKET:
                     raise self._convert(reading, name, "read the VM's state")
                 log.warning("VM %s: cannot read it now: %s", name, reading)
-                if conf is not None:
+                if mon.last_seen is not None and mon.last_seen.name == name:
+                    # As last seen, held: the policy keeps what it knows of it (a target reported
+                    # differently now would read as someone else's change, a VM left out is forgotten).
+                    why = f"cannot read it now ({reading})"
+                    guests.append(replace(mon.last_seen, state=VMState.UNKNOWN, stats=GuestStats(), hold=why))
+                    seen.add(mon.stem)
+                elif conf is not None:
                     guests.append(self._stopped(name, conf, VMState.UNKNOWN))
                     seen.add(mon.stem)
                 continue
             facts, r = reading
-            guests.append(self._guest(name, mon, facts, r, conf))
+            mon.last_seen = self._guest(name, mon, facts, r, conf)
+            guests.append(mon.last_seen)
             seen.add(mon.stem)
         for vmid, conf in configs.items():
             if vmid not in seen and self.location.mode is Mode.PROXMOX:
