@@ -308,3 +308,23 @@ def test_peer_pid_and_pidfile(tmp_path: Path) -> None:
     assert hostinfo.read_pidfile(tmp_path / "q.pid") == 4242
     assert hostinfo.read_pidfile(tmp_path / "bad.pid") is None
     assert hostinfo.read_pidfile(tmp_path / "none.pid") is None
+
+
+def test_each_vm_gets_a_name_of_its_own_when_names_and_file_names_collide(tmp_path: Path) -> None:
+    """a.qmp and b.qmp both run ``-name x``, c.qmp runs ``-name a``: the two x fall back to their file
+    names, of which ``a`` is c's already (a's monitor was lost, and the snapshot raised KeyError)."""
+    from autoballoon.backends.qmp import backend as qb
+
+    def monitor(stem: str, name: str) -> qb._Monitor:
+        mon = qb._Monitor(tmp_path / f"{stem}.qmp")
+        mon.facts = qb._Facts(name, None, False, False, 512 * MiB, None, None, None)
+        return mon
+
+    mons = [monitor("a", "x"), monitor("b", "x"), monitor("c", "a")]
+    backend = qb.QmpBackend("qmp:///test/?glob=*.qmp", qmpuri.parse_uri(f"qmp://{tmp_path}/?glob=*.qmp"))
+    try:
+        names = backend._names(mons, {})
+    finally:
+        backend.close()
+    assert sorted(map(id, names.values())) == sorted(map(id, mons))
+    assert names["a"] is mons[2] and names["b"] is mons[1] and names[str(tmp_path / "a.qmp")] is mons[0]

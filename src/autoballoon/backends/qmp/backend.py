@@ -476,13 +476,10 @@ class QmpBackend:
         for mon in mons:
             name = pve.get(mon.stem) or (mon.facts.name if mon.facts and mon.facts.name else mon.stem)
             named.setdefault(name, []).append(mon)
-        out: dict[str, _Monitor] = {}
-        for name, group in named.items():
-            if len(group) == 1:
-                out[name] = group[0]
-            else:
-                for mon in group:
-                    out[mon.stem] = mon
+        out = {name: group[0] for name, group in named.items() if len(group) == 1}
+        for group in (g for g in named.values() if len(g) > 1):
+            for mon in group:  # a file name another VM goes by already: the whole path, which is unique
+                out[mon.stem if mon.stem not in out else str(mon.path)] = mon
         return out
 
     async def _learn(self, mon: _Monitor) -> None:
