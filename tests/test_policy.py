@@ -596,3 +596,24 @@ def test_a_tick_held_between_two_looks_keeps_the_one_shrink_per_report_rule() ->
     _, state = decide(make_host(replace(after, hold="cannot read it now"), time=2.0), inputs(), state, tun)
     plan, _ = decide(make_host(after, time=4.0), inputs(), state, tun)
     assert plan.actions == ()
+
+
+def test_a_virtio_mem_guest_counts_at_its_boot_memory_in_the_budget() -> None:
+    """Never ballooned below its boot memory, a virtio-mem guest holds at least that: the others are fitted
+    around it (its target was raised to the boot memory after the budget was shared, overrunning it)."""
+    boot = 1 * GiB
+    vmem = VirtioMem(
+        block_bytes=2 * MiB, plugged_bytes=0, requested_bytes=0, region_bytes=1 * GiB, boot_bytes=boot
+    )
+    tun = replace(T, host_reserve_bytes=0, host_budget_bytes=1400 * MiB)
+    got = {"vmem": 2 * GiB, "other": 2 * GiB}
+    state = PolicyState()
+    for i in range(150):  # shrink step by step until both are where the budget puts them
+        now = 2.0 * i
+        small = make_guest("vmem", max_bytes=2 * GiB, target=got["vmem"], used=100 * MiB, time=now)
+        other = make_guest("other", max_bytes=2 * GiB, target=got["other"], used=300 * MiB, time=now)
+        snap = make_host(replace(small, virtio_mem=vmem), other, time=now)
+        plan, state = decide(snap, inputs(), state, tun)
+        got = targets(plan, snap)
+    assert got["vmem"] >= boot and plan.guests["vmem"].floor == boot
+    assert got["vmem"] + got["other"] <= 1400 * MiB

@@ -40,7 +40,8 @@ def limits(guest: GuestSnapshot, policy: GuestPolicy, tunables: Tunables) -> tup
 
     The ceiling is ``<memory>`` (or a lower per-VM max); the floor is the per-VM min but never under the
     global minimum, and never above the ceiling (a VM whose ``<memory>`` is below the global minimum is
-    simply never shrunk).
+    simply never shrunk). A guest with virtio-mem is resized by unplugging blocks on top of its boot
+    memory, never ballooned below it: its boot memory is its floor too.
     """
     ceiling = guest.max_bytes
     if policy.max_bytes is not None and policy.max_bytes < ceiling:
@@ -48,6 +49,8 @@ def limits(guest: GuestSnapshot, policy: GuestPolicy, tunables: Tunables) -> tup
     floor = tunables.global_min_bytes
     if policy.min_bytes is not None and policy.min_bytes > floor:
         floor = policy.min_bytes
+    if guest.virtio_mem is not None and guest.virtio_mem.boot_bytes > floor:
+        floor = guest.virtio_mem.boot_bytes
     return (ceiling if ceiling < floor else floor), ceiling  # min(): a builtin call costs more
 
 
