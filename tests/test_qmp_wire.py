@@ -7,6 +7,7 @@ import os
 import socket
 import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -110,6 +111,18 @@ def test_virtio_mem_from_query_memory_devices() -> None:
     assert list(devices) == [4294967296]
     vmem = wire.virtio_mem(devices[4294967296], boot_bytes=512 * MiB)
     assert vmem == VirtioMem(2 * MiB, 128 * MiB, 256 * MiB, 512 * MiB, 512 * MiB)
+
+
+def test_dimms_are_summed_from_query_memory_devices() -> None:
+    reply = [
+        {"type": "dimm", "data": {"size": 128 * MiB, "memaddr": 1}},
+        {"type": "nvdimm", "data": {"size": 64 * MiB}},
+        {"type": "virtio-mem", "data": {"size": 512 * MiB}},  # resized on its own, not under the balloon
+        {"type": "dimm", "data": {"size": -1}},  # absent
+        "junk",
+    ]
+    assert wire.dimm_bytes(reply) == 192 * MiB
+    assert wire.dimm_bytes({"error": "odd"}) == 0 and wire.dimm_bytes([]) == 0
 
 
 def test_virtio_mem_targets_round_up_to_a_block_within_the_region() -> None:
@@ -328,3 +341,26 @@ def test_each_vm_gets_a_name_of_its_own_when_names_and_file_names_collide(tmp_pa
         backend.close()
     assert sorted(map(id, names.values())) == sorted(map(id, mons))
     assert names["a"] is mons[2] and names["b"] is mons[1] and names[str(tmp_path / "a.qmp")] is mons[0]
+
+
+def test_a_vm_that_runs_again_after_a_shutdown_is_no_longer_reported_shut_down(tmp_path: Path) -> None:
+    """With ``-no-shutdown`` a QEMU outlives its guest's power-off; reset and ``cont`` run the guest
+    again, which QEMU announces with RESUME (it stayed "shutdown" for as long as the process ran)."""
+    import asyncio
+
+    from autoballoon.backends.qmp import backend as qb
+
+    async def events(names: list[str]) -> Any:
+        for name in names:
+            yield {"event": name, "data": {}}
+
+    mon = qb._Monitor(tmp_path / "vm.qmp")
+    mon.target = 256 * MiB
+    backend = qb.QmpBackend("qmp:///test.qmp", qmpuri.parse_uri(f"qmp://{tmp_path}/vm.qmp"))
+    try:
+        asyncio.run(backend._watch(mon, events(["SHUTDOWN"])))  # type: ignore[arg-type]
+        assert mon.shutdown and mon.target is None
+        asyncio.run(backend._watch(mon, events(["RESUME"])))  # type: ignore[arg-type]
+        assert not mon.shutdown
+    finally:
+        backend.close()

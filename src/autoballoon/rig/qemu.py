@@ -52,6 +52,7 @@ PID_SUFFIX = ".pid"
 #: anonymous balloon (/machine/peripheral-anon/device[N]), which a QMP client must discover.
 BALLOON_ID = "balloon0"
 VIRTIO_MEM_ID = "vmem0"
+DIMM_ID = "dimm0"
 #: Linux's memory-block size on x86-64 is 128 MiB, but virtio-mem plugs in sub-blocks; QEMU's default
 #: block size for anonymous RAM is the host's transparent huge page size, 2 MiB.
 VIRTIO_MEM_BLOCK = 2 * MiB
@@ -94,6 +95,7 @@ class QemuSpec:
     stem: str | None = None
     vm_name: str | None = None
     set_name: bool = True
+    dimm_bytes: int = 0  # a pc-dimm of this size beside the boot memory (Proxmox's ``hotplug: memory``)
 
 
 @dataclass
@@ -131,9 +133,10 @@ def qemu_argv(
     argv += ["-display", "none", "-no-reboot"]
     if spec.set_name:
         argv += ["-name", spec.vm_name or name]
-    if spec.virtio_mem is not None:
-        top = (g.memory_bytes + spec.virtio_mem.region_bytes) // MiB
-        memory += f",maxmem={top}M"
+    if spec.virtio_mem is not None or spec.dimm_bytes:
+        region = spec.virtio_mem.region_bytes if spec.virtio_mem is not None else 0
+        top = (g.memory_bytes + region + spec.dimm_bytes) // MiB
+        memory += f",slots=1,maxmem={top}M" if spec.dimm_bytes else f",maxmem={top}M"
     argv += ["-m", memory, "-smp", f"{g.vcpus},maxcpus={g.max_vcpus}"]
     cmdline = KERNEL_CMDLINE + (f" {VIRTIO_MEM_CMDLINE}" if spec.virtio_mem is not None else "")
     argv += ["-kernel", str(image.kernel), "-initrd", str(image.initrd), "-append", cmdline]
@@ -160,6 +163,9 @@ def qemu_argv(
             f"virtio-mem-pci,id={VIRTIO_MEM_ID},memdev={backend},block-size={vmem.block_bytes},"
             f"requested-size={vmem.requested_bytes}",
         ]
+    if spec.dimm_bytes:
+        argv += ["-object", f"memory-backend-ram,id={DIMM_ID}-ram,size={spec.dimm_bytes}"]
+        argv += ["-device", f"pc-dimm,id={DIMM_ID},memdev={DIMM_ID}-ram"]
     argv += ["-qmp", f"unix:{qmp},server=on,wait=off", "-pidfile", str(pidfile)]
     return argv
 

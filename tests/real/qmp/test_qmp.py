@@ -14,8 +14,9 @@ from typing import Any
 
 import pytest
 
+from autoballoon import guards
 from autoballoon.backends import open_backend
-from autoballoon.errors import BackendError, ConnectionLostError
+from autoballoon.errors import BackendError, ConnectionLostError, RefusedError
 from autoballoon.model import VMState
 from autoballoon.rig.domains import GuestSpec
 from autoballoon.rig.qemu import kill
@@ -41,6 +42,22 @@ def test_one_socket_with_an_anonymous_balloon(make_qemu_guests: Any, socket_dir:
         wait_for(
             lambda: backend.guest(guest.name).actual_bytes, lambda v: v == 256 * MiB, DEADLINE_S, "actual"
         )
+    finally:
+        backend.close()
+
+
+def test_a_vm_with_memory_in_dimms_is_left_alone(make_qemu_guests: Any, socket_dir: Path) -> None:
+    """QEMU sizes the balloon on the boot memory and hot-plugged DIMMs together, this backend on the boot
+    memory: such a VM is excluded with that reason, and a target for it is refused, changing nothing."""
+    (guest,) = make_qemu_guests(1, directory=socket_dir, dimm_bytes=128 * MiB)
+    backend = open_backend(f"qmp://{guest.qmp}")
+    try:
+        g = backend.guest(guest.name)
+        assert g.incapable is not None and "DIMMs (128 MiB)" in g.incapable, g
+        assert guards.exclusion(g, g.policy) == g.incapable
+        with pytest.raises(RefusedError, match="DIMMs"):
+            backend.set_target(guest.name, 256 * MiB)
+        assert backend.guest(guest.name).actual_bytes == g.actual_bytes
     finally:
         backend.close()
 

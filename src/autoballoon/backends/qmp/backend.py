@@ -74,7 +74,7 @@ CONNECT_TIMEOUT_S = 3.0
 COMMAND_TIMEOUT_S = 10.0
 #: A whole backend call (a snapshot of every VM runs its VMs' connections side by side).
 CALL_TIMEOUT_S = 30.0
-EVENTS = ("BALLOON_CHANGE", "SHUTDOWN")
+EVENTS = ("BALLOON_CHANGE", "SHUTDOWN", "RESUME")
 PID_SUFFIX = ".pid"
 NO_BALLOON = "DeviceNotActive"
 
@@ -132,6 +132,7 @@ class _Reading:
     virtio_mem: VirtioMem | None
     vcpu_threads: list[int]
     hold: str | None
+    dimm_bytes: int  # memory in hot-plugged DIMMs (see :func:`wire.dimm_bytes`)
 
 
 class _Monitor:
@@ -164,6 +165,18 @@ class _Monitor:
         except OSError:
             return None
         return (st.st_dev, st.st_ino) if stat.S_ISSOCK(st.st_mode) else None
+
+
+def _dimms_incapable(dimm_bytes: int) -> str | None:
+    """Why a VM with memory in hot-plugged DIMMs is left alone: this backend sizes a balloon on the boot
+    memory (``-m``), while QEMU sizes it on the boot memory and the DIMMs together, so a target would
+    land off by the DIMMs, possibly far below what the guest uses."""
+    if not dimm_bytes:
+        return None
+    return (
+        f"memory in hot-plugged DIMMs ({human(dimm_bytes)}), which this backend does not size a balloon "
+        "across; left alone (manage it through libvirt, or without memory hotplug)"
+    )
 
 
 class QmpBackend:
@@ -210,24 +223,32 @@ class QmpBackend:
 
     def _run(self, coro: Coroutine[Any, Any, T]) -> T:
         """Run one coroutine on the backend's loop and wait for it (one call at a time)."""
-        if self._closed:
-            coro.close()
-            raise BackendError(f"the connection to {self.uri} is closed")
-        with self._lock:
-            future = asyncio.run_coroutine_threadsafe(self._session(coro), self._loop)
+        with self._lock:  # ``close`` takes it too: the loop is not closed under a call
+            if self._closed:
+                coro.close()
+                raise BackendError(f"the connection to {self.uri} is closed")
+            ended = threading.Event()
+            future = asyncio.run_coroutine_threadsafe(self._session(coro, ended), self._loop)
             try:
                 return future.result(CALL_TIMEOUT_S)
             except concurrent.futures.TimeoutError:
+                # Cancelled, the session still closes its connections: the next call must not start
+                # before that is done, or those it opens would be closed under it.
                 future.cancel()
+                ended.wait(CONNECT_TIMEOUT_S)
                 raise BackendError(f"QMP call on {self.uri} took longer than {CALL_TIMEOUT_S:g} s") from None
 
-    async def _session(self, coro: Awaitable[T]) -> T:
-        """One call; without ``hold`` every connection it opened is closed again when it is done."""
+    async def _session(self, coro: Awaitable[T], ended: threading.Event) -> T:
+        """One call; without ``hold`` every connection it opened is closed again when it is done, and
+        then ``ended`` is set (a call cancelled on its timeout is waited for up to that point)."""
         try:
             return await coro
         finally:
-            if not self.location.hold:
-                await asyncio.gather(*(self._disconnect(m) for m in self._monitors.values()))
+            try:
+                if not self.location.hold:
+                    await asyncio.gather(*(self._disconnect(m) for m in self._monitors.values()))
+            finally:
+                ended.set()
 
     def close(self) -> None:
         """Close every connection and stop the loop thread. Never changes a VM."""
@@ -318,6 +339,8 @@ class QmpBackend:
                 # The guest is going down; if it comes back it boots at its full size, not our target.
                 mon.shutdown = True
                 mon.target = None
+            elif name == "RESUME":  # running again (``-no-shutdown``, then ``system_reset`` and ``cont``)
+                mon.shutdown = False
 
     async def _exec(self, client: QMPClient, cmd: str, args: Mapping[str, object] | None = None) -> Any:
         """One command; ExecuteError passes (QEMU answered no), a dead connection becomes _Broken."""
@@ -412,10 +435,11 @@ class QmpBackend:
     async def _read(self, mon: _Monitor) -> tuple[_Facts, _Reading]:
         async def read(_client: QMPClient) -> tuple[_Facts, _Reading]:
             client, facts = await self._known(mon)
-            status, cpus, migration = await asyncio.gather(
+            status, cpus, migration, devices = await asyncio.gather(
                 self._exec(client, "query-status"),
                 self._exec(client, "query-cpus-fast"),
                 self._exec(client, "query-migrate"),
+                self._exec(client, "query-memory-devices"),
             )
             actual: int | None = None
             stats: Any = None
@@ -435,14 +459,14 @@ class QmpBackend:
                 period = wire.number(raw_period)
             vmem = None
             if facts.virtio_mem is not None:
-                devices = wire.virtio_mem_devices(await self._exec(client, "query-memory-devices"))
-                data = devices.get(facts.virtio_mem.memaddr)
+                data = wire.virtio_mem_devices(devices).get(facts.virtio_mem.memaddr)
                 vmem = wire.virtio_mem(data, facts.boot_bytes) if data is not None else None
             state = wire.vm_state(status)
             if mon.shutdown and state is VMState.RUNNING:
                 state = VMState.SHUTDOWN
             hold = wire.hold_reason(status, migration)
-            return facts, _Reading(state, actual, stats, period, vmem, wire.vcpu_threads(cpus), hold)
+            dimms = wire.dimm_bytes(devices)
+            return facts, _Reading(state, actual, stats, period, vmem, wire.vcpu_threads(cpus), hold, dimms)
 
         return await self._on(mon, read)
 
@@ -548,7 +572,7 @@ class QmpBackend:
             virtio_mem=vmem,
             host_rss_bytes=hostinfo.process_rss(pid) if pid else None,
             hold=r.hold,
-            incapable=facts.incapable,
+            incapable=facts.incapable or _dimms_incapable(r.dimm_bytes),
         )
 
     @staticmethod
@@ -710,6 +734,9 @@ class QmpBackend:
             )
 
         async def apply(client: QMPClient) -> None:
+            why = _dimms_incapable(wire.dimm_bytes(await self._exec(client, "query-memory-devices")))
+            if why is not None:
+                raise RefusedError(f"refused: VM {name!r}: {why}; nothing was changed")
             balloon = wire.balloon_value(facts.boot_bytes, min(target, facts.boot_bytes))
             if vmem is not None:
                 device = VirtioMem(vmem.block_bytes, 0, 0, vmem.region_bytes, facts.boot_bytes)

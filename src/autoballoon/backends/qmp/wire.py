@@ -15,6 +15,8 @@ from typing import Any
 
 from autoballoon.model import GuestStats, VirtioMem, VMState
 
+#: ``query-memory-devices`` entry types of memory the balloon is sized on, beside the boot memory.
+DIMM_TYPES = ("dimm", "nvdimm")
 #: QEMU's "not reported", both as documented and as sent.
 ABSENT_VALUES = frozenset({-1, 2**64 - 1})
 _STAT_FIELDS = {
@@ -109,6 +111,19 @@ def number(value: Any) -> int | None:
     if isinstance(value, bool) or not isinstance(value, int) or value in ABSENT_VALUES:
         return None
     return value
+
+
+def dimm_bytes(reply: Any) -> int:
+    """Memory in hot-plugged DIMMs (``pc-dimm``, ``nvdimm``; Proxmox's ``hotplug: memory``), from
+    ``query-memory-devices``. QEMU sizes the balloon on the boot memory and these DIMMs together."""
+    if not isinstance(reply, list):
+        return 0
+    total = 0
+    for entry in reply:
+        if isinstance(entry, Mapping) and entry.get("type") in DIMM_TYPES:
+            data = entry.get("data")
+            total += (number(data.get("size")) or 0) if isinstance(data, Mapping) else 0
+    return total
 
 
 def guest_stats(reply: Any) -> GuestStats:
