@@ -53,7 +53,7 @@ def test_a_vm_with_memory_in_dimms_is_left_alone(make_qemu_guests: Any, socket_d
     backend = open_backend(f"qmp://{guest.qmp}")
     try:
         g = backend.guest(guest.name)
-        assert g.incapable is not None and "DIMMs (128 MiB)" in g.incapable, g
+        assert g.incapable is not None and "DIMMs (128.0 MiB)" in g.incapable, g
         assert guards.exclusion(g, g.policy) == g.incapable
         with pytest.raises(RefusedError, match="DIMMs"):
             backend.set_target(guest.name, 256 * MiB)
