@@ -130,3 +130,21 @@ def test_a_malformed_recording_is_a_clear_error(tmp_path: Path) -> None:
     path.write_text(json.dumps({"format": "autoballoon-recording/1", "guests": [{"name": "g"}]}))
     with pytest.raises(InvalidValueError, match=r"bad\.json: guest #1"):
         load_recording(path)
+
+
+def test_a_calibration_that_measured_no_speed_leaves_the_simulators_own(tmp_path: Path) -> None:
+    """A calibration whose balloon never moved (no speeds) is not a median of nothing."""
+    import gzip
+
+    from autoballoon.evaluate.real.calibration import Calibration
+    from autoballoon.sim.replay import replay_physics
+
+    rec = BENCH_RUNS[0]
+    empty = Calibration((), (), (), (), (), 0.0)
+    with gzip.open(tmp_path / "calibration.json.gz", "wt", encoding="utf-8") as fh:
+        json.dump(empty.to_json(), fh)
+    physics = bench_physics(rec, tmp_path)
+    assert (physics.inflate_bps, physics.deflate_bps) == (
+        replay_physics(rec).inflate_bps,
+        replay_physics(rec).deflate_bps,
+    )

@@ -106,15 +106,16 @@ BENCH_BALLOON_LATENCY_S = 0.3
 
 def bench_physics(rec: Recording, directory: Path) -> Physics:
     """The physics a benchmark run is replayed with: the balloon's speeds measured by the calibration
-    recorded beside it (``--calibrate``), else the simulator's own."""
+    recorded beside it (``--calibrate``), else (or for a speed it did not measure) the simulator's own."""
     physics = replace(replay_physics(rec), balloon_latency_s=BENCH_BALLOON_LATENCY_S)
     path = directory / CALIBRATION_FILE
     if not path.exists():
         return physics
     with gzip.open(path, "rt", encoding="utf-8") as fh:
         cal = calibration_from_json(json.load(fh))
+    inflate, deflate = cal.inflate_bytes_s, cal.deflate_bytes_s
     return replace(
         physics,
-        inflate_bps=int(statistics.median(cal.inflate_bytes_s)),
-        deflate_bps=int(statistics.median(cal.deflate_bytes_s)),
+        inflate_bps=int(statistics.median(inflate)) if inflate else physics.inflate_bps,
+        deflate_bps=int(statistics.median(deflate)) if deflate else physics.deflate_bps,
     )
