@@ -617,3 +617,22 @@ def test_a_virtio_mem_guest_counts_at_its_boot_memory_in_the_budget() -> None:
         got = targets(plan, snap)
     assert got["vmem"] >= boot and plan.guests["vmem"].floor == boot
     assert got["vmem"] + got["other"] <= 1400 * MiB
+
+
+def test_a_guest_that_deflates_itself_past_a_grow_is_followed() -> None:
+    """An autodeflate guest under pressure is grown by the daemon (short of budget, a little) while it
+    takes far more back by itself: the next decision follows its balloon up. Found on the rig: with the
+    target moved each tick, the self-deflation went unseen and the target stayed 130 MiB below the balloon."""
+    tun = replace(T, host_reserve_bytes=0, host_budget_bytes=1400 * MiB)
+    big = make_guest("big", max_bytes=1 * GiB, target=1 * GiB, used=900 * MiB)
+    g = make_guest("g", max_bytes=1 * GiB, target=320 * MiB, used=300 * MiB)  # 20 MiB available: pressure
+    snap = make_host(g, big)
+    plan, state = decide(snap, inputs(), PolicyState(), tun)
+    grown = targets(plan, snap)["g"]
+    assert 320 * MiB < grown < 570 * MiB  # grown, but not by the 250 MiB it is about to take
+    took = grown + 250 * MiB  # the balloon, past the new target: the guest took it back itself
+    g2 = make_guest("g", max_bytes=1 * GiB, target=grown, actual=took, used=550 * MiB, time=2.0)
+    snap = make_host(g2, replace(big, target_bytes=targets(plan, snap)["big"]), time=2.0)
+    plan, _ = decide(snap, inputs(), state, tun)
+    (action,) = [a for a in plan.actions if a.vm == "g"]
+    assert action.reason.startswith("autodeflate") and action.new_target >= took, action

@@ -169,12 +169,13 @@ def manual_change(target: int, seen_target: int | None, planned_target: int | No
     return seen_target is not None and target != seen_target and target != planned_target
 
 
-def self_deflated(
-    actual: int | None, seen_actual: int | None, target: int, seen_target: int | None, tunables: Tunables
-) -> bool:
-    """The guest took memory back by itself (autodeflate at OOM time): ``actual`` rose above the target
-    that nobody changed."""
-    if actual is None or seen_actual is None or target != seen_target:
+def self_deflated(actual: int | None, seen_actual: int | None, target: int, tunables: Tunables) -> bool:
+    """The guest took memory back by itself (autodeflate at OOM time): ``actual`` rose, and above its
+    target. A balloon deflating toward a grown target never passes it, and one still inflating toward a
+    cut does not rise, so this holds whoever moved the target meanwhile (the daemon growing a guest under
+    pressure each tick as it deflated itself past that growth once hid it, and the target never caught up
+    with the balloon)."""
+    if actual is None or seen_actual is None:
         return False
     tol = tunables.self_deflate_tolerance_bytes
     return actual > seen_actual + tol and actual > target + tol

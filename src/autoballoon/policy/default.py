@@ -165,7 +165,7 @@ def classify(
         stuck_until = (
             record.stuck_until if record.stuck_until is not None and record.stuck_until > now else None
         )
-        self_deflated = guards.self_deflated(actual, record.seen_actual, target, record.seen_target, t)
+        self_deflated = guards.self_deflated(actual, record.seen_actual, target, t)
 
         stale = guards.hold_reason(g, snapshot.wall_time, t)
         blind = False

@@ -125,8 +125,14 @@ def test_daemon_on_plain_qemu(daemon: Any) -> None:
     actions = [e for e in entries if e["kind"] == "action"]
     names = {g.name for g in guests}
     assert actions and {e["vm"] for e in actions} == names
-    for e in actions:
-        assert e["applied"] is True and e["old_target"] != e["new_target"] and e["reason"], e
+    for i, e in enumerate(actions):
+        assert e["old_target"] != e["new_target"] and e["reason"], e
+        if e["applied"] is not True:
+            # This test reads the balloons over QMP too, and a QMP socket serves one client at a time: an
+            # action that met the test's own client is journalled as not applied, and the daemon's next
+            # action on that VM lands (seen once in ten runs of the real tests).
+            assert "could not reach QEMU" in (e.get("error") or ""), e
+            assert any(later["vm"] == e["vm"] and later["applied"] for later in actions[i + 1 :]), e
     assert any(
         e["vm"] == grower.name and e["direction"] == "grow" and e["reason"] != "restore-max" for e in actions
     )
