@@ -18,6 +18,7 @@ from autoballoon.backends.qmp import wire
 from autoballoon.errors import BackendError, InvalidValueError
 from autoballoon.model import BalloonConfig, GuestSnapshot, VirtioMem, VMState
 from autoballoon.units import KiB, MiB
+from tests.needs import need_module
 
 ABSENT = 2**64 - 1
 #: ``qom-get guest-stats`` from a QEMU 7.2 guest with Linux 6.1 (no hugetlb, no OOM stats).
@@ -204,7 +205,7 @@ def test_bad_uris_name_what_is_wrong(uri: str, named: str) -> None:
 
 def test_open_backend_knows_the_schemes(tmp_path: Path) -> None:
     assert "qmp:///" in KNOWN_SCHEMES and "proxmox://" in KNOWN_SCHEMES
-    pytest.importorskip("qemu.qmp")
+    need_module("qemu.qmp", "pip install 'autoballoon[qmp]' (make test installs it)")
     with pytest.raises(BackendError, match="no directory"):
         open_backend(f"qmp://{tmp_path}/nowhere/?glob=*.qmp")
     with pytest.raises(BackendError, match=r"no Proxmox VM configs .*\?glob=\*\.qmp"):

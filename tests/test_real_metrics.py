@@ -157,7 +157,7 @@ def test_trace_files_round_trip_and_refuse_another_format(tmp_path: Path) -> Non
 
 
 def test_report_has_a_table_per_workload_and_a_plot(tmp_path: Path) -> None:
-    pytest.importorskip("matplotlib")
+    need_module("matplotlib", "pip install 'autoballoon[eval]' (make test installs it)")
     cmds = (CommandRecord(1.0, "alloc 64M", 1.0, 1.5, "killed"),)
     runs = [
         run("autoballoon", (guest("a", "d1", cmds, oom_kill=[0] * 4 + [1] * 7), guest("b", "d2"))),
