@@ -2,8 +2,9 @@
 550 ticks with 20 HTTP clients polling the API, ``/metrics`` and the dashboard as the page does.
 
 After the 250-tick warm-up its resident memory may not grow by 10 % or more (medians of the first and
-last ten samples: a leak stays, a peak passes) nor peak 25 % above where it started, every request must be
-answered, and the controller's tick p99 (read from its own histogram) must stay under the soak's bound.
+last quarters of its samples: a leak stays, a peak passes) nor peak 25 % above where it started, every
+request must be answered, and the controller's tick p99 (read from its own histogram) must stay under the
+soak's bound.
 """
 
 from __future__ import annotations
