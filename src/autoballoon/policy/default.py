@@ -824,31 +824,17 @@ def decide(
         status[g.name] = v.status
         reasons[g.name] = f"shrink held: {v.shrink_hold}" if shrink_held else v.reason
         decisions[g.name] = GuestDecision(e.demand, want, v.floor, v.ceiling, e.pressure, oom_floor)
+        # In GuestRecord's order, not by keyword: 23 keywords cost a microsecond more per VM, a tenth of
+        # the whole decision at 1,000 guests. The estimate's fields are named as the record's.
         records[g.name] = GuestRecord(
-            status=v.status,
-            seen_time=now,
-            seen_target=old,
-            seen_actual=g.actual_bytes,
-            planned_target=new,
-            demand=e.demand,
-            used=e.used,
-            reserved=e.reserved,
-            seen_wall=snapshot.wall_time,
-            stats_time=e.stats_time,
-            swap_in=e.swap_in,
-            major_faults=e.major_faults,
-            rise_rate=e.rise_rate,
-            trend=e.trend,
-            rate=e.rate,
-            jump=e.jump,
-            pressure_at=e.pressure_at,
-            last_grow=last_grow,
-            shrink_wall=shrink_wall,
-            progress=v.progress,
-            retried_at=retried_at,
-            warned_autodeflate=rec.warned_autodeflate or warning is not None,
-            warned_reporting=rec.warned_reporting or hint is not None,
-        )
+            v.status, now, old, g.actual_bytes, new,  # status, seen_time, seen_target, seen_actual, planned
+            e.demand, e.used, e.reserved, snapshot.wall_time,  # ..., seen_wall
+            e.stats_time, e.swap_in, e.major_faults, e.rise_rate, e.trend, e.rate, e.jump, e.pressure_at,
+            last_grow, shrink_wall, v.progress,
+            None, None, retried_at,  # stuck_until, manual_until (a managed VM has neither), retried_at
+            rec.warned_autodeflate or warning is not None,
+            rec.warned_reporting or hint is not None,
+        )  # fmt: skip
 
     for v in others:
         g = v.guest
