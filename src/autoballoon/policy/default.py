@@ -113,6 +113,11 @@ class Inputs:
     os_types: Mapping[str, str] = field(default_factory=dict)
 
 
+#: ``Status.MANAGED`` as a module constant: an Enum class attribute costs about 100 ns, and classify and
+#: estimate read it for every VM on every tick (0.4 ms a tick at 1,000 guests; see guards._ACTIVE).
+_MANAGED = Status.MANAGED
+
+
 # --- 1. classify ------------------------------------------------------------------------------------
 
 
@@ -194,12 +199,12 @@ def classify(
         elif stale is not None:
             status, reason = Status.NO_STATS, stale + "; held, never shrunk"
         else:
-            status, reason = Status.MANAGED, ""
+            status, reason = _MANAGED, ""
         verdict = Verdict(
             g, policy, record, status, reason, floor, ceiling, progress, manual_until, stuck_until,
             self_deflated, shrink_hold(health, g, guard),
         )  # fmt: skip
-        (managed if status == Status.MANAGED or blind else held).append(verdict)
+        (managed if status == _MANAGED or blind else held).append(verdict)
     return managed, held + excluded
 
 
@@ -314,7 +319,7 @@ def estimate(v: Verdict, now: float, wall: float, t: Tunables) -> Estimate:
     latency = reaction_time(g, t)
     shares = float(v.policy.shares if v.policy.shares is not None else t.default_shares)
     exposed, reports = not g.balloon.autodeflate, g.mechanism == "report"
-    if v.status != Status.MANAGED:  # blind: what it has is the least it keeps (see :func:`tiers`)
+    if v.status != _MANAGED:  # blind: what it has is the least it keeps (see :func:`tiers`)
         held = min(max(target, actual), v.ceiling)
         may_shrink, step = shrinking(v, rec.stats_time, True, now, t)
         return Estimate(
