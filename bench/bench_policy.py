@@ -20,6 +20,7 @@ from collections.abc import Callable
 
 import numpy as np
 
+from autoballoon.controller import tune_collector
 from autoballoon.model import BalloonConfig, GuestPolicy, GuestSnapshot, GuestStats, HostSnapshot, VMState
 from autoballoon.policy import Inputs, PolicyState, decide, mom, proxmox
 from autoballoon.tunables import Tunables
@@ -179,6 +180,7 @@ def main(argv: list[str] | None = None) -> int:
         # collector, its full passes over them land in the timed calls (p99 37 ms against a p50 of 11).
         gc.collect()
         gc.freeze()
+        tune_collector(Tunables())  # the collector runs as in the daemon (`autoballoon run`)
         for name, tick in (
             ("autoballoon", default_policy(Tunables())),
             ("mom", mom_policy()),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import subprocess
 import sys
@@ -188,3 +189,19 @@ def test_run_refuses_a_bad_server_option_before_creating_the_journal(
     code, _, err = run(capsys, "run", "--journal", str(journal), option, value)
     assert code == 2 and named in err and value in err
     assert not journal.parent.exists()
+
+
+def test_run_sets_the_collector_threshold_from_the_config(
+    backend: Backend, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    config = tmp_path / "autoballoon.toml"
+    config.write_text("[tunables]\ncollector_young_threshold = 4321\n")
+    before = gc.get_threshold()
+    try:
+        code, _, err = run(
+            capsys, "run", "--once", "--no-http", "--config", str(config), "--journal", str(tmp_path / "j")
+        )
+        assert code == 0, err
+        assert gc.get_threshold() == (4321, *before[1:])  # the older generations keep theirs
+    finally:
+        gc.set_threshold(*before)

@@ -18,6 +18,7 @@ connection goes back to the head of the queue and is resolved after the reconnec
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import threading
 import time
@@ -55,6 +56,7 @@ from autoballoon.model import (
 )
 from autoballoon.policy import DefaultPolicy, Inputs, Policy
 from autoballoon.state import StateStore
+from autoballoon.tunables import Tunables
 from autoballoon.units import human
 
 #: Statuses of VMs that autoballoon has been ballooning (and so restores on exit).
@@ -66,6 +68,14 @@ log = logging.getLogger(__name__)
 #: and a few balloon calls, from a millisecond (the simulator) to seconds (a slow libvirt).
 TICK_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 TICK_METRIC = "autoballoon_tick_duration_seconds"
+
+
+def tune_collector(t: Tunables) -> None:
+    """Set the daemon's garbage-collector threshold for its youngest generation (see
+    :attr:`Tunables.collector_young_threshold`): process-wide, so only the daemon's entry point and the
+    policy bench call it, not the controller a test or an evaluation builds."""
+    _young, *older = gc.get_threshold()
+    gc.set_threshold(t.collector_young_threshold, *older)
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,7 +22,7 @@ from autoballoon.cli import Context, cli, pass_ctx
 from autoballoon.cli.output import cell
 from autoballoon.clock import Clock, RealClock
 from autoballoon.config import DEFAULT_CONFIG_PATH, load_config
-from autoballoon.controller import Controller, ControllerStatus
+from autoballoon.controller import Controller, ControllerStatus, tune_collector
 from autoballoon.journal import Journal
 from autoballoon.policy import POLICY_NAMES, create_policy
 from autoballoon.server import DEFAULT_LISTEN, Tls, check_listen, serve_controller
@@ -167,6 +167,7 @@ def run_command(
     journal = Journal(journal_path or config.journal_path, ring_size=config.tunables.journal_ring_size)
     backend = ctx.backend
     clock: Clock = getattr(backend, "clock", None) or RealClock()
+    tune_collector(config.tunables)
     if state_path is None and not ctx.uri.startswith("sim:"):
         state_path = config.state_path
     controller = Controller(
