@@ -66,12 +66,25 @@ def test_manual_change_and_self_deflation() -> None:
     assert not guards.manual_change(600, seen_target=500, planned_target=600)  # ours
     assert not guards.manual_change(500, seen_target=500, planned_target=600)  # ours, not applied (dry run)
     assert not guards.manual_change(700, seen_target=None, planned_target=None)  # first sight
-    assert guards.self_deflated(400 * MiB, 200 * MiB, 200 * MiB, T)
-    assert not guards.self_deflated(400 * MiB, 200 * MiB, 400 * MiB, T)  # deflated toward a grown target
-    assert not guards.self_deflated(400 * MiB, 400 * MiB, 200 * MiB, T)  # did not rise now
-    assert not guards.self_deflated(300 * MiB, 400 * MiB, 200 * MiB, T)  # still inflating toward a cut
+
+    def deflated(actual: int, seen_actual: int, target: int, seen_target: int | None = None) -> bool:
+        return guards.self_deflated(
+            actual * MiB, seen_actual * MiB, target * MiB, T,
+            seen_target=None if seen_target is None else seen_target * MiB, autodeflate=True,
+        )  # fmt: skip
+
+    assert deflated(400, 200, 200)
+    assert not deflated(400, 200, 400)  # deflated toward a grown target
+    assert not deflated(400, 400, 200)  # did not rise now
+    assert not deflated(300, 400, 200)  # still inflating toward a cut
     # The daemon grew it (200 -> 250 MiB) as it deflated itself past that: still its own doing.
-    assert guards.self_deflated(400 * MiB, 200 * MiB, 250 * MiB, T)
+    assert deflated(400, 200, 250, seen_target=200)
+    # Grown to 512 MiB at the last look, cut to 128 since: still deflating toward the grow (seen on the
+    # rig: read as self-deflation, the guests went between 128 and 512 MiB every second).
+    assert not deflated(300, 200, 128, seen_target=512)
+    assert deflated(540, 200, 128, seen_target=512)  # past the grow too: its own doing
+    # Without autodeflate a balloon never deflates by itself, whatever it reads.
+    assert not guards.self_deflated(400 * MiB, 200 * MiB, 200 * MiB, T, seen_target=None, autodeflate=False)
 
 
 def _tick(state: PolicyState, now: float, **kw: object):  # type: ignore[no-untyped-def]

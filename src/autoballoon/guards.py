@@ -169,16 +169,29 @@ def manual_change(target: int, seen_target: int | None, planned_target: int | No
     return seen_target is not None and target != seen_target and target != planned_target
 
 
-def self_deflated(actual: int | None, seen_actual: int | None, target: int, tunables: Tunables) -> bool:
-    """The guest took memory back by itself (autodeflate at OOM time): ``actual`` rose, and above its
-    target. A balloon deflating toward a grown target never passes it, and one still inflating toward a
-    cut does not rise, so this holds whoever moved the target meanwhile (the daemon growing a guest under
-    pressure each tick as it deflated itself past that growth once hid it, and the target never caught up
-    with the balloon)."""
-    if actual is None or seen_actual is None:
+def self_deflated(
+    actual: int | None,
+    seen_actual: int | None,
+    target: int,
+    tunables: Tunables,
+    *,
+    seen_target: int | None,
+    autodeflate: bool,
+) -> bool:
+    """The guest took memory back by itself (autodeflate at OOM time): ``actual`` rose, and above every
+    target it may still be heading to, this one and the one of the last look.
+
+    Only a balloon with autodeflate (deflate-on-oom) deflates by itself. A balloon deflating toward a
+    grown target never passes it, so this holds when the daemon grew the guest meanwhile (growing a
+    guest under pressure each tick as it deflated itself past that growth once hid it, and the target
+    never caught up). But a balloon still deflating toward a grow that was cut since keeps rising for a
+    while: read as self-deflation (without both conditions), that grew and cut four guests on the rig
+    between 128 and 512 MiB every second, and a guest without autodeflate lost a process."""
+    if not autodeflate or actual is None or seen_actual is None:
         return False
     tol = tunables.self_deflate_tolerance_bytes
-    return actual > seen_actual + tol and actual > target + tol
+    heading = target if seen_target is None else max(target, seen_target)
+    return actual > seen_actual + tol and actual > heading + tol
 
 
 def safe_target(proposed: int, current: int, floor: int, ceiling: int, *, may_shrink: bool) -> int:

@@ -157,21 +157,29 @@ def test_daemon_on_real_guests(rig: Rig, daemon_setup: Any) -> None:
     before_target, _ = balloon(rig, deflating)
     start = time.monotonic()
     assert deflating.control.alloc(SPIKE_MIB) == SPIKE_MIB  # all at once: faster than any host loop
-    risen_at = None
+    # The guest deflated itself when its balloon rises above its target (the daemon's own growth raises
+    # the balloon too, but never above the target): the target must reach that balloon within 2 ticks.
+    # A guest that had room for the spike does not deflate itself; the daemon then grows it as the spike's
+    # pages are touched, as fast as the budget lets the other guests give memory back (seen: 4 s on TCG).
+    risen: tuple[float, int] | None = None  # when, and to what, the balloon first rose by itself
+    caught_up_at = None
     followed_at = None
     while time.monotonic() - start < 20:
         target, actual = balloon(rig, deflating)
         now = time.monotonic()
-        if risen_at is None and actual > before_target + 8 * MiB:
-            risen_at = now
+        if risen is None and actual > target + 8 * MiB:
+            risen = (now, actual)
+        if risen is not None and caught_up_at is None and target >= risen[1] - 8 * MiB:
+            caught_up_at = now
         if target >= before_target + SPIKE_MIB * MiB // 2 and target >= actual - 8 * MiB:
             followed_at = now
             break
         time.sleep(0.1)
     assert deflating.control.held()["alive"] == 1
-    assert followed_at is not None, "the target never followed the guest's self-deflation"
-    if risen_at is not None:  # the guest deflated itself before the daemon reacted: it followed in 2 ticks
-        assert followed_at - risen_at <= 2 * INTERVAL_S + FOLLOW_SLACK_S
+    assert followed_at is not None, "the target never followed the guest's growth"
+    if risen is not None:
+        caught_up_at = caught_up_at or followed_at  # the balloon only rises: followed means caught up
+        assert caught_up_at - risen[0] <= 2 * INTERVAL_S + FOLLOW_SLACK_S, "self-deflation not followed"
     print(f"autodeflate guest: target followed {followed_at - start:.1f} s after the allocation")
 
     # 4. No OOM kill in any guest.

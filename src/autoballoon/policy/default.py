@@ -170,7 +170,10 @@ def classify(
         stuck_until = (
             record.stuck_until if record.stuck_until is not None and record.stuck_until > now else None
         )
-        self_deflated = guards.self_deflated(actual, record.seen_actual, target, t)
+        self_deflated = guards.self_deflated(
+            actual, record.seen_actual, target, t,
+            seen_target=record.seen_target, autodeflate=g.balloon.autodeflate,
+        )  # fmt: skip
 
         stale = guards.hold_reason(g, snapshot.wall_time, t)
         blind = False
