@@ -185,9 +185,9 @@ class Tunables:
     state_save_interval_s: PositiveSeconds = 60.0
     #: The daemon's threshold for the garbage collector's youngest generation (Python's default: 700).
     #: A decision allocates a few short-lived records per VM, which reference counting frees; the
-    #: collector only looks for cycles, and at 1,000 VMs the default ran it seven times a tick, about a
-    #: tenth of the decision (``bench/bench_policy.py`` runs under the daemon's setting). The older
-    #: generations keep Python's thresholds.
+    #: collector only looks for cycles, and at 1,000 VMs the default ran it several times a tick, about a
+    #: tenth of the decision (``bench/bench_policy.py``, which runs under the daemon's setting, with and
+    #: without it). The older generations keep Python's thresholds.
     collector_young_threshold: Count = 10_000
 
     def __post_init__(self) -> None:
