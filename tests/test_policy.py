@@ -636,3 +636,37 @@ def test_a_guest_that_deflates_itself_past_a_grow_is_followed() -> None:
     plan, _ = decide(snap, inputs(), state, tun)
     (action,) = [a for a in plan.actions if a.vm == "g"]
     assert action.reason.startswith("autodeflate") and action.new_target >= took, action
+
+
+@pytest.mark.parametrize("autodeflate", [False, True])
+def test_a_balloon_still_deflating_toward_a_grow_cut_since_is_not_followed(autodeflate: bool) -> None:
+    """Grown to 512 MiB, then cut while its balloon was still deflating: the balloon goes on rising for
+    a while before it turns. That is not the guest taking memory back, and following it grew and cut
+    four guests on the rig between 128 and 512 MiB every second while one lost a process. Only a balloon
+    with autodeflate that rises past every target it may be heading to is followed."""
+    tun = replace(T, host_reserve_bytes=0, host_budget_bytes=800 * MiB)
+
+    def snap(time: float, g_target: int, g_actual: int, big_target: int) -> HostSnapshot:
+        g = make_guest("g", max_bytes=512 * MiB, target=g_target, actual=g_actual, used=100 * MiB,
+                       autodeflate=autodeflate, time=time)  # fmt: skip
+        big = make_guest("big", max_bytes=512 * MiB, target=big_target, used=430 * MiB,
+                         autodeflate=autodeflate, time=time)  # fmt: skip
+        return make_host(g, big, time=time)
+
+    first = snap(0.0, 512 * MiB, 200 * MiB, 512 * MiB)
+    plan, state = decide(first, inputs(), PolicyState(), tun)
+    cut = targets(plan, first)
+    assert cut["g"] < 400 * MiB - T.self_deflate_tolerance_bytes  # cut below where the balloon is going
+    # Still below the grow it was heading to (512 MiB), and above the cut: not self-deflation.
+    later = snap(1.0, cut["g"], 400 * MiB, cut["big"])
+    plan, state = decide(later, inputs(), state, tun)
+    assert all(not a.reason.startswith("autodeflate") for a in plan.actions), plan.actions
+    assert targets(plan, later)["g"] <= cut["g"]
+    if autodeflate:
+        return
+    # Without autodeflate a balloon never deflates by itself, however far it goes: never followed.
+    for time, actual in ((2.0, 460 * MiB), (3.0, 512 * MiB)):
+        now = targets(plan, later)
+        later = snap(time, now["g"], actual, now["big"])
+        plan, state = decide(later, inputs(), state, tun)
+        assert targets(plan, later)["g"] <= cut["g"], plan.actions
