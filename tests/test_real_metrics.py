@@ -99,6 +99,23 @@ def test_above_budget_sums_actual_over_guests_on_a_common_grid() -> None:
     assert above_budget_seconds(run("p", (a, b))) == 2.5  # grid points 3.0 ... 5.0
 
 
+def test_budget_unused_is_the_mean_gap_below_the_budget_and_goes_negative_above_it() -> None:
+    over = [200 * MiB] * 6 + [260 * MiB] * 5
+    a = guest("a", "d-a", actual=[300 * MiB] * N)
+    b = guest("b", "d-b", actual=over)
+    # Grid 0.0 ... 5.0: 6 points at 500 MiB held (0 unused), 5 at 560 MiB (60 MiB above the budget).
+    assert run_metrics(run("p", (a, b))).budget_unused == round(-5 * 60 * MiB / 11)
+    assert run_metrics(run("p", (a,))).budget_unused == 200 * MiB
+
+
+def test_lowest_available_is_the_least_any_guest_reported() -> None:
+    a = guest("a", "d-a", guest_mem_available=[200 * MiB] * 5 + [None, 7 * MiB] + [150 * MiB] * 4)
+    b = guest("b", "d-b", guest_mem_available=[30 * MiB] * N)
+    assert run_metrics(run("p", (a, b))).lowest_available == 7 * MiB
+    blind = guest("c", "d-c", guest_mem_available=[None] * N)
+    assert run_metrics(run("p", (blind,))).lowest_available is None
+
+
 def test_reclaimed_by_balloon_and_at_the_host_are_means_over_the_run() -> None:
     g = guest("a", "d-a", actual=[512 * MiB] * 5 + [256 * MiB] * 6, qemu_rss=[100 * MiB] * N)
     m = run_metrics(run("p", (g,)))
@@ -168,7 +185,10 @@ def test_report_has_a_table_per_workload_and_a_plot(tmp_path: Path) -> None:
     )
     text = path.read_text()
     assert "### w" in text and "| static | 0 |" in text and "| autoballoon | 1 |" in text
-    assert "Pressure seconds" in text  # the rules are stated
+    assert "Pressure seconds" in text and "Lowest MemAvailable" in text  # the rules are stated
+    assert "| budget unused MiB | lowest MemAvailable MiB |" in text
+    # Two balloons at 300 MiB on a 500 MiB budget: reclaimed 2 × (512 - 300), 100 MiB above the budget.
+    assert "| static | 0 | 6 | 0 | 424 | 224 | -100 | 200 |" in text
     png = tmp_path / "evaluation-real" / "w.png"
     assert png.read_bytes()[:4] == b"\x89PNG"
 

@@ -11,6 +11,11 @@ The rules, per guest, over the samples of a run (about every 0.5 s):
 - **Reclaimed by the balloon**: mean over the run of ``memory - actual``; **at the host**: mean of
   ``memory - RSS of the QEMU process``. A guest never touches most of a fresh boot's memory, so the host
   figure counts untouched pages too, and QEMU's own memory counts against it.
+- **Budget unused** (per run): mean over the run of the budget minus the sum of every guest's balloon
+  ``actual``, on the same grid (negative while above the budget). Reclaim beyond what the budget needs is
+  memory kept from the guests: read it beside the next column.
+- **Lowest MemAvailable** (per run): the least MemAvailable any guest reported in any sample, as the guest
+  sees it. The OOM killer fires a few MiB to a few tens of MiB above zero (the calibration's OOM edge).
 - **Reaction**: for each ``alloc``/``ramp``, the time from its start to the first applied growth of the
   daemon's target for that guest before the guest's next command (none: no growth came in that time,
   counted as "growths not followed"). Commands at second 0 set the guest up while the daemon starts and
@@ -54,6 +59,8 @@ class RunMetrics:
     above_budget_s: float
     reclaimed_balloon: int  # bytes, sum over guests of their means
     reclaimed_host: int | None
+    budget_unused: int  # bytes, mean over the run
+    lowest_available: int | None  # bytes; None without guest samples
     reaction_p50_s: float | None
     reaction_max_s: float | None
     unanswered: int
@@ -151,13 +158,29 @@ def held_on_grid(g: GuestTrace, key: str, grid: F64) -> F64:
     return out
 
 
-def above_budget_seconds(run: RunTrace) -> float:
+def actual_on_grid(run: RunTrace) -> F64:
+    """The sum of every guest's balloon ``actual`` on the run's common grid (NaN before every guest's first
+    sample; empty without guests)."""
     grid = np.arange(0.0, run.duration_s, GRID_S)
     if not run.guests or grid.size == 0:
-        return 0.0
-    total = sum(held_on_grid(g, "actual", grid) for g in run.guests)
+        return np.zeros(0)
+    return np.asarray(sum(held_on_grid(g, "actual", grid) for g in run.guests), dtype=np.float64)
+
+
+def above_budget_seconds(run: RunTrace) -> float:
     with np.errstate(invalid="ignore"):
-        return float(np.count_nonzero(np.asarray(total) > run.budget) * GRID_S)
+        return float(np.count_nonzero(actual_on_grid(run) > run.budget) * GRID_S)
+
+
+def budget_unused(run: RunTrace) -> int:
+    total = actual_on_grid(run)
+    total = total[~np.isnan(total)]
+    return round(run.budget - total.mean()) if total.size else 0
+
+
+def lowest_available(run: RunTrace) -> int | None:
+    seen = [v for g in run.guests for v in g.samples.get("guest_mem_available", ()) if v is not None]
+    return round(min(seen)) if seen else None
 
 
 def run_metrics(run: RunTrace) -> RunMetrics:
@@ -172,6 +195,8 @@ def run_metrics(run: RunTrace) -> RunMetrics:
         above_budget_s=above_budget_seconds(run),
         reclaimed_balloon=sum(gm.reclaimed_balloon for gm in per_guest),
         reclaimed_host=None if None in hosts else sum(h for h in hosts if h is not None),
+        budget_unused=budget_unused(run),
+        lowest_available=lowest_available(run),
         reaction_p50_s=float(np.median(all_reactions)) if all_reactions else None,
         reaction_max_s=max(all_reactions) if all_reactions else None,
         unanswered=sum(gm.unanswered for gm in per_guest),

@@ -28,8 +28,9 @@ PANEL_H_IN = 2.0
 
 _HEADER = (
     "| policy | OOM kills | above budget s | pressure s | reclaimed MiB (balloon) | reclaimed MiB (host) "
-    "| reaction p50 s | reaction max s | growths not followed |\n"
-    "|---|--:|--:|--:|--:|--:|--:|--:|--:|\n"
+    "| budget unused MiB | lowest MemAvailable MiB | reaction p50 s | reaction max s "
+    "| growths not followed |\n"
+    "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|\n"
 )
 
 
@@ -44,7 +45,8 @@ def _mib(value: int | None) -> str:
 def metrics_table(rows: Sequence[RunMetrics]) -> str:
     lines = [
         f"| {m.policy} | {m.oom_kills} | {m.above_budget_s:.0f} | {m.pressure_s:.0f} "
-        f"| {_mib(m.reclaimed_balloon)} | {_mib(m.reclaimed_host)} | {_f(m.reaction_p50_s, '.1f')} "
+        f"| {_mib(m.reclaimed_balloon)} | {_mib(m.reclaimed_host)} | {_mib(m.budget_unused)} "
+        f"| {_mib(m.lowest_available)} | {_f(m.reaction_p50_s, '.1f')} "
         f"| {_f(m.reaction_max_s, '.1f')} | {m.unanswered} |"
         for m in ranked(rows)
     ]
