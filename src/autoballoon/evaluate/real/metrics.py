@@ -159,8 +159,8 @@ def held_on_grid(g: GuestTrace, key: str, grid: F64) -> F64:
 
 
 def actual_on_grid(run: RunTrace) -> F64:
-    """The sum of every guest's balloon ``actual`` on the run's common grid (NaN before every guest's first
-    sample; empty without guests)."""
+    """The sum of every guest's balloon ``actual`` on the run's common grid (NaN until every guest has
+    its first sample; empty without guests)."""
     grid = np.arange(0.0, run.duration_s, GRID_S)
     if not run.guests or grid.size == 0:
         return np.zeros(0)
