@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import signal
 import subprocess
 import sys
@@ -13,7 +14,11 @@ from pathlib import Path
 import pytest
 from pydantic import BaseModel
 
+from autoballoon.config import parse_config
+from autoballoon.controller import Controller
+from autoballoon.journal import Journal
 from autoballoon.state import FILE_MODE, MAX_BYTES, StateStore
+from tests.helpers.simhost import sim_backend
 
 
 class Memory(BaseModel):
@@ -156,3 +161,32 @@ def test_kill_9_during_saves_leaves_a_whole_document(tmp_path: Path) -> None:
         seen.append(data["n"])
     assert seen == sorted(seen) and seen[-1] > 8  # each start went on from the last document saved
     assert [p.name for p in tmp_path.iterdir()] == ["state.json"]  # loads swept the killed saves' temp files
+
+
+def test_a_run_of_failed_saves_logs_one_error_and_the_recovery_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A controller saves again every tick while saves fail (a read-only disk): 1,800 error lines an
+    hour, unless only the first of the run is logged."""
+    config = parse_config({})
+    backend = sim_backend()
+    clock = backend.clock
+    blocker = tmp_path / "state"
+    blocker.write_text("a file where the state directory should be")
+    store = StateStore(blocker / "state.json")
+    controller = Controller(backend, clock, config, Journal(), store=store)
+    with caplog.at_level(logging.DEBUG, logger="autoballoon.state"):
+        for _ in range(5):
+            controller.tick()
+            clock.sleep(config.tunables.state_save_interval_s + 1)
+    errors = [r for r in caplog.records if r.name == "autoballoon.state" and r.levelno >= logging.ERROR]
+    assert store.write_errors == 5 and len(errors) == 1, [r.getMessage() for r in errors]
+    blocker.unlink()
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="autoballoon.state"):
+        controller.tick()
+        clock.sleep(config.tunables.state_save_interval_s + 1)
+        controller.tick()
+    said = [r.getMessage() for r in caplog.records if r.name == "autoballoon.state"]
+    assert len(said) == 1 and "5 saves had failed" in said[0], said
+    assert store.load() is not None and store.write_errors == 5

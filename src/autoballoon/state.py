@@ -10,7 +10,8 @@ Two promises:
   to disk (``fsync``), then renamed over the old one, and the directory is flushed too (POSIX
   ``rename`` replaces atomically; see rename(2)). A daemon killed at any instant (``kill -9``, a power
   cut) leaves the old document or the new one, never a mix. A save that fails (full disk, read-only
-  file system) is logged and counted, and the daemon carries on with what it has in memory.
+  file system) is counted, and the daemon carries on with what it has in memory; the first failure of a
+  run is logged, and the first save that works again says how many failed.
 - **A load never crashes the daemon.** A missing file means a first start. A file that is not ours, is
   corrupt, was written by a newer version, or does not fit the caller's model is logged at warning
   level and ignored: starting with nothing remembered is safe (it is what a first start does).
@@ -73,8 +74,9 @@ class StateStore:
 
     def __init__(self, path: str | Path = DEFAULT_STATE_PATH) -> None:
         self.path = Path(path)
-        #: Saves that failed since start (each one logged); for a metric.
+        #: Saves that failed since start; for a metric. Only the first of a run of failures is logged.
         self.write_errors = 0
+        self._failing = 0  # saves failed in the current run of failures
 
     # -- reading ---------------------------------------------------------------------------------------
 
@@ -160,13 +162,24 @@ class StateStore:
             self._replace(text.encode("utf-8"))
         except OSError as e:
             return self._failed(e.strerror or str(e))
+        if self._failing:
+            log.warning("state saved to %s again; %d saves had failed before", self.path, self._failing)
+            self._failing = 0
         return True
 
     def _failed(self, reason: str) -> bool:
+        """Count a failed save; log only the first of a run, as the journal does: the controller tries
+        again every tick, and a read-only disk would otherwise put an error line in the log each time."""
         self.write_errors += 1
-        log.error(
-            "cannot save state to %s (%s); it is kept in memory and saved again later", self.path, reason
-        )
+        self._failing += 1
+        if self._failing == 1:
+            log.error(
+                "cannot save state to %s (%s); it is kept in memory and saved again later",
+                self.path,
+                reason,
+            )
+        else:
+            log.debug("cannot save state to %s (%s), again", self.path, reason)
         return False
 
     def _replace(self, data: bytes) -> None:
