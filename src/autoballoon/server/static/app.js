@@ -85,9 +85,17 @@ function renderHost(h) {
   setText("h-paused", h.shrink_paused ? "Shrinking paused by the health guard: " + h.shrink_paused : "");
 }
 
+// A word quoted for a POSIX shell by the rules of Python's shlex.quote, as the daemon quotes the commands
+// it logs: a VM name is anybody's text, and the operator pastes the command shown.
+function shellQuote(word) {
+  if (word === "") return "''";
+  if (/^[A-Za-z0-9_@%+=:,.\/-]+$/.test(word)) return word;
+  return "'" + word.replace(/'/g, "'\"'\"'") + "'";
+}
+
 // The one command that removes a storming guest's balloon device (effective at its next boot).
 function remedyCommand(name) {
-  return "autoballoon balloon " + name + " --model none";
+  return "autoballoon balloon " + shellQuote(name) + " --model none";
 }
 
 function makeRow(vm) {
