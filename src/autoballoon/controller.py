@@ -56,6 +56,7 @@ from autoballoon.model import (
 )
 from autoballoon.policy import DefaultPolicy, Inputs, Policy
 from autoballoon.state import StateStore
+from autoballoon.text import printable
 from autoballoon.tunables import Tunables
 from autoballoon.units import human
 
@@ -354,7 +355,7 @@ class Controller:
         remedy when the config asks for it."""
         self.journal.event(wall, event.kind, event.message, vm=event.vm, **event.fields)
         if event.kind in health.EVENT_KINDS:
-            log.warning("%s", event.message)
+            log.warning("%s", printable(event.message))
         if event.vm is None:
             return
         guard = self.config.health
@@ -382,14 +383,14 @@ class Controller:
         except (RefusedError, BackendError) as e:  # a lost connection too: the next backend call finds it
             message = f"{vm}: could not apply '{command}': {e}"
             self.journal.event(wall, "remedy", message, vm=vm, applied=False, error=str(e))
-            log.warning("%s", message)
+            log.warning("%s", printable(message))
             return
         message = (
             f"{vm}: applied '{command}' to the persistent config ({result.message}); "
             f"it takes effect at the next boot, {note}"
         )
         self.journal.event(wall, "remedy", message, vm=vm, applied=True, next_boot=True)
-        log.warning("%s", message)
+        log.warning("%s", printable(message))
 
     def _act(self, backend: Backend, action: Action, wall: float, host_available: int) -> None:
         """Apply the daemon's own action (the policy's, or a restore at exit); a dry run only journals it."""
@@ -558,7 +559,7 @@ class Controller:
                 self._health = health.release(self._health, vm, self.clock.now())
                 message = f"{vm}: quarantine released by the operator; ballooned again"
                 self.journal.event(wall, "release", message, vm=vm)
-                log.warning("%s", message)
+                log.warning("%s", printable(message))
             return None
         if request.target_bytes is None:
             return self._set_policy(backend, vm, request.policy, request.persist, wall)

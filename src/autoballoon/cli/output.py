@@ -8,13 +8,16 @@ rewrite what the operator reads, nor a name with rich markup (``[bold]``) change
 from __future__ import annotations
 
 import json
-import unicodedata
 from typing import Any
 
 import click
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
+
+from autoballoon.text import printable
+
+__all__ = ["cell", "console", "emit_json", "pairs", "printable", "say", "table"]
 
 #: Width for tables written to a pipe or file, where rich would otherwise squeeze them into 80 columns.
 PIPE_WIDTH = 200
@@ -25,28 +28,6 @@ def console() -> Console:
     if not c.is_terminal:
         c = Console(soft_wrap=False, width=PIPE_WIDTH)
     return c
-
-
-#: Unicode categories that are not shown but act: C0/C1 controls (escape sequences, newlines, bells) and
-#: format characters (bidirectional overrides, zero-width joiners, which reorder or hide text).
-_HIDDEN = ("Cc", "Cf")
-
-
-def printable(text: str) -> str:
-    """``text`` with every control and format character written as an escape (``\x1b``, ``\u202e``),
-    as Python's repr writes it, so that it is seen rather than obeyed; other characters are kept."""
-    if text.isprintable():
-        return text
-    out = []
-    for c in text:
-        if unicodedata.category(c) in _HIDDEN:
-            code = ord(c)
-            out.append(
-                f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
-            )
-        else:
-            out.append(c)
-    return "".join(out)
 
 
 def say(message: str, *, err: bool = False) -> None:

@@ -46,6 +46,7 @@ from autoballoon.errors import AutoballoonError, InvalidValueError
 from autoballoon.server.api import JSON, PREFIX, Api, ApiError, api_router, error_of
 from autoballoon.server.renders import Renders
 from autoballoon.server.tunables import DEFAULT_HOST, ServerTunables
+from autoballoon.text import printable
 
 log = logging.getLogger("autoballoon.server")
 
@@ -292,7 +293,7 @@ def create_app(api: Api, registry: CollectorRegistry, allowed: AllowedHosts) -> 
 
     @app.exception_handler(Exception)
     async def on_bug(request: Request, e: Exception) -> Response:  # a bug costs one request, never the server
-        log.exception("error serving %s %s", request.method, request.url.path)
+        log.exception("error serving %s %s", printable(request.method), printable(request.url.path))
         return ApiError(500, "internal error; see the daemon's log").response()
 
     scrapes = Renders()

@@ -28,6 +28,7 @@ from autoballoon.guards import Status
 from autoballoon.model import GuestSnapshot, HostSnapshot
 from autoballoon.server.history import History
 from autoballoon.server.source import ServerView
+from autoballoon.text import printable
 
 #: Every state a VM can be reported in; always exported (0 or 1) so that alerts can match on them.
 VM_STATUSES: tuple[str, ...] = tuple(s.value for s in Status)
@@ -350,10 +351,24 @@ class ControllerCollector(Collector):
             # would start a second, orphaned series per metric once the name is known.
             return
         self._host = self._host or host  # keep one name for the daemon's life, as the series do
-        yield from vm_families(view, self._history, host)
-        yield from host_families(view, host)
-        yield from tick_families(view, host, self._tick_histogram)
-        yield from controller_families(view, host)
+        for family in (
+            *vm_families(view, self._history, host),
+            *host_families(view, host),
+            *tick_families(view, host, self._tick_histogram),
+            *controller_families(view, host),
+        ):
+            yield _printable_labels(family)
+
+
+def _printable_labels(family: Metric) -> Metric:
+    """``family`` with every label value escaped as the CLI escapes names: the exposition format escapes
+    only backslash, quote and newline, so a VM named with terminal escapes would reach, raw, the
+    terminal of whoever reads ``curl /metrics``."""
+    for i, sample in enumerate(family.samples):
+        labels = sample.labels
+        if not all(v.isprintable() for v in labels.values()):
+            family.samples[i] = sample._replace(labels={k: printable(v) for k, v in labels.items()})
+    return family
 
 
 def make_registry(

@@ -60,6 +60,7 @@ from autoballoon.model import (
     VirtioMem,
     VMState,
 )
+from autoballoon.text import printable
 from autoballoon.units import human
 
 log = logging.getLogger(__name__)
@@ -616,7 +617,7 @@ class QmpBackend:
             if isinstance(reading, Exception):
                 if self.location.mode is Mode.SOCKET:
                     raise self._convert(reading, name, "read the VM's state")
-                log.warning("VM %s: cannot read it now: %s", name, reading)
+                log.warning("VM %s: cannot read it now: %s", printable(name), printable(str(reading)))
                 if mon.last_seen is not None and mon.last_seen.name == name:
                     # As last seen, held: the policy keeps what it knows of it (a target reported
                     # differently now would read as someone else's change, a VM left out is forgotten).
