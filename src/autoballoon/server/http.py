@@ -39,6 +39,7 @@ from fastapi.exceptions import RequestValidationError
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import CollectorRegistry
 from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
 from starlette.responses import Response
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
@@ -253,6 +254,7 @@ def load_static() -> dict[str, tuple[bytes, str]]:
 def create_app(api: Api, registry: CollectorRegistry, allowed: AllowedHosts) -> ASGIApp:
     """The whole HTTP face: ``/api/v1/`` (with its OpenAPI description), ``/metrics``, ``/healthz`` and
     the dashboard's files, behind the Host check and the security headers."""
+    deadline_s = api.tun.request_timeout_s
     app = FastAPI(
         title="autoballoon",
         summary="The autoballoon daemon's JSON API",
@@ -290,6 +292,21 @@ def create_app(api: Api, registry: CollectorRegistry, allowed: AllowedHosts) -> 
             message = f"{request.method} is not allowed on {request.url.path}; allowed: {allow}"
             return ApiError(405, message, "method", Allow=allow).response()
         return ApiError(e.status_code, str(e.detail), None, **(e.headers or {})).response()
+
+    @app.exception_handler(ClientDisconnect)
+    async def on_gone(request: Request, e: ClientDisconnect) -> Response:
+        # Not a bug: the client hung up, or the deadline cut off a body that came too slowly. One line
+        # at INFO, not a traceback from us and another from uvicorn; the answer goes nowhere.
+        client = f"{request.client.host}:{request.client.port}" if request.client else "unknown"
+        log.info(
+            "client %s hung up before sending the whole body of %s %s (it went away, or took over %g s "
+            "and was cut off)",
+            client,
+            printable(request.method),
+            printable(request.url.path),
+            deadline_s,
+        )
+        return ApiError(400, "the connection closed before the request body arrived", "body").response()
 
     @app.exception_handler(Exception)
     async def on_bug(request: Request, e: Exception) -> Response:  # a bug costs one request, never the server
