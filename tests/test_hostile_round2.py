@@ -7,11 +7,13 @@ the request up; each test checks the answer and what the daemon logged or kept.
 
 from __future__ import annotations
 
+import json
 import logging
 import socket
 import time
 from collections.abc import Iterator
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 
@@ -93,3 +95,57 @@ def test_a_body_cut_short_is_one_info_line_not_tracebacks(
     assert "POST /api/v1/vms/web/target" in found[0].getMessage()
     assert [r.getMessage() for r in records.records if r.levelno >= logging.WARNING] == []
     assert all(r.exc_info is None for r in records.records)
+
+
+# -- the connection limit answers like the API ---------------------------------------------------------------
+
+
+def read_answer(conn: socket.socket) -> tuple[int, dict[str, str], bytes]:
+    """One Content-Length framed answer on ``conn``: its status, headers (lower-case names) and body."""
+    raw = b""
+    while b"\r\n\r\n" not in raw:
+        chunk = conn.recv(65536)
+        assert chunk, f"closed before an answer: {raw!r}"
+        raw += chunk
+    head, _, body = raw.partition(b"\r\n\r\n")
+    status_line, *lines = head.decode("latin-1").split("\r\n")
+    headers = {k.strip().lower(): v.strip() for k, _, v in (ln.partition(":") for ln in lines)}
+    while len(body) < int(headers["content-length"]):
+        body += conn.recv(65536)
+    return int(status_line.split()[1]), headers, body
+
+
+def test_a_request_over_the_connection_limit_is_a_json_503_with_retry_after(records: Records) -> None:
+    limit = 3
+    tun = replace(TUNABLES, max_connections=limit, request_timeout_s=WAIT_S)
+    srv = serve(FakeSource(), "127.0.0.1:0", tunables=tun)
+    held = [socket.create_connection(srv.http.address, timeout=WAIT_S) for _ in range(limit)]
+    try:
+        time.sleep(0.2)  # the server has accepted them all
+        with socket.create_connection(srv.http.address, timeout=WAIT_S) as conn:
+            conn.sendall(b"GET /api/v1/host HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+            status, headers, body = read_answer(conn)
+        assert status == 503
+        assert headers["content-type"] == "application/json"
+        assert headers["retry-after"] == str(TUNABLES.retry_after_s)
+        assert headers["x-content-type-options"] == "nosniff" and "content-security-policy" in headers
+        error = json.loads(body)["error"]
+        assert error["status"] == 503 and str(limit) in error["message"]
+        for conn in held[:2]:  # below the limit again: answered as usual
+            conn.close()
+        time.sleep(0.2)
+        conn = held[2]
+        conn.sendall(b"GET /api/v1/host HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        assert read_answer(conn)[0] == 200
+    finally:
+        for conn in held:
+            conn.close()
+        srv.stop()
+    warned = [r.getMessage() for r in records.records if r.levelno >= logging.WARNING]
+    assert len(warned) == 1 and "503" in warned[0], warned
+
+
+def test_the_api_description_lists_the_503_of_the_connection_limit() -> None:
+    text = (Path(__file__).parents[1] / "docs" / "api.md").read_text()
+    (row,) = [ln for ln in text.splitlines() if ln.startswith("| 503 |")]
+    assert f"limit of {TUNABLES.max_connections} open connections" in row and "Retry-After" in row

@@ -159,7 +159,7 @@ class Api:
                 503,
                 "the controller has not read the host yet; retry in a moment",
                 None,
-                **{"Retry-After": "1"},
+                **{"Retry-After": str(self.tun.retry_after_s)},
             )
         return view, view.snapshot
 
@@ -341,7 +341,8 @@ _WHY = {
     421: "a Host header this daemon does not answer to",
     422: "outside the VM's limits",
     502: "the hypervisor failed to carry out a valid change",
-    503: "the controller has not read the host yet, or stopped before carrying out the change",
+    503: "the server is at its connection limit or the controller has not read the host yet (both with "
+    "Retry-After), or the controller stopped before carrying out the change",
 }
 
 
@@ -399,7 +400,7 @@ def api_router(api: Api) -> APIRouter:
         no_query(request)
         return api.cached("host", api.host_body)
 
-    @router.get("/events", responses={**_ok(any_object), **_errors(400, 421)})
+    @router.get("/events", responses={**_ok(any_object), **_errors(*READ_ERRORS)})
     def events(
         request: Request,
         limit: int = Query(api.tun.events_default_limit, ge=1, le=api.tun.events_max_limit),
@@ -410,7 +411,7 @@ def api_router(api: Api) -> APIRouter:
         no_query(request, ("limit", "before", "vm"))
         return _json(api.events(limit, before, vm))
 
-    @router.get("/config", responses={**_ok(any_object), **_errors(400, 421)})
+    @router.get("/config", responses={**_ok(any_object), **_errors(*READ_ERRORS)})
     def config(request: Request) -> Response:
         """The effective configuration: every tunable, defaults, per-VM policies, where it came from."""
         no_query(request)

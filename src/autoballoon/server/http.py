@@ -345,15 +345,55 @@ def create_app(api: Api, registry: CollectorRegistry, allowed: AllowedHosts) -> 
 
 
 class DeadlineProtocol(H11Protocol):
-    """uvicorn's HTTP/1.1 protocol with a deadline on reading each request, and JSON protocol errors.
+    """uvicorn's HTTP/1.1 protocol with a deadline on reading each request, a connection limit answered
+    like any other API error, and JSON protocol errors.
 
     uvicorn closes a connection idle between requests (``timeout_keep_alive``) but waits for ever on one
     that opened and sent nothing, or trickles its headers or body. Here the whole request must arrive
     within ``deadline_s`` of its first byte (or of the connection's opening); otherwise the connection is
-    closed. Set ``deadline_s`` on a subclass (:func:`protocol_with_deadline`).
+    closed. Beyond ``max_connections`` open connections (or requests in flight) a request is answered 503
+    with a JSON error, ``Retry-After`` and the security headers: uvicorn's own ``limit_concurrency`` answers
+    a bare ``text/plain`` page, so it is off and the limit is kept here. Set them on a subclass
+    (:func:`protocol_for`).
     """
 
     deadline_s: float = 10.0
+    max_connections: int | None = None
+    retry_after_s: int = 1
+    #: Whether the last request of this server was refused at the limit: a flood is logged once, when it
+    #: starts, not once per refused request (kept on the per-server subclass, shared by its connections).
+    refusing: bool = False
+
+    # uvicorn's own signature (config, server_state, app_state, loop).
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if self.max_connections is not None:
+            self.app = self._within_limit(self.app, self.max_connections)
+
+    def _within_limit(self, app: ASGIApp, limit: int) -> ASGIApp:
+        """``app``, or the 503 when more than ``limit`` connections are open or requests in flight (the
+        request asking is counted in both)."""
+        busy = security_headers(
+            ApiError(
+                503,
+                f"the daemon is serving its limit of {limit} connections; retry in a moment",
+                None,
+                **{"Retry-After": str(self.retry_after_s)},
+            ).response()
+        )
+        protocol = type(self)
+
+        async def limited(scope: Scope, receive: Receive, send: Send) -> None:
+            if len(self.connections) > limit or len(self.tasks) > limit:
+                if not protocol.refusing:
+                    log.warning("refusing requests (503): over %d open connections", limit)
+                protocol.refusing = True
+                await busy(scope, receive, send)
+                return
+            protocol.refusing = False
+            await app(scope, receive, send)
+
+        return limited
 
     # uvicorn's own signature: asyncio's stream servers always pass a Transport, not a BaseTransport.
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]  # as H11Protocol
@@ -402,9 +442,15 @@ class DeadlineProtocol(H11Protocol):
         self.transport.close()
 
 
-def protocol_with_deadline(seconds: float) -> type[DeadlineProtocol]:
-    """A :class:`DeadlineProtocol` for one server's deadline (uvicorn builds protocols from a class)."""
-    return type("DeadlineProtocol", (DeadlineProtocol,), {"deadline_s": seconds})
+def protocol_for(tunables: ServerTunables) -> type[DeadlineProtocol]:
+    """A :class:`DeadlineProtocol` for one server's deadline and connection limit (uvicorn builds
+    protocols from a class)."""
+    fields = {
+        "deadline_s": tunables.request_timeout_s,
+        "max_connections": tunables.max_connections,
+        "retry_after_s": tunables.retry_after_s,
+    }
+    return type("DeadlineProtocol", (DeadlineProtocol,), fields)
 
 
 class HttpServer:
@@ -434,14 +480,13 @@ class HttpServer:
         self.tls = tls
         config = uvicorn.Config(
             app,
-            http=protocol_with_deadline(tunables.request_timeout_s),
+            http=protocol_for(tunables),
             ws="none",
             lifespan="off",
             loop="asyncio",
             backlog=tunables.listen_backlog,
             timeout_keep_alive=tunables.keep_alive_s,
             timeout_graceful_shutdown=tunables.shutdown_grace_s,
-            limit_concurrency=tunables.max_connections,
             log_level="warning",
             access_log=False,
             server_header=False,

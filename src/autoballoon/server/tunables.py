@@ -39,6 +39,9 @@ class ServerTunables:
     listen_backlog: int = 128
     #: Open connections served at once; beyond this a new request is answered 503 at once.
     max_connections: int = 256
+    #: Seconds a 503 tells the client to wait before it asks again (``Retry-After``): at the connection
+    #: limit, or before the controller's first look at the host (a tick is a few seconds at most).
+    retry_after_s: int = 1
     #: Seconds ``stop()`` lets requests in flight finish before it closes their connections.
     shutdown_grace_s: int = 2
     #: Seconds ``start()`` waits for the server to listen before it gives up.
