@@ -318,6 +318,7 @@ class GuestDecision(NamedTuple):
     ceiling: int | None = None
     pressure: bool = False
     oom_floor: int | None = None  # below this the guest, without swap or autodeflate, is OOM-killed
+    need: int | None = None  # below this the guest is under pressure (demand, its growth, a headroom)
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,7 +10,7 @@ from typing import Any
 
 from autoballoon import guards
 from autoballoon.guards import Status
-from autoballoon.model import GuestSnapshot, HostSnapshot, VirtioMem
+from autoballoon.model import GuestDecision, GuestSnapshot, HostSnapshot, VirtioMem
 from autoballoon.tunables import DEFAULT_TUNABLES, Tunables
 
 #: The fields of ``autoballoon list --json``, in order.
@@ -71,6 +71,56 @@ def guest_row(g: GuestSnapshot, now_wall: float, status: tuple[str, str] | None 
         "status_reason": reason,
         "host_rss_bytes": g.host_rss_bytes,
         "mechanism": g.mechanism,
+    }
+
+
+#: What a guest may suffer, worst first: the first that holds is its ``harm`` (see :func:`harm_of`).
+HARMS = ("below-oom-floor", "swapping", "pressure", "below-need")
+
+
+def harm_of(
+    decision: GuestDecision | None, actual: int | None, swap_in_bps: float | None, swap_line: float
+) -> str | None:
+    """The worst harm a guest suffers now, or None when it is fine.
+
+    ``managed`` says only that the daemon balloons a guest, not that the guest is well: on a host too
+    short for every want, guests sit below their need and swap while every one is "managed". This is the
+    word that says so, judged from what the decision sized (OOM floor, need, pressure) and what the guest
+    does (swap-in at or above ``swap_line`` bytes per second, the policy's own pressure line).
+    """
+    judged = decision if decision is not None else GuestDecision()
+    if actual is not None and judged.oom_floor is not None and actual < judged.oom_floor:
+        return HARMS[0]
+    if swap_in_bps is not None and swap_in_bps >= swap_line:
+        return HARMS[1]
+    if judged.pressure:
+        return HARMS[2]
+    if actual is not None and judged.need is not None and actual < judged.need:
+        return HARMS[3]
+    return None
+
+
+def judged_fields(
+    decision: GuestDecision | None,
+    actual: int | None,
+    swap_in_bps: float | None,
+    major_faults_ps: float | None,
+    swap_line: float,
+) -> dict[str, Any]:
+    """The figures a decision judged one VM by, and the harm they show, as the API's VM objects carry
+    them (sizes in bytes, ``null`` when the decision did not size it)."""
+    judged = decision if decision is not None else GuestDecision()
+    return {
+        "demand_bytes": judged.demand,
+        "oom_floor_bytes": judged.oom_floor,
+        "need_bytes": judged.need,
+        "want_bytes": judged.want,
+        "floor_bytes": judged.floor,
+        "ceiling_bytes": judged.ceiling,
+        "pressure": judged.pressure,
+        "swap_in_bytes_per_s": swap_in_bps,
+        "major_faults_per_s": major_faults_ps,
+        "harm": harm_of(decision, actual, swap_in_bps, swap_line),
     }
 
 

@@ -25,6 +25,7 @@ from tests.browser.chromium import need_browser
 
 ARTIFACTS = Path(__file__).resolve().parents[2] / "artifacts"
 DEMO_URI = "sim:///demo?speed=20"
+BURST_URI = f"sim://{Path(__file__).resolve().parents[2] / 'scenarios' / 'fleet-burst.toml'}?speed=200"
 START_TIMEOUT_S = 30.0
 #: Real seconds between the two reads of the charts: at speed 20 and a 2 s interval, several ticks.
 CHART_WAIT_S = 3.0
@@ -32,12 +33,9 @@ CHART_WAIT_S = 3.0
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(180)]
 
 
-@pytest.fixture(scope="module")
-def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """The demo daemon in a subprocess; yields the dashboard URL it printed first."""
-    need_browser()
-    log = tmp_path_factory.mktemp("demo") / "stderr.log"
-    cmd = [sys.executable, "-m", "autoballoon", "--connect", DEMO_URI, "run", "--listen", "127.0.0.1:0"]
+def _serve(uri: str, log: Path) -> Iterator[str]:
+    """``autoballoon --connect URI run`` in a subprocess; yields the dashboard URL it printed first."""
+    cmd = [sys.executable, "-m", "autoballoon", "--connect", uri, "run", "--listen", "127.0.0.1:0"]
     with log.open("wb") as err:
         proc = subprocess.Popen(
             cmd,
@@ -63,7 +61,7 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
                 pass
             time.sleep(0.2)
         else:
-            pytest.fail(f"the demo daemon never answered on {url}: {log.read_text()}")
+            pytest.fail(f"the daemon never answered on {url}: {log.read_text()}")
         yield url
     finally:
         proc.send_signal(signal.SIGTERM)
@@ -72,6 +70,20 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The demo daemon (what ``make demo`` runs, on a free port)."""
+    need_browser()
+    yield from _serve(DEMO_URI, tmp_path_factory.mktemp("demo") / "stderr.log")
+
+
+@pytest.fixture(scope="module")
+def burst(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The daemon on scenarios/fleet-burst.toml, fast enough that its burst (at 900 s) lands in seconds."""
+    need_browser()
+    yield from _serve(BURST_URI, tmp_path_factory.mktemp("burst") / "stderr.log")
 
 
 def _wait(driver: Any, script: str, timeout: float = 20.0) -> Any:
@@ -128,3 +140,35 @@ def test_dashboard_shows_every_vm_and_its_charts_move(demo: str, browser: Any) -
 
     errors = [e for e in browser.get_log("browser") if e.get("level") == "SEVERE"]
     assert errors == [], errors
+
+
+HARM = """
+return {
+  banner: document.getElementById('h-harm').hidden ? '' : document.getElementById('h-harm').textContent,
+  conn: document.getElementById('conn').dataset.state,
+  badges: [...document.querySelectorAll('.vm-row')].map(r => r.querySelector('.badge').textContent),
+  need: [...document.querySelectorAll('.vm-row .n-need')].map(e => e.textContent),
+};
+"""
+
+
+def test_a_burst_turns_the_page_red_and_names_the_guests(burst: str, browser: Any) -> None:
+    """During fleet-burst's burst the page showed every VM "managed" under a green "live": now a red
+    banner says the host is short and names the suffering guests, and each one's badge says its harm."""
+    browser.get(burst)
+    _wait(browser, "return !document.getElementById('h-harm').hidden", timeout=60.0)
+    seen = browser.execute_script(HARM)
+    assert "Host short" in seen["banner"] or "suffer" in seen["banner"]
+    assert seen["conn"] == "harm"
+    _wait(
+        browser,
+        "return [...document.querySelectorAll('.vm-row .badge')].filter(b => "
+        "['swapping', 'pressure', 'below-need', 'below-oom-floor'].includes(b.textContent)).length >= 12",
+        timeout=30.0,
+    )
+    seen = browser.execute_script(HARM)
+    assert "node-" in seen["banner"]
+    assert len(seen["badges"]) == 24
+    assert all(n.endswith("GiB") or n.endswith("MiB") for n in seen["need"])
+    ARTIFACTS.mkdir(exist_ok=True)
+    assert browser.save_screenshot(str(ARTIFACTS / "dashboard-burst.png"))

@@ -173,9 +173,10 @@ class FakeSource:
             self.state = replace(self.state, snapshot=new)
 
 
-def asgi_client(source: Any, token: str | None = None, **tunables: Any) -> Any:
+def asgi_client(source: Any, token: str | None = None, history: Any = None, **tunables: Any) -> Any:
     """The whole HTTP application over ``source`` in-process (Starlette's test client: no socket), for
-    tests that drive the API step by step between controller ticks."""
+    tests that drive the API step by step between controller ticks (and, with ``history``, feed its
+    history themselves)."""
     from starlette.testclient import TestClient
 
     from autoballoon.server.api import Api
@@ -185,7 +186,7 @@ def asgi_client(source: Any, token: str | None = None, **tunables: Any) -> Any:
     from autoballoon.server.tunables import TUNABLES
 
     tun = replace(TUNABLES, **tunables)
-    history = History(tun.history_points)
+    history = History(tun.history_points) if history is None else history
     api = Api(source, history, tun, token.encode() if token is not None else None)
     registry = make_registry(source.view, history, tick_histogram=source.tick_histogram)
     app = create_app(api, registry, AllowedHosts("testserver"))

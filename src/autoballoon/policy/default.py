@@ -687,6 +687,7 @@ class Allocation(NamedTuple):
     goals: I64  # where they are headed
     wants: I64  # what each should have (see :func:`tiers`)
     oom_floors: I64  # below which each is OOM-killed
+    needs: I64  # below which each is under pressure
     short: bool  # the wants did not fit
     danger: bool  # the host is in danger, or only hurting a guest under pressure held the budget
 
@@ -696,7 +697,7 @@ def allocate(estimates: Sequence[Estimate], b: Budget, t: Tunables) -> Allocatio
     danger = b.danger
     if not estimates:
         empty = np.zeros(0, dtype=np.int64)
-        return Allocation(empty, empty, empty, empty, False, danger)
+        return Allocation(empty, empty, empty, empty, empty, False, danger)
     c = _columns(estimates, t)
     # Room for the largest burst a guest with autodeflate has shown: it would take it from the host.
     room = max((e.jump for e in estimates if e.verdict.guest.balloon.autodeflate and not e.blind), default=0)
@@ -720,7 +721,7 @@ def allocate(estimates: Sequence[Estimate], b: Budget, t: Tunables) -> Allocatio
     alloc = np.minimum(np.maximum(_align_down(alloc, t.target_align_bytes), c.floor), c.ceiling)
     alloc = _whole_blocks(alloc, estimates)
     alloc = np.where(c.blind, np.maximum(alloc, c.target), alloc)  # never shrunk without fresh stats
-    return Allocation(alloc, goal, c.want, c.oom_floor, short, danger)
+    return Allocation(alloc, goal, c.want, c.oom_floor, c.need, short, danger)
 
 
 def _whole_blocks(alloc: I64, estimates: Sequence[Estimate]) -> I64:
@@ -824,8 +825,13 @@ def decide(
     decisions: dict[str, GuestDecision] = {}
     status: dict[str, str] = {}
     reasons: dict[str, str] = {}
-    columns = (allocation.targets.tolist(), allocation.wants.tolist(), allocation.oom_floors.tolist())
-    for e, new, want, oom_floor in zip(estimates, *columns, strict=True):
+    columns = (
+        allocation.targets.tolist(),
+        allocation.wants.tolist(),
+        allocation.oom_floors.tolist(),
+        allocation.needs.tolist(),
+    )
+    for e, new, want, oom_floor, need in zip(estimates, *columns, strict=True):
         v, g = e.verdict, e.verdict.guest
         old = g.target_bytes
         rec = v.record
@@ -854,7 +860,7 @@ def decide(
             events.extend(x for x in (event, warning, hint) if x is not None)
         status[g.name] = v.status
         reasons[g.name] = f"shrink held: {v.shrink_hold}" if shrink_held else v.reason
-        decisions[g.name] = GuestDecision(e.demand, want, v.floor, v.ceiling, e.pressure, oom_floor)
+        decisions[g.name] = GuestDecision(e.demand, want, v.floor, v.ceiling, e.pressure, oom_floor, need)
         # In GuestRecord's order, not by keyword: 23 keywords cost a microsecond more per VM, a tenth of
         # the whole decision at 1,000 guests. The estimate's fields are named as the record's.
         records[g.name] = GuestRecord(

@@ -40,7 +40,7 @@ from autoballoon.server.history import History
 from autoballoon.server.renders import Renders
 from autoballoon.server.source import ServerView, Source
 from autoballoon.server.tunables import ServerTunables
-from autoballoon.views import guest_detail, guest_row, host_view
+from autoballoon.views import guest_detail, guest_row, host_view, judged_fields
 
 T = TypeVar("T")
 JSON = "application/json"
@@ -177,8 +177,20 @@ class Api:
             raise UnknownVMError(name, snap.names)
         return g
 
+    def judged(self, view: ServerView, g: GuestSnapshot) -> dict[str, Any]:
+        """What the last decision sized for ``g`` (demand, OOM floor, need, want), its swap and fault
+        rates from the history, and the harm they show."""
+        point = self.history.latest(g.name)
+        decision = view.plan.guests.get(g.name) if view.plan is not None else None
+        swap = point.swap_in_bps if point else None
+        faults = point.major_faults_ps if point else None
+        return judged_fields(decision, g.actual_bytes, swap, faults, view.swap_line_bytes_per_s)
+
     def vm_rows(self, view: ServerView, snap: HostSnapshot) -> list[dict[str, Any]]:
-        return [guest_row(g, snap.wall_time, plan_status(view, g.name)) for g in snap.guests]
+        return [
+            guest_row(g, snap.wall_time, plan_status(view, g.name)) | self.judged(view, g)
+            for g in snap.guests
+        ]
 
     def vm(self, name: str) -> dict[str, Any]:
         view, snap = self.view()
@@ -187,15 +199,20 @@ class Api:
         status = plan_status(view, name)
         if status is not None:
             body["status"], body["status_reason"] = status
-        point = self.history.latest(name)
-        body["swap_in_bytes_per_s"] = point.swap_in_bps if point else None
-        body["major_faults_per_s"] = point.major_faults_ps if point else None
+        body.update(self.judged(view, g))
         return body
 
-    def host_body(self, view: ServerView, snap: HostSnapshot) -> dict[str, Any]:
+    def host_body(
+        self, view: ServerView, snap: HostSnapshot, rows: list[dict[str, Any]] | None = None
+    ) -> dict[str, Any]:
+        """The host, the budget, the controller's counters, and the guests that suffer now with their
+        worst harm (what the page's banner names); ``rows`` are the VM rows if already made."""
+        rows = self.vm_rows(view, snap) if rows is None else rows
         body = host_view(snap)
         body.update(
             {
+                "host_short": view.host_short,
+                "suffering": [{"vm": r["name"], "harm": r["harm"]} for r in rows if r["harm"] is not None],
                 "uri": view.uri,
                 "budget_bytes": view.plan.budget if view.plan is not None else None,
                 "reserve_bytes": view.reserve_bytes,
@@ -232,14 +249,14 @@ class Api:
         """What the page draws. With ``since`` (the ``history_until`` of the page's previous poll) each
         VM's history holds only the points after it: the page keeps the rest, so a poll of a 1,000-VM
         daemon moves kilobytes, not the megabytes of every chart's whole history."""
-        vms = []
-        for row in self.vm_rows(view, snap):
+        vms = self.vm_rows(view, snap)
+        host = self.host_body(view, snap, vms)
+        for row in vms:
             row["history"] = self.history.series(row["name"], since)
-            vms.append(row)
         actions = [e for e in reversed(view.events) if is_action(e)][: self.tun.dashboard_actions]
         warnings = [e for e in reversed(view.events) if not is_action(e)][: self.tun.dashboard_actions]
         return {
-            "host": self.host_body(view, snap),
+            "host": host,
             "vms": vms,
             "actions": actions,
             "events": warnings,

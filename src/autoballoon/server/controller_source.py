@@ -96,6 +96,7 @@ class ControllerSource:
             shrink_paused=status.shrink_paused,
             host_short=status.host_short,
             last_tick_at=self._last_tick_at,
+            swap_line_bytes_per_s=self._controller.config.tunables.swap_in_pressure_bytes_per_s,
         )
 
     # -- changes ----------------------------------------------------------------------------------------

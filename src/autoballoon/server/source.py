@@ -17,6 +17,7 @@ from typing import Any, Protocol
 from prometheus_client.registry import Collector
 
 from autoballoon.model import GuestPolicy, HostSnapshot, Plan
+from autoballoon.tunables import DEFAULT_TUNABLES
 
 #: The quantiles of tick duration the API shows (read from the tick histogram's buckets).
 TICK_QUANTILES = (0.5, 0.99)
@@ -56,6 +57,9 @@ class ServerView:
     #: Unix time on the real clock (not the simulator's) when the last tick was seen, or None before it:
     #: what a fleet's "daemon down" alert compares with Prometheus's ``time()``.
     last_tick_at: float | None = None
+    #: Swap-in (bytes per second) at which the policy counts a guest under pressure: where the API and
+    #: the dashboard call a guest "swapping".
+    swap_line_bytes_per_s: float = DEFAULT_TUNABLES.swap_in_pressure_bytes_per_s
 
 
 class Source(Protocol):

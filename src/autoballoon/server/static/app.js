@@ -14,6 +14,8 @@ const PAD_B = 16;
 const SVG_NS = "http://www.w3.org/2000/svg";
 const GIB = 1024 ** 3;
 const MIB = 1024 ** 2;
+// The banner names at most this many suffering guests, then counts the rest.
+const BANNER_NAMES = 12;
 
 let pollMs = 1000;
 let updates = 0;
@@ -83,6 +85,29 @@ function renderHost(h) {
   const paused = document.getElementById("h-paused");
   paused.hidden = !h.shrink_paused;
   setText("h-paused", h.shrink_paused ? "Shrinking paused by the health guard: " + h.shrink_paused : "");
+  renderHarm(h);
+}
+
+// The red banner: the host cannot hold every guest's want, or guests suffer now (named, worst harm).
+function harmText(h) {
+  const parts = [];
+  if (h.host_short) parts.push("Host short: the budget cannot hold what every guest wants.");
+  const suffering = h.suffering || [];
+  if (suffering.length) {
+    const named = suffering.slice(0, BANNER_NAMES).map((s) => s.vm + " (" + s.harm + ")");
+    const more = suffering.length > BANNER_NAMES ? ", and " + (suffering.length - BANNER_NAMES) + " more" : "";
+    parts.push(suffering.length + (suffering.length === 1 ? " guest suffers: " : " guests suffer: ") +
+      named.join(", ") + more + ".");
+  }
+  return parts.join(" ");
+}
+
+function renderHarm(h) {
+  const text = harmText(h);
+  const banner = document.getElementById("h-harm");
+  banner.hidden = !text;
+  setText("h-harm", text);
+  document.body.dataset.harm = text ? "1" : "";
 }
 
 // A word quoted for a POSIX shell by the rules of Python's shlex.quote, as the daemon quotes the commands
@@ -110,7 +135,8 @@ function makeRow(vm) {
   info.append(head, el("div", "vm-reason muted"), remedy);
   const nums = el("dl", "vm-nums");
   for (const [key, label] of [["max", "max"], ["target", "target"], ["actual", "actual"],
-    ["rss", "QEMU RSS (host)"], ["used", "guest used"], ["avail", "guest available"], ["age", "stats age"]]) {
+    ["rss", "QEMU RSS (host)"], ["used", "guest used"], ["avail", "guest available"], ["age", "stats age"],
+    ["need", "need"], ["want", "want"], ["oom", "OOM floor"], ["swap", "swap-in"]]) {
     nums.append(el("dt", "t-" + key, label), el("dd", "n-" + key));
   }
   info.append(nums);
@@ -149,7 +175,7 @@ function pathOf(ts, values, t0, t1, yMax) {
 }
 
 function renderVm(row, vm, now) {
-  const st = vm.status || (vm.state === "running" ? "pending" : vm.state);
+  const st = vm.harm || vm.status || (vm.state === "running" ? "pending" : vm.state);
   const badge = row.querySelector(".badge");
   badge.textContent = st;
   badge.dataset.status = st;
@@ -166,6 +192,11 @@ function renderVm(row, vm, now) {
   row.querySelector(".n-used").textContent = bytes(vm.guest_used_bytes);
   row.querySelector(".n-avail").textContent = bytes(vm.guest_available_bytes);
   row.querySelector(".n-age").textContent = vm.stats_age_s === null ? "no stats" : vm.stats_age_s.toFixed(0) + " s";
+  row.querySelector(".n-need").textContent = bytes(vm.need_bytes);
+  row.querySelector(".n-want").textContent = bytes(vm.want_bytes);
+  row.querySelector(".n-oom").textContent = bytes(vm.oom_floor_bytes);
+  const swap = vm.swap_in_bytes_per_s;
+  row.querySelector(".n-swap").textContent = swap === null || swap === undefined ? "–" : bytes(swap) + "/s";
 
   const hist = vm.history;
   const ts = hist.t;
@@ -290,7 +321,10 @@ async function poll() {
     document.body.dataset.updates = String(updates);
     document.body.dataset.time = String(now);
     const interval = d.host.interval_s ? " · every " + d.host.interval_s + " s" : "";
-    setConn("live", "live · tick " + d.host.ticks + interval + (d.writable ? " · API writable" : " · read-only"));
+    const access = d.writable ? " · API writable" : " · read-only";
+    const suffering = (d.host.suffering || []).length;
+    const harm = d.host.host_short ? " · HOST SHORT" : suffering ? " · " + suffering + " suffering" : "";
+    setConn(harm ? "harm" : "live", "live" + harm + " · tick " + d.host.ticks + interval + access);
   } catch (err) {
     const since = lastOk ? " · last update " + Math.round((Date.now() - lastOk) / 1000) + " s ago" : "";
     setConn("down", "no answer from the daemon" + since);
