@@ -10,15 +10,20 @@ from __future__ import annotations
 import json
 import logging
 import socket
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import replace
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from autoballoon.cli import remote
 from autoballoon.server import RunningServer, serve
 from autoballoon.server.tunables import TUNABLES
+from tests.helpers.cli import run_cli
 from tests.helpers.server import TOKEN, FakeSource
 
 #: Seconds a test waits for something the server does on its own thread.
@@ -149,3 +154,133 @@ def test_the_api_description_lists_the_503_of_the_connection_limit() -> None:
     text = (Path(__file__).parents[1] / "docs" / "api.md").read_text()
     (row,) = [ln for ln in text.splitlines() if ln.startswith("| 503 |")]
     assert f"limit of {TUNABLES.max_connections} open connections" in row and "Retry-After" in row
+
+
+# -- the CLI against a daemon that answers nonsense ----------------------------------------------------------
+
+#: What the hostile daemon says about itself: the host the CLI's ``sim:///demo`` asks about.
+HOST_ANSWER = b'{"uri": "sim:///demo"}'
+DEEP = b"[" * 100_000 + b"]" * 100_000
+
+
+class HostileDaemon(ThreadingHTTPServer):
+    """Answers each path with fixed bytes, each answer at once or trickled a byte at a time."""
+
+    def __init__(self, answers: dict[str, bytes], trickle_s: float = 0.0) -> None:
+        super().__init__(("127.0.0.1", 0), HostileHandler)
+        self.answers = answers
+        self.trickle_s = trickle_s
+        self.thread = threading.Thread(target=self.serve_forever, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}"
+
+    def __enter__(self) -> HostileDaemon:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.shutdown()
+        self.server_close()
+
+
+class HostileHandler(BaseHTTPRequestHandler):
+    server: HostileDaemon
+
+    def do_GET(self) -> None:
+        self.answer()
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        self.answer()
+
+    def answer(self) -> None:
+        body = self.server.answers.get(self.path.removeprefix("/api/v1/"), b"{}")
+        data = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(body)
+        data += body
+        try:
+            if not self.server.trickle_s:
+                self.wfile.write(data)
+                return
+            for byte in data[:200]:  # the client gives up long before
+                self.wfile.write(bytes([byte]))
+                self.wfile.flush()
+                time.sleep(self.server.trickle_s)
+        except OSError:
+            pass
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """Quiet: the test's output is the CLI's."""
+
+
+@pytest.fixture()
+def token_file(tmp_path: Path) -> Path:
+    token = tmp_path / "token"
+    token.write_text(TOKEN)
+    token.chmod(0o600)
+    return token
+
+
+@pytest.mark.parametrize(
+    ("vms", "says"),
+    [
+        (DEEP, "nested too deep"),
+        (b'{"vms": []}', "not a list"),
+        (b"7", "not a list"),
+        (b'[{"status": "stuck"}]', "without a name"),
+        (b'[{"name": "web", "status": ["stuck"]}]', "not text"),
+        (b"\xff\xfe not json", "not JSON"),
+    ],
+)
+def test_list_shows_the_snapshot_when_the_daemon_answers_nonsense(
+    capsys: pytest.CaptureFixture[str], vms: bytes, says: str
+) -> None:
+    with HostileDaemon({"host": HOST_ANSWER, "vms": vms}) as daemon:
+        code, out, err = run_cli(capsys, "sim:///demo", "list", "--json", "--daemon", daemon.url)
+    assert code == 0, err
+    assert {row["status"] for row in json.loads(out)} <= {"managed", "no-stats", "excluded"}
+    (line,) = err.splitlines()
+    assert line.startswith("autoballoon: warning:") and says in line, err
+
+
+@pytest.mark.parametrize(
+    ("answer", "says"),
+    [
+        (DEEP, "nested too deep"),
+        (b"[1]", "whether it applied"),
+        (b'{"applied": "yes"}', "whether it applied"),
+        (b"{", "not JSON"),
+    ],
+)
+def test_release_fails_in_one_line_when_the_daemon_answers_nonsense(
+    capsys: pytest.CaptureFixture[str], token_file: Path, answer: bytes, says: str
+) -> None:
+    with HostileDaemon({"vms/web/release": answer}) as daemon:
+        args = ("release", "web", "--daemon", daemon.url, "--api-token-file", str(token_file))
+        code, out, err = run_cli(capsys, "sim:///demo", *args)
+    assert code == 1 and out == ""
+    (line,) = err.splitlines()
+    assert line.startswith("autoballoon: error:") and says in line, err
+
+
+def test_an_answer_trickled_a_byte_at_a_time_cannot_hold_list(capsys: pytest.CaptureFixture[str]) -> None:
+    with HostileDaemon({"host": HOST_ANSWER}, trickle_s=0.2) as daemon:
+        started = time.monotonic()
+        code, _, err = run_cli(capsys, "sim:///demo", "list", "--daemon", daemon.url)
+        elapsed = time.monotonic() - started
+    assert code == 0, err
+    assert elapsed < remote.READ_TIMEOUT_S + 1.0  # once, not renewed by every byte
+
+
+def test_an_answer_trickled_a_byte_at_a_time_cannot_hold_release(
+    capsys: pytest.CaptureFixture[str], token_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(remote, "CHANGE_TIMEOUT_S", 1.0)
+    with HostileDaemon({"vms/web/release": b'{"applied": true}'}, trickle_s=0.2) as daemon:
+        started = time.monotonic()
+        args = ("release", "web", "--daemon", daemon.url, "--api-token-file", str(token_file))
+        code, _, err = run_cli(capsys, "sim:///demo", *args)
+        elapsed = time.monotonic() - started
+    assert code == 1 and "within 1 s" in err
+    assert elapsed < 1.0 + 1.0

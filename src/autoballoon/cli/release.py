@@ -15,7 +15,7 @@ import click
 
 from autoballoon.cli import Context, cli, pass_ctx
 from autoballoon.cli.output import say
-from autoballoon.cli.remote import DaemonUnreachable, daemon_option, request
+from autoballoon.cli.remote import DaemonUnreachable, applied, daemon_option, request
 from autoballoon.errors import AutoballoonError
 from autoballoon.server.auth import load_token
 
@@ -46,5 +46,5 @@ def release(ctx: Context, vm: str, daemon_url: str, api_token_file: Path | None)
         answer = request(daemon_url, f"vms/{urllib.parse.quote(vm, safe='')}/release", body={}, token=token)
     except DaemonUnreachable as e:
         raise AutoballoonError(f"{e}: no daemon is running there, so no quarantine to release") from None
-    done = "released" if answer.get("applied") else "release queued (applied at the daemon's next tick)"
+    done = "released" if applied(answer, daemon_url) else "release queued (applied at the daemon's next tick)"
     say(f"{vm}: {done}")
