@@ -20,11 +20,17 @@ from typing import Any
 
 import pytest
 
+import autoballoon.cli as cli_module
+from autoballoon.backends.base import Backend
 from autoballoon.cli import remote
+from autoballoon.errors import InvalidValueError
 from autoballoon.server import RunningServer, serve
+from autoballoon.server.http import parse_listen
 from autoballoon.server.tunables import TUNABLES
+from autoballoon.units import GiB, parse_percent, parse_size, plain_number
 from tests.helpers.cli import run_cli
-from tests.helpers.server import TOKEN, FakeSource
+from tests.helpers.server import TOKEN, FakeSource, call
+from tests.helpers.simhost import sim_backend
 
 #: Seconds a test waits for something the server does on its own thread.
 WAIT_S = 5.0
@@ -284,3 +290,72 @@ def test_an_answer_trickled_a_byte_at_a_time_cannot_hold_release(
         elapsed = time.monotonic() - started
     assert code == 1 and "within 1 s" in err
     assert elapsed < 1.0 + 1.0
+
+
+# -- numbers are ASCII decimal, as documented ----------------------------------------------------------------
+
+#: Each means 2 (or 10) to int(), float() or Fraction(), and is no documented form of a number.
+NOT_ASCII_DECIMAL = ("٢G", "２G", "𝟐G", "1_0G", "٢", "1_0")
+
+
+@pytest.mark.parametrize("text", NOT_ASCII_DECIMAL)
+def test_a_size_in_other_digits_or_with_underscores_is_refused(text: str) -> None:
+    with pytest.raises(InvalidValueError, match="expected a whole or decimal number"):
+        parse_size(text)
+
+
+@pytest.mark.parametrize("text", ["1_0%", "1_0", "٢٠%", "２０", "𝟐𝟎%", "1e1", "nan", "inf"])
+def test_a_percentage_in_other_digits_or_with_underscores_is_refused(text: str) -> None:
+    with pytest.raises(InvalidValueError, match="like 20 or 20%"):
+        parse_percent(text)
+
+
+def test_a_listen_port_in_other_digits_is_refused() -> None:
+    with pytest.raises(InvalidValueError, match="--listen address"):
+        parse_listen("127.0.0.1:٩١٨٠")
+    assert parse_listen("127.0.0.1:9180") == ("127.0.0.1", 9180)
+
+
+def test_plain_ascii_numbers_still_parse() -> None:
+    assert parse_size(" 1.5 GiB ") == 3 * GiB // 2 and parse_size(".5G") == GiB // 2
+    assert parse_percent(" 20 % ") == pytest.approx(0.2) and parse_percent("2.5") == pytest.approx(0.025)
+    assert plain_number("-3", whole=True) == -3 and plain_number("0.5", whole=False) == 0.5
+
+
+@pytest.fixture()
+def sim(monkeypatch: pytest.MonkeyPatch) -> Backend:
+    backend = sim_backend()
+    monkeypatch.setattr(cli_module, "open_backend", lambda uri: backend)
+    monkeypatch.setattr(backend, "close", lambda: None)
+    return backend
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["setmem", "VM", "２G"],
+        ["setmem", "VM", "1_0G"],
+        ["policy", "VM", "--min", "𝟐G"],
+        ["policy", "VM", "--buffer", "1_0%"],
+        ["policy", "VM", "--buffer", "٢٠"],
+        ["policy", "VM", "--shares", "١٠٠"],
+        ["policy", "VM", "--shares", "1_000"],
+        ["setvcpus", "VM", "２"],
+    ],
+    ids=lambda a: " ".join(a),
+)
+def test_the_cli_refuses_numbers_in_other_digits_and_changes_nothing(
+    sim: Backend, capsys: pytest.CaptureFixture[str], args: list[str]
+) -> None:
+    vm = sim.snapshot().guests[0].name
+    before = sim.snapshot().guests, sim.get_policy(vm)
+    code, out, err = run_cli(capsys, "sim:///test", *[vm if a == "VM" else a for a in args])
+    assert code == 2, (out, err)
+    assert "Traceback" not in err and "invalid" in err
+    assert (sim.snapshot().guests, sim.get_policy(vm)) == before
+
+
+@pytest.mark.parametrize("body", [{"target_bytes": "２GiB"}, {"target_bytes": "1_0GiB"}])
+def test_the_api_refuses_a_size_in_other_digits(server: RunningServer, body: dict[str, str]) -> None:
+    status, answer, _ = call(f"{server.url}api/v1/vms/web/target", "POST", body, TOKEN)
+    assert status == 400 and answer["error"]["field"] == "target_bytes"

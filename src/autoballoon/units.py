@@ -49,7 +49,14 @@ _BINARY_UNITS = (("TiB", TiB), ("GiB", GiB), ("MiB", MiB), ("KiB", KiB))
 
 _PERCENT_FORMS = "a percentage from 0 to 1000, like 20 or 20%"
 
-_SIZE_RE = re.compile(r"^\s*(?P<num>\d+(?:\.\d+)?|\.\d+)\s*(?P<unit>[A-Za-z]*)\s*$")
+#: A number as the accepted forms write it: ASCII digits with an optional decimal fraction. ``re.ASCII``
+#: matters: without it ``\d`` is any Unicode digit (``٢``, ``２``, ``𝟐``), and ``float``/``int``/``Fraction``
+#: take those too, as well as underscores (``1_0``) and exponents.
+_NUMBER = r"\d+(?:\.\d+)?|\.\d+"
+_SIZE_RE = re.compile(rf"^\s*(?P<num>{_NUMBER})\s*(?P<unit>[A-Za-z]*)\s*$", re.ASCII)
+_PERCENT_RE = re.compile(rf"^\s*(?P<num>{_NUMBER})\s*%?\s*$", re.ASCII)
+_WHOLE_RE = re.compile(r"^\s*-?\d+\s*$", re.ASCII)
+_DECIMAL_RE = re.compile(rf"^\s*-?(?:{_NUMBER})\s*$", re.ASCII)
 #: Digits a size may have: 8 EiB is 19 digits in bytes, a fraction of a unit needs no more than that
 #: either. Longer numbers are refused before any arithmetic (Python refuses to convert over 4300 digits
 #: to an int, with a ValueError that used to escape as a traceback).
@@ -121,13 +128,22 @@ def parse_percent(text: str | float | int, *, what: str = "percentage") -> float
     if isinstance(text, bool):
         raise InvalidValueError(what, raw, _PERCENT_FORMS)
     if isinstance(text, str):
-        stripped = text.strip().removesuffix("%").strip()
-        try:
-            number = float(stripped)
-        except ValueError:
-            raise InvalidValueError(what, raw, _PERCENT_FORMS) from None
+        match = _PERCENT_RE.match(text)
+        if match is None:
+            raise InvalidValueError(what, raw, _PERCENT_FORMS)
+        number = float(match.group("num"))
     else:
         number = float(text)
     if not (0.0 <= number <= 1000.0):
         raise InvalidValueError(what, raw, _PERCENT_FORMS)
     return number / 100.0
+
+
+def plain_number(text: str, *, whole: bool) -> int | float:
+    """``text`` as an ``int`` (``whole``) or a ``float``, written in ASCII decimal with an optional sign
+    (``12``, ``-3``, ``0.5``); ValueError otherwise. ``int()`` and ``float()`` alone also take ``1_0``,
+    Unicode digits (``١٠``) and, for ``float``, ``1e3``, ``inf`` and ``nan``: none of which the documented
+    forms allow."""
+    if len(text) > _MAX_DIGITS or not (_WHOLE_RE if whole else _DECIMAL_RE).match(text):
+        raise ValueError(f"not a plain decimal number: {text!r}")
+    return int(text) if whole else float(text)

@@ -8,7 +8,7 @@ import click
 
 from autoballoon.constraints import COUNT, SHARES, STATS_PERIOD, Range
 from autoballoon.errors import InvalidValueError
-from autoballoon.units import parse_percent, parse_size
+from autoballoon.units import parse_percent, parse_size, plain_number
 
 if TYPE_CHECKING:  # click 8.2 made ParamType generic; older clicks cannot subscript it at run time
     _Size = click.ParamType[int, Any]
@@ -60,8 +60,8 @@ class RangeType(_Number):
             number: int | float = value
         else:
             text = str(value).strip()
-            try:  # int() refuses over 4300 digits with a ValueError; no range here is that long anyway
-                number = int(text) if self.rng.whole else float(text)
+            try:
+                number = plain_number(text, whole=self.rng.whole)
             except ValueError:
                 self.fail(str(InvalidValueError(what, value, self.rng.describe())), param, ctx)
         try:

@@ -90,7 +90,7 @@ EXPOSED_FORMS = (
 def parse_listen(text: str) -> tuple[str, int]:
     """``--listen``'s value as (host, port); a missing host is 127.0.0.1, never every interface."""
     host, sep, port_text = text.strip().rpartition(":")
-    if not sep or not port_text.isdigit() or not (0 <= int(port_text) <= 65535):
+    if not sep or not (port_text.isascii() and port_text.isdigit()) or not (0 <= int(port_text) <= 65535):
         raise InvalidValueError("--listen address", text, LISTEN_FORMS)
     host = host.strip("[]") or DEFAULT_HOST
     return host, int(port_text)
@@ -159,7 +159,7 @@ class AllowedHosts:
             name = header[1 : header.find("]")] if "]" in header else header[1:]
         else:
             name, sep, port = header.rpartition(":")
-            if not sep or not port.isdigit():
+            if not sep or not (port.isascii() and port.isdigit()):
                 name = header
         return name.lower().rstrip(".")
 
