@@ -19,13 +19,18 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from starlette.testclient import TestClient
 
 import autoballoon.cli as cli_module
 from autoballoon.backends.base import Backend
 from autoballoon.cli import remote
 from autoballoon.errors import InvalidValueError
 from autoballoon.server import RunningServer, serve
-from autoballoon.server.http import parse_listen
+from autoballoon.server.api import Api
+from autoballoon.server.history import History
+from autoballoon.server.http import AllowedHosts, create_app, parse_listen
+from autoballoon.server.metrics import make_registry
+from autoballoon.server.renders import Renders
 from autoballoon.server.tunables import TUNABLES
 from autoballoon.units import GiB, parse_percent, parse_size, plain_number
 from tests.helpers.cli import run_cli
@@ -359,3 +364,36 @@ def test_the_cli_refuses_numbers_in_other_digits_and_changes_nothing(
 def test_the_api_refuses_a_size_in_other_digits(server: RunningServer, body: dict[str, str]) -> None:
     status, answer, _ = call(f"{server.url}api/v1/vms/web/target", "POST", body, TOKEN)
     assert status == 400 and answer["error"]["field"] == "target_bytes"
+
+
+# -- the dashboard's cache is bounded ------------------------------------------------------------------------
+
+
+def kept_renderings(api: Api) -> int:
+    return sum(len(r) for r in vars(api).values() if isinstance(r, Renders))
+
+
+def test_distinct_since_values_cannot_grow_the_dashboard_cache(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No token needed: every distinct ``since`` was rendered and kept until the next tick."""
+    source = FakeSource()
+    history = History(TUNABLES.history_points)
+    snap = source.view().snapshot
+    assert snap is not None
+    history.add(snap)
+    api = Api(source, history, TUNABLES)
+    renders: list[float | None] = []
+    body_of = api.dashboard_body
+    monkeypatch.setattr(
+        api, "dashboard_body", lambda view, snap, since: renders.append(since) or body_of(view, snap, since)
+    )
+    registry = make_registry(source.view, history, tick_histogram=source.tick_histogram)
+    client = TestClient(create_app(api, registry, AllowedHosts("testserver")))
+    for i in range(500):
+        assert client.get(f"/api/v1/dashboard?since={i}.5").status_code == 200
+    assert kept_renderings(api) <= TUNABLES.dashboard_slices_kept + 2  # the slices, plus vms and host
+    # Pages in step still share one rendering per since.
+    renders.clear()
+    for _ in range(3):
+        client.get("/api/v1/dashboard?since=99.5")
+        client.get("/api/v1/dashboard")
+    assert renders == [99.5, None]

@@ -149,6 +149,9 @@ class Api:
         self.tun = tunables
         self.token = token
         self._renders = Renders()
+        #: The dashboard's renderings by ``since``: a few values per tick are what pages in step send,
+        #: but any client may send any number of them.
+        self.slices = Renders(max_keys=tunables.dashboard_slices_kept)
 
     # -- reads ------------------------------------------------------------------------------------------
 
@@ -163,12 +166,18 @@ class Api:
             )
         return view, view.snapshot
 
-    def cached(self, key: Hashable, render: Callable[[ServerView, HostSnapshot], Any]) -> Response:
+    def cached(
+        self,
+        key: Hashable,
+        render: Callable[[ServerView, HostSnapshot], Any],
+        renders: Renders | None = None,
+    ) -> Response:
         """Render once per tick and share the bytes: 20 dashboards cost one serialisation, not 20."""
         view, snap = self.view()
         last_seq = view.events[-1].get("seq") if view.events else None
         version = (snap.time, id(view.plan), self.history.version, last_seq, view.ticks)
-        return _json(self._renders.get(key, version, lambda: _dump(render(view, snap))))
+        kept = self._renders if renders is None else renders
+        return _json(kept.get(key, version, lambda: _dump(render(view, snap))))
 
     @staticmethod
     def guest(snap: HostSnapshot, name: str) -> GuestSnapshot:
@@ -443,7 +452,7 @@ def api_router(api: Api) -> APIRouter:
     ) -> Response:
         """What the dashboard draws: host, VMs with their chart history, latest actions and events."""
         no_query(request, ("since",))
-        return api.cached(("dashboard", since), lambda view, snap: api.dashboard_body(view, snap, since))
+        return api.cached(since, lambda view, snap: api.dashboard_body(view, snap, since), api.slices)
 
     target_body = {
         "type": "object",

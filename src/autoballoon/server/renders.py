@@ -15,12 +15,23 @@ from collections.abc import Callable, Hashable
 
 
 class Renders:
-    """Bytes by key, each valid for one state ``version``, optionally reused for ``max_age_s`` more."""
+    """Bytes by key, each valid for one state ``version``, optionally reused for ``max_age_s`` more.
 
-    def __init__(self) -> None:
+    At most ``max_keys`` renderings are kept (the oldest kept goes first): a key that comes from the
+    request, such as the dashboard's ``since``, would otherwise keep one rendering per value a client
+    cares to send until the state moves on.
+    """
+
+    def __init__(self, max_keys: int | None = None) -> None:
         self._lock = threading.Lock()
+        self._max_keys = max_keys
         self._done: dict[Hashable, tuple[Hashable, float, bytes]] = {}
         self._flights: dict[Hashable, threading.Lock] = {}
+
+    def __len__(self) -> int:
+        """How many renderings are kept."""
+        with self._lock:
+            return len(self._done)
 
     def get(
         self, key: Hashable, version: Hashable, render: Callable[[], bytes], *, max_age_s: float = 0.0
@@ -40,15 +51,32 @@ class Renders:
             hit = self._fresh(key, version, max_age_s, since=asked)
             if hit is not None:
                 return hit
-            body = render()
-            with self._lock:
-                # Another version's renderings will not be asked for again (the state only moves on):
-                # dropping them bounds the cache by the kinds of rendering, not by the requests seen.
-                for old in [k for k, (v, _, _) in self._done.items() if v != version]:
-                    del self._done[old]
-                    self._flights.pop(old, None)
-                self._done[key] = (version, time.monotonic(), body)
+            try:
+                body = render()
+            except BaseException:
+                self._land(key, flight)
+                raise
+            self._land(key, flight, version, body)
             return body
+
+    def _land(
+        self, key: Hashable, flight: threading.Lock, version: Hashable = None, body: bytes | None = None
+    ) -> None:
+        """End ``key``'s flight, keeping its rendering if there is one. A flight lasts one rendering
+        (those waiting on it hold its lock), so flights are bounded by the requests in progress."""
+        with self._lock:
+            if self._flights.get(key) is flight:
+                del self._flights[key]
+            if body is None:
+                return
+            # Another version's renderings will not be asked for again (the state only moves on):
+            # dropping them bounds the cache by the kinds of rendering, not by the requests seen.
+            for old in [k for k, (v, _, _) in self._done.items() if v != version]:
+                del self._done[old]
+            self._done.pop(key, None)  # kept last: the oldest kept goes first
+            self._done[key] = (version, time.monotonic(), body)
+            while self._max_keys is not None and len(self._done) > self._max_keys:
+                del self._done[next(iter(self._done))]
 
     def _fresh(
         self, key: Hashable, version: Hashable, max_age_s: float, since: float | None = None

@@ -55,6 +55,10 @@ class ServerTunables:
     #: Seconds one rendering of ``/metrics`` may be served again although the daemon ticked since: a
     #: scraper's view is seconds old by design, and a scrape of 1,000 VMs costs a tenth of a second.
     metrics_reuse_s: float = 1.0
+    #: Dashboard renderings kept per state, one per ``since`` asked for: pages in step ask for the same
+    #: one or two (a first load, then the last poll's ``history_until``); a client sending others gets
+    #: them rendered, but cannot make the server keep them all.
+    dashboard_slices_kept: int = 8
     #: How often the page polls the server (milliseconds, handed to the page in its data).
     dashboard_poll_ms: int = 1000
 
