@@ -256,3 +256,50 @@ def test_health_config_section() -> None:
             parse_config({"guard": bad})
     with pytest.raises(InvalidValueError, match=r"vm\.x\.os"):
         parse_config({"vm": {"x": {"os": "beos"}}})
+
+
+def test_a_guest_first_seen_ballooned_and_storming_is_quarantined() -> None:
+    """The demo's Windows guest boots ballooned and storming: the guard took the storm as its baseline
+    and never quarantined it. Its first look now stands for the balloon's last move."""
+    g = Guest("win", load=0.98)
+    g.target = 3 * GiB  # already ballooned when the daemon first sees it
+    state, events, _ = run([g], HealthState(), 0.0, H.sustain_s + 3 * STEP)
+    assert [e.kind for e in events] == ["quarantine"]
+    q = state.quarantined["win"]
+    assert q.probe and "ballooned when first seen" in q.reason
+
+
+def test_a_guest_first_seen_ballooned_and_quiet_is_not_blamed() -> None:
+    g = Guest("win", load=0.05)
+    g.target = 3 * GiB
+    state, events, _ = run([g], HealthState(), 0.0, H.window_s + 10 * STEP)
+    assert events == [] and "win" not in state.quarantined
+    assert state.vms["win"].baseline == pytest.approx(0.05, abs=0.01)
+    assert health.shrink_hold(state, g.snap(), H) is None
+
+
+def test_a_probe_that_stays_hot_deflated_is_released_with_its_load_as_baseline() -> None:
+    """Deflating is the measurement: a guest that is busy by itself stays at the storm level with its
+    balloon at max, is released, and is not blamed for its own load again."""
+    g = Guest("build", load=0.98)
+    g.target = 3 * GiB
+    state, events, t = run([g], HealthState(), 0.0, H.sustain_s + 3 * STEP)
+    assert state.quarantined["build"].probe
+    g.target = 4 * GiB  # the quarantine deflates it to its max; it stays as busy
+    state, events, t = run([g], state, t, H.sustain_s + 3 * STEP)
+    assert [e.kind for e in events] == ["release"] and events[0].fields["probe"] is True
+    assert "build" not in state.quarantined
+    assert state.vms["build"].baseline == pytest.approx(0.98, abs=0.01)
+    g.target = 3 * GiB  # ballooned again: the same load is no storm against that baseline
+    state, events, _ = run([g], state, t, H.window_s)
+    assert events == [] and "build" not in state.quarantined
+
+
+def test_a_probe_that_calms_down_deflated_stays_quarantined() -> None:
+    g = Guest("win", load=0.98)
+    g.target = 3 * GiB
+    state, _, t = run([g], HealthState(), 0.0, H.sustain_s + 3 * STEP)
+    g.target, g.load = 4 * GiB, 0.05  # deflated, and the storm stops: it was the balloon
+    state, events, _ = run([g], state, t, 3 * H.sustain_s)
+    assert events == []
+    assert not state.quarantined["win"].probe  # confirmed: an ordinary quarantine now

@@ -15,7 +15,9 @@ what the policy does not:
   Until the guard has ``baseline_min_s`` of CPU samples for a guest, that guest is not shrunk (without a
   baseline a storm could not be told from a busy guest); samples below the storm level count toward that
   first baseline even just after a change, so a daemon that starts by cutting to its budget is not held
-  for a whole window.
+  for a whole window. A guest first seen with its balloon already inflated has no sample from before it:
+  its first look counts as the inflation and a storm is judged from a baseline of zero, on probation
+  (:attr:`Quarantine.probe`): once deflated, a guest still as hot is released as busy by itself.
 - **Host pause.** When the host's load average rises above ``host_load_factor`` times its CPU count, or
   its CPUs' thermal-throttle counters climb, within ``window_s`` of a balloon change, every *shrink* is
   suppressed (growth never is) until the load is back under ``host_load_clear_factor`` times the cores
@@ -140,12 +142,19 @@ class VMHealth(NamedTuple):
     changed_at: float | None = None  # when its balloon target was last lowered (the balloon inflated)
     window_from: float | None = None  # the first change of the current run of changes (for reports)
     hot_since: float | None = None  # start of the current run of storm samples
+    #: First seen already ballooned: no sample from before its balloon moved exists, so the guard takes
+    #: its first look as the balloon's last move and, until it has a baseline, judges a storm from zero.
+    booted_ballooned: bool = False
 
 
 class Quarantine(NamedTuple):
     since: float  # snapshot time
     until: float | None  # None: until released
     reason: str
+    #: Quarantined on a storm with no baseline from before the balloon (it was ballooned when first
+    #: seen): deflating it is the measurement. A guest still as hot with its balloon deflated for
+    #: ``sustain_s`` is busy by itself and released; one that calms down stays quarantined.
+    probe: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,7 +184,19 @@ def _ewma(old: float | None, sample: float, dt: float, tau: float) -> float:
 def _watch(g: GuestSnapshot, prev: VMHealth | None, now: float, t: HealthTunables) -> VMHealth:
     """The VM's new CPU sample, baseline and change mark (no verdict yet)."""
     if prev is None or g.cpu_time_ns is None:
-        return VMHealth(cpu_ns=g.cpu_time_ns, cpu_at=now, seen_target=g.target_bytes)
+        # A guest first seen with its balloon inflated has no "before": its first look stands for the
+        # balloon's last move, so a storm it is already in is blamed on the balloon, as a storm after an
+        # inflation the guard saw would be (the demo's Windows guest boots ballooned and storming).
+        ballooned = prev is None and g.target_bytes < g.max_bytes
+        mark = now if ballooned else None
+        return VMHealth(
+            cpu_ns=g.cpu_time_ns,
+            cpu_at=now,
+            seen_target=g.target_bytes,
+            changed_at=mark if prev is None else prev.changed_at,
+            window_from=mark if prev is None else prev.window_from,
+            booted_ballooned=ballooned or (prev is not None and prev.booted_ballooned),
+        )
     changed_at, window_from = prev.changed_at, prev.window_from
     # Only an inflation (a lower target) can make a guest sick; growth gives it memory back.
     moved = prev.seen_target is not None and g.target_bytes < prev.seen_target
@@ -185,7 +206,7 @@ def _watch(g: GuestSnapshot, prev: VMHealth | None, now: float, t: HealthTunable
             window_from = changed_at
     dt = now - prev.cpu_at if prev.cpu_at is not None else 0.0
     if prev.cpu_ns is not None and g.cpu_time_ns < prev.cpu_ns:  # the guest restarted: start afresh
-        return VMHealth(cpu_ns=g.cpu_time_ns, cpu_at=now, seen_target=g.target_bytes)
+        return _watch(g, None, now, t)
     if prev.cpu_ns is None or dt <= 0:
         return prev._replace(
             cpu_ns=g.cpu_time_ns,
@@ -215,6 +236,7 @@ def _watch(g: GuestSnapshot, prev: VMHealth | None, now: float, t: HealthTunable
         changed_at=changed_at,
         window_from=window_from,
         hot_since=prev.hot_since,
+        booted_ballooned=prev.booted_ballooned and baseline is None,
     )
 
 
@@ -226,9 +248,10 @@ def _unwatched(h: VMHealth) -> VMHealth:
 
 def _storm(vm: VMHealth, start: float, t: HealthTunables) -> float | None:
     """The new start of the VM's storm run, or None if this sample is no storm the balloon can explain."""
-    if vm.load is None or vm.baseline is None or vm.changed_at is None:
+    baseline = vm.baseline if vm.baseline is not None else (0.0 if vm.booted_ballooned else None)
+    if vm.load is None or baseline is None or vm.changed_at is None:
         return None
-    hot = vm.load >= t.cpu_level and vm.load >= vm.baseline + t.baseline_margin
+    hot = vm.load >= t.cpu_level and vm.load >= baseline + t.baseline_margin
     if not hot:
         return None
     if vm.hot_since is not None:
@@ -236,12 +259,44 @@ def _storm(vm: VMHealth, start: float, t: HealthTunables) -> float | None:
     return start if start - vm.changed_at <= t.window_s else None
 
 
+def _probe(
+    g: GuestSnapshot, h: VMHealth, quarantined: dict[str, Quarantine], start: float, t: HealthTunables
+) -> tuple[VMHealth, Event | None]:
+    """A quarantined guest's record, and the end of a probe (see :attr:`Quarantine.probe`): with its
+    balloon deflated (``actual`` at max), a guest that stays at the storm level for ``sustain_s`` was
+    busy by itself: it is released and keeps that load as its baseline, so it is not blamed again; one
+    that calms down was storming because of the balloon and stays quarantined."""
+    q = quarantined[g.name]
+    deflated = g.actual_bytes is not None and g.actual_bytes >= g.max_bytes
+    if not q.probe or not deflated or h.load is None:
+        return h._replace(hot_since=None), None
+    if h.load < t.cpu_level:
+        quarantined[g.name] = q._replace(probe=False)
+        return h._replace(hot_since=None), None
+    hot_since = h.hot_since if h.hot_since is not None else start
+    if (h.cpu_at or start) - hot_since < t.sustain_s:
+        return h._replace(hot_since=hot_since), None
+    del quarantined[g.name]
+    load = h.load * _PERCENT
+    message = (
+        f"{g.name}: released: still at {load:.0f}% of its vCPUs with its balloon deflated, so its own "
+        f"load and not the balloon's; ballooned again, with that load as its baseline"
+    )
+    released = _unwatched(h)._replace(baseline=h.load, watched_s=max(h.watched_s, t.baseline_min_s))
+    return released._replace(booted_ballooned=False), Event(g.name, "release", message, {"probe": True})
+
+
 def _quarantine_reason(vm: str, h: VMHealth, vcpus: int, t: HealthTunables) -> str:
     load = (h.load or 0.0) * _PERCENT
-    base = (h.baseline or 0.0) * _PERCENT
+    base = (
+        f"baseline {h.baseline * _PERCENT:.0f}%"
+        if h.baseline is not None
+        else "ballooned when first seen, so no baseline from before; released by itself if it stays as hot "
+        "once deflated"
+    )
     return (
         f"CPU storm after ballooning: {load:.0f}% of {vcpus} vCPU{'s' if vcpus != 1 else ''} for "
-        f"{t.sustain_s:g} s (baseline {base:.0f}%); deflated to max and not ballooned until "
+        f"{t.sustain_s:g} s ({base}); deflated to max and not ballooned until "
         f"'{release_command(vm)}'; remedy: '{remedy(vm)}' (takes effect at the next boot)"
     )
 
@@ -275,14 +330,17 @@ def observe(
         if h.changed_at is not None and h.changed_at != (prev.changed_at if prev else None):
             last_change = h.changed_at if last_change is None else max(last_change, h.changed_at)
         if g.name in quarantined:
-            vms[g.name] = h._replace(hot_since=None)
+            h, event = _probe(g, h, quarantined, start, t)
+            if event is not None:
+                events.append(event)
+            vms[g.name] = h
             continue
         hot_since = _storm(h, start, t)
         h = h._replace(hot_since=hot_since)
         if hot_since is not None and now - hot_since >= t.sustain_s:
             reason = _quarantine_reason(g.name, h, g.vcpus, t)
             until = now + t.quarantine_s if t.quarantine_s > 0 else None
-            quarantined[g.name] = Quarantine(since=now, until=until, reason=reason)
+            quarantined[g.name] = Quarantine(now, until, reason, probe=h.baseline is None)
             assert h.changed_at is not None  # _storm() needs a change
             first = h.window_from if h.window_from is not None else h.changed_at
             fields = {"remedy": remedy(g.name), "detect_s": now - first}

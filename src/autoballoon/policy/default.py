@@ -86,6 +86,8 @@ class GuestRecord(NamedTuple):
     retried_at: float | None = None  # when a grow that had not arrived was last sent again
     warned_autodeflate: bool = False
     warned_reporting: bool = False
+    #: The balloon's ``actual`` the stats on hand were taken against (see :func:`estimate`).
+    stats_actual: int | None = None
 
 
 _FIRST_LOOK = GuestRecord()
@@ -273,6 +275,7 @@ class Estimate(NamedTuple):
     rate: float
     jump: int
     pressure_at: float | None
+    stats_actual: int | None
 
 
 def reaction_time(g: GuestSnapshot, t: Tunables) -> float:
@@ -329,7 +332,7 @@ def estimate(v: Verdict, now: float, wall: float, t: Tunables) -> Estimate:
             v, target, actual, v.floor, v.ceiling, rec.used or 0, rec.demand or 0, False, True,
             v.self_deflated, exposed, reports, False, latency, 0.0, shares, held, held, may_shrink, step,
             rec.reserved, rec.stats_time, rec.swap_in, rec.major_faults, 0.0, 0.0, rec.rate, rec.jump,
-            rec.pressure_at,
+            rec.pressure_at, rec.stats_actual,
         )  # fmt: skip
     still = rec.seen_actual is not None and abs(actual - rec.seen_actual) <= t.stuck_tolerance_bytes
     stats_wall = stats.last_update or 0.0
@@ -339,16 +342,18 @@ def estimate(v: Verdict, now: float, wall: float, t: Tunables) -> Estimate:
     used = (g.used_bytes or 0) + reserved
     # With autodeflate (and on Windows, whose MemTotal stays at max too) ``used`` subtracts the balloon,
     # which libvirt reports as it is now while the stats are up to a period old: a balloon that moved in
-    # between would show as a change in ``used``. Stats older than the last look are read against the
-    # balloon as it was then (``used`` is MemTotal - MemAvailable - (max - actual)).
+    # between would show as a change in ``used``. Stats are read against the balloon as it was when they
+    # were taken: the last look's when they are older than it, and that same balloon for as long as they
+    # are the stats on hand. (Read against the last look only, a Windows guest reporting every 10 s had
+    # each grow counted as use again on the next tick, and grew itself to its max: 228 reversals an hour
+    # in the demo.)
     follows_balloon = g.balloon.autodeflate or g.os_type == "windows"
-    if (
-        follows_balloon
-        and rec.seen_actual is not None
-        and rec.seen_wall is not None
-        and stats_wall < rec.seen_wall
-    ):
-        used = max(0, used - (actual - rec.seen_actual))
+    stats_actual = rec.stats_actual
+    if stats.last_update != rec.stats_time or stats_actual is None:
+        older = rec.seen_actual is not None and rec.seen_wall is not None and stats_wall < rec.seen_wall
+        stats_actual = rec.seen_actual if older else actual
+    if follows_balloon and stats_actual is not None:
+        used = max(0, used - (actual - stats_actual))
     # Rates are per second of *stats* time: a guest polled every 10 s shows 10 s of change at once.
     stats_time = stats.last_update
     sdt = stats_time - rec.stats_time if stats_time and rec.stats_time else 0.0
@@ -408,7 +413,7 @@ def estimate(v: Verdict, now: float, wall: float, t: Tunables) -> Estimate:
         v, target, actual, v.floor, ceiling, used, demand, pressure, False,
         pressure or v.self_deflated, exposed, reports, (stats.swap_out or 0) > 0, latency, buffer, shares,
         least_need, least_oom_floor, may_shrink, step, reserved, stats_time,
-        stats.swap_in, stats.major_faults, rise_rate, trend, rate, jump, pressure_at,
+        stats.swap_in, stats.major_faults, rise_rate, trend, rate, jump, pressure_at, stats_actual,
     )  # fmt: skip
 
 
@@ -871,6 +876,7 @@ def decide(
             None, None, retried_at,  # stuck_until, manual_until (a managed VM has neither), retried_at
             rec.warned_autodeflate or warning is not None,
             rec.warned_reporting or hint is not None,
+            e.stats_actual,
         )  # fmt: skip
 
     for v in others:
