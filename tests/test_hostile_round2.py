@@ -12,19 +12,28 @@ import logging
 import socket
 import threading
 import time
+import warnings
 from collections.abc import Iterator
 from dataclasses import replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 import pytest
 from starlette.testclient import TestClient
 
 import autoballoon.cli as cli_module
+from autoballoon import saved
 from autoballoon.backends.base import Backend
 from autoballoon.cli import remote
+from autoballoon.config import DaemonConfig
+from autoballoon.constraints import MAX_BYTES_PER_S, MAX_SECONDS, MAX_SETTING_BYTES
+from autoballoon.controller import Controller
 from autoballoon.errors import InvalidValueError
+from autoballoon.health import HealthState
+from autoballoon.journal import Journal
+from autoballoon.policy import GuestRecord, PolicyState
 from autoballoon.server import RunningServer, serve
 from autoballoon.server.api import Api
 from autoballoon.server.history import History
@@ -32,6 +41,7 @@ from autoballoon.server.http import AllowedHosts, create_app, parse_listen
 from autoballoon.server.metrics import make_registry
 from autoballoon.server.renders import Renders
 from autoballoon.server.tunables import TUNABLES
+from autoballoon.state import StateStore
 from autoballoon.units import GiB, parse_percent, parse_size, plain_number
 from tests.helpers.cli import run_cli
 from tests.helpers.server import TOKEN, FakeSource, call
@@ -92,7 +102,7 @@ def post_head(length: int) -> bytes:
     )
 
 
-# -- a body cut short is the client's doing, not a server bug ---------------------------------------------
+# -- a body cut short is the client's doing, not a server bug ------------------------------------------------
 
 
 @pytest.mark.parametrize("who", ["client hangs up", "server cuts off a slow body"])
@@ -397,3 +407,67 @@ def test_distinct_since_values_cannot_grow_the_dashboard_cache(monkeypatch: pyte
         client.get("/api/v1/dashboard?since=99.5")
         client.get("/api/v1/dashboard")
     assert renders == [99.5, None]
+
+
+# -- saved state the policy cannot compute with --------------------------------------------------------------
+
+SAVED_GUESTS = "".join(
+    f'[[guest]]\nname = "{vm}"\nmax = "4G"\nstats_period = 2\n'
+    'demand = { shape = "constant", level = "1G" }\n'
+    for vm in ("fast", "huge", "late", "fine")
+)
+
+
+def state_file(path: Path, wall: float) -> None:
+    """A document the old schema accepted whole: each of three records holds one value beyond what the
+    policy can use; the fourth record and the quarantine are sound."""
+    record = {"at": wall - 10, "jump": 64 * 1024 * 1024, "rate": 1024.0, "reserved": 30 * 1024 * 1024}
+    data = {
+        "policy": "autoballoon",
+        "quarantines": {"fine": {"since": wall - 100, "until": None, "reason": "CPU storm"}},
+        "guests": {
+            "fast": {**record, "rate": 1e308},
+            "huge": {**record, "reserved": 2**62},
+            "late": {**record, "manual_until": 1e300},
+            "fine": record,
+        },
+    }
+    envelope = {"format": "autoballoon-state", "version": 1, "saved_at": wall, "data": data}
+    path.write_text(json.dumps(envelope))
+
+
+def test_saved_values_beyond_what_the_policy_uses_drop_their_record_with_a_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    backend = sim_backend(SAVED_GUESTS, ram="32G", warmup=30.0)
+    path = tmp_path / "state.json"
+    state_file(path, backend.clock.wall())
+    with caplog.at_level(logging.WARNING, "autoballoon"):
+        controller = Controller(backend, backend.clock, DaemonConfig(), Journal(None), store=StateStore(path))
+    dropped = [r.getMessage() for r in caplog.records if "out of range" in r.getMessage()]
+    assert len(dropped) == 3, caplog.text
+    for vm, field in (("fast", "rate"), ("huge", "reserved"), ("late", "manual_until")):
+        assert any(f"VM {vm}'s" in m and field in m for m in dropped), (vm, dropped)
+    assert "fine" in controller.quarantined  # the rest of the file is kept
+    (recalled,) = [e for e in controller.journal.recent() if e["kind"] == "recalled"]
+    assert ": 1 guests" in recalled["message"]
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        for _ in range(30):
+            controller.tick()
+            backend.clock.sleep(controller.config.interval_s)
+    assert [str(w.message) for w in seen if issubclass(w.category, RuntimeWarning)] == []
+    for vm in controller.status().vms:
+        assert 0 < vm.target_bytes <= 4 * GiB, vm
+
+
+def test_what_the_policy_holds_beyond_the_bounds_is_cut_to_them_when_saved() -> None:
+    """The bounds the load enforces must never make a save fail on what the daemon runs on."""
+    record = GuestRecord(seen_time=1.0, manual_until=1e12, rate=1e15, jump=2**62, reserved=2**61)
+    state = PolicyState(guests=MappingProxyType({"db": record}))
+    document = saved.remember("autoballoon", HealthState(), state, now=2.0, wall=10_000.0)
+    again = saved.Saved.model_validate_json(document.model_dump_json())
+    assert again.dropped == {} and set(again.guests) == {"db"}
+    db = again.guests["db"]
+    assert (db.rate, db.jump, db.reserved) == (MAX_BYTES_PER_S, MAX_SETTING_BYTES, MAX_SETTING_BYTES)
+    assert db.manual_until == db.at + MAX_SECONDS

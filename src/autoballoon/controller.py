@@ -311,6 +311,13 @@ class Controller:
         if loaded is None:
             return
         now, wall = self.clock.now(), self.clock.wall()
+        for vm, why in sorted(loaded.dropped.items()):
+            log.warning(
+                "state file %s: VM %s's saved record is out of range (%s); its history is learned again",
+                self.store.path,
+                printable(vm),
+                printable(why),
+            )
         self._health = saved.recall_health(loaded, self._health, now, wall)
         self._state = saved.recall_policy(
             loaded, self.policy.name, self._state, now, wall, self.config.tunables

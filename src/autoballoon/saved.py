@@ -13,27 +13,36 @@ are saved as wall-clock times and turned back into the new monotonic clock on lo
 keeps fading over the time the daemon was down. Everything else (demand, the stuck detector's marks,
 CPU baselines) is rebuilt within a few ticks, and is safer rebuilt than restored from a stale past.
 The conversions are pure functions; the schema is a pydantic model, so a file that does not fit is
-ignored as a whole (see :mod:`autoballoon.state`).
+ignored as a whole (see :mod:`autoballoon.state`), except for a guest's record: one that does not fit
+(a value beyond what the policy can compute with, such as a growth rate of 1e308 bytes/s, which made
+NumPy overflow and the guest's sizing garbage) is left out and named in :attr:`Saved.dropped`, and the
+rest of the file is kept.
 """
 
 from __future__ import annotations
 
 import math
 from types import MappingProxyType
-from typing import Annotated
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from autoballoon.constraints import MAX_BYTES_PER_S, MAX_SECONDS, MAX_SETTING_BYTES, Range
 from autoballoon.health import HealthState, Quarantine
 from autoballoon.policy.default import GuestRecord, PolicyState
 from autoballoon.tunables import Tunables
 
 NAME_MAX = 1024
 REASON_MAX = 4096
-BYTES_MAX = 2**62
-_Wall = Annotated[float, Field(ge=0, allow_inf_nan=False)]
+#: The largest size saved: what a setting may name. The policy adds a few sizes and multiplies them by
+#: factors in int64 arrays, which this bound keeps from wrapping (2**62 did).
+BYTES_MAX = MAX_SETTING_BYTES
+#: The latest wall-clock time saved: the end of year 9999, past which no clock or calendar reads.
+WALL_MAX = 253_402_300_799.0
+_Wall = Annotated[float, Field(ge=0, le=WALL_MAX, allow_inf_nan=False)]
 _Bytes = Annotated[int, Field(ge=0, le=BYTES_MAX)]
-_Rate = Annotated[float, Field(ge=0, allow_inf_nan=False)]
+#: A growth rate the policy multiplies by a reaction time (see :data:`MAX_BYTES_PER_S`).
+_Rate = Annotated[float, Range(0, MAX_BYTES_PER_S, unit="bytes/s")]
 _Name = Annotated[str, Field(min_length=1, max_length=NAME_MAX)]
 
 
@@ -58,6 +67,15 @@ class SavedGuest(_Strict):
     rate: _Rate = 0.0
     reserved: _Bytes = 0
 
+    @model_validator(mode="after")
+    def _within_a_year(self) -> SavedGuest:
+        """Nothing the policy holds lasts longer than a setting's longest time after the record."""
+        for name in ("manual_until", "stuck_until", "last_grow"):
+            t = getattr(self, name)
+            if t is not None and t > self.at + MAX_SECONDS:
+                raise ValueError(f"{name} is more than {MAX_SECONDS:g} s after the record's time")
+        return self
+
 
 class Saved(_Strict):
     """The whole document the daemon saves."""
@@ -65,6 +83,30 @@ class Saved(_Strict):
     policy: str
     quarantines: dict[_Name, SavedQuarantine] = Field(default_factory=dict)
     guests: dict[_Name, SavedGuest] = Field(default_factory=dict)
+    #: The guests whose saved record did not fit, with why: left out on load (never saved).
+    dropped: dict[str, str] = Field(default_factory=dict, exclude=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _leave_out_unfit_records(cls, data: Any) -> Any:
+        """One guest's record that does not fit costs that record, not the quarantines and the other
+        records: each is checked on its own, and those that fail move to ``dropped``."""
+        if not isinstance(data, dict) or not isinstance(data.get("guests"), dict):
+            return data
+        guests: dict[str, Any] = {}
+        dropped: dict[str, str] = {}
+        for vm, record in data["guests"].items():
+            try:
+                if not 1 <= len(vm) <= NAME_MAX:
+                    raise ValueError(f"a VM name of {len(vm)} characters")
+                guests[vm] = SavedGuest.model_validate(record)
+            except ValidationError as e:
+                first = e.errors()[0]
+                where = ".".join(str(p) for p in first["loc"]) or "record"
+                dropped[vm[:NAME_MAX]] = f"{where}: {first['msg']}"
+            except ValueError as e:
+                dropped[vm[:NAME_MAX]] = str(e)
+        return {**data, "guests": guests, "dropped": dropped}
 
 
 def _to_wall(t: float | None, now: float, wall: float) -> float | None:
@@ -73,6 +115,11 @@ def _to_wall(t: float | None, now: float, wall: float) -> float | None:
 
 def _to_clock(t: float | None, now: float, wall: float) -> float | None:
     return None if t is None else now + (t - wall)
+
+
+def _fit(t: float | None, at: float) -> float | None:
+    """A wall time as a record made at ``at`` may hold it (what the load would refuse is cut instead)."""
+    return None if t is None else min(max(0.0, t), at + MAX_SECONDS, WALL_MAX)
 
 
 def remember(policy: str, health: HealthState, state: object, now: float, wall: float) -> Saved:
@@ -94,14 +141,14 @@ def remember(policy: str, health: HealthState, state: object, now: float, wall: 
         for vm, r in state.guests.items():
             if r.seen_time is None or len(vm) > NAME_MAX:
                 continue
-            at = _to_wall(r.seen_time, now, wall) or wall
+            at = min(max(0.0, _to_wall(r.seen_time, now, wall) or wall), WALL_MAX)
             guests[vm] = SavedGuest(
-                at=max(0.0, at),
-                manual_until=_to_wall(r.manual_until, now, wall),
-                stuck_until=_to_wall(r.stuck_until, now, wall),
-                last_grow=_to_wall(r.last_grow, now, wall),
+                at=at,
+                manual_until=_fit(_to_wall(r.manual_until, now, wall), at),
+                stuck_until=_fit(_to_wall(r.stuck_until, now, wall), at),
+                last_grow=_fit(_to_wall(r.last_grow, now, wall), at),
                 jump=min(max(0, r.jump), BYTES_MAX),
-                rate=r.rate if 0.0 < r.rate < math.inf else 0.0,
+                rate=min(r.rate, MAX_BYTES_PER_S) if 0.0 < r.rate < math.inf else 0.0,
                 reserved=min(max(0, r.reserved), BYTES_MAX),
             )
     return Saved(policy=policy, quarantines=quarantines, guests=guests)
