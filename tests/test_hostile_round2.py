@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import json
 import logging
+import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 import warnings
@@ -27,6 +30,7 @@ import autoballoon.cli as cli_module
 from autoballoon import saved
 from autoballoon.backends.base import Backend
 from autoballoon.cli import remote
+from autoballoon.clock import VirtualClock
 from autoballoon.config import DaemonConfig
 from autoballoon.constraints import MAX_BYTES_PER_S, MAX_SECONDS, MAX_SETTING_BYTES
 from autoballoon.controller import Controller
@@ -471,3 +475,43 @@ def test_what_the_policy_holds_beyond_the_bounds_is_cut_to_them_when_saved() -> 
     db = again.guests["db"]
     assert (db.rate, db.jump, db.reserved) == (MAX_BYTES_PER_S, MAX_SETTING_BYTES, MAX_SETTING_BYTES)
     assert db.manual_until == db.at + MAX_SECONDS
+
+
+# -- SIGTERM on a simulated host -----------------------------------------------------------------------------
+
+
+def test_a_virtual_clock_sleep_returns_once_stop_is_set() -> None:
+    clock = VirtualClock(speed=1.0)
+    stop = threading.Event()
+    threading.Timer(0.2, stop.set).start()
+    started = time.monotonic()
+    clock.sleep(120.0, stop)
+    assert time.monotonic() - started < 2.0
+    assert 0.1 < clock.now() < 2.0  # only the virtual time the real wait stood for passed
+
+
+def test_sigterm_stops_a_sim_daemon_at_once_not_after_its_interval(tmp_path: Path) -> None:
+    journal = tmp_path / "journal.jsonl"
+    argv = [sys.executable, "-m", "autoballoon", "-c", "sim:///demo?speed=1", "run", "--no-http"]
+    proc = subprocess.Popen(
+        [*argv, "--interval", "120", "--journal", str(journal)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not (journal.exists() and '"start"' in journal.read_text()):
+            assert proc.poll() is None and time.monotonic() < deadline, "the daemon did not start"
+            time.sleep(0.1)
+        time.sleep(1.0)  # its first tick is done: it sleeps out the interval now
+        stopped = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(timeout=30)
+        elapsed = time.monotonic() - stopped
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert code == 0, proc.stderr.read() if proc.stderr else None
+    assert elapsed < 10.0
+    assert '"stop"' in journal.read_text()

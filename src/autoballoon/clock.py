@@ -7,6 +7,7 @@ world whenever virtual time passes, so "sleeping" on a virtual clock *is* steppi
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
 from typing import Protocol
@@ -21,8 +22,8 @@ class Clock(Protocol):
         """Seconds on the clock guest stats are stamped with (epoch for real hosts)."""
         ...
 
-    def sleep(self, seconds: float) -> None:
-        """Let ``seconds`` pass."""
+    def sleep(self, seconds: float, stop: threading.Event | None = None) -> None:
+        """Let ``seconds`` pass, or less once ``stop`` is set (SIGTERM must not wait out an interval)."""
         ...
 
 
@@ -35,9 +36,13 @@ class RealClock:
     def wall(self) -> float:
         return time.time()
 
-    def sleep(self, seconds: float) -> None:
-        if seconds > 0:
+    def sleep(self, seconds: float, stop: threading.Event | None = None) -> None:
+        if seconds <= 0:
+            return
+        if stop is None:
             time.sleep(seconds)
+        else:
+            stop.wait(seconds)
 
 
 class VirtualClock:
@@ -62,11 +67,19 @@ class VirtualClock:
     def wall(self) -> float:
         return self._now
 
-    def sleep(self, seconds: float) -> None:
+    def sleep(self, seconds: float, stop: threading.Event | None = None) -> None:
+        """With a ``speed``, wait the real share of ``seconds``; once ``stop`` is set, return at once,
+        having let pass only the virtual time its real wait stood for."""
         if seconds <= 0:
             return
         if self.speed:
-            time.sleep(seconds / self.speed)
+            real = seconds / self.speed
+            if stop is None:
+                time.sleep(real)
+            else:
+                began = time.monotonic()
+                if stop.wait(real):
+                    seconds = min(seconds, (time.monotonic() - began) * self.speed)
         self.advance(seconds)
 
     def advance(self, seconds: float) -> None:

@@ -32,7 +32,7 @@ from prometheus_client import Histogram
 
 from autoballoon import guards, health, saved
 from autoballoon.backends.base import Backend
-from autoballoon.clock import Clock, RealClock
+from autoballoon.clock import Clock
 from autoballoon.config import DaemonConfig
 from autoballoon.errors import (
     AutoballoonError,
@@ -260,12 +260,9 @@ class Controller:
             self.finish()
 
     def _sleep(self, seconds: float, stop: threading.Event) -> None:
-        if seconds <= 0:
-            return
-        if isinstance(self.clock, RealClock):
-            stop.wait(seconds)  # wakes at once on SIGTERM/SIGINT
-        else:
-            self.clock.sleep(seconds)  # a virtual clock: sleeping steps the simulation
+        # Wakes at once on SIGTERM/SIGINT, on a real clock and on a simulated one (sleeping on a virtual
+        # clock steps the simulation; at ?speed=k it also waits 1/k of the time in real seconds).
+        self.clock.sleep(seconds, stop)
 
     def _tick(self) -> Plan | None:
         backend = self._connected()
