@@ -11,10 +11,12 @@ import json
 import logging
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import threading
 import time
+import urllib.request
 import warnings
 from collections.abc import Iterator
 from dataclasses import replace
@@ -50,6 +52,7 @@ from autoballoon.units import GiB, parse_percent, parse_size, plain_number
 from tests.helpers.cli import run_cli
 from tests.helpers.server import TOKEN, FakeSource, call
 from tests.helpers.simhost import sim_backend
+from tests.helpers.tls import make_cert
 
 #: Seconds a test waits for something the server does on its own thread.
 WAIT_S = 5.0
@@ -515,3 +518,27 @@ def test_sigterm_stops_a_sim_daemon_at_once_not_after_its_interval(tmp_path: Pat
     assert code == 0, proc.stderr.read() if proc.stderr else None
     assert elapsed < 10.0
     assert '"stop"' in journal.read_text()
+
+
+# -- TLS: the handshake is within the deadline ---------------------------------------------------------------
+
+
+def test_with_tls_a_connection_that_never_handshakes_is_closed_at_the_deadline(tmp_path: Path) -> None:
+    tls = make_cert(tmp_path)
+    srv = serve(FakeSource(), "127.0.0.1:0", tls=tls, tunables=replace(TUNABLES, request_timeout_s=1.0))
+    try:
+        with socket.create_connection(srv.http.address, timeout=WAIT_S) as conn:
+            started = time.monotonic()
+            try:
+                closed = conn.recv(1024) == b""
+            except ConnectionResetError:
+                closed = True
+            except TimeoutError:
+                closed = False
+            elapsed = time.monotonic() - started
+        assert closed and elapsed < 1.0 + 1.5, f"still open after {elapsed:.1f} s"
+        context = ssl.create_default_context(cafile=str(tls.cert))  # a client that does handshake is served
+        with urllib.request.urlopen(srv.url + "api/v1/host", timeout=WAIT_S, context=context) as resp:
+            assert resp.status == 200
+    finally:
+        srv.stop()

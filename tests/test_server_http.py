@@ -30,6 +30,7 @@ from autoballoon.server.tunables import TUNABLES
 from autoballoon.units import GiB
 from tests import needs
 from tests.helpers.server import TOKEN, FakeSource, call, guest, host
+from tests.helpers.tls import make_cert
 
 #: VM names that need percent-encoding in a URL.
 ODD_NAMES = ("vm-é", "vm with spaces", 'quote"d', "100%")
@@ -269,18 +270,7 @@ def test_run_refuses_an_exposed_listen_before_anything_starts(
 
 @pytest.fixture(scope="module")
 def cert(tmp_path_factory: pytest.TempPathFactory) -> Tls:
-    openssl = shutil.which("openssl")
-    if openssl is None:
-        needs.missing("openssl is needed to make a test certificate")
-    folder = tmp_path_factory.mktemp("tls")
-    tls = Tls(folder / "cert.pem", folder / "key.pem")
-    subprocess.run(
-        [openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
-         "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(tls.key), "-out", str(tls.cert)],
-        check=True,
-        capture_output=True,
-    )  # fmt: skip
-    return tls
+    return make_cert(tmp_path_factory.mktemp("tls"))
 
 
 def test_tls_serves_https_and_allows_an_exposed_listen(cert: Tls, source: FakeSource) -> None:

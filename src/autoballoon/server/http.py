@@ -453,6 +453,37 @@ def protocol_for(tunables: ServerTunables) -> type[DeadlineProtocol]:
     return type("DeadlineProtocol", (DeadlineProtocol,), fields)
 
 
+class _HandshakeDeadlineLoop(asyncio.SelectorEventLoop):
+    """An event loop whose TLS servers drop a client that has not finished its handshake within
+    ``handshake_s``. uvicorn passes no ``ssl_handshake_timeout``, so asyncio's default (60 s) held a
+    connection that never handshakes six times as long as the request deadline, which only starts once
+    the handshake is done."""
+
+    handshake_s: float = 10.0
+
+    async def create_server(self, *args: Any, **kwargs: Any) -> asyncio.Server:
+        """asyncio's own, with the handshake deadline when serving TLS and none is given."""
+        if kwargs.get("ssl") is not None and kwargs.get("ssl_handshake_timeout") is None:
+            kwargs["ssl_handshake_timeout"] = self.handshake_s
+        return await super().create_server(*args, **kwargs)
+
+
+class _Config(uvicorn.Config):
+    """uvicorn's settings, served on a :class:`_HandshakeDeadlineLoop` with ``handshake_s``."""
+
+    handshake_s: float = 10.0
+
+    def get_loop_factory(self) -> Callable[[], asyncio.AbstractEventLoop]:
+        seconds = self.handshake_s
+
+        def factory() -> asyncio.AbstractEventLoop:
+            loop = _HandshakeDeadlineLoop()
+            loop.handshake_s = seconds
+            return loop
+
+        return factory
+
+
 class HttpServer:
     """uvicorn serving ``app`` from a thread of its own; ``stop()`` returns once it has shut down.
 
@@ -478,7 +509,7 @@ class HttpServer:
             self._socket.close()
             raise
         self.tls = tls
-        config = uvicorn.Config(
+        config = _Config(
             app,
             http=protocol_for(tunables),
             ws="none",
@@ -494,6 +525,7 @@ class HttpServer:
             ssl_certfile=str(tls.cert) if tls else None,
             ssl_keyfile=str(tls.key) if tls else None,
         )
+        config.handshake_s = tunables.request_timeout_s  # the documented deadline, handshake included
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(
             target=self._server.run, kwargs={"sockets": [self._socket]}, name="autoballoon-http", daemon=True
