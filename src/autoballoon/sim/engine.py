@@ -37,7 +37,7 @@ from autoballoon.model import (
 )
 from autoballoon.sim.demand import SECONDS_PER_DAY, sample
 from autoballoon.sim.physics import DEFAULT_PHYSICS, Physics
-from autoballoon.sim.scenario import Event, Scenario
+from autoballoon.sim.scenario import Event, GuestSpec, Scenario
 from autoballoon.units import format_size
 
 I64 = npt.NDArray[np.int64]
@@ -68,6 +68,14 @@ class _Rates:
     storm_extra_ns: I64
 
 
+def _ints(n: int, values: list[int]) -> I64:
+    return np.array(values, dtype=np.int64).reshape(n)
+
+
+def _flags(n: int, values: list[bool]) -> B:
+    return np.array(values, dtype=np.bool_).reshape(n)
+
+
 def _readonly(a: np.ndarray) -> np.ndarray:
     view = a.view()
     view.flags.writeable = False
@@ -89,42 +97,49 @@ class Simulation:
     def __init__(self, scenario: Scenario, seed: int = 0, physics: Physics = DEFAULT_PHYSICS) -> None:
         self.scenario = scenario
         self.seed = seed
-        self.physics = tu = physics
+        self.physics = physics
         guests = scenario.guests
-        n = len(guests)
-        self.n = n
+        self.n = len(guests)
         self._names = tuple(g.name for g in guests)
         self._index = {name: i for i, name in enumerate(self._names)}
         self._step = scenario.run.step
         self._time = 0.0
+        self._fix_properties(guests)
+        self._record_hypervisor(guests)
+        self._clear_faults()
+        self._start_dynamic_state(guests)
+        self._start_stats(seed)
+        self._allocate_scratch()
+        self._boot()
+        self._expose_views()
 
-        def ints(values: list[int]) -> I64:
-            return np.array(values, dtype=np.int64).reshape(n)
+    # ------------------------------------------------------------------------- construction, in order
 
-        def flags(values: list[bool]) -> B:
-            return np.array(values, dtype=np.bool_).reshape(n)
-
-        # Fixed properties of each guest.
-        self._max = ints([g.max for g in guests])
-        self._kernel = ints(
-            [g.kernel if g.kernel is not None else _default_kernel(g.max, tu) for g in guests]
+    def _fix_properties(self, guests: tuple[GuestSpec, ...]) -> None:
+        """What never changes about each guest: its size, kernel, swap, switches and CPU."""
+        n, tu = self.n, self.physics
+        self._max = _ints(n, [g.max for g in guests])
+        self._kernel = _ints(
+            n, [g.kernel if g.kernel is not None else _default_kernel(g.max, tu) for g in guests]
         )
-        self._swap_size = ints([g.swap if g.swap is not None else tu.swap_default_bytes for g in guests])
+        self._swap_size = _ints(n, [g.swap if g.swap is not None else tu.swap_default_bytes for g in guests])
         # actual minus this = room for anonymous memory before the guest swaps
         self._min_free = tu.min_free(self._max)
         self._reserved = self._kernel + tu.cache_min_bytes + self._min_free
-        self._autodeflate = flags([g.autodeflate for g in guests])
-        self._storm = flags([g.cpu_storm for g in guests])
+        self._autodeflate = _flags(n, [g.autodeflate for g in guests])
+        self._storm = _flags(n, [g.cpu_storm for g in guests])
         self._any_storm = bool(self._storm.any())
         self._storm_below = self._max - tu.storm_min_balloon_bytes
-        self._stuck = flags([g.stuck or g.balloon == "none" for g in guests])
-        self._reports_max = flags([g.autodeflate or g.os == "windows" for g in guests])
-        self._stats_capable = flags([g.stats for g in guests])
+        self._stuck = _flags(n, [g.stuck or g.balloon == "none" for g in guests])
+        self._reports_max = _flags(n, [g.autodeflate or g.os == "windows" for g in guests])
+        self._stats_capable = _flags(n, [g.stats for g in guests])
         self._cpu_base = np.array([g.cpu if g.cpu is not None else tu.cpu_baseline for g in guests])
-        self._vcpus = ints([g.vcpus for g in guests])
-        self._max_vcpus = ints([g.max_vcpus for g in guests])
+        self._vcpus = _ints(n, [g.vcpus for g in guests])
+        self._max_vcpus = _ints(n, [g.max_vcpus for g in guests])
 
-        # What the simulated hypervisor stores about each VM (the backend edits these).
+    def _record_hypervisor(self, guests: tuple[GuestSpec, ...]) -> None:
+        """What the simulated hypervisor stores about each VM (the backend edits these)."""
+        tu = self.physics
         self.policies: list[GuestPolicy] = [g.policy for g in guests]
         self.balloons: list[BalloonConfig] = [
             BalloonConfig(
@@ -137,10 +152,12 @@ class Simulation:
         ]
         self._stats_period = np.array([g.stats_period or tu.stats_period_default for g in guests])
         self._os: list[GuestOS] = ["windows" if g.os == "windows" else "linux" for g in guests]
-        self._uuids = [str(uuid.uuid5(_UUID_NAMESPACE, f"{scenario.source}/{g.name}")) for g in guests]
+        self._uuids = [str(uuid.uuid5(_UUID_NAMESPACE, f"{self.scenario.source}/{g.name}")) for g in guests]
         self._stats_cache: list[GuestStats] = [GuestStats() for _ in guests]
 
-        # Faults the scenario's events switch (all off until an event says otherwise).
+    def _clear_faults(self) -> None:
+        """Faults the scenario's events switch: all off until an event says otherwise."""
+        n, scenario = self.n, self.scenario
         self._driver = np.ones(n, dtype=np.bool_)  # the balloon driver is loaded
         self._reporting = np.ones(n, dtype=np.bool_)  # its statistics are switched on
         self._paused = np.zeros(n, dtype=np.bool_)
@@ -150,8 +167,10 @@ class Simulation:
         self._events = list(scenario.events)
         self._next_event = self._events[0].at if self._events else np.inf
 
-        # Dynamic state.
-        self._target = ints([g.target for g in guests])
+    def _start_dynamic_state(self, guests: tuple[GuestSpec, ...]) -> None:
+        """Balloons at their initial targets, no cache beyond the least, no demand, kill or swap yet."""
+        n, tu = self.n, self.physics
+        self._target = _ints(n, [g.target for g in guests])
         self._actual = self._target.copy()
         self._cache = np.full(n, tu.cache_min_bytes, dtype=np.int64)
         self._killed = np.zeros(n, dtype=np.int64)  # demand removed by OOM kills, regrowing
@@ -172,8 +191,11 @@ class Simulation:
         self._move_at = np.zeros(n)  # the driver acts on a new target from this time (balloon latency)
         self._any_waiting = False
 
-        # Guest-visible stats: as last published (0 last_update = never, as QEMU says), and as captured
-        # by the guest but not yet published (the report's delay).
+    def _start_stats(self, seed: int) -> None:
+        """Guest-visible stats: as last published (0 last_update = never, as QEMU says), and as captured
+        by the guest but not yet published (the report's delay); each guest's first report at a phase of
+        its period drawn from ``seed``."""
+        n, tu = self.n, self.physics
         # One row per stat (total, available, free, caches, swap in, swap out, major faults, OOM kills).
         # A guest's newest capture is published (visible, stamped) ``stats_delay_s`` after it was taken;
         # until then a reader sees the one before. Since the delay is at most a period, a capture is
@@ -189,7 +211,9 @@ class Simulation:
         self._next_stats = np.full(n, np.inf)
         self._next_stats_min = np.inf
 
-        # Scratch arrays for the step.
+    def _allocate_scratch(self) -> None:
+        """Scratch arrays for the step, allocated once so that a step allocates nothing."""
+        n = self.n
         self._room = np.zeros(n, dtype=np.int64)
         self._need = np.zeros(n, dtype=np.int64)
         self._up = np.zeros(n, dtype=np.int64)
@@ -203,6 +227,8 @@ class Simulation:
         self._due_max = np.zeros(n, dtype=np.bool_)
         self._rates: dict[float, _Rates] = {}
 
+    def _boot(self) -> None:
+        """Demand at time 0, the events that hold from boot, and the balloons as far as they got."""
         self._table = self._build_demand_table()
         self._table.flags.writeable = False
         np.copyto(self._intended, self._table[0])
@@ -210,7 +236,7 @@ class Simulation:
         np.copyto(self._demand, self._intended)
         self._apply_events(0.0)  # what holds from boot: a driver not loaded yet, a guest paused at once
         self._update_movers()
-        self._schedule_stats(np.arange(n), self._phase)
+        self._schedule_stats(np.arange(self.n), self._phase)
         # The guest booted at max and its balloon inflated as far as it could toward the initial target
         # (a stuck driver wedged there; a driver that has not loaded yet not at all).
         floor = self._reserved + np.maximum(self._demand - self._swap_size, 0)
@@ -218,6 +244,8 @@ class Simulation:
         np.copyto(self._actual, np.where(self._driver, initial, self._max))
         self._settle()
 
+    def _expose_views(self) -> None:
+        """The read-only metric arrays, views that change in place as time passes."""
         ro = _readonly
         self.max: I64 = ro(self._max)
         self.target: I64 = ro(self._target)
