@@ -93,3 +93,40 @@ def test_a_quiet_host_has_no_harm() -> None:
     host = client.get("/api/v1/host").json()
     assert host["host_short"] is False and host["suffering"] == []
     assert all(vm["harm"] is None for vm in client.get("/api/v1/vms").json())
+
+
+def test_info_shows_the_daemons_figures_and_rule(capsys: pytest.CaptureFixture[str]) -> None:
+    """``info VM`` said one word of why; it now gives what the daemon managing the host judged the VM
+    by: used, demand, need, want, OOM floor, floor, and the rule that bound its target."""
+    import threading
+
+    from autoballoon.reasons import RULES
+    from autoballoon.server import serve
+    from tests.cli_runner import run_cli
+
+    uri = "sim:///demo?speed=100"
+    backend = SimBackend.open(uri)
+    controller = Controller(backend, backend.clock, DaemonConfig(), Journal())
+    source = ControllerSource(controller, TUNABLES)
+    server = serve(source, "127.0.0.1:0")
+    stop = threading.Event()
+    thread = threading.Thread(target=controller.run, args=(stop,), kwargs={"on_tick": source.on_tick})
+    thread.start()
+    try:
+        while controller.status(journal_entries=0).ticks < 3:
+            stop.wait(0.05)
+        code, out, err = run_cli(capsys, "--connect", uri, "info", "ci", "--daemon", server.url)
+        assert code == 0, err
+        assert "Decision (daemon)" in out and "need " in out and "want " in out and "OOM floor " in out
+        assert "Bound by" in out
+        code, out, err = run_cli(capsys, "--connect", uri, "info", "ci", "--json", "--daemon", server.url)
+        import json
+
+        detail = json.loads(out)
+        assert detail["rule"] in RULES and detail["need_bytes"] <= detail["want_bytes"]
+        rows = json.loads(run_cli(capsys, "--connect", uri, "list", "--json")[1])
+        assert rows and "rule" not in rows[0]  # list --json keeps its fields; the daemon's are in info
+    finally:
+        stop.set()
+        thread.join()
+        server.stop()

@@ -79,3 +79,9 @@ def test_systemd_analyze_verify(tmp_path: Path) -> None:
     )
     assert done.returncode == 0, done.stderr
     assert "Unknown key" not in done.stderr and "Unknown section" not in done.stderr, done.stderr
+
+
+def test_systemctl_reload_sends_the_daemon_sighup() -> None:
+    """The daemon reloads its config and reopens its journal on SIGHUP; ``systemctl reload`` (and a
+    logrotate postrotate that calls it) must send exactly that."""
+    assert _service()["ExecReload"] == "/bin/kill -HUP $MAINPID"

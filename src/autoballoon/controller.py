@@ -30,7 +30,7 @@ from types import MappingProxyType
 
 from prometheus_client import Histogram
 
-from autoballoon import guards, health, saved
+from autoballoon import guards, health, reasons, saved
 from autoballoon.backends.base import Backend
 from autoballoon.clock import Clock
 from autoballoon.config import DaemonConfig
@@ -56,7 +56,6 @@ from autoballoon.model import (
 )
 from autoballoon.policy import DefaultPolicy, Inputs, Policy
 from autoballoon.state import StateStore
-from autoballoon.text import printable
 from autoballoon.tunables import Tunables
 from autoballoon.units import human
 
@@ -292,11 +291,26 @@ class Controller:
             self._journal_event(backend, event, wall)
         try:
             for action in plan.actions:
-                self._act(backend, action, wall, snapshot.mem_available)
+                self._act(backend, action, wall, snapshot.mem_available, plan.guests.get(action.vm))
         except ConnectionLostError as e:
             self._backend_failed(e)
         self._save()
         return plan
+
+    def reconfigure(self, config: DaemonConfig, policy: Policy) -> None:
+        """Take a reloaded configuration (SIGHUP) from the next tick on: its tunables, defaults, per-VM
+        policies and guard, and ``policy`` made from it. What the policy and the guard remember is kept
+        (the same policy, only re-tuned), so a reload neither forgets a quarantine nor re-learns a
+        guest. Call it from the loop's thread (``on_tick``): the loop reads the config every tick."""
+        self.config = config
+        self.policy = policy
+        self.journal.event(
+            self.clock.wall(),
+            "reload",
+            f"configuration reloaded from {config.source}: the {policy.name} policy every "
+            f"{policy.interval_s:g} s",
+            config=config.source,
+        )
 
     # --- what survives a restart ---------------------------------------------------------------
 
@@ -358,8 +372,6 @@ class Controller:
         """Journal what the policy or the guard raised; log the guard's; on a quarantine, apply the
         remedy when the config asks for it."""
         self.journal.event(wall, event.kind, event.message, vm=event.vm, **event.fields)
-        if event.kind in health.EVENT_KINDS:
-            log.warning("%s", printable(event.message))
         if event.vm is None:
             return
         guard = self.config.health
@@ -387,29 +399,44 @@ class Controller:
         except (RefusedError, BackendError) as e:  # a lost connection too: the next backend call finds it
             message = f"{vm}: could not apply '{command}': {e}"
             self.journal.event(wall, "remedy", message, vm=vm, applied=False, error=str(e))
-            log.warning("%s", printable(message))
             return
         message = (
             f"{vm}: applied '{command}' to the persistent config ({result.message}); "
             f"it takes effect at the next boot, {note}"
         )
         self.journal.event(wall, "remedy", message, vm=vm, applied=True, next_boot=True)
-        log.warning("%s", printable(message))
 
-    def _act(self, backend: Backend, action: Action, wall: float, host_available: int) -> None:
-        """Apply the daemon's own action (the policy's, or a restore at exit); a dry run only journals it."""
+    def _act(
+        self,
+        backend: Backend,
+        action: Action,
+        wall: float,
+        host_available: int,
+        decision: GuestDecision | None = None,
+    ) -> None:
+        """Apply the daemon's own action (the policy's, or a restore at exit); a dry run only journals it.
+        ``decision`` is what the policy judged the VM by: its figures go into the journal line."""
         if self.dry_run:
-            self.journal.action(wall, action, host_available=host_available, applied=False)
+            fig = reasons.figures(decision, action.old_target, action.new_target, action.reason)
+            self.journal.action(wall, action, host_available=host_available, applied=False, figures=fig)
             self._count(action)
             return
-        self._apply(backend, action, wall, host_available)
+        self._apply(backend, action, wall, host_available, decision)
 
     def _apply(
-        self, backend: Backend, action: Action, wall: float, host_available: int | None
+        self,
+        backend: Backend,
+        action: Action,
+        wall: float,
+        host_available: int | None,
+        decision: GuestDecision | None = None,
     ) -> AutoballoonError | None:
         """Set one target and journal the outcome. A VM that vanished since the snapshot is an event,
         not an error; a lost connection propagates so the loop reconnects. Returns the error that kept
         the change from happening (an operator's request hands it to its caller), or None."""
+        fig = None
+        if decision is not None:
+            fig = reasons.figures(decision, action.old_target, action.new_target, action.reason)
         try:
             backend.set_target(action.vm, action.new_target)
         except UnknownVMError as e:
@@ -420,9 +447,11 @@ class Controller:
             raise
         except BackendError as e:
             self._action_errors += 1
-            self.journal.action(wall, action, host_available=host_available, applied=False, error=str(e))
+            self.journal.action(
+                wall, action, host_available=host_available, applied=False, error=str(e), figures=fig
+            )
             return e
-        self.journal.action(wall, action, host_available=host_available, applied=True)
+        self.journal.action(wall, action, host_available=host_available, applied=True, figures=fig)
         self._count(action)
         return None
 
@@ -563,7 +592,6 @@ class Controller:
                 self._health = health.release(self._health, vm, self.clock.now())
                 message = f"{vm}: quarantine released by the operator; ballooned again"
                 self.journal.event(wall, "release", message, vm=vm)
-                log.warning("%s", printable(message))
             return None
         if request.target_bytes is None:
             return self._set_policy(backend, vm, request.policy, request.persist, wall)

@@ -16,6 +16,7 @@ descriptor, so a line is never interleaved with another; a line the disk cut sho
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -27,10 +28,39 @@ from typing import Any
 
 from autoballoon.errors import InvalidValueError
 from autoballoon.model import Action
+from autoballoon.reasons import action_text
+from autoballoon.text import printable
 
 JournalEntry = Mapping[str, Any]
 
 log = logging.getLogger(__name__)
+
+#: Journal kinds the daemon's log gives at WARNING (the rest at INFO): what an operator must act on.
+WARNING_KINDS = frozenset(
+    {"warning", "quarantine", "pause", "error", "backend-error", "journal-error", "vm-gone", "remedy"}
+)
+#: Statuses whose arrival is a warning in the log.
+WARNING_STATUSES = frozenset({"stuck", "no-stats", "quarantined"})
+
+
+def log_level(entry: Mapping[str, Any]) -> int:
+    """The level a journal entry is logged at: a failed action, an event to act on, or a status that
+    means trouble at WARNING; every other action, status change and event at INFO."""
+    kind = entry.get("kind")
+    if kind == "action":
+        failed = entry.get("applied") is False and entry.get("error") is not None
+        return logging.WARNING if failed else logging.INFO
+    warn = kind in WARNING_KINDS or (kind == "status" and entry.get("status") in WARNING_STATUSES)
+    return logging.WARNING if warn else logging.INFO
+
+
+def log_text(entry: Mapping[str, Any]) -> str:
+    """A journal entry as a line of the daemon's log (stderr, hence journald): an action with its
+    figures, anything else by its message; VM names escaped."""
+    if entry.get("kind") == "action":
+        return printable(action_text(entry))
+    return printable(str(entry.get("message", entry.get("kind"))))
+
 
 #: Permissions of a journal file the daemon creates: it names VMs and their memory, so not world-readable.
 FILE_MODE = 0o640
@@ -50,16 +80,35 @@ class Journal:
         self._failing = 0  # entries lost in the current run of failures
         self._torn = False  # the file may end in part of a line
         if self.path is not None:
-            try:
-                self.path.parent.mkdir(parents=True, exist_ok=True)
-                self._fd = os.open(
-                    self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, FILE_MODE
-                )
-            except (OSError, ValueError) as e:  # ValueError: a NUL in the path
-                reason = e.strerror if isinstance(e, OSError) else str(e)
-                raise InvalidValueError(
-                    "journal file", str(self.path), f"a writable path ({reason})"
-                ) from None
+            self._fd = self._open(self.path)
+
+    @staticmethod
+    def _open(path: Path) -> int:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            return os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, FILE_MODE)
+        except (OSError, ValueError) as e:  # ValueError: a NUL in the path
+            reason = e.strerror if isinstance(e, OSError) else str(e)
+            raise InvalidValueError("journal file", str(path), f"a writable path ({reason})") from None
+
+    def reopen(self) -> bool:
+        """Open the journal's path again (SIGHUP, after logrotate moved the file away): new lines go to
+        a new file of that name. If it cannot be opened the old descriptor is kept, and lines go on to
+        the moved file rather than nowhere. True if the file was reopened (or there is none)."""
+        if self.path is None:
+            return True
+        try:
+            fd = self._open(self.path)
+        except InvalidValueError as e:
+            log.error("journal not reopened: %s; writing on to the file it had open", e)
+            return False
+        with self._lock:
+            old, self._fd = self._fd, fd
+            self._torn = False
+        if old is not None:
+            with contextlib.suppress(OSError):
+                os.close(old)
+        return True
 
     def write(self, entry: Mapping[str, Any]) -> None:
         """Append ``entry`` with a ``seq`` one above the previous entry's: a number that never changes,
@@ -72,6 +121,9 @@ class Journal:
             self._ring.append(record)
             if self._fd is not None:
                 self._append(line)
+        level = log_level(record)
+        if log.isEnabledFor(level):
+            log.log(level, "%s", log_text(record))
 
     def _append(self, line: str) -> None:
         """Write one line (the lock is held). On failure: count, log the first of a run, carry on."""
@@ -130,8 +182,10 @@ class Journal:
         host_available: int | None,
         applied: bool,
         error: str | None = None,
+        figures: Mapping[str, Any] | None = None,
     ) -> None:
-        """One balloon change, with the numbers behind it; ``applied`` is False in a dry run or on error."""
+        """One balloon change, with the numbers behind it (``figures``: what the decision sized, see
+        :func:`autoballoon.reasons.figures`); ``applied`` is False in a dry run or on error."""
         entry: dict[str, Any] = {
             "time": round(time, 3),
             "kind": "action",
@@ -146,6 +200,8 @@ class Journal:
             "budget": action.budget,
             "applied": applied,
         }
+        if figures is not None:
+            entry.update({k: v for k, v in figures.items() if k not in entry or entry[k] is None})
         if error is not None:
             entry["error"] = error
         self.write(entry)

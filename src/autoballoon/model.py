@@ -319,6 +319,8 @@ class GuestDecision(NamedTuple):
     pressure: bool = False
     oom_floor: int | None = None  # below this the guest, without swap or autodeflate, is OOM-killed
     need: int | None = None  # below this the guest is under pressure (demand, its growth, a headroom)
+    used: int | None = None  # what the guest uses, as the decision read it (its kernel's reserve too)
+    goal: int | None = None  # where the allocation heads its target (the target moves there in steps)
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from autoballoon import guards
+from autoballoon import guards, reasons
 from autoballoon.guards import Status
 from autoballoon.model import GuestDecision, GuestSnapshot, HostSnapshot, VirtioMem
 from autoballoon.tunables import DEFAULT_TUNABLES, Tunables
@@ -74,6 +74,23 @@ def guest_row(g: GuestSnapshot, now_wall: float, status: tuple[str, str] | None 
     }
 
 
+#: The keys :func:`judged_fields` adds to a VM object (``info`` reads them from the daemon).
+JUDGED_KEYS = (
+    "decided_used_bytes",
+    "goal_bytes",
+    "rule",
+    "demand_bytes",
+    "oom_floor_bytes",
+    "need_bytes",
+    "want_bytes",
+    "floor_bytes",
+    "ceiling_bytes",
+    "pressure",
+    "swap_in_bytes_per_s",
+    "major_faults_per_s",
+    "harm",
+)
+
 #: What a guest may suffer, worst first: the first that holds is its ``harm`` (see :func:`harm_of`).
 HARMS = ("below-oom-floor", "swapping", "pressure", "below-need")
 
@@ -106,11 +123,17 @@ def judged_fields(
     swap_in_bps: float | None,
     major_faults_ps: float | None,
     swap_line: float,
+    moved: tuple[int, int] | None = None,
 ) -> dict[str, Any]:
     """The figures a decision judged one VM by, and the harm they show, as the API's VM objects carry
-    them (sizes in bytes, ``null`` when the decision did not size it)."""
+    them (sizes in bytes, ``null`` when the decision did not size it). ``moved`` is the target before
+    and after the decision, for the rule that bound it (see :func:`autoballoon.reasons.binding_rule`)."""
     judged = decision if decision is not None else GuestDecision()
+    rule = reasons.binding_rule(judged, *moved) if moved is not None else None
     return {
+        "decided_used_bytes": judged.used,
+        "goal_bytes": judged.goal,
+        "rule": rule,
         "demand_bytes": judged.demand,
         "oom_floor_bytes": judged.oom_floor,
         "need_bytes": judged.need,

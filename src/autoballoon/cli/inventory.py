@@ -2,14 +2,25 @@
 
 from __future__ import annotations
 
+import urllib.parse
+from typing import Any
+
 import click
 
 from autoballoon.cli import Context, cli, pass_ctx
 from autoballoon.cli.output import emit_json, pairs, say, table
-from autoballoon.cli.remote import daemon_option, statuses
+from autoballoon.cli.remote import (
+    DaemonGarbled,
+    DaemonRefused,
+    DaemonUnreachable,
+    daemon_option,
+    request,
+    statuses,
+)
 from autoballoon.model import GuestPolicy, GuestSnapshot
+from autoballoon.reasons import RULES, explain
 from autoballoon.units import human
-from autoballoon.views import guest_detail, guest_row, host_view, snapshot_status
+from autoballoon.views import JUDGED_KEYS, guest_detail, guest_row, host_view, snapshot_status
 
 
 def _age(age: float | None) -> str:
@@ -104,6 +115,35 @@ def status_text(status: str, reason: str) -> str:
     return f"{status}: {reason}" if reason else status
 
 
+def daemon_judgement(url: str, uri: str, vm: str) -> dict[str, Any] | None:
+    """What the running daemon managing ``uri`` last judged ``vm`` by (:data:`JUDGED_KEYS`: its used,
+    demand, OOM floor, need, want, goal, the rule that bound it, its harm), or None when no daemon
+    manages it or its answer is not such an object."""
+    try:
+        host = request(url, "host")
+        if not isinstance(host, dict) or host.get("uri") != uri:
+            return None
+        row = request(url, "vms/" + urllib.parse.quote(vm, safe=""))
+    except (DaemonUnreachable, DaemonRefused, DaemonGarbled):
+        return None
+    if not isinstance(row, dict):
+        return None
+    judged = {k: row.get(k) for k in JUDGED_KEYS}
+    sizes_ok = all(isinstance(v, int | None) and not isinstance(v, bool) for k, v in judged.items()
+                   if k.endswith("_bytes"))  # fmt: skip
+    return judged if sizes_ok and isinstance(judged["rule"], str | None) else None
+
+
+def _judgement_pairs(judged: dict[str, Any]) -> list[tuple[str, str]]:
+    fig = {k.removesuffix("_bytes").removeprefix("decided_"): v for k, v in judged.items()}
+    rule = judged.get("rule")
+    return [
+        ("Decision (daemon)", explain(fig) or "-"),
+        ("Bound by", f"{rule}: {RULES.get(rule, '')}" if rule else "-"),
+        ("Harm", judged.get("harm") or "none"),
+    ]
+
+
 @cli.command()
 @click.argument("vm")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object; sizes in bytes.")
@@ -117,6 +157,9 @@ def info(ctx: Context, vm: str, as_json: bool, daemon_url: str) -> None:
     known = (statuses(daemon_url, ctx.uri) or {}).get(g.name)
     if known is not None:
         detail["status"], detail["status_reason"] = known
+    judged = daemon_judgement(daemon_url, ctx.uri, g.name) if known is not None else None
+    if judged is not None:
+        detail.update(judged)
     if as_json:
         emit_json(detail)
         return
@@ -155,6 +198,7 @@ def info(ctx: Context, vm: str, as_json: bool, daemon_url: str) -> None:
             ("Stats age", _age(detail["stats_age_s"])),
             ("Policy", policy_text(g.policy)),
             ("Status", status_text(detail["status"], detail["status_reason"])),
+            *(_judgement_pairs(judged) if judged is not None else []),
         ],
     )
 

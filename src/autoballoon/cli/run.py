@@ -2,15 +2,27 @@
 
 With a ``sim://`` URI the controller sleeps on the simulator's virtual clock (so ``?speed=20`` runs the
 simulated host 20 times faster than life); otherwise on the real monotonic clock. SIGTERM and SIGINT
-stop the loop cleanly and apply ``on_exit``.
+stop the loop cleanly and apply ``on_exit``; SIGHUP reloads the config (a bad one is refused and the old
+kept) and reopens the journal file (for logrotate).
+
+The daemon logs to stderr, so that journald shows it: one line per action with its figures and the rule
+that bound it, one per status change and event (``--quiet``: warnings only; ``--verbose``: debug too).
+Under systemd (``$JOURNAL_STREAM`` set) each line starts with its syslog priority (``<6>``), which journald
+reads as the entry's level and strips.
 """
 
 from __future__ import annotations
 
+import logging
+import os
 import signal
+import sys
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
 import click
 from rich.console import Console, Group
@@ -23,11 +35,65 @@ from autoballoon.cli.output import cell
 from autoballoon.clock import Clock, RealClock
 from autoballoon.config import DEFAULT_CONFIG_PATH, load_config
 from autoballoon.controller import Controller, ControllerStatus, tune_collector
+from autoballoon.errors import AutoballoonError
 from autoballoon.journal import Journal
+from autoballoon.model import Plan
 from autoballoon.policy import POLICY_NAMES, create_policy
+from autoballoon.reasons import action_text, explain, figures, size_text
 from autoballoon.server import DEFAULT_LISTEN, Tls, check_listen, serve_controller
 from autoballoon.state import StateStore
 from autoballoon.units import human
+
+#: syslog priorities of the logging levels, for journald's level prefix (sd-daemon(3)).
+_PRIORITY = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3, logging.CRITICAL: 2}
+
+
+class _JournaldFormatter(logging.Formatter):
+    """``<priority>message``: journald stores the level and shows the message (it adds the time)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return f"<{_PRIORITY.get(record.levelno, 6)}>{super().format(record)}"
+
+
+@contextmanager
+def daemon_logging(level: int) -> Iterator[None]:
+    """The ``autoballoon`` loggers to stderr at ``level`` for the daemon's run, then as they were."""
+    logger = logging.getLogger("autoballoon")
+    handler = logging.StreamHandler(sys.stderr)
+    if os.environ.get("JOURNAL_STREAM"):
+        handler.setFormatter(_JournaldFormatter("%(message)s"))
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    before = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(level)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(before)
+
+
+def plan_lines(c: Controller, plan: Plan | None) -> list[str]:
+    """What one decision does to every VM, as ``run --once`` prints it: each action with its figures and
+    rule, and each VM left where it is with its status and why."""
+    snapshot = c.status(journal_entries=0).snapshot
+    if plan is None or snapshot is None:
+        return [f"no plan: {c.status(journal_entries=0).last_error or 'the hypervisor was not read'}"]
+    moved = {e.get("vm") for e in c.journal.recent() if e.get("kind") == "action"}
+    lines = [action_text(e) for e in c.journal.recent() if e.get("kind") == "action"]
+    for g in snapshot.guests:
+        if g.name in moved:
+            continue
+        status = plan.status.get(g.name, "")
+        why = plan.status_reason.get(g.name, "")
+        fig = figures(plan.guests.get(g.name), g.target_bytes, g.target_bytes)
+        detail = "; ".join(x for x in (why, explain(fig)) if x)
+        lines.append(
+            f"{cell(g.name)}: {status}, stays at {size_text(g.target_bytes)}"
+            + (f"; {detail}" if detail else "")
+        )
+    return lines
 
 
 def status_table(status: ControllerStatus) -> Group:
@@ -112,6 +178,8 @@ def status_table(status: ControllerStatus) -> Group:
     help="Allow changes over the API (POST) to clients sending 'Authorization: Bearer <this token>'.",
 )
 @click.option("--no-http", is_flag=True, help="Serve nothing over HTTP.")
+@click.option("--quiet", "-q", is_flag=True, help="Log only warnings and errors to stderr.")
+@click.option("--verbose", "-v", is_flag=True, help="Log debug lines to stderr too.")
 @click.option(
     "--allow-host",
     "allow_hosts",
@@ -136,7 +204,22 @@ def status_table(status: ControllerStatus) -> Group:
     "network in clear).",
 )
 @pass_ctx
-def run_command(
+def run_command(ctx: Context, /, quiet: bool, verbose: bool, **options: Any) -> None:
+    """Run the auto-balloon daemon: keep every managed VM at the memory it needs.
+
+    It logs every action and status change to stderr (journald under systemd). SIGHUP reloads the
+    config (a bad one is refused, the old kept) and reopens the journal file. With --once it prints the
+    plan of its one decision (with --dry-run: what it would do)."""
+    if quiet and verbose:
+        raise click.UsageError("--quiet and --verbose are opposites: give one")
+    # With --table the terminal shows the table; with --once the plan goes to stdout: only warnings then.
+    quieter = quiet or options["live_table"] or options["once"]
+    level = logging.DEBUG if verbose else logging.WARNING if quieter else logging.INFO
+    with daemon_logging(level):
+        _run(ctx, **options)
+
+
+def _run(
     ctx: Context,
     config_path: Path | None,
     policy_name: str,
@@ -154,7 +237,6 @@ def run_command(
     tls_key: Path | None,
     insecure_listen: bool,
 ) -> None:
-    """Run the auto-balloon daemon: keep every managed VM at the memory it needs."""
     config = load_config(config_path)
     if interval is not None:
         config = config.with_interval(interval)
@@ -194,16 +276,37 @@ def run_command(
     if http is not None:
         click.echo(f"autoballoon: dashboard {http.url} · metrics {http.url}metrics · API {http.url}api/v1/")
 
+    hangup = threading.Event()
+
+    def reload(c: Controller) -> None:
+        """SIGHUP, in the loop's thread: the config again (refused whole if bad), the journal reopened."""
+        hangup.clear()
+        c.journal.reopen()  # first: what the reload says goes to the new file
+        try:
+            config = load_config(config_path)
+            if interval is not None:
+                config = config.with_interval(interval)
+        except AutoballoonError as e:
+            message = f"reload refused, the configuration from {c.config.source} stays: {e}"
+            c.journal.event(c.clock.wall(), "error", message, config=str(config_path or DEFAULT_CONFIG_PATH))
+        else:
+            c.reconfigure(config, create_policy(policy_name, config.tunables))
+
     def after_tick(c: Controller) -> None:
+        if hangup.is_set():
+            reload(c)
         if http is not None:
             http.on_tick(c)
 
     stop = threading.Event()
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
-        stop.set()
+        if signum == signal.SIGHUP:
+            hangup.set()
+        else:
+            stop.set()
 
-    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
     try:
         if live_table:
             console = Console()
@@ -216,6 +319,9 @@ def run_command(
                 controller.run(stop, on_tick=show, max_ticks=1 if once else None)
         else:
             controller.run(stop, on_tick=after_tick, max_ticks=1 if once else None)
+        if once and not live_table:
+            for line in plan_lines(controller, controller.status(journal_entries=0).plan):
+                click.echo(line)
     finally:
         if http is not None:
             http.stop()

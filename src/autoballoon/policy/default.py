@@ -835,8 +835,9 @@ def decide(
         allocation.wants.tolist(),
         allocation.oom_floors.tolist(),
         allocation.needs.tolist(),
+        allocation.goals.tolist(),
     )
-    for e, new, want, oom_floor, need in zip(estimates, *columns, strict=True):
+    for e, new, want, oom_floor, need, goal in zip(estimates, *columns, strict=True):
         v, g = e.verdict, e.verdict.guest
         old = g.target_bytes
         rec = v.record
@@ -865,7 +866,9 @@ def decide(
             events.extend(x for x in (event, warning, hint) if x is not None)
         status[g.name] = v.status
         reasons[g.name] = f"shrink held: {v.shrink_hold}" if shrink_held else v.reason
-        decisions[g.name] = GuestDecision(e.demand, want, v.floor, v.ceiling, e.pressure, oom_floor, need)
+        decisions[g.name] = GuestDecision(
+            e.demand, want, v.floor, v.ceiling, e.pressure, oom_floor, need, e.used, goal
+        )
         # In GuestRecord's order, not by keyword: 23 keywords cost a microsecond more per VM, a tenth of
         # the whole decision at 1,000 guests. The estimate's fields are named as the record's.
         records[g.name] = GuestRecord(

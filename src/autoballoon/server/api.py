@@ -104,6 +104,11 @@ def plan_status(view: ServerView, name: str) -> tuple[str, str] | None:
     return str(plan.status[name]), plan.status_reason.get(name, "")
 
 
+def planned_targets(view: ServerView) -> dict[str, int]:
+    """The targets the last decision set, by VM (a VM it did not move keeps the snapshot's)."""
+    return {a.vm: a.new_target for a in view.plan.actions} if view.plan is not None else {}
+
+
 def is_action(event: Mapping[str, Any]) -> bool:
     """A journal entry that moved a balloon target (others are warnings and operator notes)."""
     return "new_target" in event or "new_target_bytes" in event
@@ -186,18 +191,21 @@ class Api:
             raise UnknownVMError(name, snap.names)
         return g
 
-    def judged(self, view: ServerView, g: GuestSnapshot) -> dict[str, Any]:
-        """What the last decision sized for ``g`` (demand, OOM floor, need, want), its swap and fault
-        rates from the history, and the harm they show."""
+    def judged(self, view: ServerView, g: GuestSnapshot, planned: Mapping[str, int]) -> dict[str, Any]:
+        """What the last decision sized for ``g`` (demand, OOM floor, need, want, its goal and the rule
+        that bound it), its swap and fault rates from the history, and the harm they show; ``planned``
+        is the decision's new targets by VM (see :func:`planned_targets`)."""
         point = self.history.latest(g.name)
         decision = view.plan.guests.get(g.name) if view.plan is not None else None
         swap = point.swap_in_bps if point else None
         faults = point.major_faults_ps if point else None
-        return judged_fields(decision, g.actual_bytes, swap, faults, view.swap_line_bytes_per_s)
+        moved = (g.target_bytes, planned.get(g.name, g.target_bytes))
+        return judged_fields(decision, g.actual_bytes, swap, faults, view.swap_line_bytes_per_s, moved)
 
     def vm_rows(self, view: ServerView, snap: HostSnapshot) -> list[dict[str, Any]]:
+        planned = planned_targets(view)
         return [
-            guest_row(g, snap.wall_time, plan_status(view, g.name)) | self.judged(view, g)
+            guest_row(g, snap.wall_time, plan_status(view, g.name)) | self.judged(view, g, planned)
             for g in snap.guests
         ]
 
@@ -208,7 +216,7 @@ class Api:
         status = plan_status(view, name)
         if status is not None:
             body["status"], body["status_reason"] = status
-        body.update(self.judged(view, g))
+        body.update(self.judged(view, g, planned_targets(view)))
         return body
 
     def host_body(

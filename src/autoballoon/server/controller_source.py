@@ -45,6 +45,7 @@ class ControllerSource:
         self._controller = controller
         self._tun = tunables
         self._config = config_json(controller)
+        self._config_of = controller.config
         self._view = ServerView(uri=controller.uri, config=self._config)
         self._fresh_at = float("-inf")
         self._last_tick_at: float | None = None
@@ -67,6 +68,9 @@ class ControllerSource:
         return self._view
 
     def _refresh(self) -> None:
+        if self._controller.config is not self._config_of:  # reloaded (SIGHUP)
+            self._config_of = self._controller.config
+            self._config = config_json(self._controller)
         status = self._controller.status(journal_entries=self._tun.journal_entries)
         if status.ticks > self._view.ticks:
             self._last_tick_at = time.time()

@@ -136,7 +136,7 @@ function makeRow(vm) {
   const nums = el("dl", "vm-nums");
   for (const [key, label] of [["max", "max"], ["target", "target"], ["actual", "actual"],
     ["rss", "QEMU RSS (host)"], ["used", "guest used"], ["avail", "guest available"], ["age", "stats age"],
-    ["need", "need"], ["want", "want"], ["oom", "OOM floor"], ["swap", "swap-in"]]) {
+    ["need", "need"], ["want", "want"], ["oom", "OOM floor"], ["swap", "swap-in"], ["rule", "bound by"]]) {
     nums.append(el("dt", "t-" + key, label), el("dd", "n-" + key));
   }
   info.append(nums);
@@ -197,6 +197,7 @@ function renderVm(row, vm, now) {
   row.querySelector(".n-oom").textContent = bytes(vm.oom_floor_bytes);
   const swap = vm.swap_in_bytes_per_s;
   row.querySelector(".n-swap").textContent = swap === null || swap === undefined ? "–" : bytes(swap) + "/s";
+  row.querySelector(".n-rule").textContent = vm.rule || "–";
 
   const hist = vm.history;
   const ts = hist.t;
