@@ -56,6 +56,7 @@ from autoballoon.model import (
 )
 from autoballoon.policy import DefaultPolicy, Inputs, Policy
 from autoballoon.state import StateStore
+from autoballoon.text import printable
 from autoballoon.tunables import Tunables
 from autoballoon.units import human
 
