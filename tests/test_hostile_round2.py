@@ -42,6 +42,7 @@ from autoballoon.journal import Journal
 from autoballoon.policy import GuestRecord, PolicyState
 from autoballoon.server import RunningServer, serve
 from autoballoon.server.api import Api
+from autoballoon.server.auth import load_token
 from autoballoon.server.history import History
 from autoballoon.server.http import AllowedHosts, create_app, parse_listen
 from autoballoon.server.metrics import make_registry
@@ -542,3 +543,39 @@ def test_with_tls_a_connection_that_never_handshakes_is_closed_at_the_deadline(t
             assert resp.status == 200
     finally:
         srv.stop()
+
+
+# -- the token file ------------------------------------------------------------------------------------------
+
+
+def test_a_token_file_saved_with_a_byte_order_mark_is_the_token_clients_send(tmp_path: Path) -> None:
+    path = tmp_path / "token"
+    path.write_bytes(b"\xef\xbb\xbf" + TOKEN.encode() + b"\r\n")  # Notepad's and PowerShell's UTF-8
+    path.chmod(0o600)
+    token = load_token(path)
+    assert token == TOKEN.encode()
+    srv = serve(FakeSource(), "127.0.0.1:0", token=token)
+    try:
+        status, body, _ = call(f"{srv.url}api/v1/vms/web/target", "POST", {"target_bytes": GiB}, TOKEN)
+    finally:
+        srv.stop()
+    assert status == 200, body
+
+
+@pytest.mark.parametrize(
+    "token", ["s3cret-tökén-0123456789", "s3cret-token-0123456789\x07", "ｓ3cret-token-0123456789"]
+)
+def test_a_token_not_every_client_can_send_is_refused_at_start(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], token: str
+) -> None:
+    path = tmp_path / "token"
+    path.write_text(token, encoding="utf-8")
+    path.chmod(0o600)
+    with pytest.raises(InvalidValueError, match="ASCII letters, digits and punctuation") as refused:
+        load_token(path)
+    assert token not in str(refused.value) and token[7:] not in str(refused.value)  # never echoed
+    journal = tmp_path / "journal.jsonl"
+    args = ("run", "--listen", "127.0.0.1:0", "--api-token-file", str(path), "--journal", str(journal))
+    code, _, err = run_cli(capsys, "sim:///demo", *args)
+    assert code == 2 and "ASCII" in err
+    assert not journal.exists()  # refused before anything started

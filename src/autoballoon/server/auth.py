@@ -19,25 +19,37 @@ log = logging.getLogger("autoballoon.server")
 #: Shorter tokens are refused: a token is the only thing between the network and every VM's memory.
 MIN_TOKEN_CHARS = 16
 SCHEME = "bearer"
+TOKEN_EXAMPLE = "for example from `openssl rand -hex 32`"
 
 
 def load_token(path: str | Path) -> bytes:
-    """The token in ``path`` (surrounding whitespace ignored); refused if missing, empty or too short.
+    """The token in ``path`` (a leading byte-order mark and surrounding whitespace ignored); refused if
+    missing, empty, too short, or not printable ASCII.
 
+    Notepad and PowerShell start a UTF-8 file with a byte-order mark: kept, it made the token one that
+    no client sends, and every change was a 401 with nothing said at start. A character outside ASCII
+    cannot be sent in an HTTP header by every client (curl sends UTF-8, others Latin-1 or nothing), so
+    such a token is refused at start, where the operator sees why, rather than failing only for some.
     A file other users may read is accepted (refusing would stop a daemon at boot over a mode bit) but
     warned about, naming the remedy: anyone who can read it can change every VM's memory.
     """
     try:
         mode = Path(path).stat().st_mode
-        text = Path(path).read_text(encoding="utf-8").strip()
+        text = Path(path).read_text(encoding="utf-8-sig").strip()
     except (OSError, UnicodeDecodeError) as e:
         raise InvalidValueError("API token file", str(path), f"a readable UTF-8 text file ({e})") from None
     if len(text) < MIN_TOKEN_CHARS or any(c.isspace() for c in text):
         raise InvalidValueError(
             "API token file",
             str(path),
-            f"one token of at least {MIN_TOKEN_CHARS} characters without spaces (for example from "
-            "`openssl rand -hex 32`)",
+            f"one token of at least {MIN_TOKEN_CHARS} characters without spaces ({TOKEN_EXAMPLE})",
+        )
+    if not (text.isascii() and text.isprintable()):  # the message never shows the token, nor part of it
+        raise InvalidValueError(
+            "API token file",
+            str(path),
+            "a token of ASCII letters, digits and punctuation only, which every HTTP client can send; this "
+            f"one has other characters ({TOKEN_EXAMPLE})",
         )
     if mode & (stat.S_IROTH | stat.S_IWOTH):
         log.warning(
