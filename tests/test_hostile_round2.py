@@ -33,7 +33,7 @@ from autoballoon import saved
 from autoballoon.backends.base import Backend
 from autoballoon.cli import remote
 from autoballoon.clock import VirtualClock
-from autoballoon.config import DaemonConfig
+from autoballoon.config import DaemonConfig, parse_config
 from autoballoon.constraints import MAX_BYTES_PER_S, MAX_SECONDS, MAX_SETTING_BYTES
 from autoballoon.controller import Controller
 from autoballoon.errors import InvalidValueError
@@ -43,6 +43,7 @@ from autoballoon.policy import GuestRecord, PolicyState
 from autoballoon.server import RunningServer, serve
 from autoballoon.server.api import Api
 from autoballoon.server.auth import load_token
+from autoballoon.server.controller_source import ControllerSource
 from autoballoon.server.history import History
 from autoballoon.server.http import AllowedHosts, create_app, parse_listen
 from autoballoon.server.metrics import make_registry
@@ -51,7 +52,7 @@ from autoballoon.server.tunables import TUNABLES
 from autoballoon.state import StateStore
 from autoballoon.units import GiB, parse_percent, parse_size, plain_number
 from tests.helpers.cli import run_cli
-from tests.helpers.server import TOKEN, FakeSource, call
+from tests.helpers.server import TOKEN, FakeSource, asgi_client, call
 from tests.helpers.simhost import sim_backend
 from tests.helpers.tls import make_cert
 
@@ -579,3 +580,22 @@ def test_a_token_not_every_client_can_send_is_refused_at_start(
     code, _, err = run_cli(capsys, "sim:///demo", *args)
     assert code == 2 and "ASCII" in err
     assert not journal.exists()  # refused before anything started
+
+
+# -- /api/v1/config names the files in use -------------------------------------------------------------------
+
+
+def test_the_config_endpoint_names_the_journal_and_state_files_in_effect(tmp_path: Path) -> None:
+    """``run --journal F --state S`` override the config file's paths: the API said the file's (or
+    null) and had no state path at all."""
+    backend = sim_backend()
+    config = parse_config({"journal": "/var/log/autoballoon/from-the-file.jsonl"})
+    journal, state = tmp_path / "journal.jsonl", tmp_path / "state.json"
+    kept = Controller(backend, backend.clock, config, Journal(journal), store=StateStore(state))
+    none = Controller(backend, backend.clock, DaemonConfig(), Journal(None))
+    answers = []
+    for controller in (kept, none):
+        client = asgi_client(ControllerSource(controller, TUNABLES))
+        answers.append(client.get("/api/v1/config").json())
+    assert (answers[0]["journal_path"], answers[0]["state_path"]) == (str(journal), str(state))
+    assert (answers[1]["journal_path"], answers[1]["state_path"]) == (None, None)

@@ -22,13 +22,19 @@ from autoballoon.server.tunables import ServerTunables
 
 
 def config_json(controller: Controller) -> dict[str, Any]:
-    """The effective configuration: every tunable, the defaults and per-VM policies, where they came from."""
+    """The effective configuration: every tunable, the defaults and per-VM policies, where they came from.
+
+    The paths are those the daemon writes to, not the config file's: ``--journal`` and ``--state``
+    override it (and a ``sim://`` daemon keeps no state), so an operator looking for the files is sent
+    to the ones in use."""
     cfg = controller.config
+    journal = controller.journal.path
     return {
         "source": cfg.source,
         "interval_s": cfg.interval_s,
         "dry_run": controller.dry_run,
-        "journal_path": cfg.journal_path,
+        "journal_path": str(journal) if journal is not None else None,
+        "state_path": str(controller.store.path) if controller.store is not None else None,
         "on_exit": cfg.on_exit,
         "restore_to": cfg.restore_to,
         "tunables": dataclasses.asdict(cfg.tunables),
