@@ -42,13 +42,47 @@ def policy_text(p: GuestPolicy) -> str:
     return ", ".join(parts) or "default"
 
 
+#: ``list``'s columns at 80 columns: what an operator scans for; ``--wide`` adds the rest.
+NARROW_COLUMNS = ("NAME", "MAX", "TARGET", "ACTUAL", "USED", "AVAIL", "STATUS")
+WIDE_COLUMNS = (
+    "NAME", "STATE", "MAX", "TARGET", "ACTUAL", "RSS", "USED", "AVAIL", "STATS", "BALLOON", "VCPU", "POLICY",
+    "STATUS",
+)  # fmt: skip
+#: Columns of numbers, right-aligned.
+_NUMERIC = frozenset({"MAX", "TARGET", "ACTUAL", "RSS", "USED", "AVAIL", "STATS", "VCPU"})
+
+
+def _list_cells(g: GuestSnapshot, wall: float, status: str) -> dict[str, str]:
+    """Every column of ``list`` for one VM; a VM that is not running shows its state as its status in
+    the narrow table (which has no STATE column)."""
+    return {
+        "NAME": g.name,
+        "STATE": g.state.value,
+        "MAX": human(g.max_bytes),
+        "TARGET": human(g.target_bytes),
+        "ACTUAL": human(g.actual_bytes),
+        "RSS": human(g.host_rss_bytes),
+        "USED": human(g.used_bytes),
+        "AVAIL": human(g.stats.available),
+        "STATS": _age(g.stats_age(wall)),
+        "BALLOON": g.balloon.model + (" +autodeflate" if g.balloon.autodeflate else ""),
+        "VCPU": str(g.vcpus),
+        "POLICY": policy_text(g.policy),
+        "STATUS": status,
+    }
+
+
 @cli.command("list")
 @click.option("--json", "as_json", is_flag=True, help="A JSON list; sizes in bytes, stable field names.")
+@click.option(
+    "--wide", is_flag=True, help="Every column: state, QEMU RSS, stats age, balloon, vCPUs, policy too."
+)
 @daemon_option
 @pass_ctx
-def list_(ctx: Context, as_json: bool, daemon_url: str) -> None:
-    """Every VM: state, memory (max, target, actual, guest used/available), stats age, balloon, policy,
-    and what autoballoon does with it (STATUS: from the running daemon when one manages this host)."""
+def list_(ctx: Context, as_json: bool, wide: bool, daemon_url: str) -> None:
+    """Every VM: memory (max, target, actual, guest used/available) and what autoballoon does with it
+    (STATUS: from the running daemon when one manages this host). It fits 80 columns; --wide shows state,
+    QEMU RSS, stats age, balloon, vCPUs and policy as well."""
     snap = ctx.backend.snapshot()
     known = statuses(daemon_url, ctx.uri) or {}
     judged = {g.name: known.get(g.name) or snapshot_status(g, snap.wall_time) for g in snap.guests}
@@ -56,43 +90,16 @@ def list_(ctx: Context, as_json: bool, daemon_url: str) -> None:
     if as_json:
         emit_json(rows)
         return
-    table(
-        None,
-        [
-            "NAME",
-            "STATE",
-            "MAX",
-            "TARGET",
-            "ACTUAL",
-            "RSS",
-            "USED",
-            "AVAIL",
-            "STATS",
-            "BALLOON",
-            "VCPU",
-            "POLICY",
-            "STATUS",
-        ],
-        [
-            [
-                g.name,
-                g.state.value,
-                human(g.max_bytes),
-                human(g.target_bytes),
-                human(g.actual_bytes),
-                human(g.host_rss_bytes),
-                human(g.used_bytes),
-                human(g.stats.available),
-                _age(g.stats_age(snap.wall_time)),
-                g.balloon.model + (" +autodeflate" if g.balloon.autodeflate else ""),
-                str(g.vcpus),
-                policy_text(g.policy),
-                judged[g.name][0],
-            ]
-            for g in snap.guests
-        ],
-        right={2, 3, 4, 5, 6, 7, 8, 10},
-    )
+    columns = WIDE_COLUMNS if wide else NARROW_COLUMNS
+    cells = []
+    for g in snap.guests:
+        status = judged[g.name][0]
+        if not wide and g.state.value != "running":
+            status = g.state.value
+        row = _list_cells(g, snap.wall_time, status)
+        cells.append([row[c] for c in columns])
+    right = {i for i, c in enumerate(columns) if c in _NUMERIC}
+    table(None, list(columns), cells, right=right, compact=not wide)
     # Reasons are sentences: below the table they stay readable instead of squeezing every column.
     for g in snap.guests:
         status, reason = judged[g.name]

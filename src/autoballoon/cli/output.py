@@ -11,6 +11,7 @@ import json
 from typing import Any
 
 import click
+from rich import box
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
@@ -45,9 +46,22 @@ def emit_json(value: Any) -> None:
 
 
 def table(
-    title: str | None, columns: list[str], rows: list[list[str]], *, right: set[int] | None = None
+    title: str | None,
+    columns: list[str],
+    rows: list[list[str]],
+    *,
+    right: set[int] | None = None,
+    compact: bool = False,
 ) -> None:
-    t = Table(title=title, show_edge=False, header_style="bold")
+    """A table for people. ``compact``: no rules, two spaces between columns (instead of a rule and a
+    space each side), for a listing that must fit an 80-column terminal."""
+    t = Table(
+        title=title,
+        show_edge=False,
+        header_style="bold",
+        box=None if compact else box.HEAVY_HEAD,
+        pad_edge=not compact,
+    )
     for i, col in enumerate(columns):
         t.add_column(col, justify="right" if right and i in right else "left", no_wrap=True)
     for row in rows:
