@@ -2,7 +2,21 @@
 
 from __future__ import annotations
 
-from autoballoon.model import BalloonConfig, GuestPolicy, GuestSnapshot, GuestStats, HostSnapshot, VMState
+import pytest
+
+from autoballoon import ops
+from autoballoon.backends import open_backend
+from autoballoon.config import parse_config
+from autoballoon.errors import InvalidValueError, LimitError
+from autoballoon.model import (
+    BalloonConfig,
+    GuestPolicy,
+    GuestSnapshot,
+    GuestStats,
+    HostSnapshot,
+    VMState,
+    check_policy,
+)
 from autoballoon.units import GiB, MiB
 
 
@@ -59,3 +73,33 @@ def test_host_sums_count_only_running_guests() -> None:
     assert h.sum_actual == 512 * MiB
     assert h.overcommit_ratio == 0.5
     assert h.guest("off") is off and h.guest("nope") is None
+
+
+def test_one_policy_check_refuses_in_the_same_words_at_every_door() -> None:
+    """What a policy's type cannot check (min above max, a limit above the VM's ``<memory>``) is checked
+    by one function; the config file, the operator's path (ops) and the simulator backend refuse with its
+    words (the simulator had its own check, with other words and ranges its type already guaranteed)."""
+    crossed = GuestPolicy(min_bytes=2 * GiB, max_bytes=GiB)
+    too_big = GuestPolicy(min_bytes=9 * GiB)
+    with pytest.raises(LimitError) as err:
+        check_policy(crossed, "web")
+    crossed_words = str(err.value)
+    assert "policy minimum 2GiB" in crossed_words and "above the policy maximum 1GiB" in crossed_words
+    check_policy(GuestPolicy(min_bytes=GiB), "web", 2 * GiB)  # one that fits passes
+    with pytest.raises(LimitError, match=r"policy maximum 3GiB .*above the VM's <memory> 2GiB"):
+        check_policy(GuestPolicy(max_bytes=3 * GiB), "web", 2 * GiB)
+
+    sim = open_backend("sim:///demo?speed=max")
+    web = sim.guest("web")
+    for bad in (crossed, too_big):
+        with pytest.raises(LimitError) as at_backend:
+            sim.set_policy("web", bad)
+        with pytest.raises(LimitError) as at_ops:
+            ops.update_policy(sim, "web", min_bytes=bad.min_bytes, max_bytes=bad.max_bytes)
+        with pytest.raises(LimitError) as alone:
+            check_policy(bad, "web", web.max_bytes)
+        assert str(at_backend.value) == str(at_ops.value) == str(alone.value)
+    assert sim.get_policy("web") == web.policy  # nothing was stored
+
+    with pytest.raises(InvalidValueError, match=r"'vm\.web\.min'.*above the policy maximum 1GiB"):
+        parse_config({"vm": {"web": {"min": "2GiB", "max": "1GiB"}}})

@@ -27,8 +27,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, Strict, Vali
 from autoballoon.constraints import MAX_SECONDS, ConstraintError, range_of
 from autoballoon.errors import InvalidValueError, LimitError
 from autoballoon.health import HealthTunables
-from autoballoon.model import GuestPolicy
-from autoballoon.ops import check_policy
+from autoballoon.model import GuestPolicy, check_policy
 from autoballoon.state import DEFAULT_STATE_PATH
 from autoballoon.tunables import Tunables
 from autoballoon.units import parse_percent, parse_size

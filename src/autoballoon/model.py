@@ -15,6 +15,8 @@ from typing import Literal, NamedTuple, get_args
 
 from autoballoon.constraints import MAX_BUFFER as MAX_BUFFER  # re-exported: callers import it from here
 from autoballoon.constraints import Buffer, GuestBytes, Shares, check_fields
+from autoballoon.errors import LimitError
+from autoballoon.units import format_size
 
 BalloonModel = Literal["virtio", "virtio-transitional", "virtio-non-transitional", "xen", "none"]
 #: The same names as a tuple, for checks and choices at run time (one list, so the two cannot drift).
@@ -112,8 +114,8 @@ class GuestPolicy:
 
     Each field is checked against its type's range when the policy is made (a few hundred ns), so a
     policy from any source (config, metadata, API, scenario) is valid wherever it is read. ``min_bytes``
-    above ``max_bytes`` is refused where one source states both (:func:`autoballoon.ops.check_policy`),
-    not here: layers merge, and the guards let the ceiling win.
+    above ``max_bytes`` is refused where one source states both (:func:`check_policy`), not here: layers
+    merge, and the guards let the ceiling win.
     """
 
     min_bytes: GuestBytes | None = None  # the floor: never balloon below this
@@ -143,6 +145,27 @@ class GuestPolicy:
             "buffer": self.buffer,
             "exclude": self.exclude,
         }
+
+
+def check_policy(policy: GuestPolicy, vm: str = "", max_bytes: int | None = None) -> None:
+    """What a policy's own type cannot check, for a policy one source states whole (a config section,
+    metadata, an API request, a backend asked to store it): a minimum or maximum above the VM's
+    ``<memory>`` (``max_bytes``, when the VM is known) and a minimum above the maximum. Merged layers may
+    cross; the guards let the maximum win. The one consistency check, so that every door refuses the
+    same policy with the same words."""
+    if max_bytes is not None:
+        for what, value in (("policy minimum", policy.min_bytes), ("policy maximum", policy.max_bytes)):
+            if value is not None and value > max_bytes:
+                raise LimitError(
+                    vm, what, format_size(value), f"above the VM's <memory> {format_size(max_bytes)}"
+                )
+    if policy.min_bytes is not None and policy.max_bytes is not None and policy.min_bytes > policy.max_bytes:
+        raise LimitError(
+            vm,
+            "policy minimum",
+            format_size(policy.min_bytes),
+            f"above the policy maximum {format_size(policy.max_bytes)}",
+        )
 
 
 @dataclass(frozen=True, slots=True)

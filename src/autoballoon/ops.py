@@ -20,6 +20,7 @@ from autoballoon.model import (
     ChangeResult,
     GuestPolicy,
     GuestSnapshot,
+    check_policy,
 )
 from autoballoon.units import format_size
 
@@ -124,25 +125,9 @@ def set_balloon(backend: Backend, vm: str, change: BalloonChange) -> ChangeResul
     return backend.set_balloon(vm, change)
 
 
-def check_policy(policy: GuestPolicy, vm: str = "") -> None:
-    """What a policy's own type cannot check: its minimum above its maximum, when one source states
-    both (config section, metadata, API request). Merged layers may cross; the guards let the max win."""
-    if policy.min_bytes is not None and policy.max_bytes is not None and policy.min_bytes > policy.max_bytes:
-        raise LimitError(
-            vm,
-            "policy minimum",
-            format_size(policy.min_bytes),
-            f"above the policy maximum {format_size(policy.max_bytes)}",
-        )
-
-
 def validate_policy(guest: GuestSnapshot, policy: GuestPolicy) -> None:
     """A per-VM policy must be consistent with the VM it is for (each field's range is its type's)."""
-    for what, value in (("policy minimum", policy.min_bytes), ("policy maximum", policy.max_bytes)):
-        if value is not None and value > guest.max_bytes:
-            limit = f"above the VM's <memory> {format_size(guest.max_bytes)}"
-            raise LimitError(guest.name, what, format_size(value), limit)
-    check_policy(policy, guest.name)
+    check_policy(policy, guest.name, guest.max_bytes)
 
 
 class PolicyChanges(TypedDict, total=False):

@@ -18,21 +18,21 @@ from pathlib import Path
 from urllib.parse import parse_qsl, urlsplit
 
 from autoballoon.clock import VirtualClock
-from autoballoon.constraints import MAX_SHARES
+from autoballoon.constraints import Range
 from autoballoon.errors import InvalidValueError, LimitError, RefusedError, UnknownVMError
 from autoballoon.model import (
     BALLOON_MODELS,
-    MAX_BUFFER,
     BalloonChange,
     BalloonConfig,
     ChangeResult,
     GuestPolicy,
     GuestSnapshot,
     HostSnapshot,
+    check_policy,
 )
 from autoballoon.sim import Simulation, load_scenario
 from autoballoon.sim.demand import SECONDS_PER_DAY
-from autoballoon.sim.scenario import Real, Scenario, Whole
+from autoballoon.sim.scenario import Scenario
 from autoballoon.units import format_size, human
 
 
@@ -58,12 +58,12 @@ URI_FORMS = (
 )
 #: ``?speed=`` bounds: slower than 1/100 of real time turns a 2 s tick into minutes of sleep (and 1e-300
 #: overflowed the sleep); faster than a million is indistinguishable from ``max``.
-SPEED = Real(low=0.01, high=1e6)
+SPEED = Range(0.01, 1e6)
 SPEED_MAX = "max"
 #: ``?warmup=`` bound: a simulated day (demand repeats after a scenario's run anyway), about a second of
 #: work for the demo; 1e9 seconds ran for hours.
-WARMUP = Real(high=SECONDS_PER_DAY)
-SEED = Whole(0, 2**32 - 1)
+WARMUP = Range(0, SECONDS_PER_DAY, unit="seconds")
+SEED = Range(0, 2**32 - 1, whole=True)
 
 
 def parse_sim_uri(uri: str) -> SimOptions:
@@ -88,22 +88,21 @@ def parse_sim_uri(uri: str) -> SimOptions:
         elif key == "warmup":
             options = replace(options, warmup=_number(key, value, WARMUP))
         elif key == "seed":
-            seed = SEED.check(int(value)) if value.isdigit() else None
-            if seed is None:
-                raise InvalidValueError("URI parameter seed", value, SEED.accepted)
-            options = replace(options, seed=seed)
+            if not (value.isdigit() and SEED.accepts(int(value))):
+                raise InvalidValueError("URI parameter seed", value, SEED.describe())
+            options = replace(options, seed=int(value))
         else:
             raise InvalidValueError("URI parameter", key, "one of " + ", ".join(QUERY_KEYS))
     return options
 
 
-def _number(key: str, value: str, rule: Real) -> float:
+def _number(key: str, value: str, rule: Range) -> float:
     try:
-        number = rule.check(float(value))
+        number: float | None = float(value)
     except ValueError:
         number = None
-    if number is None:
-        accepted = rule.accepted + (f", or {SPEED_MAX!r} for no real waiting" if key == "speed" else "")
+    if not rule.accepts(number):
+        accepted = rule.describe() + (f", or {SPEED_MAX!r} for no real waiting" if key == "speed" else "")
         raise InvalidValueError(f"URI parameter {key}", value, accepted)
     return number
 
@@ -299,7 +298,7 @@ class SimBackend:
     def set_policy(self, vm: str, policy: GuestPolicy) -> None:
         name = self._name(vm)
         i = self.sim.index(name)
-        _check_policy(name, policy, int(self.sim.max[i]))
+        check_policy(policy, name, int(self.sim.max[i]))
         self.sim.policies[i] = policy
 
     def close(self) -> None:
@@ -324,23 +323,3 @@ class SimBackend:
 def _require_int(what: str, value: object) -> None:
     if isinstance(value, bool) or not isinstance(value, int):
         raise InvalidValueError(what, value, "a whole number")
-
-
-def _check_policy(name: str, policy: GuestPolicy, max_bytes: int) -> None:
-    if policy.min_bytes is not None and not 0 <= policy.min_bytes <= max_bytes:
-        raise LimitError(
-            name, "policy min", human(policy.min_bytes), f"must be from 0 to max {human(max_bytes)}"
-        )
-    if policy.max_bytes is not None and policy.max_bytes < 0:
-        raise LimitError(name, "policy max", str(policy.max_bytes), "must not be negative")
-    if policy.min_bytes is not None and policy.max_bytes is not None and policy.min_bytes > policy.max_bytes:
-        raise LimitError(
-            name, "policy min", human(policy.min_bytes), f"above policy max {human(policy.max_bytes)}"
-        )
-    if policy.shares is not None and not 1 <= policy.shares <= MAX_SHARES:
-        # the config file's and the CLI's range: 0 meant two things inside the policy
-        raise LimitError(name, "policy shares", str(policy.shares), f"must be from 1 to {MAX_SHARES}")
-    if policy.buffer is not None and not 0 <= policy.buffer <= MAX_BUFFER:
-        raise LimitError(
-            name, "policy buffer", f"{policy.buffer:.0%}", f"must be from 0% to {MAX_BUFFER:.0%}"
-        )

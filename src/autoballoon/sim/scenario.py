@@ -5,23 +5,22 @@ A scenario is data from outside, so every mistake is reported as an
 and nothing is half-loaded. Sizes follow virsh (a bare number is KiB) through :mod:`autoballoon.units`;
 trace files hold (seconds, bytes) rows. The format is documented in ``docs/scenarios.md``.
 
-Every number in a scenario is checked by one :class:`Real` or :class:`Whole` constraint, declared once
-per field below: NaN and infinity are refused everywhere, and every bound exists because something
-downstream would otherwise spin, overflow or allocate without limit (a spike every 1e-300 s, a run of
-1e300 s, a size beyond int64).
+Every number in a scenario is checked by one :class:`~autoballoon.constraints.Range`, the type the
+config, the CLI and the API check with, declared once per field below: NaN and infinity are refused
+everywhere, and every bound exists because something downstream would otherwise spin, overflow or
+allocate without limit (a spike every 1e-300 s, a run of 1e300 s, a size beyond int64).
 """
 
 from __future__ import annotations
 
 import csv
-import math
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
-from autoballoon.constraints import MAX_SHARES
+from autoballoon.constraints import FRACTION, SHARES, Range
 from autoballoon.errors import InvalidValueError
 from autoballoon.model import MAX_BUFFER, GuestPolicy
 from autoballoon.sim.demand import (
@@ -60,60 +59,16 @@ MAX_SIZE = 64 * TiB
 MAX_SECONDS = 3650 * SECONDS_PER_DAY
 
 
-@dataclass(frozen=True, slots=True)
-class Real:
-    """A finite number within bounds: the one check every non-size number of a scenario goes through."""
-
-    low: float = 0.0
-    high: float = MAX_SECONDS
-    low_open: bool = False
-
-    @property
-    def accepted(self) -> str:
-        lower = f"above {self.low:g}" if self.low_open else f"from {self.low:g}"
-        return f"a finite number {lower} to {self.high:g}"
-
-    def check(self, raw: object) -> float | None:
-        """The value as a float, or None when it is refused (the caller names the field)."""
-        if isinstance(raw, bool) or not isinstance(raw, int | float):
-            return None
-        value = float(raw)
-        if not math.isfinite(value) or not self.low <= value <= self.high:
-            return None
-        if self.low_open and value == self.low:
-            return None
-        return value
-
-
-@dataclass(frozen=True, slots=True)
-class Whole:
-    """A whole number within bounds (counts, vCPUs, shares)."""
-
-    low: int
-    high: int
-
-    @property
-    def accepted(self) -> str:
-        return f"a whole number from {self.low} to {self.high}"
-
-    def check(self, raw: object) -> int | None:
-        if isinstance(raw, bool) or not isinstance(raw, int) or not self.low <= raw <= self.high:
-            return None
-        return raw
-
-
 # Each constrained field, declared once.
-DURATION = Real(low=0.0, low_open=True)
-STEP = Real(low=0.001)
-STATS_PERIOD = Real(low=1.0, high=SECONDS_PER_DAY)
-SHARE = Real(high=1.0)  # cpu load, noise
-SECONDS = Real()  # a moment or a length in a scenario (never negative)
-PERIOD = Real(low=0.0, low_open=True)
-PHASE = Real(low=-MAX_SECONDS)
-HOUR = Real(high=24.0)
-CPUS = Whole(1, 4096)
-COUNT = Whole(1, MAX_COUNT)
-SHARES = Whole(1, MAX_SHARES)
+DURATION = Range(0, MAX_SECONDS, unit="seconds", low_open=True)
+STEP = Range(0.001, MAX_SECONDS, unit="seconds")
+STATS_PERIOD = Range(1.0, SECONDS_PER_DAY, unit="seconds")
+SECONDS = Range(0, MAX_SECONDS, unit="seconds")  # a moment or a length in a scenario (never negative)
+PERIOD = Range(0, MAX_SECONDS, unit="seconds", low_open=True)
+PHASE = Range(-MAX_SECONDS, MAX_SECONDS, unit="seconds")
+HOUR = Range(0, 24)
+CPUS = Range(1, 4096, whole=True)
+COUNT = Range(1, MAX_COUNT, whole=True)
 
 
 @dataclass(frozen=True, slots=True)
@@ -237,19 +192,17 @@ class _Where:
             raise self.error(key, raw, f"a size no larger than {MAX_SIZE // TiB} TiB")
         return value
 
-    def number(self, table: Mapping[str, Any], key: str, rule: Real, default: float | None = None) -> float:
+    def number(self, table: Mapping[str, Any], key: str, rule: Range, default: float | None = None) -> float:
         raw = self._raw(table, key, default)
-        value = rule.check(raw)
-        if value is None:
-            raise self.error(key, raw, rule.accepted)
-        return value
+        if not rule.accepts(raw):
+            raise self.error(key, raw, rule.describe())
+        return float(raw)
 
-    def integer(self, table: Mapping[str, Any], key: str, rule: Whole, default: int | None = None) -> int:
+    def integer(self, table: Mapping[str, Any], key: str, rule: Range, default: int | None = None) -> int:
         raw = self._raw(table, key, default)
-        value = rule.check(raw)
-        if value is None:
-            raise self.error(key, raw, rule.accepted)
-        return value
+        if not rule.whole or not rule.accepts(raw):
+            raise self.error(key, raw, rule.describe())
+        return int(raw)
 
     def flag(self, table: Mapping[str, Any], key: str, default: bool | None) -> bool:
         raw = self._raw(table, key, default)
@@ -410,7 +363,7 @@ def _parse_guests(raw: Any, w: _Where, run: RunSpec, base_dir: Path) -> list[Gue
         target=target,
         demand=demand,
         vcpus=vcpus,
-        max_vcpus=w.integer(raw, "max_vcpus", Whole(vcpus, CPUS.high), vcpus),
+        max_vcpus=w.integer(raw, "max_vcpus", Range(vcpus, CPUS.high, whole=True), vcpus),
         os=w.choice(raw, "os", "linux", OS_NAMES),
         autodeflate=w.flag(raw, "autodeflate", False),
         stats=w.flag(raw, "stats", True),
@@ -419,7 +372,7 @@ def _parse_guests(raw: Any, w: _Where, run: RunSpec, base_dir: Path) -> list[Gue
         cpu_storm=w.flag(raw, "cpu_storm", False),
         swap=w.size(raw, "swap", 0) if "swap" in raw else None,
         kernel=kernel,
-        cpu=w.number(raw, "cpu", SHARE) if "cpu" in raw else None,
+        cpu=w.number(raw, "cpu", FRACTION) if "cpu" in raw else None,
         balloon=w.choice(raw, "balloon", "virtio", BALLOON_MODELS),
         free_page_reporting=w.flag(raw, "free_page_reporting", False),
         policy=_parse_policy(w.table(raw, "policy"), _Where(w.source, f"{w.section} policy"), max_bytes),
@@ -502,7 +455,7 @@ def _parse_demand(t: Mapping[str, Any], w: _Where, run: RunSpec, base_dir: Path)
         )
     shape_name = w.choice(t, "shape", "", SHAPE_NAMES)
     w.check_keys(t, ("shape", "noise", *_SHAPE_KEYS[shape_name]))
-    noise = w.number(t, "noise", SHARE, 0.0)
+    noise = w.number(t, "noise", FRACTION, 0.0)
     shape: Shape
     match shape_name:
         case "constant":
@@ -533,7 +486,7 @@ def _parse_demand(t: Mapping[str, Any], w: _Where, run: RunSpec, base_dir: Path)
         case "spikes":
             # A burst or a gap shorter than a step cannot be seen, and would let a typo (every = 1e-300)
             # draw astronomically many arrivals.
-            at_least_a_step = Real(low=run.step)
+            at_least_a_step = Range(run.step, MAX_SECONDS, unit="seconds")
             shape = Spikes(
                 base=w.size(t, "base"),
                 height=w.size(t, "height"),
@@ -585,7 +538,7 @@ def _load_trace(w: _Where, file: Any, base_dir: Path, interpolate: Interpolation
             if not times:
                 continue  # a header line
             raise InvalidValueError(f"{w.what('file')} ({where})", row, accepted) from None
-        if len(row) != 2 or SECONDS.check(at) is None or (times and at <= times[-1]):
+        if len(row) != 2 or not SECONDS.accepts(at) or (times and at <= times[-1]):
             raise InvalidValueError(f"{w.what('file')} ({where})", row, accepted)
         value = parse_size(row[1].strip(), default_unit=1, what=f"{w.what('file')} ({where}) bytes")
         if value > MAX_SIZE:

@@ -41,6 +41,7 @@ from autoballoon.model import (
     HostSnapshot,
     VirtioMem,
     VMState,
+    check_policy,
 )
 from autoballoon.units import KiB, MiB, human
 
@@ -568,7 +569,7 @@ class LibvirtBackend:
         return self._call(read, vm, "read the policy metadata")
 
     def set_policy(self, vm: str, policy: GuestPolicy) -> None:
-        lvxml.validate_policy(vm, policy)
+        check_policy(policy, vm)
 
         def apply(conn: libvirt.virConnect) -> None:
             dom = self._lookup(conn, vm)

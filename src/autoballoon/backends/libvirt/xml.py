@@ -21,8 +21,8 @@ from autoballoon.model import (
     GuestOS,
     GuestPolicy,
     VirtioMem,
+    check_policy,
 )
-from autoballoon.ops import check_policy
 from autoballoon.units import KiB, parse_size
 
 log = logging.getLogger(__name__)
@@ -232,12 +232,6 @@ def policy_to_xml(policy: GuestPolicy) -> str:
         attrs["buffer"] = repr(float(policy.buffer))
     attrs["exclude"] = "yes" if policy.exclude else "no"
     return ET.tostring(ET.Element(POLICY_TAG, attrs), encoding="unicode")
-
-
-def validate_policy(vm: str, policy: GuestPolicy) -> None:
-    """Refuse a policy that cannot mean anything, before anything is written (each field's range is
-    checked by its type; what is left is its minimum above its maximum)."""
-    check_policy(policy, vm)
 
 
 VIRTIO_MEM_DEVICE = "./devices/memory[@model='virtio-mem']"
