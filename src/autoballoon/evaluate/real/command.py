@@ -12,7 +12,6 @@ from typing import Any
 
 import click
 
-from autoballoon.cli.output import emit_json
 from autoballoon.errors import InvalidValueError
 from autoballoon.evaluate.real.bench import load_scenarios, parse_policies, run_real
 from autoballoon.evaluate.real.calibration import Calibration, calibration_from_json, render_calibration
@@ -95,7 +94,7 @@ def evaluate_real(
     metrics = [m for s in dict.fromkeys(r.scenario for r in runs) for m in ranked(
         [run_metrics(r) for r in runs if r.scenario == s])]  # fmt: skip
     if as_json:
-        emit_json([asdict(m) for m in metrics])
+        click.echo(json.dumps([asdict(m) for m in metrics], indent=2))
         return
     for scenario in dict.fromkeys(m.scenario for m in metrics):
         click.echo(f"\n{scenario}\n")
