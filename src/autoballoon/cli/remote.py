@@ -115,7 +115,7 @@ class _Https(http.client.HTTPSConnection):
         self.deadline = deadline
 
     def connect(self) -> None:
-        super().connect()  # the handshake waits at most the timeout per read, the rest the deadline
+        super().connect()  # ssl bounds the whole handshake by the timeout (one deadline per call)
         if isinstance(self.sock, _DeadlineTlsSocket):
             self.sock.deadline = self.deadline
 
