@@ -95,7 +95,7 @@ def test_setmem_changes_the_target(backend: Backend, capsys: pytest.CaptureFixtu
 
 def test_policy_round_trip(backend: Backend, capsys: pytest.CaptureFixture[str]) -> None:
     vm = some_vm(backend)
-    code, _, err = run(capsys, "policy", vm, "--min", "128M", "--shares", "2000", "--buffer", "15")
+    code, _, err = run(capsys, "policy", vm, "--min", "128M", "--shares", "2000", "--buffer", "15%")
     assert code == 0, err
     code, out, _ = run(capsys, "policy", vm, "--json")
     p = json.loads(out)

@@ -133,7 +133,7 @@ def test_manage_limits_the_daemon_to_matching_vms() -> None:
         ("interval = 1e12", "interval", "a number of seconds from 0.5 to 31536000"),
         ("interval = nan", "interval", "a number of seconds from 0.5"),
         ("interval = inf", "interval", "a number of seconds from 0.5"),
-        ("[tunables]\nbuffer = nan", "tunables.buffer", "a fraction from 0 to 10"),
+        ("[tunables]\nbuffer = nan", "tunables.buffer", "a fraction from 0 to 1"),
         ("[tunables]\nmin_interval_s = 5", "tunables.interval_s", "at least min_interval_s"),
         ("[tunables]\njournal_ring_size = 0", "tunables.journal_ring_size", "a whole number from 1"),
         ("[guard]\nsustain_s = inf", "guard.sustain_s", "a number of seconds from 0"),

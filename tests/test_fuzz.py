@@ -237,7 +237,9 @@ COMMANDS: dict[str, tuple[list[Any], dict[str, Any]]] = {
             "--min": SIZE_ARGS,
             "--max": SIZE_ARGS,
             "--shares": st.integers(1, 5000).map(str),
-            "--buffer": st.integers(0, 300).map(str),
+            "--buffer": st.one_of(
+                st.integers(0, 300).map(lambda n: f"{n}%"), st.sampled_from(["0", "0.2", "1"])
+            ),
             "--exclude": None,
             "--include": None,
             "--json": None,

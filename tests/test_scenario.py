@@ -39,7 +39,9 @@ def test_demo_has_every_kind_of_guest() -> None:
 
 
 def test_sizes_follow_virsh_and_defaults_apply() -> None:
-    sc = scenario(guest('target = 1048576\nswap = "512M"\npolicy = { min = "1G", buffer = 25, shares = 5 }'))
+    sc = scenario(
+        guest('target = 1048576\nswap = "512M"\npolicy = { min = "1G", buffer = "25%", shares = 5 }')
+    )
     g = sc.guests[0]
     assert g.max == 4 * GiB
     assert g.target == 1048576 * KiB  # a bare number is KiB

@@ -24,13 +24,13 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, Strict, ValidationError, create_model
 
-from autoballoon.constraints import MAX_SECONDS, ConstraintError, range_of
+from autoballoon.constraints import BUFFER, MAX_SECONDS, ConstraintError, range_of
 from autoballoon.errors import InvalidValueError, LimitError
 from autoballoon.health import HealthTunables
 from autoballoon.model import GuestPolicy, check_policy
 from autoballoon.state import DEFAULT_STATE_PATH
 from autoballoon.tunables import Tunables
-from autoballoon.units import parse_percent, parse_size
+from autoballoon.units import BUFFER_FORMS, parse_buffer, parse_percent, parse_size
 
 #: Used when ``--config`` is not given and this file exists.
 DEFAULT_CONFIG_PATH = Path("/etc/autoballoon/autoballoon.toml")
@@ -57,6 +57,14 @@ def _fraction(value: Any) -> Any:
     return value
 
 
+def _buffer(value: Any) -> Any:
+    """A buffer: a fraction from 0 to 1 or ``'20%'``, as on the command line and in the API."""
+    try:
+        return parse_buffer(value)
+    except InvalidValueError as e:
+        raise ValueError(BUFFER_FORMS) from e
+
+
 def _config_type(annotation: Any) -> Any:
     """The TOML type of a dataclass field: its own range (:mod:`autoballoon.constraints`), after the text
     forms a config file may use (sizes with a unit, percentages); unset (None) is always allowed."""
@@ -65,6 +73,8 @@ def _config_type(annotation: Any) -> Any:
         base = next(a for a in typing.get_args(annotation) or (annotation,) if a is not type(None))
         return Annotated[base, Strict()] | None
     kind = int if rng.whole else float
+    if rng is BUFFER:  # one form on every face (see parse_buffer), not any fraction's range
+        return Annotated[kind, rng, BeforeValidator(_buffer)] | None
     sizes = [BeforeValidator(_size)]
     parse = {"bytes": sizes, "bytes/s": sizes, "fraction": [BeforeValidator(_fraction)]}.get(rng.unit, [])
     return Annotated[kind, rng, *parse] | None

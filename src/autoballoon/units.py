@@ -139,6 +139,36 @@ def parse_percent(text: str | float | int, *, what: str = "percentage") -> float
     return number / 100.0
 
 
+BUFFER_FORMS = "a fraction from 0 to 1 like 0.2, or a percentage like 20% (up to 1000%)"
+
+
+def parse_buffer(value: str | float | int, *, what: str = "buffer") -> float:
+    """A buffer as every face takes it (command line, config file, API, scenario files): a bare number
+    is a **fraction** from 0 to 1 (``0.2``), a number with ``%`` a percentage (``20%``, up to 1000 %).
+
+    A bare number above 1 is refused, not read as a fraction or a percentage: the command line read
+    ``0.2`` as 0.2 % while the config read it as 20 %, so a value copied from one to the other was off
+    by a factor of 100. Refusing ``20`` says so instead of guessing which was meant."""
+    raw = value
+    if isinstance(value, bool) or not isinstance(value, str | int | float):
+        raise InvalidValueError(what, raw, BUFFER_FORMS)
+    if isinstance(value, str):
+        if value.strip().endswith("%"):
+            try:
+                return parse_percent(value, what=what)
+            except InvalidValueError:
+                raise InvalidValueError(what, raw, BUFFER_FORMS) from None
+        try:
+            number = float(plain_number(value.strip(), whole=False))
+        except ValueError:
+            raise InvalidValueError(what, raw, BUFFER_FORMS) from None
+    else:
+        number = float(value)
+    if not (0.0 <= number <= 1.0):  # also refuses nan
+        raise InvalidValueError(what, raw, BUFFER_FORMS)
+    return number
+
+
 def plain_number(text: str, *, whole: bool) -> int | float:
     """``text`` as an ``int`` (``whole``) or a ``float``, written in ASCII decimal with an optional sign
     (``12``, ``-3``, ``0.5``); ValueError otherwise. ``int()`` and ``float()`` alone also take ``1_0``,

@@ -11,7 +11,7 @@ from autoballoon import ops
 from autoballoon.cli import Context, cli, pass_ctx
 from autoballoon.cli.inventory import policy_text
 from autoballoon.cli.output import emit_json, say
-from autoballoon.cli.params import COUNT_TYPE, ON_OFF, PERCENT, SHARES_TYPE, SIZE, STATS_PERIOD_TYPE
+from autoballoon.cli.params import BUFFER_TYPE, COUNT_TYPE, ON_OFF, SHARES_TYPE, SIZE, STATS_PERIOD_TYPE
 from autoballoon.model import BALLOON_MODELS, BalloonChange, ChangeResult
 from autoballoon.units import format_size
 
@@ -128,7 +128,12 @@ def balloon(
     type=SHARES_TYPE,
     help="Weight when the host is short (default 1000).",
 )
-@click.option("--buffer", type=PERCENT, help="Headroom kept above demand, in percent (default 20).")
+@click.option(
+    "--buffer",
+    type=BUFFER_TYPE,
+    help="Headroom kept above demand: a fraction (0.2) or a percentage (20%), the same forms as the "
+    "config file and the API take (default 20%).",
+)
 @click.option("--exclude/--include", default=None, help="Leave this VM alone / manage it again.")
 @click.option("--json", "as_json", is_flag=True, help="Print the resulting policy as JSON.")
 @pass_ctx

@@ -8,7 +8,7 @@ import click
 
 from autoballoon.constraints import COUNT, SHARES, STATS_PERIOD, Range
 from autoballoon.errors import InvalidValueError
-from autoballoon.units import parse_percent, parse_size, plain_number
+from autoballoon.units import parse_buffer, parse_size, plain_number
 
 if TYPE_CHECKING:  # click 8.2 made ParamType generic; older clicks cannot subscript it at run time
     _Size = click.ParamType[int, Any]
@@ -32,16 +32,17 @@ class SizeType(_Size):
             self.fail(str(e), param, ctx)
 
 
-class PercentType(_Percent):
-    """``20`` or ``20%`` → 0.2."""
+class BufferType(_Percent):
+    """A buffer: ``0.2`` or ``20%`` → 0.2, as the config file and the API take it (see
+    :func:`autoballoon.units.parse_buffer`)."""
 
-    name = "PCT"
+    name = "FRACTION|PCT%"
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float:
         if isinstance(value, float):
             return value
         try:
-            return parse_percent(value, what=param.human_readable_name if param else "percentage")
+            return parse_buffer(value, what=param.human_readable_name if param else "buffer")
         except InvalidValueError as e:
             self.fail(str(e), param, ctx)
 
@@ -75,5 +76,5 @@ SIZE = SizeType()
 SHARES_TYPE = RangeType(SHARES)
 COUNT_TYPE = RangeType(COUNT)
 STATS_PERIOD_TYPE = RangeType(STATS_PERIOD)
-PERCENT = PercentType()
+BUFFER_TYPE = BufferType()
 ON_OFF = click.Choice(["on", "off"])

@@ -5,7 +5,8 @@ Decisions, documented for API users (docs/api.md repeats them):
 - A body is one JSON object; an unknown key is refused (a typo must not silently do nothing).
 - Sizes are integers of **bytes**, or strings with a unit parsed like the command line's except that a
   bare number means bytes (``"2GiB"``, ``"512MiB"``, ``"2147483648"``). Floats and booleans are refused.
-- ``buffer`` is a fraction as ``GET`` shows it (``0.2``), or a percentage string (``"20%"``).
+- ``buffer`` is a fraction from 0 to 1 as ``GET`` shows it (``0.2``), or a percentage string (``"20%"``),
+  as the command line and the config file take it.
 - ``null`` for a policy field means "unset: use the daemon's default".
 
 Every refusal is an :class:`~autoballoon.errors.InvalidValueError` whose ``what`` is the JSON key (or
@@ -17,13 +18,12 @@ to convert, and no size or count needs), ``NaN``/``Infinity``, and size strings 
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 from autoballoon.errors import InvalidValueError
 from autoballoon.model import GuestPolicy
-from autoballoon.units import parse_percent, parse_size
+from autoballoon.units import BUFFER_FORMS, parse_buffer, parse_size
 
 T = TypeVar("T")
 SIZE_FORMS = 'an integer of bytes, or a string with a unit such as "2GiB" or "512MiB" (bare = bytes)'
@@ -115,13 +115,12 @@ def _shares(value: Any) -> int:
 
 
 def _buffer(value: Any) -> float:
-    if isinstance(value, str):
-        return parse_percent(_shown(value), what="buffer")
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise InvalidValueError(
-            "buffer", _shown(value), 'a fraction like 0.2, or a percentage string like "20%"'
-        )
-    return float(value)
+    """A fraction from 0 to 1 or a percentage string, as the command line and the config take it."""
+    if isinstance(value, str) and len(value) > MAX_SIZE_TEXT:
+        raise InvalidValueError("buffer", _shown(value), BUFFER_FORMS)
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise InvalidValueError("buffer", _shown(value), BUFFER_FORMS)
+    return parse_buffer(value, what="buffer")
 
 
 def _exclude(value: Any) -> bool:

@@ -38,7 +38,7 @@ from autoballoon.sim.demand import (
     Steps,
     Trace,
 )
-from autoballoon.units import ACCEPTED_FORMS, TiB, parse_percent, parse_size
+from autoballoon.units import ACCEPTED_FORMS, BUFFER_FORMS, TiB, parse_buffer, parse_size
 
 OS_NAMES = ("linux", "windows")
 BALLOON_MODELS = ("virtio", "none")
@@ -395,10 +395,10 @@ def _parse_policy(t: Mapping[str, Any], w: _Where, max_bytes: int) -> GuestPolic
     if "buffer" in t:
         raw = t["buffer"]
         if isinstance(raw, bool) or not isinstance(raw, str | int | float):
-            raise w.error("buffer", raw, "a percentage like 20 or '20%'")
-        buffer = parse_percent(raw, what=w.what("buffer"))
+            raise w.error("buffer", raw, BUFFER_FORMS)
+        buffer = parse_buffer(raw, what=w.what("buffer"))  # as the config file and the CLI take it
         if not 0.0 <= buffer <= MAX_BUFFER:
-            raise w.error("buffer", raw, f"a percentage from 0 to {MAX_BUFFER:.0%}")
+            raise w.error("buffer", raw, BUFFER_FORMS)
     return GuestPolicy(
         min_bytes=low,
         max_bytes=high,
