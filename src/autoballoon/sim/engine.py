@@ -520,8 +520,21 @@ class Simulation:
         self._schedule_stats(i, np.zeros(1))
 
     def _substep(self, h: float) -> None:
+        """Advance ``h`` seconds: the host's events, the guests' demand, the balloons, then swap, cache and
+        pressure, CPU time and stats, in that order (each reads what the one before left)."""
         r = self._rates.get(h) or self._rates_for(h)
         t = self._time + h
+        self._advance_host(t)
+        self._advance_demand(t, r)
+        self._move_balloons(r)
+        self._settle_after_move(r)
+        self._burn_cpu(r)
+        self._time = t
+        if t >= self._next_stats_min - 1e-9:
+            self._refresh_stats()
+
+    def _advance_host(self, t: float) -> None:
+        """The scenario's events due by ``t``, and the host's own use along its ramp."""
         if t >= self._next_event - 1e-9:
             self._apply_events(t)
         if self._base_ramp is not None:
@@ -529,22 +542,16 @@ class Simulation:
             self._base_used = round(start + (end - start) * min(1.0, (t - t0) / (t1 - t0)))
             if t >= t1:
                 self._base_ramp = None
-        row = self._table[int(t / self._step + 1e-9) % self._table.shape[0]]
-        actual, demand, room, need, up, slack = (
-            self._actual,
-            self._demand,
-            self._room,
-            self._need,
-            self._up,
-            self._slack,
-        )
 
-        # Demand: the trace (frozen while a guest is paused), minus what OOM kills removed (which regrows
-        # as the workload restarts).
+    def _advance_demand(self, t: float, r: _Rates) -> None:
+        """Demand at ``t``: the trace (frozen while a guest is paused), minus what OOM kills removed
+        (which regrows as the workload restarts)."""
+        row = self._table[int(t / self._step + 1e-9) % self._table.shape[0]]
         if self._any_paused:
             np.copyto(self._intended, row, where=~self._paused)
             row = self._intended
         self._row = row
+        demand = self._demand
         if self._any_killed:
             np.subtract(self._killed, r.oom_restart, out=self._killed)
             np.maximum(self._killed, 0, out=self._killed)
@@ -554,7 +561,17 @@ class Simulation:
         else:
             np.copyto(demand, row)
 
-        # Balloon: deflate fast; inflate fast out of free/cache memory, slowly when it means swapping.
+    def _move_balloons(self, r: _Rates) -> None:
+        """Each balloon one substep toward its target: deflate fast; inflate fast out of free and cache
+        memory, slowly when it means swapping (a new target waits for the driver's latency)."""
+        actual, demand, room, need, up, slack = (
+            self._actual,
+            self._demand,
+            self._room,
+            self._need,
+            self._up,
+            self._slack,
+        )
         np.subtract(actual, self._reserved, out=room)
         np.subtract(actual, self._target, out=need)  # > 0: the balloon must inflate by this much
         np.negative(need, out=up)
@@ -588,22 +605,18 @@ class Simulation:
         room += up
         room -= need
 
-        self._settle_after_move(r)
-
-        # CPU: baseline load, and a storm on every vCPU while a storm guest's balloon is inflated; none
-        # while paused.
+    def _burn_cpu(self, r: _Rates) -> None:
+        """CPU time: the baseline load, and a storm on every vCPU while a storm guest's balloon is inflated;
+        none while paused."""
         if self._any_paused:
             self._cpu_ns += r.base_cpu_ns * ~self._paused
         else:
             self._cpu_ns += r.base_cpu_ns
         if self._any_storm:
-            np.less(actual, self._storm_below, out=self._storming)
+            np.less(self._actual, self._storm_below, out=self._storming)
             self._storming &= self._storm
             self._storming &= ~self._paused
             self._cpu_ns += r.storm_extra_ns * self._storming
-        self._time = t
-        if t >= self._next_stats_min - 1e-9:
-            self._refresh_stats()
 
     def _settle(self) -> None:
         """Bring swap, cache and pressure in line with the initial state (no time passes)."""
