@@ -14,7 +14,7 @@ from enum import StrEnum
 from typing import Literal, NamedTuple, get_args
 
 from autoballoon.constraints import MAX_BUFFER as MAX_BUFFER  # re-exported: callers import it from here
-from autoballoon.constraints import Buffer, GuestBytes, Shares, check_fields
+from autoballoon.constraints import Buffer, ConstraintError, GuestBytes, Shares, StatsPeriod, check_fields
 from autoballoon.errors import LimitError
 from autoballoon.units import format_size
 
@@ -365,12 +365,21 @@ class Plan:
 
 @dataclass(frozen=True, slots=True)
 class BalloonChange:
-    """A requested edit of the persistent ``<memballoon>``; ``None`` leaves a field as it is."""
+    """A requested edit of the persistent ``<memballoon>``; ``None`` leaves a field as it is.
+
+    A known model and a stats period in its range are checked when the change is made, so that no door
+    (CLI, operator actions, a backend) has to check them again.
+    """
 
     model: str | None = None
     autodeflate: bool | None = None
     free_page_reporting: bool | None = None
-    stats_period: int | None = None
+    stats_period: StatsPeriod | None = None
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+        if self.model is not None and self.model not in BALLOON_MODELS:
+            raise ConstraintError("model", self.model, "one of " + ", ".join(BALLOON_MODELS))
 
     @property
     def empty(self) -> bool:

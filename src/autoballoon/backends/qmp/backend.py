@@ -493,8 +493,7 @@ class QmpBackend(Monitors):
                 "nothing was changed"
             )
         period = change.stats_period
-        if period is None or period < 0:
-            raise InvalidValueError(f"stats period for VM {vm!r}", period, "whole seconds, 0 (off) or more")
+        assert period is not None  # not empty, and every other field was refused above
         return self._run(self._set_stats_period(vm, period))
 
     async def _set_stats_period(self, vm: str, period: int) -> ChangeResult:
