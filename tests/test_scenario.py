@@ -80,7 +80,12 @@ def test_count_gives_that_many_distinct_guests(count: int) -> None:
             guest(demand='shape = "steps", points = [[5, "1G"], [1, "2G"]]'),
             ["'vm'", "'points'", "increasing"],
         ),
-        (guest("policy = { min = '5G' }"), ["'vm'", "'min'", "no larger than the guest's max"]),
+        (guest("policy = { min = '5G' }"), ["'vm'", "'min'", "not above the VM's <memory> 4GiB"]),
+        # as the config file and the API refuse them (a max above <memory> was taken, a min below the
+        # least target failed naming neither file nor guest):
+        (guest("policy = { max = '5G' }"), ["'vm'", "'max'", "not above the VM's <memory> 4GiB"]),
+        (guest("policy = { min = '2G', max = '1G' }"), ["'vm'", "'min'", "above the policy maximum 1GiB"]),
+        (guest("policy = { min = '64M' }"), ["s.toml", "'vm'", "'min'", "a size from 128MiB"]),
         (guest("policy = { buffer = 'lots' }"), ["'vm'", "'buffer'", "percentage"]),
         (guest("policy = { shares = 0 }"), ["'vm'", "'shares'", "from 1"]),  # as the config file says
         (guest() + guest(), ["'name'", "'vm'", "unique"]),

@@ -20,9 +20,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
-from autoballoon.constraints import FRACTION, SHARES, Range
-from autoballoon.errors import InvalidValueError
-from autoballoon.model import MAX_BUFFER, GuestPolicy
+from autoballoon.constraints import FRACTION, SHARES, ConstraintError, Range
+from autoballoon.errors import InvalidValueError, LimitError
+from autoballoon.model import MAX_BUFFER, GuestPolicy, check_policy
 from autoballoon.sim.demand import (
     INTERPOLATIONS,
     SECONDS_PER_DAY,
@@ -387,10 +387,6 @@ def _parse_policy(t: Mapping[str, Any], w: _Where, max_bytes: int) -> GuestPolic
     w.check_keys(t, ("min", "max", "shares", "buffer", "exclude"))
     low = w.size(t, "min", 0) if "min" in t else None
     high = w.size(t, "max", 0) if "max" in t else None
-    if low is not None and low > max_bytes:
-        raise w.error("min", t["min"], "a size no larger than the guest's max")
-    if low is not None and high is not None and low > high:
-        raise w.error("min", t["min"], f"a size no larger than policy max ({t['max']})")
     buffer = None
     if "buffer" in t:
         raw = t["buffer"]
@@ -399,13 +395,19 @@ def _parse_policy(t: Mapping[str, Any], w: _Where, max_bytes: int) -> GuestPolic
         buffer = parse_buffer(raw, what=w.what("buffer"))  # as the config file and the CLI take it
         if not 0.0 <= buffer <= MAX_BUFFER:
             raise w.error("buffer", raw, BUFFER_FORMS)
-    return GuestPolicy(
-        min_bytes=low,
-        max_bytes=high,
-        shares=w.integer(t, "shares", SHARES) if "shares" in t else None,
-        buffer=buffer,
-        exclude=w.flag(t, "exclude", False),
-    )
+    shares = w.integer(t, "shares", SHARES) if "shares" in t else None
+    try:
+        policy = GuestPolicy(
+            min_bytes=low, max_bytes=high, shares=shares, buffer=buffer, exclude=w.flag(t, "exclude", False)
+        )
+        check_policy(policy, max_bytes=max_bytes)  # what the config file and the API refuse, refused here
+    except ConstraintError as e:  # a size below the least target anybody may set, or beyond any host
+        key = "max" if e.field == "max_bytes" else "min"
+        raise w.error(key, t[key], e.accepted) from None
+    except LimitError as e:
+        key = "max" if e.what == "policy maximum" else "min"
+        raise w.error(key, t[key], "a size not " + e.limit) from None
+    return policy
 
 
 _EVENT_CHANGES = ("stats", "driver", "paused", "base_used")
