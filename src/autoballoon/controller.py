@@ -132,6 +132,8 @@ class ControllerStatus:
     shrink_paused: str | None = None
     #: Actions applied since start by (direction, reason): what ``autoballoon_actions_total`` exports.
     actions: Mapping[tuple[str, str], int] = field(default_factory=dict)
+    #: Actions applied since start by (VM, direction): ``autoballoon_vm_actions_total``.
+    vm_actions: Mapping[tuple[str, str], int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,6 +197,7 @@ class Controller:
         self._pending: deque[_Request] = deque()
         self._runtime_policies: dict[str, GuestPolicy] = {}
         self._actions: Counter[tuple[str, str]] = Counter()
+        self._vm_actions: Counter[tuple[str, str]] = Counter()
         #: The one measure of tick duration: observed once per tick, exported by ``/metrics`` (the server
         #: hands it to the metrics registry) and read back for the API's percentiles. In no registry of
         #: its own: every controller (tests run many) has its own histogram.
@@ -459,6 +462,7 @@ class Controller:
     def _count(self, action: Action) -> None:
         with self._lock:
             self._actions[(action.direction, action.reason)] += 1
+            self._vm_actions[(action.vm, action.direction)] += 1
 
     # --- the connection ------------------------------------------------------------------------
 
@@ -710,6 +714,7 @@ class Controller:
                 )
         with self._lock:
             actions = dict(self._actions)
+            vm_actions = dict(self._vm_actions)
         directions: Counter[str] = Counter()
         reasons: Counter[str] = Counter()
         for (direction, reason), n in actions.items():
@@ -740,4 +745,5 @@ class Controller:
             journal=self.journal.recent(journal_entries),
             shrink_paused=self._health.paused,
             actions=MappingProxyType(actions),
+            vm_actions=MappingProxyType(vm_actions),
         )

@@ -95,6 +95,7 @@ class ControllerSource:
             tick_p50_s=p50,
             tick_p99_s=p99,
             actions=status.actions,
+            vm_actions=status.vm_actions,
             backend_errors=status.backend_errors,
             reconnects=status.reconnects,
             journal_errors=status.journal_errors,

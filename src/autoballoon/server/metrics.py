@@ -14,6 +14,7 @@ are in ``contrib/prometheus/``.
 
 from __future__ import annotations
 
+import platform
 import socket
 from collections.abc import Callable, Iterator, Sequence
 
@@ -22,8 +23,12 @@ from prometheus_client.core import (
     GaugeMetricFamily,
     Metric,
 )
+from prometheus_client.gc_collector import GCCollector
+from prometheus_client.platform_collector import PlatformCollector
+from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector, CollectorRegistry
 
+from autoballoon import __version__
 from autoballoon.guards import Status
 from autoballoon.model import GuestSnapshot, HostSnapshot
 from autoballoon.server.history import History
@@ -33,6 +38,7 @@ from autoballoon.text import printable
 #: Every state a VM can be reported in; always exported (0 or 1) so that alerts can match on them.
 VM_STATUSES: tuple[str, ...] = tuple(s.value for s in Status)
 PERCENT = 100.0
+NS_PER_S = 1e9
 HOST = "host"
 VM = "vm"
 #: The label telling how a reclaimed figure was measured (see :data:`RECLAIM_MEASURES`).
@@ -128,6 +134,18 @@ def vm_families(view: ServerView, history: History | None, host: str) -> list[Me
         "1 for the state the controller puts the VM in, 0 for the others.",
         [VM, "status"],
     )
+    c_cpu = _counter(
+        "autoballoon_vm_cpu_seconds",
+        "CPU time the guest used over all its vCPUs since it started (what the health guard watches).",
+        vm,
+    )
+    c_actions = _counter(
+        "autoballoon_vm_actions",
+        "Balloon changes applied to the VM since the daemon started.",
+        [VM, "direction"],
+    )
+    for (name, direction), n in sorted(view.vm_actions.items()):
+        c_actions.add_metric([host, name, direction], n)
     families: list[Metric] = [
         g_max,
         g_target,
@@ -143,6 +161,8 @@ def vm_families(view: ServerView, history: History | None, host: str) -> list[Me
         g_rss,
         g_reclaimed,
         g_status,
+        c_cpu,
+        c_actions,
     ]
     if snap is None:
         return families
@@ -161,6 +181,8 @@ def vm_families(view: ServerView, history: History | None, host: str) -> list[Me
         age = g.stats_age(snap.wall_time)
         if age is not None:
             g_age.add_metric(labels, age)
+        if g.cpu_time_ns is not None:
+            c_cpu.add_metric(labels, g.cpu_time_ns / NS_PER_S)
         for family, value in (
             (c_swap, g.stats.swap_in),
             (c_majflt, g.stats.major_faults),
@@ -308,6 +330,14 @@ def tick_families(view: ServerView, host: str, tick_histogram: Collector | None)
             yield fam
 
 
+def build_family(host: str) -> Metric:
+    """``autoballoon_build_info``: 1, labelled with the version and the Python it runs on (a fleet
+    dashboard shows which hosts run which release)."""
+    info = _gauge("autoballoon_build_info", "The daemon's version and Python.", ["version", "python"])
+    info.add_metric([host, __version__, platform.python_version()], 1.0)
+    return info
+
+
 def controller_families(view: ServerView, host: str) -> list[Metric]:
     actions = _counter(
         "autoballoon_actions", "Balloon changes applied, by direction and reason.", ["direction", "reason"]
@@ -324,7 +354,7 @@ def controller_families(view: ServerView, host: str) -> list[Metric]:
     journal.add_metric([host], view.journal_errors)
     state = _counter("autoballoon_state_errors", "Saves of the restart state that failed (tried again).")
     state.add_metric([host], view.state_errors)
-    return [actions, errors, reconnects, journal, state]
+    return [actions, errors, reconnects, journal, state, build_family(host)]
 
 
 class ControllerCollector(Collector):
@@ -342,6 +372,15 @@ class ControllerCollector(Collector):
         self._history = history
         self._host = host
         self._tick_histogram = tick_histogram
+        # What the default registry would have: the daemon's own process (CPU, resident memory, open
+        # files, start time), the Python platform and its garbage collector; with the host label too.
+        # (GCCollector insists on registering somewhere: a scratch registry, never scraped itself.)
+        scratch = CollectorRegistry(auto_describe=False)
+        self._standard: tuple[Collector, ...] = (
+            ProcessCollector(registry=scratch),
+            PlatformCollector(registry=scratch),
+            GCCollector(registry=scratch),
+        )
 
     def collect(self) -> Iterator[Metric]:
         view = self._view()
@@ -358,6 +397,9 @@ class ControllerCollector(Collector):
             *controller_families(view, host),
         ):
             yield _printable_labels(family)
+        for collector in self._standard:
+            for family in collector.collect():
+                yield _with_host(family, host)
 
 
 def _printable_labels(family: Metric) -> Metric:
@@ -378,7 +420,8 @@ def make_registry(
     host: str | None = None,
     tick_histogram: Collector | None = None,
 ) -> CollectorRegistry:
-    """A registry with only autoballoon's families (no global default registry: tests run many servers).
+    """A registry with autoballoon's families and the process, platform and GC collectors, all labelled
+    with ``host`` (its own registry, not the global default one: tests run many servers in one process).
 
     ``view`` is read once per scrape. ``host`` names the host in every series; by default the name the
     hypervisor gives in the first snapshot (nothing is exported before it), falling back to this

@@ -37,8 +37,9 @@ class ServerView:
     last_tick_s: float | None = None
     tick_p50_s: float | None = None
     tick_p99_s: float | None = None
-    #: Actions applied since start, by (direction, reason).
+    #: Actions applied since start, by (direction, reason), and by (VM, direction).
     actions: Mapping[tuple[str, str], int] = field(default_factory=dict)
+    vm_actions: Mapping[tuple[str, str], int] = field(default_factory=dict)
     backend_errors: int = 0
     reconnects: int = 0
     journal_errors: int = 0
