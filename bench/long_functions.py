@@ -3,8 +3,9 @@ to see what one function does.
 
 ``python bench/long_functions.py`` lists those over 80 lines (``--limit N`` for another bound,
 ``--all`` to include the policy and the controller, whose owners split them separately). A function's
-length is from its ``def`` (decorators included) to its last line, as ``ast`` reports them; a nested
-function counts within its parent and on its own.
+length is from its ``def`` to its last line, as ``ast`` reports them (decorators left out: a CLI
+command's options are declarations, not code to read); a nested function counts within its parent and on
+its own.
 """
 
 from __future__ import annotations
@@ -33,8 +34,7 @@ def long_functions(root: Path, limit: int, *, everything: bool = False) -> Itera
 def _walk(node: ast.AST, rel: str, limit: int, prefix: str) -> Iterator[tuple[int, str, str]]:
     for child in ast.iter_child_nodes(node):
         if isinstance(child, ast.FunctionDef | ast.AsyncFunctionDef):
-            first = min([child.lineno, *(d.lineno for d in child.decorator_list)])
-            lines = (child.end_lineno or child.lineno) - first + 1
+            lines = (child.end_lineno or child.lineno) - child.lineno + 1
             name = f"{prefix}{child.name}"
             if lines > limit:
                 yield lines, f"{rel}:{child.lineno}", name
