@@ -383,6 +383,10 @@ def _parse_guests(raw: Any, w: _Where, run: RunSpec, base_dir: Path) -> list[Gue
     return [replace(base, name=f"{name}-{i:0{width}d}") for i in range(1, count + 1)]
 
 
+#: A scenario's policy keys by the :class:`GuestPolicy` field each one sets.
+_POLICY_KEYS = {"min_bytes": "min", "max_bytes": "max"}
+
+
 def _parse_policy(t: Mapping[str, Any], w: _Where, max_bytes: int) -> GuestPolicy:
     w.check_keys(t, ("min", "max", "shares", "buffer", "exclude"))
     low = w.size(t, "min", 0) if "min" in t else None
@@ -402,8 +406,8 @@ def _parse_policy(t: Mapping[str, Any], w: _Where, max_bytes: int) -> GuestPolic
         )
         check_policy(policy, max_bytes=max_bytes)  # what the config file and the API refuse, refused here
     except ConstraintError as e:  # a size below the least target anybody may set, or beyond any host
-        key = "max" if e.field == "max_bytes" else "min"
-        raise w.error(key, t[key], e.accepted) from None
+        key = _POLICY_KEYS.get(e.field, e.field)
+        raise w.error(key, t.get(key), e.accepted) from None
     except LimitError as e:
         key = "max" if e.what == "policy maximum" else "min"
         raise w.error(key, t[key], "a size not " + e.limit) from None
