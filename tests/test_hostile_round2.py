@@ -42,10 +42,11 @@ from autoballoon.journal import Journal
 from autoballoon.policy import GuestRecord, PolicyState
 from autoballoon.server import RunningServer, serve
 from autoballoon.server.api import Api
+from autoballoon.server.app import AllowedHosts, create_app
 from autoballoon.server.auth import load_token
 from autoballoon.server.controller_source import ControllerSource
 from autoballoon.server.history import History
-from autoballoon.server.http import AllowedHosts, create_app, parse_listen
+from autoballoon.server.listen import parse_listen
 from autoballoon.server.metrics import make_registry
 from autoballoon.server.renders import Renders
 from autoballoon.server.tunables import TUNABLES

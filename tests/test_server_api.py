@@ -12,7 +12,7 @@ from autoballoon.errors import InvalidValueError
 from autoballoon.model import GuestPolicy
 from autoballoon.server import DEFAULT_LISTEN, RunningServer, serve
 from autoballoon.server.auth import load_token
-from autoballoon.server.http import parse_listen
+from autoballoon.server.listen import parse_listen
 from autoballoon.server.tunables import TUNABLES
 from autoballoon.units import GiB, MiB
 from tests.helpers.server import TOKEN, FakeSource, call

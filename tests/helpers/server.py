@@ -180,8 +180,8 @@ def asgi_client(source: Any, token: str | None = None, history: Any = None, **tu
     from starlette.testclient import TestClient
 
     from autoballoon.server.api import Api
+    from autoballoon.server.app import AllowedHosts, create_app
     from autoballoon.server.history import History
-    from autoballoon.server.http import AllowedHosts, create_app
     from autoballoon.server.metrics import make_registry
     from autoballoon.server.tunables import TUNABLES
 

@@ -2,6 +2,11 @@
 
 Read-only unless started with a token. It reads the controller's state through
 :class:`~autoballoon.server.source.Source` and never touches a backend itself.
+
+Three layers, one module each: :mod:`~autoballoon.server.listen` decides where it may listen (the
+address and the TLS rule), :mod:`~autoballoon.server.app` is the ASGI application (routes, the Host
+allow-list, security headers, the dashboard's files), and :mod:`~autoballoon.server.serving` runs it
+on uvicorn with the deadlines and the connection limit. This module wires them with the history.
 """
 
 from __future__ import annotations
@@ -13,18 +18,12 @@ from typing import TYPE_CHECKING, Any
 
 from autoballoon.errors import AutoballoonError
 from autoballoon.server.api import Api
+from autoballoon.server.app import AllowedHosts, create_app
 from autoballoon.server.auth import load_token
 from autoballoon.server.history import History, Sampler
-from autoballoon.server.http import (
-    AllowedHosts,
-    HttpServer,
-    Tls,
-    check_exposure,
-    create_app,
-    is_loopback,
-    parse_listen,
-)
+from autoballoon.server.listen import Tls, check_exposure, is_loopback, parse_listen
 from autoballoon.server.metrics import make_registry
+from autoballoon.server.serving import HttpServer
 from autoballoon.server.source import ServerView, Source
 from autoballoon.server.tunables import DEFAULT_HOST, DEFAULT_PORT, TUNABLES, ServerTunables
 
