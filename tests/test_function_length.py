@@ -13,7 +13,6 @@ ALLOWED: dict[str, str] = {
     "autoballoon/cli/run.py::_run": "the CLI is being reworked by others; split it then",
     "autoballoon/server/api.py::api_router": "the server is being split by others; split it then",
     "autoballoon/server/metrics.py::vm_families": "the server is being split by others; split it then",
-    "autoballoon/server/http.py::create_app": "the server is being split by others; split it then",
 }
 
 

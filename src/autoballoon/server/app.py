@@ -180,7 +180,6 @@ def load_static() -> dict[str, tuple[bytes, str]]:
 def create_app(api: Api, registry: CollectorRegistry, allowed: AllowedHosts) -> ASGIApp:
     """The whole HTTP face: ``/api/v1/`` (with its OpenAPI description), ``/metrics``, ``/healthz`` and
     the dashboard's files, behind the Host check and the security headers."""
-    deadline_s = api.tun.request_timeout_s
     app = FastAPI(
         title="autoballoon",
         summary="The autoballoon daemon's JSON API",
@@ -190,6 +189,14 @@ def create_app(api: Api, registry: CollectorRegistry, allowed: AllowedHosts) -> 
         redoc_url=None,
     )
     app.include_router(api_router(api))
+    _answer_errors_as_json(app, api.tun.request_timeout_s)
+    _plain_routes(app, api, registry)
+    return host_check(security_headers(app), allowed)
+
+
+def _answer_errors_as_json(app: FastAPI, deadline_s: float) -> None:
+    """Every refusal and failure, FastAPI's and Starlette's own included, in the API's JSON error form
+    naming the field at fault; ``deadline_s`` is the request deadline a cut-off body is logged with."""
 
     @app.exception_handler(ApiError)
     async def on_api_error(request: Request, e: ApiError) -> Response:
@@ -239,6 +246,9 @@ def create_app(api: Api, registry: CollectorRegistry, allowed: AllowedHosts) -> 
         log.exception("error serving %s %s", printable(request.method), printable(request.url.path))
         return ApiError(500, "internal error; see the daemon's log").response()
 
+
+def _plain_routes(app: FastAPI, api: Api, registry: CollectorRegistry) -> None:
+    """The routes outside the JSON API: ``/metrics``, ``/healthz`` and one per dashboard file."""
     scrapes = Renders()
 
     @app.get("/metrics", include_in_schema=False)
@@ -263,5 +273,3 @@ def create_app(api: Api, registry: CollectorRegistry, allowed: AllowedHosts) -> 
 
     for path, (content, media_type) in load_static().items():  # one route per file: nothing else is served
         page(path, content, media_type)
-
-    return host_check(security_headers(app), allowed)
