@@ -54,7 +54,7 @@ from autoballoon.model import (
     HostSnapshot,
     Plan,
 )
-from autoballoon.policy import DefaultPolicy, Inputs, Policy
+from autoballoon.policy import DefaultPolicy, Policy, tick
 from autoballoon.state import StateStore
 from autoballoon.text import printable
 from autoballoon.tunables import Tunables
@@ -281,14 +281,17 @@ class Controller:
         self._backoff = self.config.tunables.reconnect_initial_s
         for g in snapshot.guests:
             self._start_targets.setdefault(g.name, g.target_bytes)
-        self._health, guard_events = health.observe(snapshot, self._health, self.config.health)
-        inputs = Inputs(
+        done = tick.step(
+            self.policy,
+            snapshot,
+            tick.TickState(self._state, self._health),
+            self.config.tunables,
             policies=self._policies(snapshot.guests),
-            health=self._health,
-            health_tunables=self.config.health,
             os_types={g.name: o for g in snapshot.guests if (o := self.config.os_for(g.name)) is not None},
+            health_tunables=self.config.health,
         )
-        plan, self._state = self.policy.decide(snapshot, inputs, self._state)
+        plan, guard_events = done.plan, done.guard_events
+        self._state, self._health = done.state.policy, done.state.health
         self._last = (snapshot, plan)
         wall = self.clock.wall()
         for event in (*guard_events, *plan.events):

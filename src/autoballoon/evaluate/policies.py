@@ -23,9 +23,9 @@ import numpy.typing as npt
 from autoballoon import policy as daemon_policy
 from autoballoon.config import parse_config
 from autoballoon.errors import InvalidValueError
-from autoballoon.health import DEFAULT_HEALTH, HealthState, HealthTunables, observe
+from autoballoon.health import DEFAULT_HEALTH, HealthTunables
 from autoballoon.model import HostSnapshot
-from autoballoon.policy import Inputs
+from autoballoon.policy import tick
 from autoballoon.sim.engine import Simulation
 from autoballoon.tunables import DEFAULT_TUNABLES, Tunables
 
@@ -123,15 +123,15 @@ class DaemonPolicy:
         self.name = policy.name
         self.health = health
         self.interval_s = policy.interval_s
-        self._state = policy.initial_state()
-        self._health = HealthState()
+        self._state = tick.start(policy)
 
     def tick(self, now: float, snapshot: HostSnapshot | None) -> Targets:
         assert snapshot is not None
-        self._health, _ = observe(snapshot, self._health, self.health)
-        inputs = Inputs(health=self._health, health_tunables=self.health)
-        plan, self._state = self.policy.decide(snapshot, inputs, self._state)
-        return {a.vm: a.new_target for a in plan.actions}
+        done = tick.step(
+            self.policy, snapshot, self._state, self.policy.tunables, health_tunables=self.health
+        )
+        self._state = done.state
+        return {a.vm: a.new_target for a in done.plan.actions}
 
 
 #: Policy names in the order reports show them.

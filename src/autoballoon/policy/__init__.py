@@ -14,7 +14,8 @@ from typing import Any, Protocol
 
 from autoballoon.errors import InvalidValueError
 from autoballoon.model import HostSnapshot, Plan
-from autoballoon.policy.default import GuestRecord, Inputs, PolicyState, decide, host_reserve
+from autoballoon.policy.default import GuestRecord, PolicyState, decide, host_reserve
+from autoballoon.policy.inputs import Inputs
 from autoballoon.tunables import Tunables
 
 
@@ -27,6 +28,11 @@ class Policy(Protocol):
     @property
     def interval_s(self) -> float:
         """Seconds between two decisions this policy was designed for."""
+        ...
+
+    @property
+    def tunables(self) -> Tunables:
+        """The daemon's tunables: the safety gate holds every policy's plan to their floor and limits."""
         ...
 
     def initial_state(self) -> Any: ...

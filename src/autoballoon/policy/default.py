@@ -40,15 +40,13 @@ import numpy.typing as npt
 from autoballoon import guards
 from autoballoon.guards import Progress, Status
 from autoballoon.health import (
-    DEFAULT_HEALTH,
-    HealthState,
-    HealthTunables,
     autodeflate_command,
     reporting_command,
     shrink_hold,
 )
 from autoballoon.model import Action, Event, GuestDecision, GuestPolicy, GuestSnapshot, HostSnapshot, Plan
 from autoballoon.policy.fill import fit_tiers, water_fill
+from autoballoon.policy.inputs import Inputs, effective_policy
 from autoballoon.tunables import Tunables
 from autoballoon.units import human
 
@@ -101,20 +99,6 @@ class PolicyState:
     time: float | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class Inputs:
-    """What a decision reads besides the snapshot and its own memory."""
-
-    #: Each VM's effective policy (config, metadata and run-time overrides layered); a VM missing here
-    #: uses the policy its snapshot carries.
-    policies: Mapping[str, GuestPolicy] = field(default_factory=dict)
-    #: The health guard's verdicts: quarantines, a host-wide shrink pause, CPU baselines.
-    health: HealthState = field(default_factory=HealthState)
-    health_tunables: HealthTunables = DEFAULT_HEALTH
-    #: Guest OS types named by the operator, overriding what the backend detected.
-    os_types: Mapping[str, str] = field(default_factory=dict)
-
-
 #: ``Status.MANAGED`` as a module constant: an Enum class attribute costs about 100 ns, and classify and
 #: estimate read it for every VM on every tick (0.4 ms a tick at 1,000 guests; see guards._ACTIVE).
 _MANAGED = Status.MANAGED
@@ -152,7 +136,7 @@ def classify(
     held: list[Verdict] = []
     excluded: list[Verdict] = []
     for g in snapshot.guests:
-        policy = _effective_policy(g, inputs, guard)
+        policy = effective_policy(g, inputs)
         record = state.guests.get(g.name, _FIRST_LOOK)
         floor, ceiling = guards.limits(g, policy, t)
         target, actual = g.target_bytes, g.actual_bytes
@@ -217,21 +201,6 @@ def _shrinking(progress: Progress | None) -> bool:
     """A balloon is only "stuck" when it does not inflate: one that does not deflate toward a grow is
     sent the grow again instead (see :func:`_retries`), since the guest needs that memory."""
     return progress is not None and progress.inflating
-
-
-def _effective_policy(g: GuestSnapshot, inputs: Inputs, guard: HealthTunables) -> GuestPolicy:
-    """The VM's policy, with the guard's floor for a Windows guest (see :func:`guards.os_floor`)."""
-    policy = inputs.policies.get(g.name) or g.policy
-    os_type = inputs.os_types.get(g.name, g.os_type)
-    if not guard.enabled or os_type != "windows":
-        return policy
-    return guards.os_floor(
-        policy,
-        os_type,
-        g.max_bytes,
-        min_bytes=guard.windows_min_bytes,
-        min_fraction=guard.windows_min_fraction,
-    )
 
 
 # --- 2. estimate ------------------------------------------------------------------------------------

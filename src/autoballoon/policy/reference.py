@@ -24,7 +24,8 @@ from autoballoon import guards
 from autoballoon.guards import Status
 from autoballoon.model import Action, GuestDecision, HostSnapshot, Plan
 from autoballoon.policy import mom, proxmox
-from autoballoon.policy.default import Inputs, host_reserve
+from autoballoon.policy.default import host_reserve
+from autoballoon.policy.inputs import Inputs
 from autoballoon.policy.mom import MomState  # the class's `mom` field hides the module in its annotations
 from autoballoon.tunables import Tunables
 
