@@ -18,8 +18,10 @@ from autoballoon.evaluate.metrics import Metrics
 from autoballoon.evaluate.policies import DaemonPolicy
 from autoballoon.evaluate.runner import Job, run_simulation
 from autoballoon.model import HostSnapshot
-from autoballoon.policy import DefaultPolicy, default
-from autoballoon.policy.fill import water_fill
+from autoballoon.policy import DefaultPolicy
+from autoballoon.policy.default import allocate
+from autoballoon.policy.default.columns import Columns
+from autoballoon.policy.fill import fit_tiers, water_fill
 from autoballoon.sim.engine import Simulation
 from autoballoon.sim.scenario import loads_scenario
 from autoballoon.tunables import Tunables
@@ -105,7 +107,7 @@ def test_without_paying_growth_from_free_memory_the_host_is_overrun(monkeypatch:
     def pay_everything(c: object, alloc: I64, pool: int, hard_pool: int) -> I64:
         return alloc
 
-    monkeypatch.setattr(default, "pay_growth", pay_everything)
+    monkeypatch.setattr(allocate, "pay_growth", pay_everything)
     ablated, _ = measure(GROWTH_WHILE_SHRINKING)
     print(f"host overrun: {kept.host_overrun_s:g} s with the rule, {ablated.host_overrun_s:g} s without")
     assert ablated.host_overrun_s >= 5
@@ -252,16 +254,16 @@ def test_without_the_oom_floor_a_short_host_kills(monkeypatch: pytest.MonkeyPatc
     kept, _ = measure(SHORT)
     assert kept.oom_kills == 0
 
-    def needs_by_shares(c: default._Columns, pool: int, hard_pool: int, room: int) -> tuple[I64, int, bool]:
+    def needs_by_shares(c: Columns, pool: int, hard_pool: int, room: int) -> tuple[I64, int, bool]:
         """The share-out without the OOM-floor tier: when the needs do not fit, every guest gets the same
         share above its floor, whatever its demand."""
-        fitted = default.fit_tiers([c.need.tolist(), c.want.tolist()], pool, c.shares)
+        fitted = fit_tiers([c.need.tolist(), c.want.tolist()], pool, c.shares)
         if fitted is not None:
             return np.array(fitted, dtype=np.int64), pool, False
         shared = water_fill(c.floor.tolist(), c.need.tolist(), c.shares, pool - int(c.floor.sum()))
         return np.array(shared, dtype=np.int64), pool, True
 
-    monkeypatch.setattr(default, "goals", needs_by_shares)
+    monkeypatch.setattr(allocate, "goals", needs_by_shares)
     ablated, _ = measure(SHORT)
     print(f"OOM kills: {kept.oom_kills} with the OOM floor, {ablated.oom_kills} without")
     assert ablated.oom_kills > 0

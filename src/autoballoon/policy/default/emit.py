@@ -1,0 +1,164 @@
+"""Phase 4, emit: each VM's action with its reason and figures, the events an operator must hear about,
+and what to remember of it for the next decision."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+from autoballoon.guards import Status
+from autoballoon.health import autodeflate_command, reporting_command
+from autoballoon.model import Action, Event, GuestDecision, HostSnapshot
+from autoballoon.policy.default.classify import Verdict, retries
+from autoballoon.policy.default.estimate import Estimate
+from autoballoon.policy.default.state import GuestRecord
+from autoballoon.tunables import Tunables
+
+
+def _grow_reason(e: Estimate, old: int, new: int, want: int) -> str:
+    if e.blind:
+        reason = "no-stats"
+    elif e.verdict.self_deflated:
+        reason = "autodeflate"
+    elif e.pressure:
+        reason = "pressure"
+    elif old < e.verdict.floor:
+        reason = "floor"
+    else:
+        reason = "demand"
+    return reason + (" (host-short)" if new < want else "")
+
+
+def _shrink_reason(e: Estimate, old: int, new: int, want: int, danger: bool) -> str:
+    if old > e.verdict.ceiling and new == e.verdict.ceiling:
+        return "max"
+    if new >= want:
+        return "idle"
+    return "host-danger" if danger else "host-short"
+
+
+def _status_event(v: Verdict) -> Event | None:
+    previous = v.record.status
+    if v.status == previous or (v.status == Status.MANAGED and previous in ("", Status.EXCLUDED)):
+        return None
+    message = f"{v.guest.name}: {v.status}" + (f": {v.reason}" if v.reason else "")
+    return Event(v.guest.name, "status", message, {"status": str(v.status), "previous": previous or None})
+
+
+def _autodeflate_warning(v: Verdict) -> Event | None:
+    if v.guest.balloon.autodeflate or v.record.warned_autodeflate:
+        return None
+    name = v.guest.name
+    command = autodeflate_command(name)
+    message = (
+        f"{name}: warning: managed without autodeflate; an allocation larger than its room within one "
+        f"reaction time can OOM-kill in the guest (fix at next boot: '{command}')"
+    )
+    return Event(name, "warning", message, {"autodeflate": False, "remedy": command})
+
+
+def _reporting_warning(v: Verdict) -> Event | None:
+    """Once per guest that would give the host more with free page reporting: a Linux guest (whose
+    driver reports free pages since Linux 5.8) with a balloon alone hands back only what the balloon
+    takes, and only if the guest had touched it (docs/mechanisms.md measures the difference)."""
+    g = v.guest
+    if v.record.warned_reporting or g.mechanism != "balloon" or g.os_type != "linux":
+        return None
+    command = reporting_command(g.name)
+    message = (
+        f"{g.name}: warning: its balloon gives the host back only the pages it takes; with free page "
+        f"reporting the host would also get the guest's free memory, without a cap on the guest (from its "
+        f"next boot: '{command}')"
+    )
+    return Event(g.name, "warning", message, {"free_page_reporting": False, "remedy": command})
+
+
+class Emitted(NamedTuple):
+    """One VM's part of the plan: its action (if any), its events, what to remember, what to show."""
+
+    action: Action | None
+    events: tuple[Event, ...]
+    record: GuestRecord
+    decision: GuestDecision
+    status: str
+    reason: str
+
+
+def _notices(v: Verdict) -> tuple[tuple[Event, ...], bool, bool]:
+    """The status change and the once-per-guest warnings (most ticks have none: the cheap tests first);
+    and whether the autodeflate and reporting warnings have now been given."""
+    rec = v.record
+    event = _status_event(v) if v.status != rec.status else None
+    warning = None if rec.warned_autodeflate else _autodeflate_warning(v)
+    hint = None if rec.warned_reporting else _reporting_warning(v)
+    events = tuple(x for x in (event, warning, hint) if x is not None)
+    return events, rec.warned_autodeflate or warning is not None, rec.warned_reporting or hint is not None
+
+
+def emit_managed(
+    e: Estimate, new: int, want: int, oom_floor: int, need: int, goal: int, danger: bool, budget: int,
+    snapshot: HostSnapshot, t: Tunables,
+) -> Emitted:  # fmt: skip
+    """A managed VM's action toward its new target, with its reason and the numbers behind it."""
+    v, g = e.verdict, e.verdict.guest
+    now, old, rec = snapshot.time, g.target_bytes, v.record
+    last_grow, shrink_wall, retried_at = rec.last_grow, rec.shrink_wall, rec.retried_at
+    action = None
+    if new > old:
+        action = Action(
+            g.name, old, new, _grow_reason(e, old, new, want), e.demand, g.stats.available, budget
+        )
+        last_grow = now
+    elif new < old:
+        reason = _shrink_reason(e, old, new, want, danger)
+        action = Action(g.name, old, new, reason, e.demand, g.stats.available, budget)
+        shrink_wall = snapshot.wall_time
+    elif retries(v, now, t):
+        action = Action(g.name, old, old, "retry", e.demand, g.stats.available, budget)
+        retried_at = now
+    events, warned_autodeflate, warned_reporting = _notices(v)
+    shrink_held = v.shrink_hold is not None and new == old and want < old
+    record = GuestRecord(
+        status=v.status, seen_time=now, seen_target=old, seen_actual=g.actual_bytes, planned_target=new,
+        demand=e.demand, used=e.used, reserved=e.reserved, seen_wall=snapshot.wall_time,
+        stats_time=e.stats_time, swap_in=e.swap_in, major_faults=e.major_faults, rise_rate=e.rise_rate,
+        trend=e.trend, rate=e.rate, jump=e.jump, pressure_at=e.pressure_at, last_grow=last_grow,
+        shrink_wall=shrink_wall, progress=v.progress, retried_at=retried_at,
+        warned_autodeflate=warned_autodeflate, warned_reporting=warned_reporting, stats_actual=e.stats_actual,
+    )  # fmt: skip
+    return Emitted(
+        action=action,
+        events=events,
+        record=record,
+        decision=GuestDecision(e.demand, want, v.floor, v.ceiling, e.pressure, oom_floor, need, e.used, goal),
+        status=v.status,
+        reason=f"shrink held: {v.shrink_hold}" if shrink_held else v.reason,
+    )
+
+
+def emit_other(v: Verdict, budget: int, snapshot: HostSnapshot) -> Emitted:
+    """A VM that is not managed: its held move (decided in :func:`.classify.classify`), if any."""
+    g, rec, now = v.guest, v.record, snapshot.time
+    event = _status_event(v)
+    planned, retried_at, action = g.target_bytes, rec.retried_at, None
+    if v.held_move is not None:
+        planned, why = v.held_move
+        action = Action(g.name, g.target_bytes, planned, why, available=g.stats.available, budget=budget)
+        retried_at = now if why == "retry" else retried_at
+    record = GuestRecord(
+        status=v.status, seen_time=now, seen_target=g.target_bytes, seen_actual=g.actual_bytes,
+        seen_wall=snapshot.wall_time, planned_target=planned, demand=rec.demand,
+        used=g.used_bytes + rec.reserved if g.used_bytes is not None else None, reserved=rec.reserved,
+        stats_time=g.stats.last_update, swap_in=g.stats.swap_in, major_faults=g.stats.major_faults,
+        rate=rec.rate, jump=rec.jump, last_grow=now if planned > g.target_bytes else rec.last_grow,
+        shrink_wall=rec.shrink_wall, progress=v.progress, stuck_until=v.stuck_until,
+        manual_until=v.manual_until, retried_at=retried_at, warned_autodeflate=rec.warned_autodeflate,
+        warned_reporting=rec.warned_reporting,
+    )  # fmt: skip
+    return Emitted(
+        action=action,
+        events=(event,) if event is not None else (),
+        record=record,
+        decision=GuestDecision(rec.demand, None, v.floor, v.ceiling, False),
+        status=v.status,
+        reason=v.reason,
+    )
