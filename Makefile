@@ -7,6 +7,7 @@
 #   make evaluate  every policy on every scenario; writes docs/evaluation.md
 #   make realbench every policy on real guests (root; about 20 min); writes docs/evaluation-real.md
 #   make mechbench the reclaim mechanisms on real guests (root; 7 min); realbench then reports them
+#   make install   install on this Debian/Proxmox host (root): /opt/autoballoon, /usr/bin, the unit, config
 
 PYTHON ?= python3
 VENV ?= .venv
@@ -18,7 +19,7 @@ endif
 PY := $(BIN)/python
 STAMP := $(BIN)/.autoballoon
 
-.PHONY: demo test lint bench soak evaluate realbench mechbench rig clean help
+.PHONY: demo test lint bench soak evaluate realbench mechbench rig install clean help
 
 help:
 	@sed -n 's/^#   //p' Makefile
@@ -48,6 +49,11 @@ demo: $(STAMP)-base
 
 rig:
 	scripts/setup-rig
+
+# A virtualenv of its own in /opt/autoballoon (Debian 12 refuses pip into the system Python), seeing
+# Debian's python3-libvirt; /usr/bin/autoballoon, the unit and the example config. DESTDIR stages it.
+install:
+	scripts/install-host
 
 # The lint runs first: CI (`.ci/run`) runs `make test`, so it checks the types and the format too.
 test: rig $(STAMP)-test $(STAMP)-libvirt lint

@@ -17,6 +17,8 @@ from autoballoon.state import DEFAULT_STATE_PATH
 
 UNIT = Path(__file__).resolve().parents[1] / "contrib" / "autoballoon.service"
 EXAMPLE_JOURNAL = PurePosixPath("/var/log/autoballoon/journal.jsonl")
+#: Where scripts/install-host links the program (the unit's ExecStart runs it).
+INSTALLED_PROGRAM = "/usr/bin/autoballoon"
 
 #: Where systemd puts each ``*Directory=`` of a system unit (systemd.exec(5), "RuntimeDirectory=").
 _DIRECTORY_ROOTS = {
@@ -67,7 +69,7 @@ def test_unit_declares_its_directories() -> None:
 def test_systemd_analyze_verify(tmp_path: Path) -> None:
     """The unit as systemd reads it, with ExecStart pointed at a program that exists here (verify
     refuses a missing executable, and the package installs autoballoon elsewhere)."""
-    text = UNIT.read_text().replace("/usr/local/bin/autoballoon", shutil.which("true") or "/bin/true")
+    text = UNIT.read_text().replace(INSTALLED_PROGRAM, shutil.which("true") or "/bin/true")
     unit = tmp_path / UNIT.name
     unit.write_text(text)
     done = subprocess.run(
@@ -85,3 +87,9 @@ def test_systemctl_reload_sends_the_daemon_sighup() -> None:
     """The daemon reloads its config and reopens its journal on SIGHUP; ``systemctl reload`` (and a
     logrotate postrotate that calls it) must send exactly that."""
     assert _service()["ExecReload"] == "/bin/kill -HUP $MAINPID"
+
+
+def test_the_unit_runs_the_installed_program() -> None:
+    """It ran /usr/local/bin/autoballoon, which Debian 12 refuses to install system-wide with pip;
+    scripts/install-host links /usr/bin/autoballoon to its own virtualenv."""
+    assert _service()["ExecStart"].split()[0] == INSTALLED_PROGRAM

@@ -15,8 +15,9 @@ if TYPE_CHECKING:
     from autoballoon.backends.libvirt.backend import LibvirtBackend, LibvirtTunables
 
 INSTALL_HINT = (
-    "the libvirt backend needs libvirt-python: pip install 'autoballoon[libvirt]' "
-    "(it compiles against libvirt: on Debian/Ubuntu first apt-get install libvirt-dev pkg-config)"
+    "the libvirt backend needs libvirt-python: on Debian apt-get install python3-libvirt (make install's "
+    "virtualenv sees it), or pip install '.[libvirt]' in a checkout (it compiles against libvirt: first "
+    "apt-get install libvirt-dev pkg-config)"
 )
 
 

@@ -15,7 +15,7 @@ from autoballoon.errors import MissingDependencyError
 if TYPE_CHECKING:
     from autoballoon.backends.qmp.backend import QmpBackend
 
-INSTALL_HINT = "the qmp:// and proxmox:// backends need qemu.qmp: pip install 'autoballoon[qmp]'"
+INSTALL_HINT = "the qmp:// and proxmox:// backends need qemu.qmp: pip install '.[qmp]' in a checkout"
 
 
 def __getattr__(name: str) -> Any:
