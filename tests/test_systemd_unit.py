@@ -7,13 +7,13 @@ from __future__ import annotations
 
 import configparser
 import shutil
-import subprocess
 from pathlib import Path, PurePosixPath
 
 import pytest
 
 from autoballoon.config import DEFAULT_CONFIG_PATH
 from autoballoon.state import DEFAULT_STATE_PATH
+from tests.helpers.systemd import verify
 
 UNIT = Path(__file__).resolve().parents[1] / "contrib" / "autoballoon.service"
 EXAMPLE_JOURNAL = PurePosixPath("/var/log/autoballoon/journal.jsonl")
@@ -72,15 +72,7 @@ def test_systemd_analyze_verify(tmp_path: Path) -> None:
     text = UNIT.read_text().replace(INSTALLED_PROGRAM, shutil.which("true") or "/bin/true")
     unit = tmp_path / UNIT.name
     unit.write_text(text)
-    done = subprocess.run(
-        ["systemd-analyze", "verify", "--man=no", str(unit)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr
-    assert "Unknown key" not in done.stderr and "Unknown section" not in done.stderr, done.stderr
+    verify(unit)
 
 
 def test_systemctl_reload_sends_the_daemon_sighup() -> None:
