@@ -101,7 +101,7 @@ def measure(
     config = directory / "autoballoon.toml"
     config.write_text(
         f'interval = {INTERVAL_S}\njournal = "{journal}"\n[host]\nbudget = "{BUDGET // MiB}MiB"\n'
-        f'[defaults]\nmin = "{FLOOR}"\n[guard]\nhost_load_factor = 1000\n'
+        f'[defaults]\nmin = "{FLOOR}"\n[health]\nhost_load_factor = 1000\n'
     )
     daemon: subprocess.Popen[bytes] | None = None
     if mechanism != "none":

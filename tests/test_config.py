@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import re
 from pathlib import Path
 
 import pytest
@@ -136,9 +138,10 @@ def test_manage_limits_the_daemon_to_matching_vms() -> None:
         ("[tunables]\nbuffer = nan", "tunables.buffer", "a fraction from 0 to 1"),
         ("[tunables]\nmin_interval_s = 5", "tunables.interval_s", "at least min_interval_s"),
         ("[tunables]\njournal_ring_size = 0", "tunables.journal_ring_size", "a whole number from 1"),
-        ("[guard]\nsustain_s = inf", "guard.sustain_s", "a number of seconds from 0"),
-        ("[guard]\nbaseline_tau_s = 0", "guard.baseline_tau_s", "above 0"),
-        ('[guard]\nenabled = "yes"', "guard.enabled", "boolean"),
+        ("[health]\nsustain_s = inf", "health.sustain_s", "a number of seconds from 0"),
+        ("[health]\nbaseline_tau_s = 0", "health.baseline_tau_s", "above 0"),
+        ('[health]\nenabled = "yes"', "health.enabled", "boolean"),
+        ("[guard]\nbaseline_tau_s = 0", "guard.baseline_tau_s", "above 0"),  # named as the file has it
         ("[defaults]\nshares = 0", "defaults.shares", "a whole number from 1 to 1000000"),
         ('[defaults]\nmin = "64MiB"', "defaults.min", "a size from 128MiB to"),
         ('[vm.a]\nbuffer = "nan%"', "vm.a.buffer", "percentage"),
@@ -182,3 +185,37 @@ def test_a_toml_number_too_long_for_python_is_refused_not_a_traceback(tmp_path: 
     path.write_text("interval = " + "9" * 5000 + "\n")
     with pytest.raises(InvalidValueError, match="4300 digits"):
         load_config(path)
+
+
+def test_the_health_table_under_its_old_name_is_read_and_warned_about_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    keys = 'sustain_s = 7\nwindows_min = "3GiB"\ndisable_balloon = true\n'
+    new, old = tmp_path / "new.toml", tmp_path / "old.toml"
+    new.write_text("[health]\n" + keys)
+    old.write_text("[guard]\n" + keys)
+    with caplog.at_level(logging.WARNING, logger="autoballoon.config"):
+        current = load_config(new)
+        assert caplog.records == []
+        legacy = load_config(old)
+    assert legacy.health == current.health and current.health.sustain_s == 7.0
+    assert current.health.windows_min_bytes == 3 * GiB and current.health.disable_balloon
+    [record] = caplog.records  # one warning for the table, not one per key
+    message = record.getMessage()
+    assert record.levelno == logging.WARNING
+    assert str(old) in message and "[guard]" in message and "is now called [health]" in message
+
+
+def test_the_health_table_under_both_names_is_refused() -> None:
+    with pytest.raises(InvalidValueError) as e:
+        parse_config({"health": {"sustain_s": 5}, "guard": {"sustain_s": 9}})
+    assert "'guard'" in str(e.value) and "only [health]" in str(e.value)
+
+
+def test_the_shipped_config_names_the_health_table(caplog: pytest.LogCaptureFixture) -> None:
+    text = EXAMPLE.read_text(encoding="utf-8")
+    tables = re.findall(r"^\[(\w+)\]", text, flags=re.MULTILINE)
+    assert "health" in tables and "guard" not in tables
+    with caplog.at_level(logging.WARNING, logger="autoballoon.config"):
+        load_config(EXAMPLE)
+    assert caplog.records == []

@@ -92,7 +92,7 @@ TUNABLES = tuple(f.name for f in fields(Tunables) if not f.name.startswith("host
 TABLES: dict[str, dict[str, Any]] = {
     "tunables": _table(Tunables, only=TUNABLES),
     "host": _table(Tunables, prefix="host_", only=("host_reserve_bytes", "host_budget_bytes")),
-    "guard": _table(HealthTunables),
+    "health": _table(HealthTunables),
     "defaults": {**_table(GuestPolicy), "os": st.one_of(st.sampled_from(["linux", "windows"]), VALUES)},
 }
 

@@ -239,7 +239,7 @@ def test_windows_guests_get_a_safe_floor() -> None:
 def test_health_config_section() -> None:
     cfg = parse_config(
         {
-            "guard": {"sustain_s": 5, "windows_min": "1GiB", "disable_balloon": True},
+            "health": {"sustain_s": 5, "windows_min": "1GiB", "disable_balloon": True},
             "vm": {"win-*": {"os": "windows"}, "win-linux": {"os": "linux"}},
         }
     )
@@ -247,13 +247,13 @@ def test_health_config_section() -> None:
     assert cfg.health.windows_min_bytes == GiB
     assert cfg.os_for("win-linux") == "linux" and cfg.os_for("win-7") == "windows" and cfg.os_for("x") is None
     for bad, key in (
-        ({"cpu_level": 1.5}, "guard.cpu_level"),
-        ({"sustain": 5}, "guard.sustain"),
-        ({"windows_min": 2048}, "guard.windows_min"),
-        ({"host_load_factor": 1.0, "host_load_clear_factor": 2.0}, "guard.host_load_clear_factor"),
+        ({"cpu_level": 1.5}, "health.cpu_level"),
+        ({"sustain": 5}, "health.sustain"),
+        ({"windows_min": 2048}, "health.windows_min"),
+        ({"host_load_factor": 1.0, "host_load_clear_factor": 2.0}, "health.host_load_clear_factor"),
     ):
         with pytest.raises(InvalidValueError, match=key.replace(".", r"\.")):
-            parse_config({"guard": bad})
+            parse_config({"health": bad})
     with pytest.raises(InvalidValueError, match=r"vm\.x\.os"):
         parse_config({"vm": {"x": {"os": "beos"}}})
 

@@ -93,7 +93,7 @@ def status_of(controller: Controller, vm: str) -> str:
 
 def make(config: dict[str, Any] | None = None, cpus: int = 8) -> tuple[SimBackend, Controller]:
     backend = open_sim(cpus)
-    cfg = parse_config({"guard": HEALTH} | (config or {}))
+    cfg = parse_config({"health": HEALTH} | (config or {}))
     return backend, Controller(backend, backend.clock, cfg, Journal(None, ring_size=10_000))
 
 
@@ -138,7 +138,7 @@ def test_a_storm_guest_is_quarantined_deflated_and_left_alone_until_released() -
 
 
 def test_a_quarantine_ends_after_its_time_and_the_guard_catches_the_storm_again() -> None:
-    backend, controller = make({"guard": HEALTH | {"quarantine_s": 300}})
+    backend, controller = make({"health": HEALTH | {"quarantine_s": 300}})
     tick(controller, backend, 120)
     assert len(journal(controller, "quarantine", "storm")) == 1
     tick(controller, backend, 300)
@@ -150,7 +150,7 @@ def test_a_quarantine_ends_after_its_time_and_the_guard_catches_the_storm_again(
 
 def test_storm_harm_with_and_without_the_guard() -> None:
     guarded = make()
-    unguarded = make({"guard": {"enabled": False}})
+    unguarded = make({"health": {"enabled": False}})
     for backend, controller in (guarded, unguarded):
         tick(controller, backend, 600)
     storm_s = []
@@ -163,7 +163,7 @@ def test_storm_harm_with_and_without_the_guard() -> None:
 def test_a_hot_host_pauses_shrinking_and_resumes_after_the_quarantine() -> None:
     # One host CPU: the busy guest alone loads it ~2.0; with the storm guest spinning it is ~3.9.
     tight = {"host_pause_hold_s": 10, "host_load_factor": 3.0, "host_load_clear_factor": 3.0}
-    backend, controller = make({"guard": HEALTH | tight}, cpus=1)
+    backend, controller = make({"health": HEALTH | tight}, cpus=1)
     paused_at: list[float] = []
 
     def watch() -> None:
@@ -183,7 +183,7 @@ def test_a_hot_host_pauses_shrinking_and_resumes_after_the_quarantine() -> None:
 
 
 def test_disable_balloon_edits_only_the_next_boot_config() -> None:
-    backend, controller = make({"guard": HEALTH | {"disable_balloon": True}})
+    backend, controller = make({"health": HEALTH | {"disable_balloon": True}})
     tick(controller, backend, 120)
     (remedy,) = journal(controller, "remedy", "storm")
     assert remedy["applied"] and "next boot" in remedy["message"]
@@ -193,14 +193,14 @@ def test_disable_balloon_edits_only_the_next_boot_config() -> None:
 
 
 def test_enable_autodeflate_gives_guests_the_safety_net_from_their_next_boot() -> None:
-    backend, controller = make({"guard": HEALTH | {"enable_autodeflate": True}})
+    backend, controller = make({"health": HEALTH | {"enable_autodeflate": True}})
     tick(controller, backend, 10)
     remedies = {e["vm"]: e for e in journal(controller, "remedy")}
     assert set(remedies) == {"storm", "busy"} and all(e["applied"] for e in remedies.values())
     assert "autodeflate on" in remedies["busy"]["message"] and "next boot" in remedies["busy"]["message"]
     assert backend.next_boot("busy")["autodeflate"] is True
     assert backend.guest("busy").balloon.autodeflate is False  # it cannot change on the running VM
-    dry_backend, dry = make({"guard": HEALTH | {"enable_autodeflate": True}})
+    dry_backend, dry = make({"health": HEALTH | {"enable_autodeflate": True}})
     dry.dry_run = True
     tick(dry, dry_backend, 10)
     assert journal(dry, "remedy") and all(not e["applied"] for e in journal(dry, "remedy"))
@@ -212,7 +212,7 @@ def test_a_connection_lost_while_applying_a_remedy_does_not_stop_the_daemon(
 ) -> None:
     """The remedy is journalled as not applied, the tick ends normally, and the daemon goes on ticking
     (the lost connection escaped ``tick`` and ended the daemon)."""
-    backend, controller = make({"guard": HEALTH | {"enable_autodeflate": True}})
+    backend, controller = make({"health": HEALTH | {"enable_autodeflate": True}})
 
     def lost(vm: str, change: object) -> None:
         raise ConnectionLostError("the connection dropped")
@@ -225,7 +225,7 @@ def test_a_connection_lost_while_applying_a_remedy_does_not_stop_the_daemon(
 
 
 def test_windows_guest_floor_in_the_daemon() -> None:
-    backend, controller = make({"guard": {"enabled": True, "windows_min_fraction": 0.75}})
+    backend, controller = make({"health": {"enabled": True, "windows_min_fraction": 0.75}})
     tick(controller, backend, 600)
     storm = backend.guest("storm")
     assert storm.os_type == "windows"

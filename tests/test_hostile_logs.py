@@ -50,7 +50,7 @@ def _quarantined_controller() -> tuple[SimBackend, Controller]:
     sim.run(30.0)
     backend = SimBackend(sim, uri="sim:///hostile")
     config = parse_config(
-        {"guard": {"sustain_s": 10, "window_s": 60, "quarantine_s": 0, "disable_balloon": True}}
+        {"health": {"sustain_s": 10, "window_s": 60, "quarantine_s": 0, "disable_balloon": True}}
     )
     controller = Controller(backend, backend.clock, config, Journal(None, ring_size=10_000))
     for _ in range(int(120 / config.interval_s)):

@@ -77,7 +77,7 @@ demand = { shape = "constant", level = "1G" }
 
 
 def daemon(backend: SimBackend, path: Path) -> Controller:
-    config = parse_config({"guard": {"sustain_s": 10, "window_s": 60, "quarantine_s": 0}})
+    config = parse_config({"health": {"sustain_s": 10, "window_s": 60, "quarantine_s": 0}})
     return Controller(backend, backend.clock, config, Journal(None), store=StateStore(path))
 
 

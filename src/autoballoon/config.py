@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import fnmatch
 import functools
+import logging
 import tomllib
 import typing
 from collections.abc import Mapping
@@ -32,8 +33,15 @@ from autoballoon.state import DEFAULT_STATE_PATH
 from autoballoon.tunables import Tunables
 from autoballoon.units import BUFFER_FORMS, parse_buffer, parse_percent, parse_size
 
+log = logging.getLogger("autoballoon.config")
+
 #: Used when ``--config`` is not given and this file exists.
 DEFAULT_CONFIG_PATH = Path("/etc/autoballoon/autoballoon.toml")
+#: The table of the health guard (the CPU-storm and hot-host watch), and the name it had before: "guard"
+#: also meant the safety rules, so one word now names it everywhere. The old name is still read, with
+#: a warning, so that an existing file keeps working.
+HEALTH_TABLE = "health"
+OLD_HEALTH_TABLE = "guard"
 
 SIZE_FORMS = "a string with a unit: '512MiB', '2GiB' (powers of 1024), '1GB' (powers of 1000), '4096B'"
 FRACTION_FORMS = "a fraction like 0.2 or a percentage string like '20%'"
@@ -134,7 +142,7 @@ def _tables() -> dict[str, _Table]:
     return {
         "tunables": _Table(Tunables, "Tunables", skip=host),
         "host": _Table(Tunables, "Host", only=host, prefix="host_"),
-        "guard": _Table(HealthTunables, "Guard"),
+        HEALTH_TABLE: _Table(HealthTunables, "Health"),
         "vm": _Table(
             GuestPolicy,
             "VM",
@@ -155,7 +163,9 @@ class ConfigFile(BaseModel):
     restore_to: RestoreTo = "max"
     manage: list[Annotated[str, Strict()]] | None = None
     host: dict[str, Any] = Field(default_factory=dict)
-    guard: dict[str, Any] = Field(default_factory=dict)
+    health: dict[str, Any] = Field(default_factory=dict)
+    #: ``[health]`` under its old name; None when the file does not have it.
+    guard: dict[str, Any] | None = None
     defaults: dict[str, Any] = Field(default_factory=dict)
     tunables: dict[str, Any] = Field(default_factory=dict)
     vm: dict[str, dict[str, Any]] = Field(default_factory=dict)
@@ -269,6 +279,35 @@ def _section(table: _Table, raw: Any, prefix: str) -> tuple[GuestPolicy, str | N
     return policy, os_type
 
 
+def _health(parsed: ConfigFile, table: _Table, source: str | None) -> HealthTunables:
+    """``[health]``, or the same table under its old name ``[guard]`` (warned about, once per reading of
+    the file); both at once is refused, since which one wins would be a guess. Refusals name the table
+    as the file writes it."""
+    name, raw = HEALTH_TABLE, parsed.health
+    if parsed.guard is not None:
+        where = f"config file {source}" if source else "the config"
+        if HEALTH_TABLE in parsed.model_fields_set:
+            raise InvalidValueError(
+                f"config key {OLD_HEALTH_TABLE!r}",
+                parsed.guard,
+                f"only [{HEALTH_TABLE}]: [{OLD_HEALTH_TABLE}] is its old name; move its keys into "
+                f"[{HEALTH_TABLE}]",
+            )
+        log.warning(
+            "%s: the [%s] table is now called [%s]; rename it (it is still read as [%s] for now)",
+            where,
+            OLD_HEALTH_TABLE,
+            HEALTH_TABLE,
+            HEALTH_TABLE,
+        )
+        name, raw = OLD_HEALTH_TABLE, parsed.guard
+    values = table.read(raw, name)
+    try:
+        return HealthTunables(**values)
+    except ConstraintError as e:
+        raise InvalidValueError(table.key(name, e.field), e.value, e.accepted) from None
+
+
 def parse_config(raw: Mapping[str, Any], *, source: str | None = None) -> DaemonConfig:
     """Validate a config already read from TOML (a dict)."""
     try:
@@ -288,11 +327,7 @@ def parse_config(raw: Mapping[str, Any], *, source: str | None = None) -> Daemon
     except ConstraintError as e:
         where = "host" if e.field in tables["host"].fields.values() else "tunables"
         raise InvalidValueError(tables[where].key(where, e.field), e.value, e.accepted) from None
-    health_values = tables["guard"].read(parsed.guard, "guard")
-    try:
-        health = HealthTunables(**health_values)
-    except ConstraintError as e:
-        raise InvalidValueError(tables["guard"].key("guard", e.field), e.value, e.accepted) from None
+    health = _health(parsed, tables[HEALTH_TABLE], source)
     defaults, _ = _section(tables["vm"], parsed.defaults, "defaults")
     sections = {name: _section(tables["vm"], body, f"vm.{name}") for name, body in parsed.vm.items()}
     exact = {name: policy for name, (policy, _) in sections.items() if not _is_glob(name)}

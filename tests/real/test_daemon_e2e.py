@@ -88,7 +88,7 @@ manage = [{names}]
 budget = "{BUDGET_MIB}MiB"
 # Four TCG guests and whatever else runs on the rig's two CPUs can hold the load average above 2 per CPU:
 # the hot-host pause would then stop the shrinks this test waits for (as in the QMP daemon test).
-[guard]
+[health]
 host_load_factor = 1000
 """
     )

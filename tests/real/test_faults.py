@@ -119,7 +119,7 @@ on_exit = "hold"
 manage = [{names}]
 [tunables]
 stats_stale_s = {STATS_STALE_S}
-[guard]
+[health]
 enabled = false  # its host-load pause would hold every shrink on a rig shared by other test runs
 """
     )

@@ -1,6 +1,6 @@
 """The health guard on real guests: ``autoballoon run`` as a subprocess quarantines a guest that burns its
 CPU whenever it is ballooned, deflates it to its max, names the remedy in the journal and the log, and
-with ``[guard] disable_balloon = true`` applies ``model='none'`` to the persistent config only.
+with ``[health] disable_balloon = true`` applies ``model='none'`` to the persistent config only.
 
 Two persistent 512 MiB guests (no autodeflate, so a balloon lowers the guest's MemTotal): ``sick`` runs
 the rig agent's ``burncpu-when-ballooned`` (it spins a vCPU whenever its MemTotal is below the boot value),
@@ -64,7 +64,7 @@ interval = {INTERVAL_S}
 journal = "{journal}"
 state = "{journal.with_name("state.json")}"
 manage = ["{sick.name}", "{calm.name}"]
-[guard]
+[health]
 cpu_level = 0.6
 baseline_margin = 0.3
 sustain_s = {SUSTAIN_S}

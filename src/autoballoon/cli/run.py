@@ -186,7 +186,7 @@ def status_table(status: ControllerStatus) -> Group:
     multiple=True,
     metavar="NAME",
     help="Also answer requests whose Host header is NAME (repeatable); by default only the listen "
-    "address and, on loopback, localhost (a guard against DNS rebinding).",
+    "address and, on loopback, localhost (a defence against DNS rebinding).",
 )
 @click.option(
     "--tls-cert",

@@ -68,7 +68,7 @@ def daemon(make_qemu_guests: Any, socket_dir: Path, tmp_path: Path):  # type: ig
         f'[host]\nbudget = "{BUDGET_MIB}MiB"\n'
         # The rig's host is shared (other suites' guests load both CPUs): the hot-host pause would make
         # this test measure the neighbours, as in the real benchmark.
-        "[guard]\nhost_load_factor = 1000\n"
+        "[health]\nhost_load_factor = 1000\n"
     )
     log = (tmp_path / "daemon.log").open("w")
     uri = f"qmp://{socket_dir}/?glob=*.qmp"
