@@ -98,27 +98,33 @@ def shrink_allowance(
     return may_shrink, max(t.shrink_min_step_bytes, int(v.ceiling * t.shrink_rate_per_s * dt))
 
 
-def estimate(v: Verdict, now: float, wall: float, t: Tunables) -> Estimate:
-    """Demand and tiers of one managed VM, from its stats and what it remembered."""
+def _blind(v: Verdict, now: float, t: Tunables) -> Estimate:
+    """A VM that lost its stats: what it has is the least it keeps (see :func:`.tiers.tiers`), and it
+    remembers what it knew."""
     g, rec = v.guest, v.record
-    stats = g.stats
     target = g.target_bytes
     actual = g.actual_bytes if g.actual_bytes is not None else target
-    latency = reaction_time(g, t)
-    shares = float(v.policy.shares if v.policy.shares is not None else t.default_shares)
-    exposed, reports = not g.balloon.autodeflate, g.mechanism == "report"
-    if v.status != Status.MANAGED:  # blind: what it has is the least it keeps (see :func:`tiers`)
-        held = min(max(target, actual), v.ceiling)
-        may_shrink, step = shrink_allowance(v, rec.stats_time, True, now, t)
-        return Estimate(
-            verdict=v, target=target, actual=actual, floor=v.floor, ceiling=v.ceiling, used=rec.used or 0,
-            demand=rec.demand or 0, pressure=False, blind=True, urgent=v.self_deflated, exposed=exposed,
-            reports=reports, swaps=False, latency=latency, buffer=0.0, shares=shares, least_need=held,
-            least_oom_floor=held, may_shrink=may_shrink, step=step, reserved=rec.reserved,
-            stats_time=rec.stats_time, swap_in=rec.swap_in, major_faults=rec.major_faults, rise_rate=0.0,
-            trend=0.0, rate=rec.rate, jump=rec.jump, pressure_at=rec.pressure_at,
-            stats_actual=rec.stats_actual,
-        )  # fmt: skip
+    held = min(max(target, actual), v.ceiling)
+    may_shrink, step = shrink_allowance(v, rec.stats_time, True, now, t)
+    return Estimate(
+        verdict=v, target=target, actual=actual, floor=v.floor, ceiling=v.ceiling, used=rec.used or 0,
+        demand=rec.demand or 0, pressure=False, blind=True, urgent=v.self_deflated,
+        exposed=not g.balloon.autodeflate, reports=g.mechanism == "report", swaps=False,
+        latency=reaction_time(g, t), buffer=0.0, shares=_shares(v, t), least_need=held, least_oom_floor=held,
+        may_shrink=may_shrink, step=step, reserved=rec.reserved, stats_time=rec.stats_time,
+        swap_in=rec.swap_in, major_faults=rec.major_faults, rise_rate=0.0, trend=0.0, rate=rec.rate,
+        jump=rec.jump, pressure_at=rec.pressure_at, stats_actual=rec.stats_actual,
+    )  # fmt: skip
+
+
+def _shares(v: Verdict, t: Tunables) -> float:
+    return float(v.policy.shares if v.policy.shares is not None else t.default_shares)
+
+
+def _used(v: Verdict, actual: int, t: Tunables) -> tuple[int, int, int | None]:
+    """What the guest uses (the kernel's reserved memory included), that reserve, and the balloon size
+    its stats were taken against."""
+    g, rec, stats = v.guest, v.record, v.guest.stats
     still = rec.seen_actual is not None and abs(actual - rec.seen_actual) <= t.stuck_tolerance_bytes
     stats_wall = stats.last_update or 0.0
     # The balloon has not moved since the last look, and these stats were taken after it: they agree.
@@ -139,6 +145,22 @@ def estimate(v: Verdict, now: float, wall: float, t: Tunables) -> Estimate:
         stats_actual = rec.seen_actual if older else actual
     if follows_balloon and stats_actual is not None:
         used = max(0, used - (actual - stats_actual))
+    return used, reserved, stats_actual
+
+
+class _Growth(NamedTuple):
+    """What the stats since the last report say of the guest's growth and of swapping."""
+
+    stats_time: float | None
+    rise_rate: float
+    trend: float
+    rate: float
+    jump: int
+    boost: int  # bytes swapped in fast enough to count as pressure (1: major faults did)
+
+
+def _growth(v: Verdict, used: int, now: float, t: Tunables) -> _Growth:
+    rec, stats = v.record, v.guest.stats
     # Rates are per second of *stats* time: a guest polled every 10 s shows 10 s of change at once.
     stats_time = stats.last_update
     sdt = stats_time - rec.stats_time if stats_time and rec.stats_time else 0.0
@@ -151,9 +173,7 @@ def estimate(v: Verdict, now: float, wall: float, t: Tunables) -> Estimate:
         rate *= 0.5 ** (dt / t.rate_half_life_s)
     if jump and dt > 0:
         jump = int(jump * 0.5 ** (dt / t.jump_half_life_s))
-    raw = used
     boost = 0
-    signal = (stats.available or 0) < t.low_available_bytes or v.self_deflated
     if fresh:
         rise = used - rec.used if rec.used is not None else 0
         rise_rate = rise / sdt if rise > 0 else 0.0
@@ -161,7 +181,7 @@ def estimate(v: Verdict, now: float, wall: float, t: Tunables) -> Estimate:
             jump = max(jump, rise)
         # A rate counts once two reports in a row show it: one jump is not a ramp (the jump is
         # remembered above, and the cushion keeps room for another like it). The ramp going on now is
-        # projected ahead by the tiers (see :func:`tiers`), not into the demand: the demand decays
+        # projected ahead by the tiers (see :func:`.tiers.tiers`), not into the demand: the demand decays
         # slowly, and a ramp that has stopped needs no more room ahead of it.
         trend = min(rise_rate, rec.rise_rate)
         rate = max(rate, trend)
@@ -175,16 +195,29 @@ def estimate(v: Verdict, now: float, wall: float, t: Tunables) -> Estimate:
             and (stats.major_faults - rec.major_faults) / sdt > t.major_fault_pressure_per_s
         ):
             boost = max(boost, 1)
-    if boost:
+    return _Growth(stats_time, rise_rate, trend, rate, jump, boost)
+
+
+def estimate(v: Verdict, now: float, wall: float, t: Tunables) -> Estimate:
+    """Demand and tiers of one managed VM, from its stats and what it remembered."""
+    if v.status != Status.MANAGED:
+        return _blind(v, now, t)
+    g, rec, stats = v.guest, v.record, v.guest.stats
+    actual = g.actual_bytes if g.actual_bytes is not None else g.target_bytes
+    used, reserved, stats_actual = _used(v, actual, t)
+    growth = _growth(v, used, now, t)
+    raw = used
+    signal = (stats.available or 0) < t.low_available_bytes or v.self_deflated
+    if growth.boost:
         signal = True
-        raw += boost + int(v.ceiling * t.pressure_boost_fraction)
+        raw += growth.boost + int(v.ceiling * t.pressure_boost_fraction)
     pressure_at = now if signal else rec.pressure_at
     pressure = pressure_at is not None and now - pressure_at < t.pressure_hold_s
+    dt = now - rec.seen_time if rec.seen_time is not None else 0.0
     if rec.demand is None or raw >= rec.demand or dt <= 0:
         demand = raw
     else:
         demand = raw + int((rec.demand - raw) * math.exp(-dt / t.demand_decay_s))
-
     ceiling = v.ceiling
     least_need = least_oom_floor = 0
     if v.self_deflated:  # it ran past its memory: what it took back, and more, since it is still short
@@ -192,13 +225,14 @@ def estimate(v: Verdict, now: float, wall: float, t: Tunables) -> Estimate:
         least_oom_floor = min(actual, ceiling)
     if pressure:  # never less than it has while it is short
         least_need = max(least_need, min(g.target_bytes, ceiling))
-    buffer = v.policy.buffer if v.policy.buffer is not None else t.buffer
-    may_shrink, step = shrink_allowance(v, stats_time, False, now, t)
+    may_shrink, step = shrink_allowance(v, growth.stats_time, False, now, t)
     return Estimate(
-        verdict=v, target=target, actual=actual, floor=v.floor, ceiling=ceiling, used=used, demand=demand,
-        pressure=pressure, blind=False, urgent=pressure or v.self_deflated, exposed=exposed, reports=reports,
-        swaps=(stats.swap_out or 0) > 0, latency=latency, buffer=buffer, shares=shares, least_need=least_need,
-        least_oom_floor=least_oom_floor, may_shrink=may_shrink, step=step, reserved=reserved,
-        stats_time=stats_time, swap_in=stats.swap_in, major_faults=stats.major_faults, rise_rate=rise_rate,
-        trend=trend, rate=rate, jump=jump, pressure_at=pressure_at, stats_actual=stats_actual,
+        verdict=v, target=g.target_bytes, actual=actual, floor=v.floor, ceiling=ceiling, used=used,
+        demand=demand, pressure=pressure, blind=False, urgent=pressure or v.self_deflated,
+        exposed=not g.balloon.autodeflate, reports=g.mechanism == "report", swaps=(stats.swap_out or 0) > 0,
+        latency=reaction_time(g, t), buffer=v.policy.buffer if v.policy.buffer is not None else t.buffer,
+        shares=_shares(v, t), least_need=least_need, least_oom_floor=least_oom_floor, may_shrink=may_shrink,
+        step=step, reserved=reserved, stats_time=growth.stats_time, swap_in=stats.swap_in,
+        major_faults=stats.major_faults, rise_rate=growth.rise_rate, trend=growth.trend, rate=growth.rate,
+        jump=growth.jump, pressure_at=pressure_at, stats_actual=stats_actual,
     )  # fmt: skip

@@ -1,4 +1,36 @@
-"""The three tiers of every managed VM at once: its OOM floor, its need and its want (see :func:`tiers`)."""
+"""The three tiers of every managed VM: its OOM floor, its need and its want.
+
+Per VM, as :func:`tiers` computes them for all VMs at once::
+
+    growth    = trend * max(trend_lookahead, latency)
+    margin    = oom_margin + oom_margin_fraction * ceiling
+    rising    = max(growth, rise * latency)
+    oom_floor = clamp(align_up(used + rising + margin), floor, ceiling)       without autodeflate
+              = clamp(align_up(used + growth + margin), floor, ceiling)       with
+                at least least_oom_floor (but never above what the guest has, if it swaps)
+    headroom  = min_headroom + oom_margin_fraction * ceiling
+    need      = clamp(align_up(demand + growth + headroom), floor, ceiling), at least least_need
+    room      = max(headroom, buffer * demand, rate * latency)                    with autodeflate
+              = max(headroom, buffer * demand,
+                    max(growth_allowance * latency, rate * latency, jump, prior)
+                    + margin)                                                      without
+    want      = clamp(align_up(demand + rising + room), need, ceiling), at least oom_floor
+              = ceiling                                         with free page reporting
+
+where ``rise`` is the growth rate the last stats report showed, ``trend`` the growth rate of the
+ramp going on now (the last two stats reports agree on it), ``rate`` the fastest steady growth
+remembered (fading), and ``prior = min(jump_prior_fraction * ceiling, jump_prior_max)``. The growth
+of a ramp in progress is projected ahead of the guest; once it stops, only the room remembers it.
+A guest without autodeflate is OOM-killed by a burst that outruns its room, so its room holds what
+it can bring within one reaction time by any way the estimate knows (a steady growth, its own
+jumps, a first burst) on top of the MemAvailable the OOM killer fires with. On the rig, a 512 MiB
+guest with N MiB available survived a 40 MiB/s ramp for N = 128 and an allocation at once of up to
+0.75 N, with a daemon ticking every 2 s on stats every second. A guest with autodeflate takes
+balloon pages back by itself when a burst outruns the daemon (120 to 330 MiB within 2 s on the rig,
+no OOM kill), and the policy then follows it up; its room is the headroom, the buffer and its
+remembered growth. A guest with free page reporting gives the host its free pages without the
+balloon, which would only cap it.
+"""
 
 from __future__ import annotations
 
@@ -10,36 +42,7 @@ from autoballoon.tunables import Tunables
 
 
 def tiers(c: Columns, t: Tunables) -> tuple[I64, I64, I64]:
-    """Each managed VM's OOM floor, need and want, for all of them at once. Per VM::
-
-        growth    = trend * max(trend_lookahead, latency)
-        margin    = oom_margin + oom_margin_fraction * ceiling
-        rising    = max(growth, rise * latency)
-        oom_floor = clamp(align_up(used + rising + margin), floor, ceiling)       without autodeflate
-                  = clamp(align_up(used + growth + margin), floor, ceiling)       with
-                    at least least_oom_floor (but never above what the guest has, if it swaps)
-        headroom  = min_headroom + oom_margin_fraction * ceiling
-        need      = clamp(align_up(demand + growth + headroom), floor, ceiling), at least least_need
-        room      = max(headroom, buffer * demand, rate * latency)                    with autodeflate
-                  = max(headroom, buffer * demand,
-                        max(growth_allowance * latency, rate * latency, jump, prior)
-                        + margin)                                                      without
-        want      = clamp(align_up(demand + rising + room), need, ceiling), at least oom_floor
-                  = ceiling                                         with free page reporting
-
-    where ``rise`` is the growth rate the last stats report showed, ``trend`` the growth rate of the
-    ramp going on now (the last two stats reports agree on it), ``rate`` the fastest steady growth
-    remembered (fading), and ``prior = min(jump_prior_fraction * ceiling, jump_prior_max)``. The growth
-    of a ramp in progress is projected ahead of the guest; once it stops, only the room remembers it.
-    A guest without autodeflate is OOM-killed by a burst that outruns its room, so its room holds what
-    it can bring within one reaction time by any way the estimate knows (a steady growth, its own
-    jumps, a first burst) on top of the MemAvailable the OOM killer fires with. On the rig, a 512 MiB
-    guest with N MiB available survived a 40 MiB/s ramp for N = 128 and an allocation at once of up to
-    0.75 N, with a daemon ticking every 2 s on stats every second. A guest with autodeflate takes
-    balloon pages back by itself when a burst outruns the daemon (120 to 330 MiB within 2 s on the rig,
-    no OOM kill), and the policy then follows it up; its room is the headroom, the buffer and its
-    remembered growth. A guest with free page reporting gives the host its free pages without the
-    balloon, which would only cap it."""
+    """Each managed VM's OOM floor, need and want, all at once (the rules are the module's doc)."""
     align = t.target_align_bytes
     ceiling, floor, demand = c.ceiling, c.floor, c.demand
     # What the ramp going on now adds before the daemon can react again: demand is read from stats up to
