@@ -13,7 +13,7 @@ from autoballoon.cli.inventory import policy_text
 from autoballoon.cli.output import emit_json, say
 from autoballoon.cli.params import BUFFER_TYPE, COUNT_TYPE, ON_OFF, SHARES_TYPE, SIZE, STATS_PERIOD_TYPE
 from autoballoon.model import BALLOON_MODELS, BalloonChange, ChangeResult
-from autoballoon.units import format_size
+from autoballoon.units import format_size, human
 
 #: Let "-1G" reach the SIZE parser (which names it and says what is accepted) instead of click's
 #: "no such option '-1'".
@@ -33,14 +33,20 @@ def _report(result: ChangeResult) -> None:
 @click.argument("size", type=SIZE)
 @click.option("--live", is_flag=True, help="Change the running VM's balloon target.")
 @click.option("--config", is_flag=True, help="Change <currentMemory> in the persistent config.")
+@click.option("--force", is_flag=True, help="Set a live target below what the guest uses now.")
 @pass_ctx
-def setmem(ctx: Context, vm: str, size: int, live: bool, config: bool) -> None:
+def setmem(ctx: Context, vm: str, size: int, live: bool, config: bool, force: bool) -> None:
     """Set the balloon target of VM to SIZE (bare number = KiB, as virsh; 512M, 2G...).
 
-    Refused (exit 2, nothing changed) above the VM's <memory>, below 128 MiB or below the VM's policy minimum.
+    Refused (exit 2, nothing changed) above the VM's <memory>, below 128 MiB or below the VM's policy
+    minimum, and, for the running VM, below what its guest uses now unless --force is given.
     """
-    scope = ops.setmem(ctx.backend, vm, size, live=live, config=config)
+    guest = ctx.backend.guest(vm)
+    used = guest.used_bytes
+    scope = ops.setmem(ctx.backend, vm, size, live=live, config=config, force=force)
     say(f"{vm}: balloon target set to {format_size(size)} ({scope})")
+    if force and used is not None and size < used and scope != "config":
+        say(f"autoballoon: warning: {vm} uses {human(used)}: expect it to swap or OOM-kill", err=True)
 
 
 setmem.help = (setmem.help or "") + "\n\n" + _SCOPE_HELP
