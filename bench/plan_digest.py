@@ -46,7 +46,7 @@ def main() -> None:
         for name in args.policies.split(","):
             made: list[Digesting] = []
 
-            def make(sim: Simulation, name: str = name) -> Digesting:
+            def make(sim: Simulation, name: str = name, made: list[Digesting] = made) -> Digesting:
                 made.append(Digesting(create_policy(name, DEFAULT_TUNABLES)))
                 return made[-1]
 
