@@ -115,7 +115,7 @@ class FakeSource:
             actions={("shrink", "idle"): 10, ("grow", "pressure"): 2},
             backend_errors=3,
             reconnects=1,
-            events=events(),
+            journal=events(),
             config={"interval_s": 2.0, "buffer": 0.2},
             interval_s=2.0,
             uri="fake:///",

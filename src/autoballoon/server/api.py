@@ -38,7 +38,7 @@ from autoballoon.server import payload
 from autoballoon.server.auth import bearer_matches
 from autoballoon.server.history import History
 from autoballoon.server.renders import Renders
-from autoballoon.server.source import ServerView, Source
+from autoballoon.server.source import ServerView, Source, host_json
 from autoballoon.server.tunables import ServerTunables
 from autoballoon.views import guest_detail, guest_row, host_view, judged_fields
 
@@ -179,7 +179,7 @@ class Api:
     ) -> Response:
         """Render once per tick and share the bytes: 20 dashboards cost one serialisation, not 20."""
         view, snap = self.view()
-        last_seq = view.events[-1].get("seq") if view.events else None
+        last_seq = view.journal[-1].get("seq") if view.journal else None
         version = (snap.time, id(view.plan), self.history.version, last_seq, view.ticks)
         kept = self._renders if renders is None else renders
         return _json(kept.get(key, version, lambda: _dump(render(view, snap))))
@@ -226,30 +226,20 @@ class Api:
         worst harm (what the page's banner names); ``rows`` are the VM rows if already made."""
         rows = self.vm_rows(view, snap) if rows is None else rows
         body = host_view(snap)
+        body.update(host_json(view))
         body.update(
             {
-                "host_short": view.host_short,
                 "suffering": [{"vm": r["name"], "harm": r["harm"]} for r in rows if r["harm"] is not None],
-                "uri": view.uri,
                 "budget_bytes": view.plan.budget if view.plan is not None else None,
-                "reserve_bytes": view.reserve_bytes,
                 "time": snap.time,
                 "wall_time": snap.wall_time,
-                "interval_s": view.interval_s,
-                "ticks": view.ticks,
-                "last_tick_s": view.last_tick_s,
-                "tick_p50_s": view.tick_p50_s,
-                "tick_p99_s": view.tick_p99_s,
-                "backend_errors": view.backend_errors,
-                "reconnects": view.reconnects,
-                "shrink_paused": view.shrink_paused,
             }
         )
         return body
 
     def events(self, limit: int, before: int | None, vm: str | None) -> dict[str, Any]:
         page: list[Mapping[str, Any]] = []
-        for e in reversed(self.source.view().events):
+        for e in reversed(self.source.view().journal):
             if before is not None and e.get("seq", 0) >= before:
                 continue
             if vm is not None and e.get("vm") != vm:
@@ -270,8 +260,8 @@ class Api:
         host = self.host_body(view, snap, vms)
         for row in vms:
             row["history"] = self.history.series(row["name"], since)
-        actions = [e for e in reversed(view.events) if is_action(e)][: self.tun.dashboard_actions]
-        warnings = [e for e in reversed(view.events) if not is_action(e)][: self.tun.dashboard_actions]
+        actions = [e for e in reversed(view.journal) if is_action(e)][: self.tun.dashboard_actions]
+        warnings = [e for e in reversed(view.journal) if not is_action(e)][: self.tun.dashboard_actions]
         return {
             "host": host,
             "vms": vms,

@@ -17,7 +17,7 @@ from prometheus_client.registry import Collector
 
 from autoballoon.controller import Controller, ControllerStatus
 from autoballoon.model import GuestPolicy
-from autoballoon.server.source import TICK_QUANTILES, ServerView, histogram_quantile
+from autoballoon.server.source import CARRIED, TICK_QUANTILES, ServerView, histogram_quantile
 from autoballoon.server.tunables import ServerTunables
 
 
@@ -42,6 +42,27 @@ def config_json(controller: Controller) -> dict[str, Any]:
         "vms": {name: p.to_json() for name, p in cfg.exact.items()},
         "globs": [{"pattern": pattern, "policy": p.to_json()} for pattern, p in cfg.globs],
     }
+
+
+#: The status fields the server does not show, and why (every other one is carried into the view).
+NOT_SHOWN = {
+    "dry_run": "the configuration answer says it (config_json)",
+    "connected": "the backend error and reconnect counters say it, as they do on /metrics",
+    "time": "the snapshot's own time is shown",
+    "vms": "the API builds its rows from the snapshot and the plan, as the CLI's list does",
+    "budget_bytes": "the plan's budget is shown",
+    "actions_by_direction": "the counts by (direction, reason) are carried and sum to these",
+    "actions_by_reason": "the counts by (direction, reason) are carried and sum to these",
+    "action_errors": "each failed action is a journal entry",
+    "last_error": "the journal and the log say it",
+}
+
+
+def view_of(status: ControllerStatus, **added: Any) -> ServerView:
+    """The server's view of ``status``: every field the view carries (:data:`~autoballoon.server.source.
+    CARRIED`) taken from the status field of the same name, plus the values only the server adds
+    (``added``: the view's fields marked ``ADDED``)."""
+    return ServerView(**{name: getattr(status, name) for name in CARRIED}, **added)
 
 
 class ControllerSource:
@@ -86,26 +107,11 @@ class ControllerSource:
 
     def _build(self, status: ControllerStatus) -> ServerView:
         p50, p99 = (histogram_quantile(self.tick_histogram, q) for q in TICK_QUANTILES)
-        return ServerView(
-            snapshot=status.snapshot,
-            plan=status.plan,
-            reserve_bytes=status.reserve_bytes,
-            ticks=status.ticks,
-            last_tick_s=status.last_tick_s,
+        return view_of(
+            status,
             tick_p50_s=p50,
             tick_p99_s=p99,
-            actions=status.actions,
-            vm_actions=status.vm_actions,
-            backend_errors=status.backend_errors,
-            reconnects=status.reconnects,
-            journal_errors=status.journal_errors,
-            state_errors=status.state_errors,
-            events=status.journal,
             config=self._config,
-            interval_s=status.interval_s,
-            uri=status.uri,
-            shrink_paused=status.shrink_paused,
-            host_short=status.host_short,
             last_tick_at=self._last_tick_at,
             swap_line_bytes_per_s=self._controller.config.tunables.swap_in_pressure_bytes_per_s,
         )
