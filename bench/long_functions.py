@@ -1,8 +1,7 @@
 """Every function in ``src/`` longer than a limit, longest first: where a newcomer has to read too long
 to see what one function does.
 
-``python bench/long_functions.py`` lists those over 80 lines (``--limit N`` for another bound,
-``--all`` to include the policy and the controller, whose owners split them separately). A function's
+``python bench/long_functions.py`` lists those over 80 lines (``--limit N`` for another bound). A function's
 length is from its ``def`` to its last line, as ``ast`` reports them (decorators left out: a CLI
 command's options are declarations, not code to read); a nested function counts within its parent and on
 its own.
@@ -17,16 +16,12 @@ from pathlib import Path
 
 SRC = Path(__file__).resolve().parent.parent / "src"
 LIMIT = 80
-#: Left out unless ``--all``: their split belongs to the policy's own restructuring.
-OWNED_ELSEWHERE = ("autoballoon/policy/", "autoballoon/controller.py")
 
 
-def long_functions(root: Path, limit: int, *, everything: bool = False) -> Iterator[tuple[int, str, str]]:
+def long_functions(root: Path, limit: int) -> Iterator[tuple[int, str, str]]:
     """(lines, file:line, qualified name) of each function over ``limit`` lines under ``root``."""
     for path in sorted(root.rglob("*.py")):
         rel = path.relative_to(root).as_posix()
-        if not everything and rel.startswith(OWNED_ELSEWHERE):
-            continue
         tree = ast.parse(path.read_text(encoding="utf-8"), rel)
         yield from _walk(tree, rel, limit, "")
 
@@ -48,9 +43,8 @@ def _walk(node: ast.AST, rel: str, limit: int, prefix: str) -> Iterator[tuple[in
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--limit", type=int, default=LIMIT)
-    parser.add_argument("--all", action="store_true", help="include the policy and the controller")
     args = parser.parse_args()
-    found = sorted(long_functions(SRC, args.limit, everything=args.all), reverse=True)
+    found = sorted(long_functions(SRC, args.limit), reverse=True)
     for lines, where, name in found:
         print(f"{lines:5d}  {where:50s}  {name}")
     print(f"{len(found)} functions over {args.limit} lines")

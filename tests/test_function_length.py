@@ -1,7 +1,5 @@
 """No function in ``src/`` is longer than ``bench/long_functions.py``'s limit, except those named here
-with why; a function that grows past it fails here, where the one who wrote it sees it. The policy and
-the controller are left to their own restructuring (``python bench/long_functions.py --all`` lists them).
-"""
+with why; a function that grows past it fails here, where the one who wrote it sees it."""
 
 from __future__ import annotations
 
