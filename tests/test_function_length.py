@@ -9,8 +9,6 @@ from bench.long_functions import LIMIT, SRC, long_functions
 ALLOWED: dict[str, str] = {
     "autoballoon/cli/evaluate.py::evaluate": "the CLI is being reworked by others; split it then",
     "autoballoon/cli/run.py::_run": "the CLI is being reworked by others; split it then",
-    "autoballoon/server/api.py::api_router": "the server is being split by others; split it then",
-    "autoballoon/server/metrics.py::vm_families": "the server is being split by others; split it then",
 }
 
 

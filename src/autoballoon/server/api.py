@@ -404,7 +404,17 @@ def api_router(api: Api) -> APIRouter:
     thread pool, so rendering 1,000 VMs never stalls the event loop); changes are coroutines that await
     the controller's future without holding a thread."""
     router = APIRouter(prefix=PREFIX)
-    any_object: dict[str, Any] = {"type": "object"}
+    _read_routes(router, api)
+    _change_routes(router, api)
+    return router
+
+
+#: The OpenAPI schema of an answer that is some JSON object.
+ANY_OBJECT: dict[str, Any] = {"type": "object"}
+
+
+def _read_routes(router: APIRouter, api: Api) -> None:
+    """The ``GET`` routes: the daemon's last view, rendered once per tick where many clients ask."""
 
     @router.get("/vms", responses={**_ok({"type": "array"}), **_errors(*READ_ERRORS)})
     def vms(request: Request) -> Response:
@@ -412,19 +422,19 @@ def api_router(api: Api) -> APIRouter:
         no_query(request)
         return api.cached("vms", api.vm_rows)
 
-    @router.get("/vms/{name}", responses={**_ok(any_object), **_errors(*READ_ERRORS, 404)})
+    @router.get("/vms/{name}", responses={**_ok(ANY_OBJECT), **_errors(*READ_ERRORS, 404)})
     def vm(request: Request, name: str) -> Response:
         """One VM: the fields of `autoballoon info --json`, its status and its swap-in and fault rates."""
         no_query(request)
         return _json(api.vm(name))
 
-    @router.get("/host", responses={**_ok(any_object), **_errors(*READ_ERRORS)})
+    @router.get("/host", responses={**_ok(ANY_OBJECT), **_errors(*READ_ERRORS)})
     def host(request: Request) -> Response:
         """The host, the budget and the controller's counters (ticks, tick percentiles, errors)."""
         no_query(request)
         return api.cached("host", api.host_body)
 
-    @router.get("/events", responses={**_ok(any_object), **_errors(*READ_ERRORS)})
+    @router.get("/events", responses={**_ok(ANY_OBJECT), **_errors(*READ_ERRORS)})
     def events(
         request: Request,
         limit: int = Query(api.tun.events_default_limit, ge=1, le=api.tun.events_max_limit),
@@ -435,13 +445,13 @@ def api_router(api: Api) -> APIRouter:
         no_query(request, ("limit", "before", "vm"))
         return _json(api.events(limit, before, vm))
 
-    @router.get("/config", responses={**_ok(any_object), **_errors(*READ_ERRORS)})
+    @router.get("/config", responses={**_ok(ANY_OBJECT), **_errors(*READ_ERRORS)})
     def config(request: Request) -> Response:
         """The effective configuration: every tunable, defaults, per-VM policies, where it came from."""
         no_query(request)
         return _json(dict(api.source.view().config))
 
-    @router.get("/dashboard", responses={**_ok(any_object), **_errors(*READ_ERRORS)})
+    @router.get("/dashboard", responses={**_ok(ANY_OBJECT), **_errors(*READ_ERRORS)})
     def dashboard(
         request: Request,
         since: float | None = Query(
@@ -452,6 +462,9 @@ def api_router(api: Api) -> APIRouter:
         no_query(request, ("since",))
         return api.cached(since, lambda view, snap: api.dashboard_body(view, snap, since), api.slices)
 
+
+def _change_routes(router: APIRouter, api: Api) -> None:
+    """The ``POST`` routes: a change to one VM, with its body and answer documented for OpenAPI."""
     target_body = {
         "type": "object",
         "required": [payload.TARGET_KEY],
@@ -489,7 +502,7 @@ def api_router(api: Api) -> APIRouter:
     policy_answer = {
         "type": "object",
         "required": ["vm", "policy", "applied"],
-        "properties": {"vm": {"type": "string"}, "policy": any_object, "applied": {"type": "boolean"}},
+        "properties": {"vm": {"type": "string"}, "policy": ANY_OBJECT, "applied": {"type": "boolean"}},
     }
 
     @router.post("/vms/{name}/policy", **_change_doc(policy_body, policy_answer))
@@ -518,5 +531,3 @@ def api_router(api: Api) -> APIRouter:
         """End the VM's health-guard quarantine (`autoballoon release VM`)."""
         _, applied, _ = await api.change(request, name, api.release)
         return _answer(name, applied, {"released": True})
-
-    return router

@@ -17,6 +17,7 @@ from __future__ import annotations
 import platform
 import socket
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 
 from prometheus_client.core import (
     CounterMetricFamily,
@@ -31,7 +32,7 @@ from prometheus_client.registry import Collector, CollectorRegistry
 from autoballoon import __version__
 from autoballoon.guards import Status
 from autoballoon.model import GuestSnapshot, HostSnapshot
-from autoballoon.server.history import History
+from autoballoon.server.history import History, Point
 from autoballoon.server.source import ServerView
 from autoballoon.text import printable
 
@@ -95,35 +96,100 @@ def _counter(name: str, doc: str, labels: Sequence[str] = ()) -> CounterMetricFa
     return CounterMetricFamily(name, doc, labels=[HOST, *labels])
 
 
+#: A per-VM value: from the guest, the snapshot's wall time and the guest's latest history point (None
+#: until the sampler has seen it twice); None is no sample (not reported, or not known).
+GuestValue = Callable[[GuestSnapshot, float, Point | None], float | None]
+
+
+@dataclass(frozen=True, slots=True)
+class PerGuest:
+    """A per-VM family with at most one sample per guest."""
+
+    name: str
+    doc: str
+    value: GuestValue
+    counter: bool = False
+
+    def family(self) -> GaugeMetricFamily | CounterMetricFamily:
+        return (_counter if self.counter else _gauge)(self.name, self.doc, [VM])
+
+
+#: The per-VM families of one sample per guest, in the order they are exported.
+PER_GUEST: tuple[PerGuest, ...] = (
+    PerGuest(
+        "autoballoon_vm_max_bytes",
+        "The VM's <memory>: the most it can ever have.",
+        lambda g, w, p: g.max_bytes,
+    ),
+    PerGuest(
+        "autoballoon_vm_target_bytes",
+        "The VM's balloon target (<currentMemory>).",
+        lambda g, w, p: g.target_bytes,
+    ),
+    PerGuest(
+        "autoballoon_vm_actual_bytes",
+        "Memory the guest has now (balloon actual).",
+        lambda g, w, p: g.actual_bytes,
+    ),
+    PerGuest(
+        "autoballoon_vm_guest_used_bytes",
+        "Memory the guest uses (MemTotal - MemAvailable).",
+        lambda g, w, p: g.used_bytes,
+    ),
+    PerGuest(
+        "autoballoon_vm_guest_available_bytes", "The guest's MemAvailable.", lambda g, w, p: g.stats.available
+    ),
+    PerGuest(
+        "autoballoon_vm_stats_age_seconds",
+        "Seconds since the guest last reported stats.",
+        lambda g, w, p: g.stats_age(w),
+    ),
+    PerGuest(
+        "autoballoon_vm_swap_in_bytes",
+        "Bytes the guest swapped in since it booted.",
+        lambda g, w, p: g.stats.swap_in,
+        counter=True,
+    ),
+    PerGuest(
+        "autoballoon_vm_major_faults",
+        "Major page faults in the guest since it booted.",
+        lambda g, w, p: g.stats.major_faults,
+        counter=True,
+    ),
+    PerGuest(
+        "autoballoon_vm_oom_kills",
+        "Processes the guest's OOM killer ended since it booted (guest stats; newer QEMU and Linux only).",
+        lambda g, w, p: g.stats.oom_kills,
+        counter=True,
+    ),
+    PerGuest(  # the latest rates seen, even if the sampler is a tick behind
+        "autoballoon_vm_swap_in_bytes_per_second",
+        "Swap-in rate over the last two ticks seen.",
+        lambda g, w, p: p.swap_in_bps if p is not None else None,
+    ),
+    PerGuest(
+        "autoballoon_vm_major_faults_per_second",
+        "Major fault rate over the last two ticks seen.",
+        lambda g, w, p: p.major_faults_ps if p is not None else None,
+    ),
+    PerGuest(
+        "autoballoon_vm_host_rss_bytes",
+        "Resident memory of the VM's QEMU process on the host (VmRSS): what the VM really costs the host.",
+        lambda g, w, p: g.host_rss_bytes if g.state.active else None,
+    ),
+    PerGuest(
+        "autoballoon_vm_cpu_seconds",
+        "CPU time the guest used over all its vCPUs since it started (what the health guard watches).",
+        lambda g, w, p: g.cpu_time_ns / NS_PER_S if g.cpu_time_ns is not None else None,
+        counter=True,
+    ),
+)
+
+
 def vm_families(view: ServerView, history: History | None, host: str) -> list[Metric]:
     """Per-VM gauges and counters from the last snapshot (empty before the first tick)."""
     snap = view.snapshot
-    plan = view.plan
-    vm = [VM]
-    g_max = _gauge("autoballoon_vm_max_bytes", "The VM's <memory>: the most it can ever have.", vm)
-    g_target = _gauge("autoballoon_vm_target_bytes", "The VM's balloon target (<currentMemory>).", vm)
-    g_actual = _gauge("autoballoon_vm_actual_bytes", "Memory the guest has now (balloon actual).", vm)
-    g_used = _gauge("autoballoon_vm_guest_used_bytes", "Memory the guest uses (MemTotal - MemAvailable).", vm)
-    g_avail = _gauge("autoballoon_vm_guest_available_bytes", "The guest's MemAvailable.", vm)
-    g_age = _gauge("autoballoon_vm_stats_age_seconds", "Seconds since the guest last reported stats.", vm)
-    c_swap = _counter("autoballoon_vm_swap_in_bytes", "Bytes the guest swapped in since it booted.", vm)
-    c_majflt = _counter("autoballoon_vm_major_faults", "Major page faults in the guest since it booted.", vm)
-    c_oom = _counter(
-        "autoballoon_vm_oom_kills",
-        "Processes the guest's OOM killer ended since it booted (guest stats; newer QEMU and Linux only).",
-        vm,
-    )
-    g_swap_rate = _gauge(
-        "autoballoon_vm_swap_in_bytes_per_second", "Swap-in rate over the last two ticks seen.", vm
-    )
-    g_majflt_rate = _gauge(
-        "autoballoon_vm_major_faults_per_second", "Major fault rate over the last two ticks seen.", vm
-    )
-    g_rss = _gauge(
-        "autoballoon_vm_host_rss_bytes",
-        "Resident memory of the VM's QEMU process on the host (VmRSS): what the VM really costs the host.",
-        vm,
-    )
+    simple = [(spec, spec.family()) for spec in PER_GUEST]
     g_reclaimed = _gauge(
         "autoballoon_vm_reclaimed_bytes",
         "Memory a running VM could hold at its max but does not, by how it is measured.",
@@ -134,11 +200,6 @@ def vm_families(view: ServerView, history: History | None, host: str) -> list[Me
         "1 for the state the controller puts the VM in, 0 for the others.",
         [VM, "status"],
     )
-    c_cpu = _counter(
-        "autoballoon_vm_cpu_seconds",
-        "CPU time the guest used over all its vCPUs since it started (what the health guard watches).",
-        vm,
-    )
     c_actions = _counter(
         "autoballoon_vm_actions",
         "Balloon changes applied to the VM since the daemon started.",
@@ -146,62 +207,22 @@ def vm_families(view: ServerView, history: History | None, host: str) -> list[Me
     )
     for (name, direction), n in sorted(view.vm_actions.items()):
         c_actions.add_metric([host, name, direction], n)
-    families: list[Metric] = [
-        g_max,
-        g_target,
-        g_actual,
-        g_used,
-        g_avail,
-        g_age,
-        c_swap,
-        c_majflt,
-        c_oom,
-        g_swap_rate,
-        g_majflt_rate,
-        g_rss,
-        g_reclaimed,
-        g_status,
-        c_cpu,
-        c_actions,
-    ]
+    families: list[Metric] = [*(family for _, family in simple), g_reclaimed, g_status, c_actions]
     if snap is None:
         return families
     for g in snap.guests:
         labels = [host, g.name]
-        g_max.add_metric(labels, g.max_bytes)
-        g_target.add_metric(labels, g.target_bytes)
-        if g.actual_bytes is not None:
-            g_actual.add_metric(labels, g.actual_bytes)
-        if g.used_bytes is not None:
-            g_used.add_metric(labels, g.used_bytes)
-        if g.host_rss_bytes is not None and g.state.active:
-            g_rss.add_metric(labels, g.host_rss_bytes)
-        if g.stats.available is not None:
-            g_avail.add_metric(labels, g.stats.available)
-        age = g.stats_age(snap.wall_time)
-        if age is not None:
-            g_age.add_metric(labels, age)
-        if g.cpu_time_ns is not None:
-            c_cpu.add_metric(labels, g.cpu_time_ns / NS_PER_S)
-        for family, value in (
-            (c_swap, g.stats.swap_in),
-            (c_majflt, g.stats.major_faults),
-            (c_oom, g.stats.oom_kills),
-        ):
+        point = history.latest(g.name) if history is not None else None
+        for spec, family in simple:
+            value = spec.value(g, snap.wall_time, point)
             if value is not None:
                 family.add_metric(labels, value)
-        point = history.latest(g.name) if history is not None else None
-        if point is not None:  # the latest rates seen, even if the sampler is a tick behind
-            if point.swap_in_bps is not None:
-                g_swap_rate.add_metric(labels, point.swap_in_bps)
-            if point.major_faults_ps is not None:
-                g_majflt_rate.add_metric(labels, point.major_faults_ps)
         if g.state.active:
             for measure, figure in RECLAIM_MEASURES:
-                value = figure(g)
-                if value is not None:
-                    g_reclaimed.add_metric([*labels, measure], value)
-        current = plan.status.get(g.name) if plan is not None else None
+                reclaimed = figure(g)
+                if reclaimed is not None:
+                    g_reclaimed.add_metric([*labels, measure], reclaimed)
+        current = view.plan.status.get(g.name) if view.plan is not None else None
         states = VM_STATUSES if current in VM_STATUSES or current is None else (*VM_STATUSES, current)
         for s in states:
             g_status.add_metric([*labels, s], 1.0 if s == current else 0.0)
