@@ -172,3 +172,60 @@ def test_a_burst_turns_the_page_red_and_names_the_guests(burst: str, browser: An
     assert all(n.endswith("GiB") or n.endswith("MiB") for n in seen["need"])
     ARTIFACTS.mkdir(exist_ok=True)
     assert browser.save_screenshot(str(ARTIFACTS / "dashboard-burst.png"))
+
+
+PHONE = (390, 844)
+DESKTOP = (1400, 1500)
+CHART = """
+const row = document.querySelector('.vm-row');
+const style = (sel) => getComputedStyle(row.querySelector(sel));
+const label = row.querySelector('.y-top').getBoundingClientRect();
+return {
+  targetDash: style('path[data-series="target"]').strokeDasharray,
+  actualDash: style('path[data-series="actual"]').strokeDasharray,
+  targetColour: style('path[data-series="target"]').stroke,
+  actualColour: style('path[data-series="actual"]').stroke,
+  labelPx: parseFloat(style('.y-top').fontSize),
+  labelWidth: label.width,
+  labelText: row.querySelector('.y-top').textContent,
+  events: [...document.querySelectorAll('#events li')].map(li => li.textContent),
+};
+"""
+
+
+def test_charts_an_operator_can_read_on_desktop_and_phone(demo: str, browser: Any) -> None:
+    """Target and actual were one teal line over a fixed 8-minute window, axis text was about 6 px wide
+    on a phone, and events read "stuck: stuck: stuck: balloon…"."""
+    try:
+        browser.set_window_size(*DESKTOP)
+        browser.get(demo)
+        _wait(browser, "return Number(document.body.dataset.updates || 0) >= 3")
+        seen = browser.execute_script(CHART)
+        assert seen["targetDash"] not in ("none", "") and seen["actualDash"] in ("none", "")
+        assert seen["targetColour"] != seen["actualColour"]
+        assert seen["labelPx"] >= 10 and seen["labelText"].endswith("GiB")
+        assert not any("stuck: stuck: stuck:" in e for e in seen["events"]), seen["events"]  # VM, status
+        # hover: a readout with every series at the point under the pointer
+        from selenium.webdriver.common.action_chains import ActionChains
+
+        chart = browser.find_element("css selector", ".vm-row .chart")
+        ActionChains(browser).move_to_element(chart).perform()
+        readout = browser.find_element("css selector", ".vm-row .readout")
+        _wait(browser, "return !document.querySelector('.vm-row .readout').hidden")
+        assert "target" in readout.text and "actual" in readout.text
+        ARTIFACTS.mkdir(exist_ok=True)
+        assert browser.save_screenshot(str(ARTIFACTS / "dashboard-desktop.png"))
+        # the window choice: the longer windows come from the coarse history
+        browser.find_element("css selector", '#window button[data-s="3600"]').click()
+        pressed = "return document.querySelector('#window [data-s=\"3600\"]').getAttribute('aria-pressed')"
+        _wait(browser, pressed + " === 'true'")
+        with urllib.request.urlopen(demo + "api/v1/dashboard?window=3600", timeout=5) as resp:
+            coarse = json.load(resp)
+        assert coarse["history_coarse"] is True and coarse["history_points"] > 240
+        browser.set_window_size(*PHONE)
+        time.sleep(1.0)
+        phone = browser.execute_script(CHART)
+        assert phone["labelPx"] >= 10 and phone["labelWidth"] >= 30  # not squeezed with the chart
+        assert browser.save_screenshot(str(ARTIFACTS / "dashboard-phone.png"))
+    finally:
+        browser.set_window_size(*DESKTOP)

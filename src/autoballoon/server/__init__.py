@@ -56,7 +56,7 @@ class RunningServer:
         tls: Tls | None = None,
         tunables: ServerTunables = TUNABLES,
     ) -> None:
-        self.history = History(tunables.history_points)
+        self.history = History(tunables.history_points, tunables.coarse_points, tunables.coarse_period_s)
         self.sampler = Sampler(self.history, lambda: source.view().snapshot, tunables.sample_interval_s)
         registry = make_registry(source.view, self.history, tick_histogram=source.tick_histogram)
         names = [*allow_hosts, *([] if is_loopback(host) else own_names())]

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Callable, Hashable, Mapping
+from collections.abc import Callable, Hashable, Iterable, Mapping
 from concurrent.futures import Future
 from typing import Any, TypeVar
 
@@ -107,6 +107,29 @@ def plan_status(view: ServerView, name: str) -> tuple[str, str] | None:
 def planned_targets(view: ServerView) -> dict[str, int]:
     """The targets the last decision set, by VM (a VM it did not move keeps the snapshot's)."""
     return {a.vm: a.new_target for a in view.plan.actions} if view.plan is not None else {}
+
+
+#: What makes two journal entries the same for the dashboard: a stuck VM's retries, a repeated warning.
+_SAME = ("vm", "kind", "reason", "old_target", "new_target", "message", "applied", "error")
+
+
+def folded(entries: Iterable[Mapping[str, Any]], limit: int) -> list[dict[str, Any]]:
+    """Up to ``limit`` entries (newest first), each entry that comes again folded into its newest
+    showing, which says how many it stands for (``repeats``): a stuck VM's retries every few seconds
+    filled the page's lists and pushed every other entry out. Stops at the first new entry past the limit."""
+    out: list[dict[str, Any]] = []
+    seen: dict[tuple[Any, ...], dict[str, Any]] = {}
+    for e in entries:
+        key = tuple(str(e.get(k)) for k in _SAME)
+        shown = seen.get(key)
+        if shown is not None:
+            shown["repeats"] += 1
+            continue
+        if len(out) == limit:
+            break
+        shown = seen[key] = {**e, "repeats": 1}
+        out.append(shown)
+    return out
 
 
 def is_action(event: Mapping[str, Any]) -> bool:
@@ -252,16 +275,21 @@ class Api:
         next_before = page[-1].get("seq") if more and page else None
         return {"events": page, "next_before": next_before}
 
-    def dashboard_body(self, view: ServerView, snap: HostSnapshot, since: float | None) -> dict[str, Any]:
+    def dashboard_body(
+        self, view: ServerView, snap: HostSnapshot, since: float | None, coarse: bool = False
+    ) -> dict[str, Any]:
         """What the page draws. With ``since`` (the ``history_until`` of the page's previous poll) each
         VM's history holds only the points after it: the page keeps the rest, so a poll of a 1,000-VM
-        daemon moves kilobytes, not the megabytes of every chart's whole history."""
+        daemon moves kilobytes, not the megabytes of every chart's whole history. ``coarse``: the history
+        is the coarse one (a point a minute for 6 h), for a chart window beyond ``fine_window_s``."""
         vms = self.vm_rows(view, snap)
         host = self.host_body(view, snap, vms)
+        series = self.history.coarse_series if coarse else self.history.series
         for row in vms:
-            row["history"] = self.history.series(row["name"], since)
-        actions = [e for e in reversed(view.journal) if is_action(e)][: self.tun.dashboard_actions]
-        warnings = [e for e in reversed(view.journal) if not is_action(e)][: self.tun.dashboard_actions]
+            row["history"] = series(row["name"], since)
+        newest_first = list(reversed(view.journal))
+        actions = folded((e for e in newest_first if is_action(e)), self.tun.dashboard_actions)
+        warnings = folded((e for e in newest_first if not is_action(e)), self.tun.dashboard_actions)
         return {
             "host": host,
             "vms": vms,
@@ -269,7 +297,8 @@ class Api:
             "events": warnings,
             "poll_ms": self.tun.dashboard_poll_ms,
             "writable": self.token is not None,
-            "history_points": self.tun.history_points,
+            "history_points": self.tun.coarse_points if coarse else self.tun.history_points,
+            "history_coarse": coarse,
             "history_until": self.history.last_time,
         }
 
@@ -457,10 +486,16 @@ def _read_routes(router: APIRouter, api: Api) -> None:
         since: float | None = Query(
             None, ge=0, allow_inf_nan=False, description="only chart points after this (`history_until`)"
         ),
+        window: float | None = Query(
+            None, gt=0, le=api.tun.max_window_s, allow_inf_nan=False, description="the charts' window, s"
+        ),
     ) -> Response:
         """What the dashboard draws: host, VMs with their chart history, latest actions and events."""
-        no_query(request, ("since",))
-        return api.cached(since, lambda view, snap: api.dashboard_body(view, snap, since), api.slices)
+        no_query(request, ("since", "window"))
+        coarse = window is not None and window > api.tun.fine_window_s
+        return api.cached(
+            (since, coarse), lambda view, snap: api.dashboard_body(view, snap, since, coarse), api.slices
+        )
 
 
 def _change_routes(router: APIRouter, api: Api) -> None:

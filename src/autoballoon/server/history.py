@@ -9,7 +9,9 @@ successive samples, so they are exact over whatever interval the sampler saw.
 from __future__ import annotations
 
 import itertools
+import math
 import threading
+from array import array
 from collections import deque
 from collections.abc import Callable
 from typing import Any, NamedTuple
@@ -64,11 +66,53 @@ def point_of(g: GuestSnapshot, time: float, prev: GuestSnapshot | None, prev_tim
     )
 
 
-class History:
-    """Per-VM rings of :class:`Point`, shared between the sampler and request threads."""
+class CoarseRing:
+    """A fixed ring of chart points (``t`` and :data:`SERIES`) in one array of floats: the long windows'
+    history costs 8 bytes a figure whatever the VM count, where tuples of Python ints cost about 25.
+    An unknown figure is NaN inside and ``None`` outside."""
+
+    WIDTH = 1 + len(SERIES)
 
     def __init__(self, points: int) -> None:
         self._points = points
+        self._data = array("d", [math.nan]) * (points * self.WIDTH)
+        self._count = 0  # points ever added; the newest is at (count - 1) % points
+
+    @property
+    def last_time(self) -> float | None:
+        return self._data[((self._count - 1) % self._points) * self.WIDTH] if self._count else None
+
+    def add(self, p: Point) -> None:
+        at = (self._count % self._points) * self.WIDTH
+        row = (p.time, *(getattr(p, name) for name in SERIES))
+        for i, v in enumerate(row):
+            self._data[at + i] = math.nan if v is None else float(v)
+        self._count += 1
+
+    def series(self, since: float | None) -> dict[str, list[Any]]:
+        n = min(self._count, self._points)
+        first = self._count - n
+        cols: list[list[Any]] = [[] for _ in range(self.WIDTH)]
+        for k in range(first, self._count):
+            at = (k % self._points) * self.WIDTH
+            if since is not None and self._data[at] <= since:
+                continue
+            cols[0].append(self._data[at])
+            for i in range(1, self.WIDTH):
+                v = self._data[at + i]
+                cols[i].append(None if math.isnan(v) else int(v))
+        return {"t": cols[0], **{name: cols[1 + i] for i, name in enumerate(SERIES)}}
+
+
+class History:
+    """Per-VM rings of :class:`Point`, shared between the sampler and request threads; with
+    ``coarse_points``, also a coarse ring per VM of one point every ``coarse_period_s``."""
+
+    def __init__(self, points: int, coarse_points: int = 0, coarse_period_s: float = 60.0) -> None:
+        self._points = points
+        self._coarse_points = coarse_points
+        self._coarse_period = coarse_period_s
+        self._coarse: dict[str, CoarseRing] = {}
         self._lock = threading.Lock()
         self._rings: dict[str, deque[tuple[Any, ...]]] = {}
         self._last: HostSnapshot | None = None
@@ -89,10 +133,19 @@ class History:
                 ring = self._rings.get(g.name)
                 if ring is None:
                     ring = self._rings[g.name] = deque(maxlen=self._points)
-                ring.append(tuple(point_of(g, snap.time, before.get(g.name), prev_time)))
+                point = point_of(g, snap.time, before.get(g.name), prev_time)
+                ring.append(tuple(point))
+                if self._coarse_points:
+                    coarse = self._coarse.get(g.name)
+                    if coarse is None:
+                        coarse = self._coarse[g.name] = CoarseRing(self._coarse_points)
+                    last = coarse.last_time
+                    if last is None or snap.time - last >= self._coarse_period:
+                        coarse.add(point)
             for name in list(self._rings):
                 if name not in live:
                     del self._rings[name]
+                    self._coarse.pop(name, None)
             self._last = snap
             self.version += 1
             return True
@@ -101,6 +154,7 @@ class History:
         """Forget everything (the backend was replaced, or a test starts afresh)."""
         with self._lock:
             self._rings.clear()
+            self._coarse.clear()
             self._last = None
             self.version += 1
 
@@ -114,6 +168,14 @@ class History:
         """The time of the newest sample (None before the first)."""
         with self._lock:
             return self._last.time if self._last is not None else None
+
+    def coarse_series(self, vm: str, since: float | None = None) -> dict[str, list[Any]]:
+        """The VM's coarse history as :meth:`series` gives the fine one (empty without a coarse ring)."""
+        with self._lock:
+            coarse = self._coarse.get(vm)
+            if coarse is not None:
+                return coarse.series(since)
+        return {"t": [], **{name: [] for name in SERIES}}
 
     def series(self, vm: str, since: float | None = None) -> dict[str, list[Any]]:
         """The VM's history as columns (``t`` plus :data:`SERIES`): compact JSON for the page's charts;

@@ -22,6 +22,15 @@ class ServerTunables:
     sample_interval_s: float = 0.5
     #: Points kept per VM for the dashboard's charts (about the last minutes at one point per tick).
     history_points: int = 240
+    #: The charts' longer windows (1 h, 6 h) read a coarse history: a point per VM every this many
+    #: seconds of the controller's clock, this many kept (6 h), in a fixed array of floats per VM (14 KiB:
+    #: tuples of Python ints would cost a 1,000-VM daemon about 70 MiB more).
+    coarse_period_s: float = 60.0
+    coarse_points: int = 360
+    #: A chart window up to this many seconds is drawn from the fine history, a longer one from the coarse.
+    fine_window_s: float = 600.0
+    #: The longest chart window the page may ask for.
+    max_window_s: float = 21600.0
     #: Actions shown on the dashboard.
     dashboard_actions: int = 15
     #: ``/api/v1/events``: page size when ``limit`` is not given, and the largest page served.

@@ -1,11 +1,12 @@
 // The autoballoon dashboard: polls /api/v1/dashboard and draws it. No libraries, no external requests.
 "use strict";
 
+// Drawn in this order: target's dashes over actual's solid line, so the two stay apart where they meet.
 const SERIES = [
   ["max", "s-max"],
   ["used", "s-used"],
-  ["target", "s-target"],
   ["actual", "s-actual"],
+  ["target", "s-target"],
 ];
 const CHART_W = 640;
 const CHART_H = 120;
@@ -144,17 +145,51 @@ function makeRow(vm) {
     role: "img", "aria-label": `memory of ${vm.name} over time` });
   chart.append(svg("line", { class: "axis", x1: PAD_L, y1: CHART_H - PAD_B, x2: CHART_W, y2: CHART_H - PAD_B }));
   chart.append(svg("line", { class: "grid", x1: PAD_L, y1: (CHART_H - PAD_B) / 2, x2: CHART_W, y2: (CHART_H - PAD_B) / 2 }));
-  const top = svg("text", { class: "tick-label y-top", x: PAD_L - 6, y: 11, "text-anchor": "end" });
-  const mid = svg("text", { class: "tick-label y-mid", x: PAD_L - 6, y: (CHART_H - PAD_B) / 2 + 4, "text-anchor": "end" });
-  const left = svg("text", { class: "tick-label x-left", x: PAD_L, y: CHART_H - 3 });
-  const right = svg("text", { class: "tick-label x-right", x: CHART_W - 2, y: CHART_H - 3, "text-anchor": "end" });
-  right.textContent = "now";
-  chart.append(top, mid, left, right);
   for (const [key, cls] of SERIES) chart.append(svg("path", { class: "line " + cls, "data-series": key, d: "" }));
+  chart.append(svg("line", { class: "cursor", x1: 0, y1: 0, x2: 0, y2: CHART_H - PAD_B, visibility: "hidden" }));
   const chartBox = el("div", "chart-box");
-  chartBox.append(chart);
+  // Axis text in HTML over the chart, not in the SVG: the SVG stretches to the row's width, and its text
+  // with it (about 6 px wide on a phone).
+  const right = el("span", "tick-label x-right", "now");
+  chartBox.append(chart, el("span", "tick-label y-top"), el("span", "tick-label y-mid"),
+    el("span", "tick-label x-left"), right, el("div", "readout"));
+  chartBox.querySelector(".readout").hidden = true;
+  chartBox.addEventListener("mousemove", (ev) => showReadout(row, ev));
+  chartBox.addEventListener("mouseleave", () => hideReadout(row));
   row.append(info, chartBox);
   return row;
+}
+
+// The hover readout: the point under the pointer, every series' value at that time.
+function showReadout(row, ev) {
+  const hist = histories.get(row.dataset.vm);
+  if (!hist || !hist.t.length) return;
+  const box = row.querySelector(".chart");
+  const rect = box.getBoundingClientRect();
+  const x = (ev.clientX - rect.left) / rect.width * CHART_W;
+  const ts = hist.t;
+  const t0 = ts[0];
+  const t1 = ts[ts.length - 1];
+  const at = t0 + (t1 - t0) * Math.min(1, Math.max(0, (x - PAD_L) / (CHART_W - PAD_L)));
+  let i = 0;
+  while (i + 1 < ts.length && Math.abs(ts[i + 1] - at) <= Math.abs(ts[i] - at)) i++;
+  const cx = PAD_L + (CHART_W - PAD_L) * (ts.length === 1 ? 1 : (ts[i] - t0) / Math.max(t1 - t0, 1e-9));
+  const cursor = row.querySelector(".cursor");
+  cursor.setAttribute("x1", cx); cursor.setAttribute("x2", cx); cursor.setAttribute("visibility", "visible");
+  const readout = row.querySelector(".readout");
+  readout.textContent = "−" + spanText(t1 - ts[i]) + " · " + SERIES.map(([key]) => key + " " + bytes(hist[key][i])).join(" · ");
+  readout.hidden = false;
+}
+
+function hideReadout(row) {
+  row.querySelector(".cursor").setAttribute("visibility", "hidden");
+  row.querySelector(".readout").hidden = true;
+}
+
+function spanText(seconds) {
+  if (seconds < 120) return Math.round(seconds) + " s";
+  if (seconds < 7200) return Math.round(seconds / 60) + " min";
+  return (seconds / 3600).toFixed(1) + " h";
 }
 
 function pathOf(ts, values, t0, t1, yMax) {
@@ -209,7 +244,7 @@ function renderVm(row, vm, now) {
   }
   row.querySelector(".y-top").textContent = bytes(yMax);
   row.querySelector(".y-mid").textContent = bytes(yMax / 2);
-  row.querySelector(".x-left").textContent = ts.length > 1 ? "−" + Math.round(t1 - t0) + " s" : "";
+  row.querySelector(".x-left").textContent = ts.length > 1 ? "−" + spanText(t1 - t0) : "";
   row.dataset.samples = String(ts.length);
   row.dataset.lastTime = ts.length ? String(t1) : "";
   row.dataset.lastActual = String(vm.actual_bytes);
@@ -249,7 +284,8 @@ function renderActions(actions, now) {
     const dir = a.direction === "grow" ? "▲ grow" : a.direction === "shrink" ? "▼ shrink" : a.direction || "";
     tr.append(el("td", "muted", ago(now - a.time)), el("td", "vm", a.vm || ""),
       el("td", "dir " + (a.direction || ""), dir), el("td", "num", bytes(a.old_target)),
-      el("td", "num", bytes(a.new_target)), el("td", "reason", a.reason + (a.error ? " — " + a.error : "")));
+      el("td", "num", bytes(a.new_target)), el("td", "reason", a.reason + (a.error ? " — " + a.error : "") +
+        (a.repeats > 1 ? " ×" + a.repeats : "")));
     body.append(tr);
   }
 }
@@ -260,8 +296,11 @@ function renderEvents(events, now) {
   if (!events.length) { list.append(el("li", "muted", "none yet")); return; }
   for (const e of events) {
     const li = el("li", "event " + (e.kind || ""));
+    // The daemon's messages already start with the VM ("stuck: stuck: balloon…" read it twice).
+    const message = e.message || "";
+    const named = e.vm && !message.startsWith(e.vm + ":") ? e.vm + ": " + message : message;
     li.append(el("span", "muted", ago(now - e.time) + " "), el("span", "kind", e.kind || "event"),
-      el("span", "", " " + (e.vm ? e.vm + ": " : "") + (e.message || "")));
+      el("span", "", " " + named), el("span", "muted repeats", e.repeats > 1 ? " ×" + e.repeats : ""));
     list.append(li);
   }
 }
@@ -295,9 +334,29 @@ function mergeHistory(name, part, keep) {
   return h;
 }
 
+// The charts' window (seconds), chosen on the page: the daemon keeps a fine history for the shortest and
+// a coarser one (a point every half minute) for the others.
+let windowS = Number(localStorage.getItem("autoballoon.window") || 600);
+
+function chooseWindow(seconds) {
+  windowS = seconds;
+  localStorage.setItem("autoballoon.window", String(seconds));
+  histories.clear();
+  historyUntil = null;
+  for (const b of document.querySelectorAll("#window button")) b.setAttribute("aria-pressed", String(Number(b.dataset.s) === seconds));
+}
+
+function trimWindow(h) {
+  const last = h.t.length ? h.t[h.t.length - 1] : 0;
+  let drop = 0;
+  while (drop < h.t.length && h.t[drop] < last - windowS) drop++;
+  if (drop) for (const key of ["t", ...SERIES.map(([k]) => k)]) h[key].splice(0, drop);
+  return h;
+}
+
 async function poll() {
   try {
-    const query = historyUntil === null ? "" : "?since=" + historyUntil;
+    const query = "?window=" + windowS + (historyUntil === null ? "" : "&since=" + historyUntil);
     const resp = await fetch("/api/v1/dashboard" + query, { cache: "no-store" });
     if (resp.status === 503) { setConn("connecting", "waiting for the first tick…"); return; }
     if (!resp.ok) throw new Error("HTTP " + resp.status);
@@ -309,7 +368,7 @@ async function poll() {
     }
     const names = new Set(d.vms.map((vm) => vm.name));
     for (const name of [...histories.keys()]) if (!names.has(name)) histories.delete(name);
-    for (const vm of d.vms) vm.history = mergeHistory(vm.name, vm.history, d.history_points);
+    for (const vm of d.vms) vm.history = trimWindow(mergeHistory(vm.name, vm.history, d.history_points));
     if (d.history_until !== null) historyUntil = d.history_until;
     pollMs = d.poll_ms || pollMs;
     const now = d.host.time;
@@ -334,4 +393,6 @@ async function poll() {
   }
 }
 
+for (const b of document.querySelectorAll("#window button")) b.addEventListener("click", () => chooseWindow(Number(b.dataset.s)));
+chooseWindow(windowS);
 poll();
