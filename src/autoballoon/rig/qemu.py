@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from autoballoon.hostinfo import pid_alive, read_pidfile
+from autoballoon.rig import accel
 from autoballoon.rig.control import GuestControl
 from autoballoon.rig.domains import (
     BOOT_TIMEOUT_S,
@@ -129,7 +130,7 @@ def qemu_argv(
     QMP socket and a pid file, and optionally a virtio-mem device on top of the boot memory."""
     g = spec.guest
     memory = f"{g.memory_bytes // MiB}M"
-    argv = [EMULATOR, "-accel", "tcg", "-machine", "pc", "-nodefaults", "-no-user-config"]
+    argv = [EMULATOR, "-accel", accel.choose().accel, "-machine", "pc", "-nodefaults", "-no-user-config"]
     argv += ["-display", "none", "-no-reboot"]
     if spec.set_name:
         argv += ["-name", spec.vm_name or name]
