@@ -54,6 +54,12 @@ class GuestSample:
     held: int  # what the agent's memory hog holds now
     hog_target: int  # what it is growing or shrinking towards
     hog_alive: bool  # False once the OOM killer took it (until the next grow)
+    #: Reclaim counters of /proc/vmstat, cumulative pages: refaults of evicted anon and file pages (the
+    #: working set coming back), pages reclaimed and scanned (anon plus file).
+    refault_anon: int
+    refault_file: int
+    pgsteal: int
+    pgscan: int
 
     @classmethod
     def from_fields(cls, f: dict[str, int]) -> GuestSample:
@@ -79,6 +85,10 @@ class GuestSample:
             held=f["held"] * MiB,
             hog_target=f["target"] * MiB,
             hog_alive=bool(f["alive"]),
+            refault_anon=f["refault_anon"],
+            refault_file=f["refault_file"],
+            pgsteal=f["pgsteal"],
+            pgscan=f["pgscan"],
         )
 
 
@@ -239,6 +249,23 @@ class GuestControl:
     def burncpu_when_ballooned(self, on: bool) -> None:
         """While on, burn CPU whenever the guest's MemTotal is below its boot MemTotal (a sick guest)."""
         self.request("burncpu-when-ballooned", "on" if on else "off")
+
+    def app_start(self, *args: str) -> None:
+        """Start the production-like guest's application driver (``ab-app ARGS``); answers at once."""
+        self.request("app", *args)
+
+    def app_result(self) -> dict[str, str] | None:
+        """The driver's result (``key=value`` words) once it has finished; None while it runs.
+
+        Raises :class:`GuestCommandError` when it ended without a result (its log in the guest says why).
+        """
+        try:
+            payload = self.request("appresult")
+        except GuestCommandError as exc:
+            if str(exc).endswith("failed: running"):
+                return None
+            raise
+        return dict(item.partition("=")[::2] for item in payload.split())
 
     def close(self) -> None:
         with self._lock:

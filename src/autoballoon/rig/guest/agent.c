@@ -10,12 +10,16 @@
  *
  * Commands: ping | alloc MIB [RATE_MIB_PER_S] | free MIB|all | held | meminfo | oomkills
  *           | cpuburn on|off | burncpu-when-ballooned on|off
- *           | grow MIB [RATE_MIB_PER_S] | shrink MIB|all | sample
+ *           | grow MIB [RATE_MIB_PER_S] | shrink MIB|all | sample | app ARG [ARG] | appresult
  *
  * alloc and free wait until the hog holds its new target (tests use them); grow and shrink only move the
  * target and answer at once, so that a benchmark can keep sampling the guest while a workload plays.
  * sample answers one line of what the guest sees: /proc/meminfo (kB), /proc/vmstat counters, the
  * cumulative stall times of /proc/pressure/memory (us), and the hog's state.
+ *
+ * app starts the guest's application driver (APP_PATH, only in the production-like Debian guest) with up
+ * to two arguments and answers at once; appresult answers the driver's last result line (APP_RESULT),
+ * or err while it runs. The driver writes its result file whole (rename), so a reply is never partial.
  *
  * Memory is held by a separate child process (the "hog") so that an OOM kill in the guest takes the
  * hog, never this agent (the agent sets its own oom_score_adj to -1000, the hog to 1000). The tty is
@@ -43,6 +47,9 @@
 #define WAIT_LIMIT_S 120.0
 #define HOG_IDLE_NS 10000000L
 #define BURN_SLICE_NS 200000000L
+#define APP_PATH "/usr/local/sbin/ab-app"
+#define APP_RESULT "/run/ab-app.result"
+#define APP_LOG "/run/ab-app.log"
 
 struct hog_state {
     volatile long target_mib; /* what the agent wants held */
@@ -54,6 +61,7 @@ static struct hog_state *hog;
 static pid_t hog_pid = -1;
 static pid_t burn_pid = -1;
 static pid_t burn_ballooned_pid = -1;
+static pid_t app_pid = -1;
 static long boot_memtotal_kb;
 static int tty = -1;
 
@@ -156,6 +164,8 @@ static void reap(void) {
             burn_pid = -1;
         } else if (pid == burn_ballooned_pid) {
             burn_ballooned_pid = -1;
+        } else if (pid == app_pid) {
+            app_pid = -1;
         }
     }
 }
@@ -265,6 +275,61 @@ static long psi_total_us(const char *kind) {
     return found;
 }
 
+/* Reclaimed or scanned pages, anon plus file (`kind` "pgsteal" or "pgscan"; Linux >= 5.8 splits them so),
+ * or -1 when the kernel has neither. */
+static long vmstat_anon_file(const char *kind) {
+    char key[32];
+    snprintf(key, sizeof key, "%s_anon", kind);
+    long anon = vmstat_value(key);
+    snprintf(key, sizeof key, "%s_file", kind);
+    long file = vmstat_value(key);
+    if (anon < 0 || file < 0) return -1;
+    return anon + file;
+}
+
+/* Start the application driver in its own session, with the default OOM score (not the agent's -1000:
+ * the application is what a guest's OOM killer may take). */
+static void cmd_app(const char *id, const char *a1, const char *a2) {
+    if (!a1) { reply(id, "err usage: app ARG [ARG]"); return; }
+    if (app_pid > 0) { reply(id, "err the application driver is still running (pid %d)", app_pid); return; }
+    unlink(APP_RESULT);
+    pid_t pid = fork();
+    if (pid < 0) { reply(id, "err fork failed: %s", strerror(errno)); return; }
+    if (pid == 0) {
+        setsid();
+        write_file("/proc/self/oom_score_adj", "0");
+        int fd = open(APP_LOG, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+        if (fd >= 0) { dup2(fd, 1); dup2(fd, 2); close(fd); }
+        close(tty);
+        execl(APP_PATH, APP_PATH, a1, a2, (char *)NULL);
+        _exit(127);
+    }
+    app_pid = pid;
+    reply(id, "ok pid=%d", pid);
+}
+
+static void cmd_appresult(const char *id) {
+    char line[LINE_MAX_LEN];
+    FILE *f = fopen(APP_RESULT, "r");
+    if (!f && app_pid > 0) { reply(id, "err running"); return; }
+    if (!f) {
+        /* The driver ended without a result: answer the last line it wrote, which says why. */
+        char last[LINE_MAX_LEN] = "";
+        FILE *log = fopen(APP_LOG, "r");
+        if (log) {
+            while (fgets(line, sizeof line, log)) if (line[0] != '\n') snprintf(last, sizeof last, "%s", line);
+            fclose(log);
+        }
+        last[strcspn(last, "\r\n")] = 0;
+        reply(id, "err no result; the driver's last words: %s", last[0] ? last : "(none)");
+        return;
+    }
+    if (!fgets(line, sizeof line, f)) line[0] = 0;
+    fclose(f);
+    line[strcspn(line, "\r\n")] = 0;
+    reply(id, "ok %s", line);
+}
+
 static void cmd_oomkills(const char *id) {
     long kills = vmstat_value("oom_kill");
     if (kills < 0) { reply(id, "err cannot read oom_kill from /proc/vmstat"); return; }
@@ -278,12 +343,15 @@ static void cmd_sample(const char *id) {
           "ok t_ms=%ld mem_total_kb=%ld mem_available_kb=%ld mem_free_kb=%ld anon_kb=%ld cached_kb=%ld "
           "shmem_kb=%ld swap_total_kb=%ld "
           "swap_free_kb=%ld oom_kill=%ld pswpin=%ld pswpout=%ld pgmajfault=%ld psi_some_us=%ld "
-          "psi_full_us=%ld held=%ld target=%ld alive=%d",
+          "psi_full_us=%ld held=%ld target=%ld alive=%d refault_anon=%ld refault_file=%ld pgsteal=%ld "
+          "pgscan=%ld",
           ts.tv_sec * 1000L + ts.tv_nsec / 1000000L, meminfo_kb("MemTotal"), meminfo_kb("MemAvailable"),
           meminfo_kb("MemFree"), meminfo_kb("AnonPages"), meminfo_kb("Cached"), meminfo_kb("Shmem"),
           meminfo_kb("SwapTotal"), meminfo_kb("SwapFree"), vmstat_value("oom_kill"),
           vmstat_value("pswpin"), vmstat_value("pswpout"), vmstat_value("pgmajfault"), psi_total_us("some"),
-          psi_total_us("full"), hog->held_mib, hog->target_mib, hog_pid > 0);
+          psi_total_us("full"), hog->held_mib, hog->target_mib, hog_pid > 0,
+          vmstat_value("workingset_refault_anon"), vmstat_value("workingset_refault_file"),
+          vmstat_anon_file("pgsteal"), vmstat_anon_file("pgscan"));
 }
 
 /* grow/shrink: move the hog's target and answer at once (see the header). */
@@ -351,6 +419,10 @@ static void handle(char *line) {
         cmd_grow(id, a1, a2);
     } else if (strcmp(cmd, "shrink") == 0) {
         cmd_shrink(id, a1);
+    } else if (strcmp(cmd, "app") == 0) {
+        cmd_app(id, a1, a2);
+    } else if (strcmp(cmd, "appresult") == 0) {
+        cmd_appresult(id);
     } else if (strcmp(cmd, "cpuburn") == 0) {
         set_switch(id, a1, &burn_pid, 0);
     } else if (strcmp(cmd, "burncpu-when-ballooned") == 0) {
