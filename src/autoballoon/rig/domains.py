@@ -11,16 +11,20 @@ import contextlib
 import itertools
 import os
 import re
+import subprocess
 import time
 import xml.etree.ElementTree as ET
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import libvirt
 
 from autoballoon.hostinfo import pid_alive
+from autoballoon.rig import accel
 from autoballoon.rig.control import GuestControl
+from autoballoon.rig.debian import DebianImage
 from autoballoon.rig.errors import RigError
 from autoballoon.rig.image import GuestImage
 from autoballoon.units import KiB, MiB
@@ -37,8 +41,20 @@ EMULATOR = "/usr/bin/qemu-system-x86_64"
 #: no_timer_check: on a busy host a TCG guest's timer can miss Linux's IO-APIC check window at boot, and
 #: the guest panics ("IO-APIC + timer doesn't work!", seen with 12 guests booting at load 12).
 KERNEL_CMDLINE = "console=ttyS0 quiet panic=-1 no_timer_check"
-#: What a guest leaves in the run directory: control socket, console log, swap disk.
-_RUN_FILES = (".ctl", ".console.log", ".swap")
+#: The production-like guest boots Debian's kernel and initramfs with its root on the virtio disk.
+DEBIAN_CMDLINE = "root=/dev/vda rw console=ttyS0 quiet panic=-1 no_timer_check systemd.show_status=false"
+#: Debian's guest boots systemd and two services: under TCG, with several guests booting on two CPUs,
+#: that takes minutes, not the busybox guest's seconds.
+DEBIAN_BOOT_TIMEOUT_S = 420.0
+#: The production-like guest's disk behaves like a cloud volume (the host's page cache is bypassed and
+#: reads are limited), so that a page the balloon evicted costs a real read when the guest needs it again.
+DISK_IOPS = 3000
+DISK_BYTES_S = 125 * MiB
+#: TCG's translated-code cache: QEMU sizes it by default at a quarter of the guest's RAM (1 GiB at most)
+#: and it counts in QEMU's RSS, so a Debian guest under TCG looks larger to the host than its RAM.
+TCG_CODE_CACHE_MIB = 128
+#: What a guest leaves in the run directory: control socket, console log, swap disk, disk overlay.
+_RUN_FILES = (".ctl", ".console.log", ".swap", ".qcow2")
 _counter = itertools.count(1)
 
 
@@ -48,7 +64,10 @@ class GuestSpec:
 
     ``swap_bytes`` > 0 gives the guest a swap disk of that size (a sparse file in the run directory on a
     virtio disk, which the guest's /init turns on); 0 means no swap, like the rig's guests always had.
+    ``kind="debian"`` boots the production-like guest (:mod:`.debian`) instead of the busybox one.
     """
+
+    kind: Literal["busybox", "debian"] = "busybox"
 
     memory_bytes: int = GUEST_BYTES
     swap_bytes: int = 0
@@ -113,20 +132,36 @@ def _sub(parent: ET.Element, tag: str, text: str | None = None, **attrs: str) ->
     return el
 
 
-def domain_xml(name: str, spec: GuestSpec, image: GuestImage, rundir: Path) -> str:
-    """The domain XML of a test guest: TCG, direct kernel boot, console log, control serial, balloon."""
+def domain_xml(
+    name: str, spec: GuestSpec, image: GuestImage, rundir: Path, debian: DebianImage | None = None
+) -> str:
+    """The domain XML of a test guest: KVM or TCG, direct kernel boot, console log, control serial,
+    balloon; for a Debian guest also its disk overlay."""
+    if spec.kind == "debian" and debian is None:
+        raise RigError("a Debian rig guest needs the Debian image (RigSession builds it)")
     kib = str(spec.memory_bytes // KiB)
-    dom = ET.Element("domain", type="qemu")
+    kvm = accel.choose().accel == "kvm"
+    dom = ET.Element("domain", type="kvm" if kvm else "qemu")
     _sub(dom, "name", name)
     _sub(dom, "memory", kib, unit="KiB")
     _sub(dom, "currentMemory", kib, unit="KiB")
     _sub(dom, "vcpu", str(spec.max_vcpus), placement="static", current=str(spec.vcpus))
     os_el = _sub(dom, "os")
     _sub(os_el, "type", "hvm", arch="x86_64", machine="pc")
-    _sub(os_el, "kernel", str(image.kernel))
-    _sub(os_el, "initrd", str(image.initrd))
-    _sub(os_el, "cmdline", KERNEL_CMDLINE)
-    _sub(_sub(dom, "features"), "acpi")
+    if spec.kind == "debian" and debian is not None:
+        _sub(os_el, "kernel", str(debian.kernel))
+        _sub(os_el, "initrd", str(debian.initrd))
+        _sub(os_el, "cmdline", DEBIAN_CMDLINE)
+    else:
+        _sub(os_el, "kernel", str(image.kernel))
+        _sub(os_el, "initrd", str(image.initrd))
+        _sub(os_el, "cmdline", KERNEL_CMDLINE)
+    features = _sub(dom, "features")
+    _sub(features, "acpi")
+    if kvm:
+        _sub(dom, "cpu", mode="host-passthrough")
+    elif spec.kind == "debian":
+        _sub(_sub(features, "tcg"), "tb-cache", str(TCG_CODE_CACHE_MIB), unit="MiB")
     _sub(dom, "on_poweroff", "destroy")
     _sub(dom, "on_reboot", "destroy")
     _sub(dom, "on_crash", "destroy")
@@ -135,7 +170,15 @@ def domain_xml(name: str, spec: GuestSpec, image: GuestImage, rundir: Path) -> s
     console = _sub(devices, "serial", type="file")
     _sub(console, "source", path=str(rundir / f"{name}.console.log"))
     _sub(console, "target", port="0")
-    if spec.swap_bytes:
+    if spec.kind == "debian":
+        disk = _sub(devices, "disk", type="file", device="disk")
+        _sub(disk, "driver", name="qemu", type="qcow2", cache="none", io="native")
+        _sub(disk, "source", file=str(rundir / f"{name}.qcow2"))
+        _sub(disk, "target", dev="vda", bus="virtio")
+        iotune = _sub(disk, "iotune")
+        _sub(iotune, "total_iops_sec", str(DISK_IOPS))
+        _sub(iotune, "total_bytes_sec", str(DISK_BYTES_S))
+    elif spec.swap_bytes:
         disk = _sub(devices, "disk", type="file", device="disk")
         _sub(disk, "driver", name="qemu", type="raw", cache="unsafe")
         _sub(disk, "source", file=str(rundir / f"{name}.swap"))
@@ -190,7 +233,23 @@ def sweep(conn: libvirt.virConnect) -> list[str]:
     return removed
 
 
-def start(conn: libvirt.virConnect, image: GuestImage, spec: GuestSpec, name: str | None = None) -> Guest:
+def _overlay(base: Path, out: Path) -> None:
+    """A copy-on-write overlay of the Debian image: the guest writes there, the image stays as built."""
+    done = subprocess.run(
+        ["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", str(base), str(out)],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    if done.returncode != 0:
+        raise RigError(f"qemu-img create {out} failed: {done.stderr.strip()}")
+
+
+def start(
+    conn: libvirt.virConnect,
+    image: GuestImage,
+    spec: GuestSpec,
+    name: str | None = None,
+    debian: DebianImage | None = None,
+) -> Guest:
     """Define (if persistent) and start one guest; returns at once, before the guest has booted."""
     name = name or new_name()
     rundir = run_dir()
@@ -198,7 +257,9 @@ def start(conn: libvirt.virConnect, image: GuestImage, spec: GuestSpec, name: st
     if spec.swap_bytes:  # sparse: the host spends disk only on what the guest swaps out
         with (rundir / f"{name}.swap").open("wb") as swap:
             swap.truncate(spec.swap_bytes)
-    xml = domain_xml(name, spec, image, rundir)
+    xml = domain_xml(name, spec, image, rundir, debian)
+    if spec.kind == "debian" and debian is not None:
+        _overlay(debian.disk, rundir / f"{name}.qcow2")
     try:
         if spec.persistent:
             conn.defineXML(xml).create()
@@ -214,7 +275,8 @@ def wait_booted(guests: Iterable[Guest], timeout: float = BOOT_TIMEOUT_S) -> Non
     """Wait until every guest's agent answers. The guests boot at the same time; this only waits."""
     started = time.monotonic()
     for guest in guests:
-        remaining = max(1.0, timeout - (time.monotonic() - started))
+        limit = DEBIAN_BOOT_TIMEOUT_S if guest.spec.kind == "debian" else timeout
+        remaining = max(1.0, limit - (time.monotonic() - started))
         try:
             guest.control.wait_ready(remaining)
         except RigError as exc:
@@ -225,12 +287,17 @@ def wait_booted(guests: Iterable[Guest], timeout: float = BOOT_TIMEOUT_S) -> Non
         guest.boot_seconds = time.monotonic() - started
 
 
-def boot(conn: libvirt.virConnect, image: GuestImage, specs: list[GuestSpec]) -> list[Guest]:
+def boot(
+    conn: libvirt.virConnect,
+    image: GuestImage,
+    specs: list[GuestSpec],
+    debian: DebianImage | None = None,
+) -> list[Guest]:
     """Start several guests at once and wait for all of them; on failure none is left behind."""
     guests: list[Guest] = []
     try:
         for spec in specs:
-            guests.append(start(conn, image, spec))
+            guests.append(start(conn, image, spec, debian=debian))
         wait_booted(guests)
     except BaseException:
         for guest in guests:

@@ -14,6 +14,7 @@ from typing import Any
 import libvirt
 
 from autoballoon.rig import daemons
+from autoballoon.rig.debian import DebianImage, build_debian_image
 from autoballoon.rig.domains import (
     Guest,
     GuestSpec,
@@ -37,6 +38,14 @@ class RigSession:
     started_daemons: dict[str, int]
     guests: list[Guest] = field(default_factory=list)
     _conn: Any = None
+    _debian: DebianImage | None = None
+
+    def debian_image(self) -> DebianImage:
+        """The production-like guest's image, built (or found in the cache) the first time it is asked for:
+        sessions that boot only busybox guests never pay for it."""
+        if self._debian is None:
+            self._debian = build_debian_image()
+        return self._debian
 
     def connection(self) -> Any:
         """A live ``libvirt.virConnect`` to qemu:///system (re-opened after a libvirtd restart)."""
@@ -49,7 +58,8 @@ class RigSession:
 
     def boot(self, specs: Sequence[GuestSpec]) -> list[Guest]:
         """Boot guests in parallel (all started, then all awaited); they are removed when the session ends."""
-        guests = boot(self.connection(), self.image, list(specs))
+        debian = self.debian_image() if any(s.kind == "debian" for s in specs) else None
+        guests = boot(self.connection(), self.image, list(specs), debian)
         self.guests.extend(guests)
         return guests
 
