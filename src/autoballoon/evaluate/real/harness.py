@@ -38,6 +38,7 @@ from autoballoon.evaluate.real.trace import (
     targets_at,
 )
 from autoballoon.policy import POLICY_NAMES
+from autoballoon.rig import accel
 from autoballoon.rig.control import GuestSample
 from autoballoon.rig.domains import STATS_PERIOD_S, URI, Guest, GuestSpec
 from autoballoon.rig.errors import RigError
@@ -295,6 +296,7 @@ def run_policy(
         guests=tuple(p.trace(actions) for p in players),
         actions=actions,
         host_load=(round(load_before, 2), round(os.getloadavg()[0], 2)),
+        accel=accel.choose().accel,
     )
 
 

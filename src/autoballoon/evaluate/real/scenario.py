@@ -84,7 +84,7 @@ class RealScenario:
         return sum(g.memory for g in self.guests)
 
 
-class _Where:
+class Where:
     """Where a value came from, so that every refusal can say it."""
 
     def __init__(self, source: str, section: str) -> None:
@@ -160,7 +160,7 @@ def parse_command(at_s: float, text: str, memory: int, what: str) -> Command:
     raise InvalidValueError(what, text, WORKLOAD_FORMS)
 
 
-def _workload(raw: Any, memory: int, duration_s: float, w: _Where) -> tuple[Command, ...]:
+def _workload(raw: Any, memory: int, duration_s: float, w: Where) -> tuple[Command, ...]:
     if not isinstance(raw, list):
         raise w.error("workload", raw, WORKLOAD_FORMS)
     commands: list[Command] = []
@@ -182,13 +182,13 @@ def _workload(raw: Any, memory: int, duration_s: float, w: _Where) -> tuple[Comm
 
 def parse_real_scenario(data: dict[str, Any], *, source: str, name: str) -> RealScenario:
     """Validate a parsed TOML document into a :class:`RealScenario`."""
-    top = _Where(source, "top level")
+    top = Where(source, "top level")
     top.keys(data, ("host", "run", "guest"), ("host", "run", "guest"))
-    host = _Where(source, "[host]")
+    host = Where(source, "[host]")
     budget = host.size(host.keys(data["host"], ("budget",), ("budget",)), "budget", "")
     if budget == 0:
         raise host.error("budget", data["host"]["budget"], "a size above 0")
-    run = _Where(source, "[run]")
+    run = Where(source, "[run]")
     duration = run.seconds(run.keys(data["run"], ("duration",), ("duration",)), "duration", MIN_DURATION_S,
                            MAX_DURATION_S)  # fmt: skip
     raw_guests = data["guest"]
@@ -197,7 +197,7 @@ def parse_real_scenario(data: dict[str, Any], *, source: str, name: str) -> Real
     guests: list[RealGuest] = []
     for i, raw in enumerate(raw_guests):
         label = raw.get("name") if isinstance(raw, dict) else None
-        w = _Where(source, f"[[guest]] {label!r}" if isinstance(label, str) else f"[[guest]] #{i + 1}")
+        w = Where(source, f"[[guest]] {label!r}" if isinstance(label, str) else f"[[guest]] #{i + 1}")
         t = w.keys(raw, ("name", "memory", "autodeflate", "swap", "workload"), ("name",))
         guest_name = t["name"]
         if not isinstance(guest_name, str) or not guest_name.replace("-", "").isalnum():

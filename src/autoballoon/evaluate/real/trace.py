@@ -108,6 +108,8 @@ class RunTrace:
     #: The host's 1-minute load average at the start and the end: the runs share two CPUs with the rest
     #: of the host, and a busy host slows guests, daemon and sampling alike.
     host_load: tuple[float, float] | None = None
+    #: kvm or tcg: what the guests ran on (None in traces from before the rig could choose: TCG).
+    accel: str | None = None
     format: str = FORMAT
 
     def to_json(self) -> dict[str, Any]:
@@ -117,7 +119,8 @@ class RunTrace:
 D = TypeVar("D", bound="DataclassInstance")
 
 
-def _build(cls: type[D], data: Mapping[str, Any]) -> D:
+def build(cls: type[D], data: Mapping[str, Any]) -> D:
+    """A dataclass from a JSON object, ignoring keys it does not know (a newer trace's extra columns)."""
     names = {f.name for f in fields(cls)}
     return cls(**{k: v for k, v in data.items() if k in names})
 
@@ -127,19 +130,24 @@ def trace_from_json(data: Mapping[str, Any]) -> RunTrace:
     if data.get("format") != FORMAT:
         raise InvalidValueError("real-run trace format", data.get("format"), FORMAT)
     guests = tuple(
-        _build(GuestTrace, {**g, "commands": tuple(_build(CommandRecord, c) for c in g["commands"])})
+        build(GuestTrace, {**g, "commands": tuple(build(CommandRecord, c) for c in g["commands"])})
         for g in data["guests"]
     )
-    actions = tuple(_build(JournalAction, a) for a in data.get("actions", ()))
+    actions = tuple(build(JournalAction, a) for a in data.get("actions", ()))
     load = data.get("host_load")
     fixed = {"guests": guests, "actions": actions, "host_load": tuple(load) if load else None}
-    return _build(RunTrace, {**data, **fixed})
+    return build(RunTrace, {**data, **fixed})
 
 
 def write_trace(trace: RunTrace, path: Path) -> Path:
     """Write compact JSON (gzip'd for a ``.gz`` name); returns the path."""
+    return write_json(trace.to_json(), path)
+
+
+def write_json(data: Mapping[str, Any], path: Path) -> Path:
+    """Compact JSON, gzip'd for a ``.gz`` name; returns the path."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    text = json.dumps(trace.to_json(), separators=(",", ":"))
+    text = json.dumps(data, separators=(",", ":"))
     if path.suffix == ".gz":
         with gzip.open(path, "wt", encoding="utf-8", compresslevel=9) as fh:
             fh.write(text)
@@ -149,13 +157,17 @@ def write_trace(trace: RunTrace, path: Path) -> Path:
 
 
 def read_trace(path: Path) -> RunTrace:
+    return trace_from_json(read_json(path, "real-run trace"))
+
+
+def read_json(path: Path, what: str) -> Any:
+    """The JSON document of ``path`` (gunzipped for a ``.gz`` name); a clear error if it is not one."""
     opener = gzip.open if path.suffix == ".gz" else open
     try:
         with opener(path, "rt", encoding="utf-8") as fh:
-            data = json.load(fh)
+            return json.load(fh)
     except (OSError, ValueError) as exc:
-        raise InvalidValueError("real-run trace", str(path), f"a readable trace file ({exc})") from None
-    return trace_from_json(data)
+        raise InvalidValueError(what, str(path), f"a readable trace file ({exc})") from None
 
 
 def trace_filename(scenario: str, policy: str) -> str:
