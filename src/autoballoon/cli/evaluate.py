@@ -137,22 +137,31 @@ def _table(title: str, rows: list[list[str]]) -> None:
     "--scenarios then names real scenarios (default: ./scenarios/real).",
 )
 @click.option(
+    "--production",
+    is_flag=True,
+    help="Run on production-like Debian guests under qemu:///system (root, the rig: docs/rig.md): host "
+    "memory returned against application slowdown; --scenarios then names production scenarios "
+    "(default: ./scenarios/production).",
+)
+@click.option(
     "--record",
     "record_dir",
     type=click.Path(file_okay=False, path_type=Path),
-    help="With --real: write each run's raw trace (JSON, gzip'd) here.",
+    help="With --real or --production: write each run's raw trace (JSON, gzip'd) here; with --production, "
+    "runs already recorded there are read back instead of played again.",
 )
 @click.option(
     "--lease",
     "lease_path",
     type=click.Path(dir_okay=False, path_type=Path),
-    help="With --real: hold an exclusive flock on this file while a workload's guests are up.",
+    help="With --real or --production: hold an exclusive flock on this file while guests are up.",
 )
 @click.option(
     "--from-record",
     "from_record",
     type=click.Path(file_okay=False, exists=True, path_type=Path),
-    help="With --real: report on the runs recorded in this directory (by --record) instead of running.",
+    help="With --real or --production: report on the runs recorded in this directory (by --record) "
+    "instead of running.",
 )
 @click.option(
     "--calibrate",
@@ -168,6 +177,7 @@ def evaluate(
     seed: int,
     workers: int | None,
     real: bool,
+    production: bool,
     record_dir: Path | None,
     lease_path: Path | None,
     calibrate: bool,
@@ -178,8 +188,17 @@ def evaluate(
     Metrics per (scenario, policy): OOM kills, host-overrun seconds, pressure VM-seconds, reclaimed
     GiB-hours (harm is not credited), oracle efficiency, reaction time p50/p99, the policy's CPU time per
     tick. Tables rank policies by harm first, then efficiency. With --real: the same policies on real
-    guests (see docs/evaluation-real.md).
+    guests (see docs/evaluation-real.md); with --production: on production-like guests, by host memory
+    returned and application slowdown.
     """
+    if real and production:
+        raise click.UsageError("--real and --production are two benchmarks: give one of them")
+    if production:
+        from autoballoon.evaluate.production.command import evaluate_production
+
+        evaluate_production(scenario_paths, policies, report_dir, record_dir, lease_path, as_json=as_json,
+                            from_record=from_record)  # fmt: skip
+        return
     if real:
         from autoballoon.evaluate.real.command import evaluate_real
 
