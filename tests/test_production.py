@@ -3,6 +3,7 @@ whose answers are known, the report section, the trace format, the accelerator c
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -232,3 +233,11 @@ def test_policies_are_the_daemons_and_fpr_only() -> None:
     assert parse_policies("static,fpr-only") == ("static", FPR_ONLY)
     with pytest.raises(InvalidValueError, match="fpr-only"):
         parse_policies("static,oracle")
+
+
+def test_a_window_whose_application_failed_counts_as_no_service() -> None:
+    failed = AppRun(5.0, 10.0, 5.0, error="no result; the driver's last words: connection refused")
+    trace = _run("mom", GiB, 100.0)
+    db = replace(trace.guests[0], apps=(trace.guests[0].apps[0], failed))
+    m = run_metrics(replace(trace, guests=(db, trace.guests[1])))
+    assert (m.apps[0].rate, m.apps[0].failed) == (50.0, 1)

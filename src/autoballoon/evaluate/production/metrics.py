@@ -15,7 +15,8 @@ The rules, per run, over the samples of the measured service (about every second
   over guests.
 - **Slowdown**: per application, how much slower it ran than under the static policy (the median of the
   static runs): ``1 - rate / static rate`` for the database (pgbench tps) and the web server (wrk
-  requests/s), ``wall / static wall - 1`` for the batch job, in per cent; negative is faster.
+  requests/s), ``wall / static wall - 1`` for the batch job, in per cent; negative is faster. A window
+  whose application failed (killed, or no answer) counts as a rate of 0, and is counted as failed.
 - **Refaults** and **accuracy**: refaults are the guest kernel's ``workingset_refault_anon + _file`` over the
   run (evicted pages that were needed again); accuracy is ``1 - refaults / reclaimed pages`` (``pgsteal``),
   the measure ByteDance's TMO keeps at or above 0.99. None when the guest reclaimed nothing.
@@ -60,7 +61,8 @@ class AppMetrics:
     guest: str
     app: str
     runs: int
-    rate: float | None  # mean over windows (db, web)
+    failed: int  # runs without a result (the application failed)
+    rate: float | None  # mean over windows (db, web), a failed window counting 0
     p99_ms: float | None  # median over windows
     wall_s: float | None  # mean over runs (batch)
     refaults: int
@@ -96,15 +98,16 @@ class ProdMetrics:
 
 
 def app_metrics(g: ProdGuestTrace) -> AppMetrics:
-    rates = [a.rate for a in g.apps if a.rate is not None]
+    rates = [a.rate if a.rate is not None else 0.0 for a in g.apps]
     p99s = [a.p99_ms for a in g.apps if a.p99_ms is not None]
-    walls = [a.wall_s for a in g.apps if a.wall_s]
+    walls = [a.wall_s for a in g.apps if a.wall_s and a.error is None]
     refaults = int(_delta(g, "refault_anon") + _delta(g, "refault_file"))
     reclaimed = int(_delta(g, "pgsteal"))
     return AppMetrics(
         guest=g.name,
         app=g.app,
         runs=len(g.apps),
+        failed=sum(a.error is not None for a in g.apps),
         rate=statistics.fmean(rates) if rates and g.app in WINDOWED else None,
         p99_ms=statistics.median(p99s) if p99s and g.app in WINDOWED else None,
         wall_s=statistics.fmean(walls) if walls and g.app not in WINDOWED else None,
@@ -185,6 +188,7 @@ class AppSummary:
     slowdown_pct: Spread | None
     accuracy: Spread | None
     refaults: Spread | None
+    failed: int  # failed application runs, over every repetition
 
 
 @dataclass(frozen=True, slots=True)
@@ -262,6 +266,7 @@ def summarize(metrics: Sequence[ProdMetrics]) -> list[PolicySummary]:
                     ),
                     accuracy=_spread([a.accuracy for a in same]),
                     refaults=_spread([float(a.refaults) for a in same]),
+                    failed=sum(a.failed for a in same),
                 )
                 for a0 in runs[0].apps
                 for same in [[a for m in runs for a in m.apps if a.guest == a0.guest]]

@@ -53,15 +53,16 @@ def summary_table(rows: Sequence[PolicySummary]) -> str:
 
 def app_table(rows: Sequence[PolicySummary], guest: str) -> str:
     head = (
-        "| policy | merit | p99 latency ms | slowdown % | refaults (pages) | accuracy "
-        "| host memory returned GiB·s (vs static) |\n|---|--:|--:|--:|--:|--:|--:|\n"
+        "| policy | merit | p99 latency ms | slowdown % | failed runs | refaults (pages) | accuracy "
+        "| host memory returned GiB·s (vs static) |\n|---|--:|--:|--:|--:|--:|--:|--:|\n"
     )
     lines = []
     for r in rows:
         a = next(x for x in r.apps if x.guest == guest)
         lines.append(
             f"| {r.policy} | {_cell(a.merit, '.1f')} | {_cell(a.p99_ms, '.1f')} "
-            f"| {_cell(a.slowdown_pct, '+.1f')} | {_cell(a.refaults, '.0f')} | {_cell(a.accuracy, '.3f')} "
+            f"| {_cell(a.slowdown_pct, '+.1f')} | {a.failed} | {_cell(a.refaults, '.0f')} "
+            f"| {_cell(a.accuracy, '.3f')} "
             f"| {_cell(r.returned_vs_static, '.0f', GiB)} |"
         )
     return head + "\n".join(lines) + "\n"

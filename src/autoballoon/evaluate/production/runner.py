@@ -51,7 +51,7 @@ from autoballoon.evaluate.real.harness import (
 from autoballoon.evaluate.real.trace import journal_actions, read_json, targets_at
 from autoballoon.policy import POLICY_NAMES
 from autoballoon.rig import accel
-from autoballoon.rig.control import GuestControl
+from autoballoon.rig.control import GuestCommandError, GuestControl
 from autoballoon.rig.domains import Guest, GuestSpec
 from autoballoon.rig.errors import RigError
 from autoballoon.rig.session import RigSession
@@ -186,7 +186,13 @@ class GuestRun:
                 assert self.spec.every_s is not None
                 next_start += self.spec.every_s
             started = time.monotonic() - t0
-            result = run_app(self.guest.control, args, timeout)
+            try:
+                result = run_app(self.guest.control, args, timeout)
+            except GuestCommandError as exc:  # the application failed: a harm to report, not a crash
+                finished = time.monotonic() - t0
+                self.apps.append(AppRun(round(started, 3), round(finished, 3), finished - started,
+                                        error=str(exc)))  # fmt: skip
+                continue
             finished = time.monotonic() - t0
             self.apps.append(AppRun(round(started, 3), round(finished, 3), _number(result, "wall_s") or 0.0,
                                     _number(result, "rate"), _number(result, "p99_ms")))  # fmt: skip

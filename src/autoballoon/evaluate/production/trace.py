@@ -47,6 +47,8 @@ class AppRun:
     wall_s: float
     rate: float | None = None  # operations per second (db, web)
     p99_ms: float | None = None
+    #: Why the run gave no result (the driver failed: an application killed, a timeout), else None.
+    error: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

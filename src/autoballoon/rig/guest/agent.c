@@ -50,6 +50,7 @@
 #define APP_PATH "/usr/local/sbin/ab-app"
 #define APP_RESULT "/run/ab-app.result"
 #define APP_LOG "/run/ab-app.log"
+#define APP_EXIT_WAIT_S 5.0
 
 struct hog_state {
     volatile long target_mib; /* what the agent wants held */
@@ -291,6 +292,13 @@ static long vmstat_anon_file(const char *kind) {
  * the application is what a guest's OOM killer may take). */
 static void cmd_app(const char *id, const char *a1, const char *a2) {
     if (!a1) { reply(id, "err usage: app ARG [ARG]"); return; }
+    /* A driver that has written its result is on its way out: the host may ask for the next run
+     * before it has exited, so give it a moment to end instead of refusing. */
+    double deadline = now_s() + APP_EXIT_WAIT_S;
+    while (app_pid > 0 && access(APP_RESULT, F_OK) == 0 && now_s() < deadline) {
+        reap();
+        if (app_pid > 0) sleep_ns(HOG_IDLE_NS);
+    }
     if (app_pid > 0) { reply(id, "err the application driver is still running (pid %d)", app_pid); return; }
     unlink(APP_RESULT);
     pid_t pid = fork();
