@@ -175,6 +175,14 @@ def test_the_section_replaces_only_itself_and_is_appended_when_absent(tmp_path: 
     assert busybox_again.startswith("# new busybox report\n") and PRODUCTION.find(busybox_again)
 
 
+def test_a_report_without_static_runs_has_no_slowdown_but_is_written(tmp_path: Path) -> None:
+    write_section(tmp_path, [_run("mom", 768 * MiB, 80.0)], command="c", wall_s=1.0)
+    text = (tmp_path / "evaluation-real.md").read_text()
+    assert "| mom | 1 |" in text and (tmp_path / "evaluation-real" / "production-mix.png").exists()
+    (row,) = summarize([run_metrics(_run("mom", 768 * MiB, 80.0))])
+    assert row.returned_vs_static is None  # nothing to compare with: not shown as if it were
+
+
 def test_the_report_says_which_accelerator_ran() -> None:
     text = render_section([_run("static", GiB, 100.0)], command="c", wall_s=1.0)
     assert "guests under TCG" in text

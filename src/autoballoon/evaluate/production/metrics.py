@@ -196,7 +196,7 @@ class PolicySummary:
     scenario: str
     policy: str
     runs: int
-    returned_vs_static: Spread
+    returned_vs_static: Spread | None  # None without static runs to compare with
     host_returned: Spread
     balloon: Spread
     rss_above_budget_s: Spread
@@ -217,8 +217,9 @@ class PolicySummary:
         """Harm first in the design's order: OOM kills, the host over its budget, pressure, slowdown;
         then the most host memory returned."""
         pressure = self.psi_some_s.median + self.oom_edge_s.median + self.swap_in.median
+        returned = self.returned_vs_static or self.host_returned
         return (self.oom_kills.median, self.rss_above_budget_s.median, pressure,
-                max(self.worst_slowdown_pct, 0.0), -self.returned_vs_static.median)  # fmt: skip
+                max(self.worst_slowdown_pct, 0.0), -returned.median)  # fmt: skip
 
 
 def _spread(values: Sequence[float | None]) -> Spread | None:
@@ -276,7 +277,7 @@ def summarize(metrics: Sequence[ProdMetrics]) -> list[PolicySummary]:
                     scenario=scenario,
                     policy=policy,
                     runs=len(runs),
-                    returned_vs_static=_must([m.host_returned - base_returned for m in runs]),
+                    returned_vs_static=_spread([m.host_returned - base_returned for m in runs if base]),
                     host_returned=_must([m.host_returned for m in runs]),
                     balloon=_must([m.balloon for m in runs]),
                     rss_above_budget_s=_must([m.rss_above_budget_s for m in runs]),

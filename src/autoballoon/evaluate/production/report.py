@@ -79,7 +79,7 @@ def plot_tradeoff(rows: Sequence[PolicySummary], out: Path) -> None:
     for ax, guest in zip(axes[0], guests, strict=False):
         for r in rows:
             a = next(x for x in r.apps if x.guest == guest)
-            if a.slowdown_pct is None:
+            if a.slowdown_pct is None or r.returned_vs_static is None:
                 continue
             s, y = a.slowdown_pct, r.returned_vs_static
             ax.errorbar(
@@ -94,7 +94,10 @@ def plot_tradeoff(rows: Sequence[PolicySummary], out: Path) -> None:
         ax.tick_params(labelsize=7)
     axes[0][0].set_ylabel("host memory returned vs static, GiB·s", fontsize=8)
     handles, labels = axes[0][0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="upper center", ncol=len(labels), fontsize=8, frameon=False)
+    if not labels:  # without static runs there is no slowdown to plot against
+        fig.text(0.5, 0.5, "no static runs: no slowdown to plot", ha="center", fontsize=9)
+    else:
+        fig.legend(handles, labels, loc="upper center", ncol=len(labels), fontsize=8, frameon=False)
     fig.tight_layout(rect=(0, 0, 1, 1 - 0.45 / fig.get_figheight()))
     fig.savefig(out)
     plt.close(fig)
