@@ -78,7 +78,7 @@ def daemon_config(domains: Sequence[str], budget: int, journal: Path) -> str:
         f'journal = "{journal}"\nstate = "{journal.with_suffix(".state.json")}"\n'
         f'manage = [{names}]\n\n[host]\nbudget = "{format_size(budget)}"\n\n'
         f'[defaults]\nmin = "{format_size(GUEST_MIN)}"\n\n'
-        f"[guard]\nhost_load_factor = {NO_HOST_LOAD_PAUSE:g}\n"
+        f"[health]\nhost_load_factor = {NO_HOST_LOAD_PAUSE:g}\n"
     )
 
 
