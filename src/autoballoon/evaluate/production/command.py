@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from pathlib import Path
 
@@ -40,7 +40,11 @@ def _command(paths: Sequence[str], policies: str, report: str | None, record: Pa
 
 
 def _play(
-    paths: Sequence[str], policies: str, record: Path | None, lease_path: Path | None
+    paths: Sequence[str],
+    policies: str,
+    record: Path | None,
+    lease_path: Path | None,
+    say: Callable[[str], None],
 ) -> tuple[list[ProdTrace], float]:
     """Validate every scenario first (no guest boots for a bad file), then run them under the lease."""
     from autoballoon.rig.session import open_session  # needs libvirt-python
@@ -53,7 +57,7 @@ def _play(
         session = open_session()
         try:
             for scenario in scenarios:
-                runs += run_scenario(scenario, names, session, Path(work) / scenario.name, record, click.echo)
+                runs += run_scenario(scenario, names, session, Path(work) / scenario.name, record, say)
         finally:
             left = session.close()
         if left:
@@ -71,6 +75,8 @@ def evaluate_production(
     as_json: bool,
     from_record: Path | None = None,
 ) -> None:
+    # With --json, stdout is the JSON document alone: progress goes to stderr.
+    say = (lambda msg: click.echo(msg, err=True)) if as_json else click.echo
     if from_record is not None:
         runs = read_prod_traces(from_record)
         meta_path = from_record / RUN_FILE
@@ -81,7 +87,7 @@ def evaluate_production(
         wall_s = float(meta.get("wall_s", 0.0))
     else:
         command = _command(paths, policies, report_dir, record_dir)
-        runs, wall_s = _play(paths, policies, record_dir, lease_path)
+        runs, wall_s = _play(paths, policies, record_dir, lease_path, say)
         if record_dir is not None:
             (record_dir / RUN_FILE).write_text(json.dumps({"command": command, "wall_s": round(wall_s, 1)}))
     rows = summarize([run_metrics(r) for r in runs])
