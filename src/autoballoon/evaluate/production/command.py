@@ -13,7 +13,6 @@ from pathlib import Path
 
 import click
 
-from autoballoon.cli.output import emit_json
 from autoballoon.evaluate.production.metrics import run_metrics, summarize
 from autoballoon.evaluate.production.report import app_table, summary_table, write_section
 from autoballoon.evaluate.production.runner import parse_policies, run_scenario
@@ -95,7 +94,7 @@ def evaluate_production(
         path = write_section(Path(report_dir), runs, command=command, wall_s=wall_s)
         click.echo(f"report: {path}", err=as_json)
     if as_json:
-        emit_json([asdict(r) for r in rows])
+        click.echo(json.dumps([asdict(r) for r in rows], indent=2))
         return
     for scenario in dict.fromkeys(r.scenario for r in rows):
         mine = [r for r in rows if r.scenario == scenario]
