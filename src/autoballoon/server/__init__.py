@@ -11,7 +11,6 @@ on uvicorn with the deadlines and the connection limit. This module wires them w
 
 from __future__ import annotations
 
-import socket
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -21,7 +20,7 @@ from autoballoon.server.api import Api
 from autoballoon.server.app import AllowedHosts, create_app
 from autoballoon.server.auth import load_token
 from autoballoon.server.history import History, Sampler
-from autoballoon.server.listen import Tls, check_exposure, is_loopback, parse_listen
+from autoballoon.server.listen import Tls, check_exposure, parse_listen
 from autoballoon.server.metrics import make_registry
 from autoballoon.server.serving import HttpServer
 from autoballoon.server.source import ServerView, Source
@@ -31,15 +30,6 @@ if TYPE_CHECKING:
     from autoballoon.controller import Controller
 
 DEFAULT_LISTEN = f"{DEFAULT_HOST}:{DEFAULT_PORT}"
-
-
-def own_names() -> tuple[str, ...]:
-    """This machine's own names (its host name and fully qualified name): what a Prometheus on the
-    network scrapes it by. A DNS-rebinding page comes with a name its author controls, never these, so
-    a daemon listening beyond loopback answers to them without ``--allow-host`` (which a scrape by
-    host name otherwise needed, getting 421)."""
-    name = socket.gethostname()
-    return (name, socket.getfqdn(name))
 
 
 class RunningServer:
@@ -59,8 +49,7 @@ class RunningServer:
         self.history = History(tunables.history_points, tunables.coarse_points, tunables.coarse_period_s)
         self.sampler = Sampler(self.history, lambda: source.view().snapshot, tunables.sample_interval_s)
         registry = make_registry(source.view, self.history, tick_histogram=source.tick_histogram)
-        names = [*allow_hosts, *([] if is_loopback(host) else own_names())]
-        allowed = AllowedHosts(host, frozenset(n.lower().rstrip(".") for n in names if n))
+        allowed = AllowedHosts.serving(host, allow_hosts)
         app = create_app(Api(source, self.history, tunables, token), registry, allowed)
         self.http = HttpServer(app, host, port, tunables, tls=tls)
         self._source_on_tick: Callable[[Any], None] = getattr(source, "on_tick", lambda controller: None)

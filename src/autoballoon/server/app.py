@@ -18,7 +18,8 @@ The socket, the connection limits and the deadlines are :mod:`autoballoon.server
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, MutableMapping
+import socket
+from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from dataclasses import dataclass
 from importlib import resources
 from importlib.resources.abc import Traversable
@@ -68,6 +69,15 @@ SECURITY_HEADERS = (
 # -- who it answers ------------------------------------------------------------------------------------
 
 
+def own_names() -> tuple[str, ...]:
+    """This machine's own names (its host name and fully qualified name): what a Prometheus on the
+    network scrapes it by. A DNS-rebinding page comes with a name its author controls, never these, so
+    a daemon listening beyond loopback answers to them without ``--allow-host`` (which a scrape by
+    host name otherwise needed, getting 421)."""
+    name = socket.gethostname()
+    return (name, socket.getfqdn(name))
+
+
 @dataclass(frozen=True, slots=True)
 class AllowedHosts:
     """The ``Host`` header values the daemon answers to: its listen address, ``localhost`` when that is
@@ -76,6 +86,13 @@ class AllowedHosts:
 
     listen_host: str
     names: frozenset[str] = frozenset()
+
+    @classmethod
+    def serving(cls, listen_host: str, allow_hosts: Iterable[str] = ()) -> AllowedHosts:
+        """What a daemon listening on ``listen_host`` answers to: the names given (``--allow-host``) and,
+        beyond loopback, this machine's own names (:func:`own_names`)."""
+        names = [*allow_hosts, *([] if is_loopback(listen_host) else own_names())]
+        return cls(listen_host, frozenset(n.lower().rstrip(".") for n in names if n))
 
     @staticmethod
     def hostname(header: str) -> str:
