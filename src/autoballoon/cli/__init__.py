@@ -62,6 +62,7 @@ def cli(ctx: click.Context, uri: str) -> None:
 # Each command group lives in its own module and registers itself on ``cli`` when imported.
 from autoballoon.cli import (  # noqa: E402,F401
     change,
+    completion,
     evaluate,
     fleet,
     inventory,

@@ -10,10 +10,11 @@ import click
 from autoballoon import ops
 from autoballoon.cli import Context, cli, pass_ctx
 from autoballoon.cli.inventory import policy_text
-from autoballoon.cli.output import emit_json, say
+from autoballoon.cli.output import emit_json, json_option, say
 from autoballoon.cli.params import BUFFER_TYPE, COUNT_TYPE, ON_OFF, SHARES_TYPE, SIZE, STATS_PERIOD_TYPE
 from autoballoon.model import BALLOON_MODELS, BalloonChange, ChangeResult
 from autoballoon.units import format_size, human
+from autoballoon.views import guest_detail
 
 #: Let "-1G" reach the SIZE parser (which names it and says what is accepted) instead of click's
 #: "no such option '-1'".
@@ -22,7 +23,10 @@ _NUMERIC_ARGS = {"ignore_unknown_options": True}
 _SCOPE_HELP = "Neither --live nor --config means the running VM if it runs, else its persistent config."
 
 
-def _report(result: ChangeResult) -> None:
+def _report(result: ChangeResult, vm: str, as_json: bool = False) -> None:
+    if as_json:
+        emit_json({"vm": vm, "live": result.live, "next_boot": result.next_boot, "message": result.message})
+        return
     say(result.message)
     if result.next_boot and not result.live:
         say("note: this takes effect at the next boot of the VM (a restart, not a reboot inside it)")
@@ -34,8 +38,9 @@ def _report(result: ChangeResult) -> None:
 @click.option("--live", is_flag=True, help="Change the running VM's balloon target.")
 @click.option("--config", is_flag=True, help="Change <currentMemory> in the persistent config.")
 @click.option("--force", is_flag=True, help="Set a live target below what the guest uses now.")
+@json_option
 @pass_ctx
-def setmem(ctx: Context, vm: str, size: int, live: bool, config: bool, force: bool) -> None:
+def setmem(ctx: Context, vm: str, size: int, live: bool, config: bool, force: bool, as_json: bool) -> None:
     """Set the balloon target of VM to SIZE (bare number = KiB, as virsh; 512M, 2G...).
 
     Refused (exit 2, nothing changed) above the VM's <memory>, below 128 MiB or below the VM's policy
@@ -44,7 +49,10 @@ def setmem(ctx: Context, vm: str, size: int, live: bool, config: bool, force: bo
     guest = ctx.backend.guest(vm)
     used = guest.used_bytes
     scope = ops.setmem(ctx.backend, vm, size, live=live, config=config, force=force)
-    say(f"{vm}: balloon target set to {format_size(size)} ({scope})")
+    if as_json:
+        emit_json({"vm": vm, "target_bytes": size, "scope": scope})
+    else:
+        say(f"{vm}: balloon target set to {format_size(size)} ({scope})")
     if force and used is not None and size < used and scope != "config":
         say(f"autoballoon: warning: {vm} uses {human(used)}: expect it to swap or OOM-kill", err=True)
 
@@ -58,10 +66,11 @@ setmem.help = (setmem.help or "") + "\n\n" + _SCOPE_HELP
 @click.option(
     "--config", is_flag=True, required=True, help="Required: <memory> can change only in the config."
 )
+@json_option
 @pass_ctx
-def setmaxmem(ctx: Context, vm: str, size: int, config: bool) -> None:
+def setmaxmem(ctx: Context, vm: str, size: int, config: bool, as_json: bool) -> None:
     """Set the VM's maximum memory (<memory>) in its persistent config; it applies at the next boot."""
-    _report(ops.setmaxmem(ctx.backend, vm, size))
+    _report(ops.setmaxmem(ctx.backend, vm, size), vm, as_json)
 
 
 @cli.command(context_settings=_NUMERIC_ARGS)
@@ -69,10 +78,11 @@ def setmaxmem(ctx: Context, vm: str, size: int, config: bool) -> None:
 @click.argument("count", type=COUNT_TYPE)
 @click.option("--live", is_flag=True, help="Change the running VM.")
 @click.option("--config", is_flag=True, help="Change the persistent config.")
+@json_option
 @pass_ctx
-def setvcpus(ctx: Context, vm: str, count: int, live: bool, config: bool) -> None:
+def setvcpus(ctx: Context, vm: str, count: int, live: bool, config: bool, as_json: bool) -> None:
     """Set the number of active vCPUs (at most the VM's maximum)."""
-    _report(ops.setvcpus(ctx.backend, vm, count, live=live, config=config))
+    _report(ops.setvcpus(ctx.backend, vm, count, live=live, config=config), vm, as_json)
 
 
 setvcpus.help = (setvcpus.help or "") + "\n\n" + _SCOPE_HELP
@@ -94,6 +104,7 @@ setvcpus.help = (setvcpus.help or "") + "\n\n" + _SCOPE_HELP
     type=STATS_PERIOD_TYPE,
     help="Seconds between guest memory stats; 0 turns them off. Also applied live.",
 )
+@json_option
 @pass_ctx
 def balloon(
     ctx: Context,
@@ -102,6 +113,7 @@ def balloon(
     autodeflate: str | None,
     free_page_reporting: str | None,
     stats_period: int | None,
+    as_json: bool,
 ) -> None:
     """Show or change the VM's persistent <memballoon> settings.
 
@@ -115,14 +127,18 @@ def balloon(
         stats_period=stats_period,
     )
     if change.empty:
-        b = ctx.backend.guest(vm).balloon
+        g = ctx.backend.guest(vm)
+        b = g.balloon
+        if as_json:
+            emit_json({"vm": g.name, **guest_detail(g, 0.0)["balloon"]})
+            return
         say(
             f"{vm}: model {b.model}, autodeflate {'on' if b.autodeflate else 'off'}, "
             f"free-page-reporting {'on' if b.free_page_reporting else 'off'}, "
             f"stats period {b.stats_period or 0} s"
         )
         return
-    _report(ops.set_balloon(ctx.backend, vm, change))
+    _report(ops.set_balloon(ctx.backend, vm, change), vm, as_json)
 
 
 @cli.command()

@@ -18,7 +18,12 @@ from rich.text import Text
 
 from autoballoon.text import printable
 
-__all__ = ["cell", "console", "emit_json", "pairs", "printable", "say", "table"]
+__all__ = ["cell", "console", "emit_json", "json_option", "pairs", "printable", "say", "table"]
+
+#: ``--json`` for every command that prints data: one JSON value on stdout, sizes in bytes.
+json_option = click.option(
+    "--json", "as_json", is_flag=True, help="Print the result as JSON (sizes in bytes, stable field names)."
+)
 
 #: Width for tables written to a pipe or file, where rich would otherwise squeeze them into 80 columns.
 PIPE_WIDTH = 200

@@ -14,7 +14,7 @@ from pathlib import Path
 import click
 
 from autoballoon.cli import Context, cli, pass_ctx
-from autoballoon.cli.output import say
+from autoballoon.cli.output import emit_json, json_option, say
 from autoballoon.cli.remote import DaemonUnreachable, applied, daemon_option, request
 from autoballoon.errors import AutoballoonError
 from autoballoon.server.auth import load_token
@@ -32,8 +32,9 @@ TOKEN_ENV = "AUTOBALLOON_API_TOKEN_FILE"
     default=None,
     help=f"The token file the daemon was started with (also ${TOKEN_ENV}).",
 )
+@json_option
 @pass_ctx
-def release(ctx: Context, vm: str, daemon_url: str, api_token_file: Path | None) -> None:
+def release(ctx: Context, vm: str, daemon_url: str, api_token_file: Path | None, as_json: bool) -> None:
     """End VM's quarantine: the daemon balloons it again from its next tick.
 
     The health guard quarantines a guest whose CPU storms after ballooning. Release it only once its
@@ -46,5 +47,9 @@ def release(ctx: Context, vm: str, daemon_url: str, api_token_file: Path | None)
         answer = request(daemon_url, f"vms/{urllib.parse.quote(vm, safe='')}/release", body={}, token=token)
     except DaemonUnreachable as e:
         raise AutoballoonError(f"{e}: no daemon is running there, so no quarantine to release") from None
-    done = "released" if applied(answer, daemon_url) else "release queued (applied at the daemon's next tick)"
+    now = applied(answer, daemon_url)
+    if as_json:
+        emit_json({"vm": vm, "released": True, "applied": now})
+        return
+    done = "released" if now else "release queued (applied at the daemon's next tick)"
     say(f"{vm}: {done}")

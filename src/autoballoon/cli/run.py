@@ -31,7 +31,7 @@ from rich.table import Table
 
 from autoballoon.backends import open_backend
 from autoballoon.cli import Context, cli, pass_ctx
-from autoballoon.cli.output import cell
+from autoballoon.cli.output import cell, emit_json
 from autoballoon.clock import Clock, RealClock
 from autoballoon.config import DEFAULT_CONFIG_PATH, load_config
 from autoballoon.controller import Controller, ControllerStatus, tune_collector
@@ -94,6 +94,37 @@ def plan_lines(c: Controller, plan: Plan | None) -> list[str]:
             + (f"; {detail}" if detail else "")
         )
     return lines
+
+
+def plan_json(c: Controller, plan: Plan | None) -> list[dict[str, Any]]:
+    """``run --once --json``: every VM with its status, its target before and after the decision, the
+    action's reason (None when it stays) and the figures and rule behind it (sizes in bytes)."""
+    snapshot = c.status(journal_entries=0).snapshot
+    if plan is None or snapshot is None:
+        return []
+    moves = {a.vm: a for a in plan.actions}
+    out = []
+    for g in snapshot.guests:
+        action = moves.get(g.name)
+        new = action.new_target if action is not None else g.target_bytes
+        out.append(
+            {
+                "name": g.name,
+                "status": plan.status.get(g.name, ""),
+                "status_reason": plan.status_reason.get(g.name, ""),
+                "target_bytes": g.target_bytes,
+                "planned_target_bytes": new,
+                "reason": action.reason if action is not None else None,
+                "applied": not c.dry_run if action is not None else None,
+                **{
+                    (k if k == "rule" else f"{k}_bytes"): v
+                    for k, v in figures(
+                        plan.guests.get(g.name), g.target_bytes, new, action.reason if action else None
+                    ).items()
+                },
+            }
+        )
+    return out
 
 
 def status_table(status: ControllerStatus) -> Group:
@@ -180,6 +211,7 @@ def status_table(status: ControllerStatus) -> Group:
 @click.option("--no-http", is_flag=True, help="Serve nothing over HTTP.")
 @click.option("--quiet", "-q", is_flag=True, help="Log only warnings and errors to stderr.")
 @click.option("--verbose", "-v", is_flag=True, help="Log debug lines to stderr too.")
+@click.option("--json", "as_json", is_flag=True, help="With --once: print the plan as JSON (sizes in bytes).")
 @click.option(
     "--allow-host",
     "allow_hosts",
@@ -204,7 +236,7 @@ def status_table(status: ControllerStatus) -> Group:
     "network in clear).",
 )
 @pass_ctx
-def run_command(ctx: Context, /, quiet: bool, verbose: bool, **options: Any) -> None:
+def run_command(ctx: Context, /, quiet: bool, verbose: bool, as_json: bool, **options: Any) -> None:
     """Run the auto-balloon daemon: keep every managed VM at the memory it needs.
 
     It logs every action and status change to stderr (journald under systemd). SIGHUP reloads the
@@ -212,6 +244,9 @@ def run_command(ctx: Context, /, quiet: bool, verbose: bool, **options: Any) -> 
     plan of its one decision (with --dry-run: what it would do)."""
     if quiet and verbose:
         raise click.UsageError("--quiet and --verbose are opposites: give one")
+    if as_json and not options["once"]:
+        raise click.UsageError("--json prints the plan of one decision: it goes with --once")
+    options["as_json"] = as_json
     # With --table the terminal shows the table; with --once the plan goes to stdout: only warnings then.
     quieter = quiet or options["live_table"] or options["once"]
     level = logging.DEBUG if verbose else logging.WARNING if quieter else logging.INFO
@@ -236,6 +271,7 @@ def _run(
     tls_cert: Path | None,
     tls_key: Path | None,
     insecure_listen: bool,
+    as_json: bool = False,
 ) -> None:
     config = load_config(config_path)
     if interval is not None:
@@ -320,8 +356,12 @@ def _run(
         else:
             controller.run(stop, on_tick=after_tick, max_ticks=1 if once else None)
         if once and not live_table:
-            for line in plan_lines(controller, controller.status(journal_entries=0).plan):
-                click.echo(line)
+            plan = controller.status(journal_entries=0).plan
+            if as_json:
+                emit_json(plan_json(controller, plan))
+            else:
+                for line in plan_lines(controller, plan):
+                    click.echo(line)
     finally:
         if http is not None:
             http.stop()
