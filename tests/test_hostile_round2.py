@@ -404,7 +404,9 @@ def test_distinct_since_values_cannot_grow_the_dashboard_cache(monkeypatch: pyte
     renders: list[float | None] = []
     body_of = api.dashboard_body
     monkeypatch.setattr(
-        api, "dashboard_body", lambda view, snap, since: renders.append(since) or body_of(view, snap, since)
+        api,
+        "dashboard_body",
+        lambda view, snap, since, *rest: renders.append(since) or body_of(view, snap, since, *rest),
     )
     registry = make_registry(source.view, history, tick_histogram=source.tick_histogram)
     client = TestClient(create_app(api, registry, AllowedHosts("testserver")))
