@@ -13,7 +13,7 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from autoballoon import guards
+from autoballoon import safety
 from autoballoon.evaluate.metrics import Metrics
 from autoballoon.evaluate.policies import DaemonPolicy
 from autoballoon.evaluate.runner import Job, run_simulation
@@ -165,13 +165,13 @@ def test_without_the_stale_stats_hold_a_blind_guest_is_oom_killed(monkeypatch: p
     kept, _ = measure(STATS_LOST)
     assert kept.oom_kills == 0
 
-    real = guards.hold_reason
+    real = safety.hold_reason
 
     def only_missing_stats(guest: object, wall: float, t: Tunables) -> str | None:
         reason = real(guest, wall, t)  # type: ignore[arg-type]
         return None if reason is not None and "stale" in reason else reason
 
-    monkeypatch.setattr(guards, "hold_reason", only_missing_stats)
+    monkeypatch.setattr(safety, "hold_reason", only_missing_stats)
     ablated, _ = measure(STATS_LOST)
     print(f"OOM kills: {kept.oom_kills} with the hold, {ablated.oom_kills} without")
     assert ablated.oom_kills > 0
@@ -217,7 +217,7 @@ def test_without_stuck_detection_a_wedged_balloon_keeps_a_stale_target(
     """A stuck balloon's target is set back to where the balloon is and left alone (the budget then
     counts what it really holds); without the rule its target stays far below, waiting to strike."""
     _, _, kept = measure_with_snapshots(STUCK)
-    monkeypatch.setattr(guards, "is_stuck", lambda progress, now, t: False)
+    monkeypatch.setattr(safety, "is_stuck", lambda progress, now, t: False)
     _, _, ablated = measure_with_snapshots(STUCK)
     with_, without = stale_targets(kept, "wedged"), stale_targets(ablated, "wedged")
     print(f"ticks with a stale target: {with_:.0%} with stuck detection, {without:.0%} without")

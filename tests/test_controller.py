@@ -14,9 +14,8 @@ from autoballoon.clock import VirtualClock
 from autoballoon.config import DaemonConfig, parse_config
 from autoballoon.controller import Controller
 from autoballoon.errors import ConnectionLostError, LimitError, UnknownVMError
-from autoballoon.guards import Status
 from autoballoon.journal import Journal, read_journal
-from autoballoon.model import BalloonChange, ChangeResult, GuestPolicy, GuestSnapshot, HostSnapshot
+from autoballoon.model import BalloonChange, ChangeResult, GuestPolicy, GuestSnapshot, HostSnapshot, Status
 from autoballoon.units import GiB, MiB
 from tests.helpers import make_guest
 

@@ -13,8 +13,8 @@ import numpy as np
 from autoballoon.backends.sim import SimBackend
 from autoballoon.config import DaemonConfig, parse_config
 from autoballoon.controller import Controller, ControllerStatus
-from autoballoon.guards import Status
 from autoballoon.journal import Journal
+from autoballoon.model import Status
 from autoballoon.sim import Simulation
 from autoballoon.sim.scenario import loads_scenario
 from autoballoon.units import GiB, MiB

@@ -6,7 +6,7 @@ from dataclasses import replace
 
 import pytest
 
-from autoballoon import guards, health
+from autoballoon import health, safety
 from autoballoon.config import parse_config
 from autoballoon.errors import InvalidValueError
 from autoballoon.health import HealthState, HealthTunables
@@ -220,12 +220,12 @@ def test_a_guest_cut_on_the_first_tick_gets_its_baseline_without_waiting_a_windo
 
 def test_windows_guests_get_a_safe_floor() -> None:
     base = GuestPolicy(min_bytes=512 * MiB)
-    assert guards.os_floor(base, "linux", 16 * GiB, min_bytes=2 * GiB, min_fraction=0.25) is base
-    win = guards.os_floor(base, "windows", 16 * GiB, min_bytes=2 * GiB, min_fraction=0.25)
+    assert safety.os_floor(base, "linux", 16 * GiB, min_bytes=2 * GiB, min_fraction=0.25) is base
+    win = safety.os_floor(base, "windows", 16 * GiB, min_bytes=2 * GiB, min_fraction=0.25)
     assert win.min_bytes == 4 * GiB
-    assert guards.os_floor(base, "windows", GiB, min_bytes=2 * GiB, min_fraction=0.25).min_bytes == GiB
+    assert safety.os_floor(base, "windows", GiB, min_bytes=2 * GiB, min_fraction=0.25).min_bytes == GiB
     high = GuestPolicy(min_bytes=6 * GiB)
-    assert guards.os_floor(high, "windows", 16 * GiB, min_bytes=2 * GiB, min_fraction=0.25) is high
+    assert safety.os_floor(high, "windows", 16 * GiB, min_bytes=2 * GiB, min_fraction=0.25) is high
     snap = host(0.0, guest("w", 0, os_type="windows"), guest("l", 0), guest("cfg", 0))
     inputs = Inputs(health_tunables=H, os_types={"cfg": "windows"})
     plan, _ = decide(snap, inputs, PolicyState(), Tunables())

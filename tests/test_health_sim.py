@@ -20,8 +20,8 @@ from autoballoon.cli import main
 from autoballoon.config import parse_config
 from autoballoon.controller import Controller
 from autoballoon.errors import ConnectionLostError
-from autoballoon.guards import Status
 from autoballoon.journal import Journal
+from autoballoon.model import Status
 from autoballoon.server import RunningServer, serve_controller
 from autoballoon.server.controller_source import ControllerSource
 from autoballoon.server.tunables import TUNABLES

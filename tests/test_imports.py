@@ -19,13 +19,13 @@ import pytest
 SRC = Path(__file__).resolve().parent.parent / "src"
 PACKAGE = "autoballoon"
 
-#: The layers, lowest first. cli/server -> controller -> policy/guards -> model; backends -> model.
+#: The layers, lowest first. cli/server -> controller -> policy/safety -> model; backends -> model.
 LAYERS: tuple[tuple[str, ...], ...] = (
     ("errors",),
     ("units", "text"),
     ("constraints",),
     ("model", "tunables", "clock"),
-    ("guards", "health", "reasons", "hostinfo", "state", "sim"),
+    ("safety", "health", "reasons", "hostinfo", "state", "sim"),
     ("policy", "backends", "journal", "views", "rig"),
     ("saved", "ops", "config"),
     ("controller",),
@@ -149,8 +149,8 @@ def test_every_unit_is_on_a_layer() -> None:
             "policy (layer 5) imports backends",
         ),
         ("autoballoon.policy.fake", "import autoballoon.controller", "policy (layer 5) imports controller"),
-        ("autoballoon.model", "from autoballoon import guards", "model (layer 3) imports guards"),
-        ("autoballoon.backends.fake", "from autoballoon.guards import limits", "backends may import only"),
+        ("autoballoon.model", "from autoballoon import safety", "model (layer 3) imports safety"),
+        ("autoballoon.backends.fake", "from autoballoon.safety import limits", "backends may import only"),
         ("autoballoon.backends.libvirt.xml", "from autoballoon.ops import check_policy", "imports ops"),
         (
             "autoballoon.evaluate.real.fake",

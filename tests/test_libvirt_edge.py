@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from autoballoon import guards
+from autoballoon import safety
 from autoballoon.model import GuestSnapshot, VMState
 from autoballoon.tunables import Tunables
 from autoballoon.views import snapshot_status
@@ -110,10 +110,10 @@ def _guest(**kw: Any) -> GuestSnapshot:
 
 def test_the_guards_hold_and_exclude_what_the_snapshot_says() -> None:
     held = _guest(hold="migrating out; held until it ends")
-    assert guards.hold_reason(held, 0.0, Tunables()) == "migrating out; held until it ends"
+    assert safety.hold_reason(held, 0.0, Tunables()) == "migrating out; held until it ends"
     assert snapshot_status(held, 0.0) == ("no-stats", "migrating out; held until it ends")
     stuck = _guest(incapable="balloon ineffective: a VFIO host device pins all guest memory")
-    assert guards.exclusion(stuck, stuck.policy) == stuck.incapable
+    assert safety.exclusion(stuck, stuck.policy) == stuck.incapable
     assert snapshot_status(stuck, 0.0) == ("excluded", stuck.incapable)
 
 
@@ -182,7 +182,7 @@ def test_a_host_whose_memory_cannot_be_read_is_held_not_assumed_free(
         assert snap.hold is not None and "host memory unknown" in snap.hold
         assert snap.mem_available == 0  # what is known to be free; it was the whole RAM before
         assert snap.guests and all(g.hold is not None for g in snap.guests)
-        assert all(guards.hold_reason(g, snap.wall_time, Tunables()) == g.hold for g in snap.guests)
+        assert all(safety.hold_reason(g, snap.wall_time, Tunables()) == g.hold for g in snap.guests)
     warnings = [r for r in caplog.records if "host memory unknown" in r.getMessage()]
     assert len(warnings) == 1 and warnings[0].levelno == logging.WARNING  # once, not every tick
     with caplog.at_level(logging.WARNING):

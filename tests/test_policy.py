@@ -9,9 +9,8 @@ from typing import Any
 
 import pytest
 
-from autoballoon.guards import Status
 from autoballoon.health import HealthState, Quarantine, VMHealth
-from autoballoon.model import GuestPolicy, GuestSnapshot, HostSnapshot, VirtioMem, VMState
+from autoballoon.model import GuestPolicy, GuestSnapshot, HostSnapshot, Status, VirtioMem, VMState
 from autoballoon.policy import PolicyState, decide
 from autoballoon.policy.default import reaction_time
 from autoballoon.tunables import Tunables

@@ -9,9 +9,16 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, rule
 
-from autoballoon import guards
-from autoballoon.guards import Status
-from autoballoon.model import BalloonConfig, GuestPolicy, GuestSnapshot, GuestStats, HostSnapshot, VMState
+from autoballoon import safety
+from autoballoon.model import (
+    BalloonConfig,
+    GuestPolicy,
+    GuestSnapshot,
+    GuestStats,
+    HostSnapshot,
+    Status,
+    VMState,
+)
 from autoballoon.policy import Inputs, PolicyState, decide, host_reserve
 from autoballoon.tunables import Tunables
 from autoballoon.units import GiB, MiB
@@ -92,7 +99,7 @@ def test_no_target_above_max_or_below_floor(case: tuple[HostSnapshot, Tunables])
     for a in plan.actions:
         g = snap.guest(a.vm)
         assert g is not None
-        floor, ceiling = guards.limits(g, g.policy, tunables)
+        floor, ceiling = safety.limits(g, g.policy, tunables)
         assert floor <= a.new_target <= ceiling, a
         assert a.new_target <= g.max_bytes
 
@@ -141,7 +148,7 @@ def test_new_growth_is_paid_from_free_memory(case: tuple[HostSnapshot, Tunables]
         status = plan.status[g.name]
         actual = g.actual_bytes or 0
         if status == Status.MANAGED:
-            floor = guards.limits(g, g.policy, tunables)[0]
+            floor = safety.limits(g, g.policy, tunables)[0]
             transient += max(final[g.name], actual)
             now_held += max(actual, floor)
             grew = grew or final[g.name] > max(g.target_bytes, actual, floor)
@@ -160,7 +167,7 @@ def test_guest_under_pressure_is_shrunk_only_when_host_in_danger(case: tuple[Hos
         if a.direction == "shrink" and plan.guests[a.vm].pressure:
             g = snap.guest(a.vm)
             assert g is not None
-            ceiling = guards.limits(g, g.policy, tunables)[1]
+            ceiling = safety.limits(g, g.policy, tunables)[1]
             assert a.reason == "host-danger" or (a.reason == "max" and g.target_bytes > ceiling), a
 
 
@@ -248,11 +255,11 @@ class PolicyOverTime(RuleBasedStateMachine):
         plan, self.state = decide(snap, Inputs(), self.state, t)
         for a in plan.actions:
             g = guests[a.vm]
-            floor, ceiling = guards.limits(g, g.policy, t)
+            floor, ceiling = safety.limits(g, g.policy, t)
             assert floor <= a.new_target <= ceiling <= g.max_bytes, a
             if a.direction == "shrink":
                 assert plan.status[a.vm] == Status.MANAGED, (a, plan.status_reason[a.vm])
-                assert guards.hold_reason(g, snap.wall_time, t) is None
+                assert safety.hold_reason(g, snap.wall_time, t) is None
         if self.roomy:
             final = targets(plan, snap)
             for g in guests.values():

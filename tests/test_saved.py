@@ -12,9 +12,9 @@ from autoballoon import saved
 from autoballoon.backends.sim import SimBackend
 from autoballoon.config import parse_config
 from autoballoon.controller import Controller
-from autoballoon.guards import Status
 from autoballoon.health import HealthState, Quarantine
 from autoballoon.journal import Journal
+from autoballoon.model import Status
 from autoballoon.policy import GuestRecord, PolicyState
 from autoballoon.sim import Simulation
 from autoballoon.sim.scenario import loads_scenario

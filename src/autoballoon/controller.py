@@ -30,7 +30,7 @@ from types import MappingProxyType
 
 from prometheus_client import Histogram
 
-from autoballoon import guards, health, reasons, saved
+from autoballoon import health, reasons, safety, saved
 from autoballoon.backends.base import Backend
 from autoballoon.clock import Clock
 from autoballoon.config import DaemonConfig
@@ -42,7 +42,6 @@ from autoballoon.errors import (
     RefusedError,
     UnknownVMError,
 )
-from autoballoon.guards import Status
 from autoballoon.journal import Journal, JournalEntry
 from autoballoon.model import (
     Action,
@@ -53,6 +52,7 @@ from autoballoon.model import (
     GuestSnapshot,
     HostSnapshot,
     Plan,
+    Status,
 )
 from autoballoon.policy import DefaultPolicy, Policy, tick
 from autoballoon.state import StateStore
@@ -395,7 +395,7 @@ class Controller:
     def _next_boot(
         self, backend: Backend, vm: str, change: BalloonChange, command: str, note: str, wall: float
     ) -> None:
-        """A ``[guard]`` remedy (``disable_balloon``, ``enable_autodeflate``): ``command`` applied to the
+        """A ``[health]`` remedy (``disable_balloon``, ``enable_autodeflate``): ``command`` applied to the
         persistent config only, never to the live VM; it takes effect at the VM's next boot."""
         if self.dry_run:
             message = f"{vm}: dry run: would apply '{command}' (persistent config, next boot)"
@@ -513,7 +513,7 @@ class Controller:
         """
         guest = self._known_guest(vm)
         if guest is not None:
-            floor, ceiling = guards.limits(guest, self._policies([guest])[vm], self.config.tunables)
+            floor, ceiling = safety.limits(guest, self._policies([guest])[vm], self.config.tunables)
             if target_bytes > ceiling:
                 raise LimitError(vm, "target", human(target_bytes), f"above its maximum of {human(ceiling)}")
             if target_bytes < floor:
@@ -668,7 +668,7 @@ class Controller:
         restorable = [g for g in snapshot.guests if statuses.get(g.name) in _RESTORABLE]
         policies = self._policies(restorable)
         for g in restorable:
-            _, ceiling = guards.limits(g, policies[g.name], self.config.tunables)
+            _, ceiling = safety.limits(g, policies[g.name], self.config.tunables)
             if self.config.restore_to == "start":
                 goal = min(self._start_targets.get(g.name, g.max_bytes), ceiling)
             else:

@@ -59,7 +59,7 @@ _PERCENT = 100.0
 
 @dataclass(frozen=True, slots=True)
 class HealthTunables:
-    """The knobs of the health guard (config ``[guard]``). Shares of CPU are of the guest's vCPUs."""
+    """The knobs of the health guard (config ``[health]``). Shares of CPU are of the guest's vCPUs."""
 
     #: Turn the whole guard off (no storm detection, no host pause, no Windows floor).
     enabled: bool = True

@@ -25,6 +25,17 @@ BALLOON_MODELS: tuple[str, ...] = get_args(BalloonModel)
 GuestOS = Literal["linux", "windows", "other", "unknown"]
 
 
+class Status(StrEnum):
+    """What autoballoon is doing with a VM, as shown in tables, the API and the journal."""
+
+    MANAGED = "managed"  # the policy moves its target
+    EXCLUDED = "excluded"  # never touched (policy exclude, no balloon, not running)
+    NO_STATS = "no-stats"  # held at its target: never shrunk without fresh guest stats
+    STUCK = "stuck"  # its balloon does not move toward the target; held, others balanced around it
+    QUARANTINED = "quarantined"  # the health guard stopped ballooning it (e.g. CPU storm)
+    MANUAL_HOLD = "manual-hold"  # its target was changed by hand; honoured for a grace period
+
+
 class VMState(StrEnum):
     """Domain states, named as libvirt's ``virsh domstate`` prints them."""
 

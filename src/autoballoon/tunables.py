@@ -150,7 +150,7 @@ class Tunables:
     #: (MemAvailable + what the VMs hold - reserve) still applies when it is smaller.
     host_budget_bytes: Bytes | None = None
 
-    # --- guards ------------------------------------------------------------------------------------
+    # --- safety rules ------------------------------------------------------------------------------------
     #: Guest stats older than this are stale: the guest is held, never shrunk.
     stats_stale_s: Seconds = 30.0
     #: A balloon whose ``actual`` has not moved toward its target for this long is stuck (Xen: 5 s).

@@ -8,9 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from autoballoon import guards, reasons
-from autoballoon.guards import Status
-from autoballoon.model import GuestDecision, GuestSnapshot, HostSnapshot, VirtioMem
+from autoballoon import reasons, safety
+from autoballoon.model import GuestDecision, GuestSnapshot, HostSnapshot, Status, VirtioMem
 from autoballoon.tunables import DEFAULT_TUNABLES, Tunables
 
 #: The fields of ``autoballoon list --json``, in order.
@@ -43,10 +42,10 @@ def snapshot_status(
 ) -> tuple[str, str]:
     """``(status, reason)`` from the snapshot alone, when no daemon can say more: excluded, no-stats
     (stats missing or stale) or managed. Only the daemon knows stuck, quarantined and manual-hold."""
-    excluded = guards.exclusion(g, g.policy)
+    excluded = safety.exclusion(g, g.policy)
     if excluded is not None:
         return Status.EXCLUDED.value, excluded
-    hold = guards.hold_reason(g, now_wall, tunables)
+    hold = safety.hold_reason(g, now_wall, tunables)
     if hold is not None:
         return Status.NO_STATS.value, hold
     return Status.MANAGED.value, ""

@@ -23,7 +23,7 @@ import click
 from autoballoon.cli import cli
 from autoballoon.cli.output import emit_json, table
 from autoballoon.errors import AutoballoonError, InvalidValueError
-from autoballoon.guards import Status
+from autoballoon.model import Status
 from autoballoon.units import human
 
 PROMETHEUS_ENV = "AUTOBALLOON_PROMETHEUS"

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from autoballoon import guards
+from autoballoon import safety
 from autoballoon.health import DEFAULT_HEALTH, HealthState, HealthTunables
 from autoballoon.model import GuestPolicy, GuestSnapshot
 
@@ -30,11 +30,11 @@ class Inputs:
 
 def effective_policy(g: GuestSnapshot, inputs: Inputs) -> GuestPolicy:
     """The VM's policy as every rule sees it: the layered one (config, metadata, run-time), or the
-    snapshot's, with the health guard's floor for a Windows guest (see :func:`guards.os_floor`)."""
+    snapshot's, with the health guard's floor for a Windows guest (see :func:`safety.os_floor`)."""
     policy = inputs.policies.get(g.name) or g.policy
     guard = inputs.health_tunables
     os_type = inputs.os_types.get(g.name, g.os_type)
     if not guard.enabled or os_type != "windows":
         return policy
-    return guards.os_floor(policy, os_type, g.max_bytes, min_bytes=guard.windows_min_bytes,
+    return safety.os_floor(policy, os_type, g.max_bytes, min_bytes=guard.windows_min_bytes,
                            min_fraction=guard.windows_min_fraction)  # fmt: skip

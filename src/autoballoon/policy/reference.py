@@ -20,9 +20,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
-from autoballoon import guards
-from autoballoon.guards import Status
-from autoballoon.model import Action, GuestDecision, HostSnapshot, Plan
+from autoballoon import safety
+from autoballoon.model import Action, GuestDecision, HostSnapshot, Plan, Status
 from autoballoon.policy import mom, proxmox
 from autoballoon.policy.default import host_reserve
 from autoballoon.policy.inputs import Inputs
@@ -42,7 +41,7 @@ def budget_view(snapshot: HostSnapshot, inputs: Inputs, t: Tunables) -> HostSnap
     held = sum(
         g.actual_bytes if g.actual_bytes is not None else g.target_bytes
         for g in guests
-        if guards.exclusion(g, g.policy) is None
+        if safety.exclusion(g, g.policy) is None
     )
     free = min(budget - held, snapshot.mem_available - host_reserve(snapshot, t))
     return replace(view, mem_total=budget, mem_available=max(0, free))
@@ -58,9 +57,9 @@ def safe_plan(name: str, view: HostSnapshot, targets: Mapping[str, int], inputs:
     decisions: dict[str, GuestDecision] = {}
     quarantined = inputs.health.quarantined
     for g in view.guests:
-        floor, ceiling = guards.limits(g, g.policy, t)
+        floor, ceiling = safety.limits(g, g.policy, t)
         decisions[g.name] = GuestDecision(floor=floor, ceiling=ceiling)
-        excluded = guards.exclusion(g, g.policy)
+        excluded = safety.exclusion(g, g.policy)
         if excluded is not None:
             status[g.name], reasons[g.name] = Status.EXCLUDED, excluded
             continue
@@ -69,12 +68,12 @@ def safe_plan(name: str, view: HostSnapshot, targets: Mapping[str, int], inputs:
             if g.target_bytes < ceiling:
                 actions.append(Action(g.name, g.target_bytes, ceiling, "quarantine"))
             continue
-        hold = guards.hold_reason(g, view.wall_time, t)
+        hold = safety.hold_reason(g, view.wall_time, t)
         status[g.name] = Status.NO_STATS if hold is not None else Status.MANAGED
         reasons[g.name] = hold or ""
         if g.name not in targets:
             continue
-        new = guards.safe_target(targets[g.name], g.target_bytes, floor, ceiling, may_shrink=hold is None)
+        new = safety.safe_target(targets[g.name], g.target_bytes, floor, ceiling, may_shrink=hold is None)
         if new != g.target_bytes:
             direction = "grow" if new > g.target_bytes else "shrink"
             actions.append(

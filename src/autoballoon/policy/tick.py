@@ -10,11 +10,11 @@ The rules, per action:
 
 - a VM the snapshot does not know, or one that is excluded (policy, not running, no balloon), is not
   touched: the action is dropped;
-- a VM its backend holds (paused, migrating, host memory unknown: :func:`guards.hands_off`) is left
+- a VM its backend holds (paused, migrating, host memory unknown: :func:`safety.hands_off`) is left
   untouched: the action is dropped;
 - a quarantined VM is not inflated: an action that lowers its target is dropped;
-- every target stays within the VM's floor and ceiling (:func:`guards.limits`, with the Windows floor
-  of the health guard), and a VM without fresh stats is never shrunk (:func:`guards.hold_reason`).
+- every target stays within the VM's floor and ceiling (:func:`safety.limits`, with the Windows floor
+  of the health guard), and a VM without fresh stats is never shrunk (:func:`safety.hold_reason`).
 
 An action the gate changed or dropped is reported as a ``gate`` event, so that a policy's mistake is seen
 in the journal instead of being applied.
@@ -26,7 +26,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
-from autoballoon import guards
+from autoballoon import safety
 from autoballoon.health import DEFAULT_HEALTH, HealthState, HealthTunables, observe
 from autoballoon.model import Action, Event, GuestPolicy, GuestSnapshot, HostSnapshot, Plan
 from autoballoon.policy.inputs import Inputs, effective_policy
@@ -68,10 +68,10 @@ def _refusal(g: GuestSnapshot | None, action: Action, inputs: Inputs) -> str | N
     """Why the action may not touch its VM at all, or None."""
     if g is None:
         return "no such VM in the snapshot"
-    excluded = guards.exclusion(g, effective_policy(g, inputs))
+    excluded = safety.exclusion(g, effective_policy(g, inputs))
     if excluded is not None:
         return excluded
-    if guards.hands_off(g):
+    if safety.hands_off(g):
         return g.hold or f"VM is {g.state.value}"
     if g.name in inputs.health.quarantined and action.new_target < g.target_bytes:
         return "quarantined: its balloon is never inflated"
@@ -85,16 +85,16 @@ def gate_action(
     refused = _refusal(g, action, inputs)
     if refused is not None or g is None:
         return None, f"dropped ({refused})"
-    floor, ceiling = guards.limits(g, effective_policy(g, inputs), t)
-    fresh = guards.hold_reason(g, snapshot.wall_time, t) is None
+    floor, ceiling = safety.limits(g, effective_policy(g, inputs), t)
+    fresh = safety.hold_reason(g, snapshot.wall_time, t) is None
     current = g.target_bytes
-    safe = guards.safe_target(action.new_target, current, floor, ceiling, may_shrink=fresh)
+    safe = safety.safe_target(action.new_target, current, floor, ceiling, may_shrink=fresh)
     if safe == action.new_target and action.old_target == current:
         return action, None
     why = (
         f"target {human(action.new_target)} is outside {human(floor)}..{human(ceiling)}"
         if not floor <= action.new_target <= ceiling
-        else f"no shrink without fresh stats ({guards.hold_reason(g, snapshot.wall_time, t)})"
+        else f"no shrink without fresh stats ({safety.hold_reason(g, snapshot.wall_time, t)})"
         if safe != action.new_target
         else f"its old target is {human(current)}, not {human(action.old_target)}"
     )

@@ -30,8 +30,7 @@ from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from autoballoon import __version__
-from autoballoon.guards import Status
-from autoballoon.model import GuestSnapshot, HostSnapshot
+from autoballoon.model import GuestSnapshot, HostSnapshot, Status
 from autoballoon.server.history import History, Point
 from autoballoon.server.source import ServerView
 from autoballoon.text import printable

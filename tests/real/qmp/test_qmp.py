@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from autoballoon import guards
+from autoballoon import safety
 from autoballoon.backends import open_backend
 from autoballoon.errors import BackendError, ConnectionLostError, RefusedError
 from autoballoon.model import VMState
@@ -54,7 +54,7 @@ def test_a_vm_with_memory_in_dimms_is_left_alone(make_qemu_guests: Any, socket_d
     try:
         g = backend.guest(guest.name)
         assert g.incapable is not None and "DIMMs (128.0 MiB)" in g.incapable, g
-        assert guards.exclusion(g, g.policy) == g.incapable
+        assert safety.exclusion(g, g.policy) == g.incapable
         with pytest.raises(RefusedError, match="DIMMs"):
             backend.set_target(guest.name, 256 * MiB)
         assert backend.guest(guest.name).actual_bytes == g.actual_bytes

@@ -7,7 +7,7 @@ One decision is four phases, each a module of this package, in this order:
 
 1. **classify** (:mod:`.classify`) — which VMs may be moved at all and within what limits: excluded,
    quarantined by the health guard, held after a manual change, stuck, without fresh stats, or managed.
-   The rules are the small pure functions of :mod:`autoballoon.guards`; the guard's verdicts come in
+   The rules are the small pure functions of :mod:`autoballoon.safety`; the guard's verdicts come in
    through ``inputs``.
 2. **estimate** (:mod:`.estimate`; the tiers in :mod:`.tiers`) — each managed VM's demand (rises at once,
    decays slowly, raised by pressure and by a rising trend) and three tiers of memory: its *OOM floor*

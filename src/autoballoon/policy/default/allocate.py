@@ -15,8 +15,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from autoballoon.guards import Status
-from autoballoon.model import HostSnapshot
+from autoballoon.model import HostSnapshot, Status
 from autoballoon.policy.default.arrays import I64, align_down
 from autoballoon.policy.default.classify import Verdict
 from autoballoon.policy.default.columns import Columns, columns

@@ -22,5 +22,5 @@ def align_down(n: I64, align: int) -> I64:
 
 
 def clip(n: I64, low: I64, high: I64) -> I64:
-    """``n`` within ``[low, high]``, ``high`` winning where they cross (as :func:`guards.clamp`)."""
+    """``n`` within ``[low, high]``, ``high`` winning where they cross (as :func:`safety.clamp`)."""
     return np.minimum(np.maximum(n, low), high)

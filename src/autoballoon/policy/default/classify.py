@@ -1,7 +1,7 @@
 """Phase 1, classify: which VMs may be moved at all, and within what limits.
 
 Excluded, quarantined by the health guard, held after a manual change, stuck, without fresh stats, or
-managed: the rules are the small pure functions of :mod:`autoballoon.guards`, and the health guard's
+managed: the rules are the small pure functions of :mod:`autoballoon.safety`, and the health guard's
 verdicts come in through ``inputs``. A VM that is not managed may still move (a quarantine's ceiling, a
 balloon it follows up, a grow sent again): where, is decided here, once (:func:`held_move`).
 """
@@ -10,13 +10,13 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-from autoballoon import guards
-from autoballoon.guards import Progress, Status
+from autoballoon import safety
 from autoballoon.health import shrink_hold
-from autoballoon.model import GuestPolicy, GuestSnapshot, HostSnapshot
+from autoballoon.model import GuestPolicy, GuestSnapshot, HostSnapshot, Status
 from autoballoon.policy.default.arrays import align_up
 from autoballoon.policy.default.state import FIRST_LOOK, GuestRecord, PolicyState
 from autoballoon.policy.inputs import Inputs, effective_policy
+from autoballoon.safety import Progress
 from autoballoon.tunables import Tunables
 from autoballoon.units import human
 
@@ -54,9 +54,9 @@ def classify(
     for g in snapshot.guests:
         policy = effective_policy(g, inputs)
         record = state.guests.get(g.name, FIRST_LOOK)
-        floor, ceiling = guards.limits(g, policy, t)
+        floor, ceiling = safety.limits(g, policy, t)
         target, actual = g.target_bytes, g.actual_bytes
-        excluded_why = guards.exclusion(g, policy)
+        excluded_why = safety.exclusion(g, policy)
         if excluded_why is not None:
             excluded.append(
                 Verdict(guest=g, policy=policy, record=record, status=Status.EXCLUDED, reason=excluded_why,
@@ -64,28 +64,28 @@ def classify(
                         self_deflated=False, shrink_hold=None)
             )  # fmt: skip
             continue
-        progress = guards.track_progress(record.progress, actual, target, now, t)
+        progress = safety.track_progress(record.progress, actual, target, now, t)
         manual_until = record.manual_until
-        if guards.manual_change(target, record.seen_target, record.planned_target):
+        if safety.manual_change(target, record.seen_target, record.planned_target):
             manual_until = now + t.manual_grace_s
         if manual_until is not None and manual_until <= now:
             manual_until = None
         stuck_until = (
             record.stuck_until if record.stuck_until is not None and record.stuck_until > now else None
         )
-        self_deflated = guards.self_deflated(
+        self_deflated = safety.self_deflated(
             actual, record.seen_actual, target, t,
             seen_target=record.seen_target, autodeflate=g.balloon.autodeflate,
         )  # fmt: skip
 
-        stale = guards.hold_reason(g, snapshot.wall_time, t)
+        stale = safety.hold_reason(g, snapshot.wall_time, t)
         blind = False
         if g.name in health.quarantined:
             status, reason = Status.QUARANTINED, health.quarantined[g.name].reason
         elif manual_until is not None:
             status = Status.MANUAL_HOLD
             reason = f"target set outside autoballoon; held for {manual_until - now:.0f} s"
-        elif stuck_until is not None or (guards.is_stuck(progress, now, t) and _inflating(progress)):
+        elif stuck_until is not None or (safety.is_stuck(progress, now, t) and _inflating(progress)):
             status = Status.STUCK
             if stuck_until is None:  # just found: take the balloon where it is, try again later
                 stuck_until = now + t.stuck_retry_s
@@ -96,7 +96,7 @@ def classify(
             else:
                 reason = f"balloon did not follow its target; left alone for {stuck_until - now:.0f} s more"
         elif (
-            stale is not None and record.demand is not None and actual is not None and not guards.hands_off(g)
+            stale is not None and record.demand is not None and actual is not None and not safety.hands_off(g)
         ):
             # It had stats and lost them: blind to its demand, it gets its memory back as far as the
             # budget allows, since its workload may grow unseen (an OOM kill is the worst harm).
@@ -136,9 +136,9 @@ def held_move(v: Verdict, now: float, t: Tunables) -> tuple[int, str] | None:
     """Where a VM that is not managed still goes, and why: a quarantined one to its ceiling; one whose
     balloon rose above its target by itself (autodeflate), got stuck above it, or lost its stats while
     it still inflated toward it has its target follow it up; a grow that has not arrived is sent again.
-    None of them is ever shrunk, and one its backend holds (:func:`guards.hands_off`) gets nothing."""
+    None of them is ever shrunk, and one its backend holds (:func:`safety.hands_off`) gets nothing."""
     g = v.guest
-    if guards.hands_off(g):
+    if safety.hands_off(g):
         return None
     old = g.target_bytes
     if v.status == Status.QUARANTINED:
@@ -154,7 +154,7 @@ def held_move(v: Verdict, now: float, t: Tunables) -> tuple[int, str] | None:
         elif v.status == Status.NO_STATS and actual is not None and actual - old >= t.grow_min_step_bytes:
             follow = "no-stats"  # a shrink decided while it had stats is called off where the balloon is
         if follow and actual is not None:
-            new = guards.safe_target(
+            new = safety.safe_target(
                 align_up(actual, t.target_align_bytes), old, v.floor, v.ceiling, may_shrink=False
             )
             if new > old:

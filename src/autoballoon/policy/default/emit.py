@@ -5,9 +5,8 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-from autoballoon.guards import Status
 from autoballoon.health import autodeflate_command, reporting_command
-from autoballoon.model import Action, Event, GuestDecision, HostSnapshot
+from autoballoon.model import Action, Event, GuestDecision, HostSnapshot, Status
 from autoballoon.policy.default.classify import Verdict, retries
 from autoballoon.policy.default.estimate import Estimate
 from autoballoon.policy.default.state import GuestRecord

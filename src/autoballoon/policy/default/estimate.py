@@ -12,8 +12,7 @@ from __future__ import annotations
 import math
 from typing import NamedTuple
 
-from autoballoon.guards import Status
-from autoballoon.model import GuestSnapshot
+from autoballoon.model import GuestSnapshot, Status
 from autoballoon.policy.default.classify import Verdict
 from autoballoon.policy.default.state import GuestRecord
 from autoballoon.tunables import Tunables

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import NamedTuple
 
-from autoballoon.guards import Progress
+from autoballoon.safety import Progress
 
 
 class GuestRecord(NamedTuple):

@@ -1,4 +1,4 @@
-"""Safety rules the policy must never break, as small pure functions.
+"""The safety rules: what no policy may break, as small pure functions.
 
 The policy decides what a guest *should* get; these functions decide whether it may be touched at all
 (excluded, stale stats, stuck balloon, a manual change to honour, quarantine) and clamp every target into
@@ -10,23 +10,10 @@ testable on its own.
 from __future__ import annotations
 
 from dataclasses import replace
-from enum import StrEnum
 from typing import NamedTuple
 
 from autoballoon.model import GuestPolicy, GuestSnapshot, VMState
 from autoballoon.tunables import Tunables
-
-
-class Status(StrEnum):
-    """What autoballoon is doing with a VM, as shown in tables, the API and the journal."""
-
-    MANAGED = "managed"  # the policy moves its target
-    EXCLUDED = "excluded"  # never touched (policy exclude, no balloon, not running)
-    NO_STATS = "no-stats"  # held at its target: never shrunk without fresh guest stats
-    STUCK = "stuck"  # its balloon does not move toward the target; held, others balanced around it
-    QUARANTINED = "quarantined"  # the health guard stopped ballooning it (e.g. CPU storm)
-    MANUAL_HOLD = "manual-hold"  # its target was changed by hand; honoured for a grace period
-
 
 #: States in which QEMU runs and the guest can answer a balloon request.
 _RUNNING = (VMState.RUNNING, VMState.BLOCKED)

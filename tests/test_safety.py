@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from autoballoon import guards
-from autoballoon.guards import Progress, Status
+from autoballoon import safety
 from autoballoon.health import HealthState, Quarantine
-from autoballoon.model import BalloonConfig, GuestPolicy, VMState
+from autoballoon.model import BalloonConfig, GuestPolicy, Status, VMState
 from autoballoon.policy import PolicyState, decide
+from autoballoon.safety import Progress
 from autoballoon.tunables import Tunables
 from autoballoon.units import GiB, MiB
 from tests.helpers import inputs, make_guest, make_host
@@ -18,57 +18,57 @@ T = Tunables()
 
 def test_limits_floor_is_global_minimum_and_never_above_ceiling() -> None:
     g = make_guest(max_bytes=4 * GiB)
-    assert guards.limits(g, GuestPolicy(), T) == (T.global_min_bytes, 4 * GiB)
-    assert guards.limits(g, GuestPolicy(min_bytes=1 * GiB, max_bytes=2 * GiB), T) == (1 * GiB, 2 * GiB)
-    assert guards.limits(g, GuestPolicy(max_bytes=8 * GiB), T)[1] == 4 * GiB  # never above <memory>
+    assert safety.limits(g, GuestPolicy(), T) == (T.global_min_bytes, 4 * GiB)
+    assert safety.limits(g, GuestPolicy(min_bytes=1 * GiB, max_bytes=2 * GiB), T) == (1 * GiB, 2 * GiB)
+    assert safety.limits(g, GuestPolicy(max_bytes=8 * GiB), T)[1] == 4 * GiB  # never above <memory>
     tiny = make_guest(max_bytes=64 * MiB)
-    assert guards.limits(tiny, GuestPolicy(), T) == (64 * MiB, 64 * MiB)
+    assert safety.limits(tiny, GuestPolicy(), T) == (64 * MiB, 64 * MiB)
 
 
 def test_safe_target_clamps_and_holds() -> None:
-    assert guards.safe_target(10, 500, 100, 1000, may_shrink=True) == 100
-    assert guards.safe_target(5000, 500, 100, 1000, may_shrink=True) == 1000
-    assert guards.safe_target(200, 500, 100, 1000, may_shrink=False) == 500
+    assert safety.safe_target(10, 500, 100, 1000, may_shrink=True) == 100
+    assert safety.safe_target(5000, 500, 100, 1000, may_shrink=True) == 1000
+    assert safety.safe_target(200, 500, 100, 1000, may_shrink=False) == 500
 
 
 def test_exclusion_reasons() -> None:
-    assert guards.exclusion(make_guest(), GuestPolicy(exclude=True)) == "excluded by policy"
-    assert "not running" in (guards.exclusion(make_guest(state=VMState.SHUTOFF), GuestPolicy()) or "")
-    assert "model='none'" in (guards.exclusion(make_guest(model="none"), GuestPolicy()) or "")
-    assert guards.exclusion(make_guest(), GuestPolicy()) is None
+    assert safety.exclusion(make_guest(), GuestPolicy(exclude=True)) == "excluded by policy"
+    assert "not running" in (safety.exclusion(make_guest(state=VMState.SHUTOFF), GuestPolicy()) or "")
+    assert "model='none'" in (safety.exclusion(make_guest(model="none"), GuestPolicy()) or "")
+    assert safety.exclusion(make_guest(), GuestPolicy()) is None
 
 
 def test_hold_reason_missing_and_stale_stats() -> None:
     fresh = make_guest(time=0)
-    assert guards.hold_reason(fresh, 1000.0, T) is None
-    assert "stale" in (guards.hold_reason(fresh, 1000.0 + T.stats_stale_s + 1, T) or "")
-    assert "no guest stats" in (guards.hold_reason(make_guest(used=None), 1000.0, T) or "")
+    assert safety.hold_reason(fresh, 1000.0, T) is None
+    assert "stale" in (safety.hold_reason(fresh, 1000.0 + T.stats_stale_s + 1, T) or "")
+    assert "no guest stats" in (safety.hold_reason(make_guest(used=None), 1000.0, T) or "")
     no_period = replace(make_guest(used=None), balloon=BalloonConfig(stats_period=None))
-    assert "disabled" in (guards.hold_reason(no_period, 1000.0, T) or "")
-    assert "paused" in (guards.hold_reason(make_guest(state=VMState.PAUSED), 1000.0, T) or "")
-    assert "never reported" in (guards.hold_reason(replace(fresh, actual_bytes=None), 1000.0, T) or "")
+    assert "disabled" in (safety.hold_reason(no_period, 1000.0, T) or "")
+    assert "paused" in (safety.hold_reason(make_guest(state=VMState.PAUSED), 1000.0, T) or "")
+    assert "never reported" in (safety.hold_reason(replace(fresh, actual_bytes=None), 1000.0, T) or "")
 
 
 def test_progress_mark_moves_only_with_the_balloon() -> None:
-    p = guards.track_progress(None, 1000 * MiB, 500 * MiB, 0.0, T)
+    p = safety.track_progress(None, 1000 * MiB, 500 * MiB, 0.0, T)
     assert p == Progress(1000 * MiB, True, 0.0)
     # A new, lower target in the same direction does not reset the mark.
-    assert guards.track_progress(p, 1000 * MiB, 400 * MiB, 5.0, T) == p
-    assert guards.is_stuck(p, T.stuck_after_s, T)
-    moved = guards.track_progress(p, 900 * MiB, 400 * MiB, 6.0, T)
+    assert safety.track_progress(p, 1000 * MiB, 400 * MiB, 5.0, T) == p
+    assert safety.is_stuck(p, T.stuck_after_s, T)
+    moved = safety.track_progress(p, 900 * MiB, 400 * MiB, 6.0, T)
     assert moved == Progress(900 * MiB, True, 6.0)
-    assert guards.track_progress(moved, 402 * MiB, 400 * MiB, 7.0, T) is None  # arrived
-    assert guards.track_progress(p, 100 * MiB, 400 * MiB, 8.0, T) == Progress(100 * MiB, False, 8.0)
+    assert safety.track_progress(moved, 402 * MiB, 400 * MiB, 7.0, T) is None  # arrived
+    assert safety.track_progress(p, 100 * MiB, 400 * MiB, 8.0, T) == Progress(100 * MiB, False, 8.0)
 
 
 def test_manual_change_and_self_deflation() -> None:
-    assert guards.manual_change(700, seen_target=500, planned_target=600)
-    assert not guards.manual_change(600, seen_target=500, planned_target=600)  # ours
-    assert not guards.manual_change(500, seen_target=500, planned_target=600)  # ours, not applied (dry run)
-    assert not guards.manual_change(700, seen_target=None, planned_target=None)  # first sight
+    assert safety.manual_change(700, seen_target=500, planned_target=600)
+    assert not safety.manual_change(600, seen_target=500, planned_target=600)  # ours
+    assert not safety.manual_change(500, seen_target=500, planned_target=600)  # ours, not applied (dry run)
+    assert not safety.manual_change(700, seen_target=None, planned_target=None)  # first sight
 
     def deflated(actual: int, seen_actual: int, target: int, seen_target: int | None = None) -> bool:
-        return guards.self_deflated(
+        return safety.self_deflated(
             actual * MiB, seen_actual * MiB, target * MiB, T,
             seen_target=None if seen_target is None else seen_target * MiB, autodeflate=True,
         )  # fmt: skip
@@ -84,7 +84,7 @@ def test_manual_change_and_self_deflation() -> None:
     assert not deflated(300, 200, 128, seen_target=512)
     assert deflated(540, 200, 128, seen_target=512)  # past the grow too: its own doing
     # Without autodeflate a balloon never deflates by itself, whatever it reads.
-    assert not guards.self_deflated(400 * MiB, 200 * MiB, 200 * MiB, T, seen_target=None, autodeflate=False)
+    assert not safety.self_deflated(400 * MiB, 200 * MiB, 200 * MiB, T, seen_target=None, autodeflate=False)
 
 
 def _tick(state: PolicyState, now: float, **kw: object):  # type: ignore[no-untyped-def]
