@@ -87,24 +87,38 @@ def test_once_dry_run_prints_its_plan(capsys: pytest.CaptureFixture[str]) -> Non
     assert any("stays at" in line for line in lines)
 
 
-def _daemon(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
-    cmd = [sys.executable, "-m", "autoballoon", "--connect", DEMO, "run", "--no-http", *args]
-    return subprocess.Popen(
-        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, **(env or {})}
-    )
+class _Daemon:
+    """``autoballoon run --no-http`` on the demo in a subprocess, its stderr in a file."""
+
+    def __init__(self, tmp: Path, *args: str, env: dict[str, str] | None = None) -> None:
+        self.err_path = tmp / "stderr.log"
+        cmd = [sys.executable, "-m", "autoballoon", "--connect", DEMO, "run", "--no-http", *args]
+        with self.err_path.open("wb") as err:
+            self.proc = subprocess.Popen(
+                cmd, stdout=subprocess.DEVNULL, stderr=err, env={**os.environ, **(env or {})}
+            )
+
+    def wait_started(self, text: str = "autoballoon started") -> None:
+        """Until the daemon has said ``text`` (its signal handlers are in place by then)."""
+        deadline = time.monotonic() + WAIT_S
+        while text not in self.err_path.read_text():
+            assert time.monotonic() < deadline, self.err_path.read_text()
+            assert self.proc.poll() is None, self.err_path.read_text()
+            time.sleep(0.1)
+
+    def stop(self) -> str:
+        self.proc.send_signal(signal.SIGTERM)
+        self.proc.wait(timeout=WAIT_S)
+        err = self.err_path.read_text()
+        assert self.proc.returncode == 0, err
+        return err
 
 
-def _stop(proc: subprocess.Popen[bytes]) -> tuple[str, str]:
-    proc.send_signal(signal.SIGTERM)
-    out, err = proc.communicate(timeout=WAIT_S)
-    assert proc.returncode == 0, err.decode()
-    return out.decode(), err.decode()
-
-
-def test_the_daemon_logs_each_action_to_stderr() -> None:
-    proc = _daemon()
+def test_the_daemon_logs_each_action_to_stderr(tmp_path: Path) -> None:
+    daemon = _Daemon(tmp_path)
+    daemon.wait_started()
     time.sleep(SETTLE_S)
-    _, err = _stop(proc)
+    err = daemon.stop()
     infos = [line for line in err.splitlines() if " INFO " in line]
     assert any("autoballoon started" in line for line in infos)
     grows = [line for line in infos if ": grow " in line]
@@ -115,10 +129,11 @@ def test_the_daemon_logs_each_action_to_stderr() -> None:
     assert any(" WARNING " in line and "without autodeflate" in line for line in err.splitlines())
 
 
-def test_quiet_logs_warnings_only_and_journald_gets_priorities() -> None:
-    proc = _daemon("--quiet", env={"JOURNAL_STREAM": "8:12345"})
+def test_quiet_logs_warnings_only_and_journald_gets_priorities(tmp_path: Path) -> None:
+    daemon = _Daemon(tmp_path, "--quiet", env={"JOURNAL_STREAM": "8:12345"})
+    daemon.wait_started("without autodeflate")  # the first warnings: it runs, its handlers are set
     time.sleep(SETTLE_S)
-    _, err = _stop(proc)
+    err = daemon.stop()
     lines = err.splitlines()
     assert lines and all(line.startswith("<4>") or line.startswith("<3>") for line in lines), lines[:5]
     assert not any(": grow " in line for line in lines)
@@ -138,7 +153,8 @@ def test_sighup_reloads_the_config_refuses_a_bad_one_and_reopens_the_journal(tmp
     config = tmp_path / "autoballoon.toml"
     config.write_text("[defaults]\nbuffer = 0.2\n")
     journal = tmp_path / "journal.jsonl"
-    proc = _daemon("--config", str(config), "--journal", str(journal))
+    daemon = _Daemon(tmp_path, "--config", str(config), "--journal", str(journal))
+    proc = daemon.proc
     try:
         _wait_for(journal, "autoballoon started")
         config.write_text("[defaults]\nbufer = 0.3\n")  # a typo: refused whole, the old config kept
@@ -151,7 +167,7 @@ def test_sighup_reloads_the_config_refuses_a_bad_one_and_reopens_the_journal(tmp
         proc.send_signal(signal.SIGHUP)
         entries = _wait_for(journal, "configuration reloaded")
     finally:
-        _, err = _stop(proc)
+        err = daemon.stop()
     assert [e for e in entries if e.get("kind") == "reload"]
     assert any("reload refused" in str(e.get("message")) and "bufer" in str(e.get("message"))
                for e in read_journal(rotated))  # fmt: skip
