@@ -2,10 +2,13 @@
 changes of a managed guest's target per hour while its demand does not change (the simulator's own demand,
 constant to the MiB between the two moves).
 
-Two causes were found by this measure and fixed: stats on hand read against the balloon of the last tick
-rather than the one they were taken with (the demo's Windows guest: 228 reversals an hour), and stats
-taken while the balloon moved between two looks read against the later balloon (fleet-day's burst guests
-39 an hour, kubevirt-node's CI runners 36, spikes' caches 48)."""
+One cause found by this measure is fixed: stats on hand read against the balloon of the last tick rather
+than the one they were taken with (the demo's Windows guest: 228 reversals an hour). A second is known and
+not fixed: stats taken while an autodeflate guest's balloon moves between two looks are read against the
+later balloon, 64-100 MiB off, and the next report's "jump" back raises the cushion (fleet-day's burst
+guests 39 reversals an hour, kubevirt-node's CI runners 36, spikes' caches 48). Reading them against the
+end that agrees with the last report brought those to 6, 6 and 15 but raised fleet-day's pressure from
+3244 to 3470 VM-s: harm comes first, so that fix was taken back and the three stay strict xfails here."""
 
 from __future__ import annotations
 
@@ -27,9 +30,13 @@ HOURS = 1.0
 MAX_REVERSALS_PER_H = 6
 #: Demand that moved less than this between two moves did not change.
 STILL = MiB
-#: Measured after the fixes: spikes.toml's autodeflate caches still reverse up to 15 times an hour while a
-#: deflation spans several looks (the report then reads the balloon mid-way, 100 MiB off either end).
-KNOWN = {"spikes.toml": "autodeflate caches read mid-deflation: up to 15 reversals an hour"}
+#: Known to flap at constant demand (see the module's docstring), with what was measured.
+_MID_MOVE = "stats read against the balloon after a move they were taken during"
+KNOWN = {
+    "spikes.toml": f"{_MID_MOVE}: caches 48 reversals an hour",
+    "fleet-day.toml": f"{_MID_MOVE}: burst guests 39 reversals an hour",
+    "kubevirt-node.toml": f"{_MID_MOVE}: CI runners 36 reversals an hour",
+}
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 

@@ -142,14 +142,6 @@ def _used(v: Verdict, actual: int, t: Tunables) -> tuple[int, int, int | None]:
     if stats.last_update != rec.stats_time or stats_actual is None:
         older = rec.seen_actual is not None and rec.seen_wall is not None and stats_wall < rec.seen_wall
         stats_actual = rec.seen_actual if older else actual
-        seen, last_used = rec.seen_actual, rec.used
-        if follows_balloon and not older and not still and seen is not None and last_used is not None:
-            # Taken while the balloon moved between the last look and this one: it saw a balloon between
-            # the two, unknown where. Read against the end that agrees with the last report, so that the
-            # move itself is not read as the guest's growth (spikes.toml: each shrink was followed by a
-            # report read 64 MiB low, then a "jump" of 64 MiB at the next, and a grow: 48 reversals an
-            # hour at constant demand).
-            stats_actual = min((seen, actual), key=lambda a: abs(used - (actual - a) - last_used))
     if follows_balloon and stats_actual is not None:
         used = max(0, used - (actual - stats_actual))
     return used, reserved, stats_actual
