@@ -113,7 +113,7 @@ def test_policy_round_trips_through_the_domain_metadata(rig: Rig, persistent_gue
         "--shares",
         "300",
         "--buffer",
-        "25",
+        "25%",
         "--exclude",
         check=True,
     )
