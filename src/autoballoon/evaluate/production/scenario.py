@@ -21,13 +21,11 @@ and every refusal names the file, the guest, the field and what is accepted. For
 
 from __future__ import annotations
 
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, cast
 
-from autoballoon.errors import InvalidValueError
-from autoballoon.evaluate.real.scenario import Where
+from autoballoon.evaluate.real.scenario import Where, parse_budget, read_toml
 from autoballoon.units import GiB, MiB
 
 App = Literal["db", "web", "batch", "idle"]
@@ -102,12 +100,8 @@ def _guest(raw: Any, index: int, source: str, duration_s: float, seen: set[str])
 
 def parse_prod_scenario(data: dict[str, Any], *, source: str, name: str) -> ProdScenario:
     """Validate a parsed TOML document into a :class:`ProdScenario`."""
-    top = Where(source, "top level")
-    top.keys(data, ("host", "run", "guest"), ("host", "run", "guest"))
-    host = Where(source, "[host]")
-    budget = host.size(host.keys(data["host"], ("budget",), ("budget",)), "budget", "")
-    if budget == 0:
-        raise host.error("budget", data["host"]["budget"], "a size above 0")
+    budget = parse_budget(data, source)
+    top, host = Where(source, "top level"), Where(source, "[host]")
     run = Where(source, "[run]")
     r = run.keys(data["run"], ("duration", "repetitions", "window"), ("duration",))
     duration = run.seconds(r, "duration", MIN_DURATION_S, MAX_DURATION_S)
@@ -128,13 +122,5 @@ def parse_prod_scenario(data: dict[str, Any], *, source: str, name: str) -> Prod
 
 def load_prod_scenario(path: str | Path) -> ProdScenario:
     """Read and validate one production scenario file."""
-    p = Path(path)
-    try:
-        data = tomllib.loads(p.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError) as exc:
-        raise InvalidValueError(
-            "production scenario file", str(p), f"a readable UTF-8 TOML file ({exc})"
-        ) from None
-    except tomllib.TOMLDecodeError as exc:
-        raise InvalidValueError(f"{p}: TOML", str(exc), "valid TOML (https://toml.io)") from None
+    p, data = read_toml(path, "production scenario file")
     return parse_prod_scenario(data, source=str(p), name=p.stem)

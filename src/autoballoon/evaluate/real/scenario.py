@@ -180,14 +180,33 @@ def _workload(raw: Any, memory: int, duration_s: float, w: Where) -> tuple[Comma
     return tuple(commands)
 
 
-def parse_real_scenario(data: dict[str, Any], *, source: str, name: str) -> RealScenario:
-    """Validate a parsed TOML document into a :class:`RealScenario`."""
+def parse_budget(data: dict[str, Any], source: str) -> int:
+    """The top level of a real or production scenario (``[host]``, ``[run]``, ``[[guest]]``) and its
+    ``[host] budget``, checked the same way for both."""
     top = Where(source, "top level")
     top.keys(data, ("host", "run", "guest"), ("host", "run", "guest"))
     host = Where(source, "[host]")
     budget = host.size(host.keys(data["host"], ("budget",), ("budget",)), "budget", "")
     if budget == 0:
         raise host.error("budget", data["host"]["budget"], "a size above 0")
+    return budget
+
+
+def read_toml(path: str | Path, what: str) -> tuple[Path, dict[str, Any]]:
+    """A scenario file's TOML document; a clear error naming ``what`` if it is not one."""
+    p = Path(path)
+    try:
+        return p, tomllib.loads(p.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InvalidValueError(what, str(p), f"a readable UTF-8 TOML file ({exc})") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise InvalidValueError(f"{p}: TOML", str(exc), "valid TOML (https://toml.io)") from None
+
+
+def parse_real_scenario(data: dict[str, Any], *, source: str, name: str) -> RealScenario:
+    """Validate a parsed TOML document into a :class:`RealScenario`."""
+    budget = parse_budget(data, source)
+    top = Where(source, "top level")
     run = Where(source, "[run]")
     duration = run.seconds(run.keys(data["run"], ("duration",), ("duration",)), "duration", MIN_DURATION_S,
                            MAX_DURATION_S)  # fmt: skip
@@ -217,11 +236,5 @@ def parse_real_scenario(data: dict[str, Any], *, source: str, name: str) -> Real
 
 def load_real_scenario(path: str | Path) -> RealScenario:
     """Read and validate one real scenario file."""
-    p = Path(path)
-    try:
-        data = tomllib.loads(p.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError) as exc:
-        raise InvalidValueError("real scenario file", str(p), f"a readable UTF-8 TOML file ({exc})") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise InvalidValueError(f"{p}: TOML", str(exc), "valid TOML (https://toml.io)") from None
+    p, data = read_toml(path, "real scenario file")
     return parse_real_scenario(data, source=str(p), name=p.stem)
