@@ -89,9 +89,9 @@ def test_a_wrong_request_is_refused_at_once_and_nothing_is_queued() -> None:
     controller, flaky = make()
     with pytest.raises(UnknownVMError):
         controller.submit_target("nope", GiB)
-    with pytest.raises(LimitError, match="above its maximum"):
+    with pytest.raises(LimitError, match="above the VM's maximum <memory>"):
         controller.submit_target("web", 64 * GiB)
-    with pytest.raises(LimitError, match="below its floor"):
+    with pytest.raises(LimitError, match="below its policy minimum 1GiB"):
         controller.submit_target("web", 1 * MiB)
     with pytest.raises(UnknownVMError):
         controller.submit_policy("nope", GuestPolicy(shares=5))

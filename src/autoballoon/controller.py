@@ -38,7 +38,6 @@ from autoballoon.errors import (
     AutoballoonError,
     BackendError,
     ConnectionLostError,
-    LimitError,
     RefusedError,
     UnknownVMError,
 )
@@ -58,7 +57,6 @@ from autoballoon.policy import DefaultPolicy, Policy, tick
 from autoballoon.state import StateStore
 from autoballoon.text import printable
 from autoballoon.tunables import Tunables
-from autoballoon.units import human
 
 #: Statuses of VMs that autoballoon has been ballooning (and so restores on exit).
 _RESTORABLE = (Status.MANAGED, Status.STUCK, Status.NO_STATS, Status.MANUAL_HOLD)
@@ -513,11 +511,7 @@ class Controller:
         """
         guest = self._known_guest(vm)
         if guest is not None:
-            floor, ceiling = safety.limits(guest, self._policies([guest])[vm], self.config.tunables)
-            if target_bytes > ceiling:
-                raise LimitError(vm, "target", human(target_bytes), f"above its maximum of {human(ceiling)}")
-            if target_bytes < floor:
-                raise LimitError(vm, "target", human(target_bytes), f"below its floor of {human(floor)}")
+            safety.check_target(guest, self._policies([guest])[vm], self.config.tunables, target_bytes)
         return self._queue(_Request(vm, Future(), target_bytes=target_bytes))
 
     def submit_policy(self, vm: str, policy: GuestPolicy | None, *, persist: bool = False) -> Future[object]:

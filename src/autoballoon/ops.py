@@ -11,8 +11,8 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Literal, TypedDict, Unpack
 
+from autoballoon import safety
 from autoballoon.backends.base import Backend
-from autoballoon.constraints import MIN_TARGET_BYTES
 from autoballoon.errors import InvalidValueError, LimitError
 from autoballoon.model import (
     BalloonChange,
@@ -21,16 +21,16 @@ from autoballoon.model import (
     GuestSnapshot,
     check_policy,
 )
+from autoballoon.tunables import DEFAULT_TUNABLES, Tunables
 from autoballoon.units import format_size, human
 
 Scope = Literal["live", "config", "both"]
 
 
-def floor_of(guest: GuestSnapshot) -> int:
-    """The lowest target this guest may be given by hand: its policy minimum, never below the lowest
-    target anybody may set (the same floor for the CLI and the API; the daemon's own ``global_min`` may
-    only be higher)."""
-    return max(MIN_TARGET_BYTES, guest.policy.min_bytes or 0)
+def floor_of(guest: GuestSnapshot, tunables: Tunables = DEFAULT_TUNABLES) -> int:
+    """The lowest target this guest may be given by hand: the daemon's own floor for it
+    (:func:`safety.limits`), so that the CLI, the API and the controller refuse the same sizes."""
+    return safety.limits(guest, guest.policy, tunables)[0]
 
 
 def resolve_scope(guest: GuestSnapshot, live: bool, config: bool) -> Scope:
@@ -48,23 +48,9 @@ def resolve_scope(guest: GuestSnapshot, live: bool, config: bool) -> Scope:
     return "live" if guest.state.active else "config"
 
 
-def check_target(guest: GuestSnapshot, size: int) -> None:
-    """A balloon target must lie between the guest's floor and its ``<memory>``."""
-    if size > guest.max_bytes:
-        raise LimitError(
-            guest.name,
-            "target",
-            format_size(size),
-            f"above the VM's maximum <memory> {format_size(guest.max_bytes)}",
-        )
-    floor = floor_of(guest)
-    if size < floor:
-        source = (
-            "its policy minimum"
-            if (guest.policy.min_bytes or 0) > MIN_TARGET_BYTES
-            else ("the smallest target autoballoon allows")
-        )
-        raise LimitError(guest.name, "target", format_size(size), f"below {source} {format_size(floor)}")
+def check_target(guest: GuestSnapshot, size: int, tunables: Tunables = DEFAULT_TUNABLES) -> None:
+    """A balloon target must lie between the guest's floor and its ceiling (:func:`safety.check_target`)."""
+    safety.check_target(guest, guest.policy, tunables, size)
 
 
 def check_in_use(guest: GuestSnapshot, size: int) -> None:

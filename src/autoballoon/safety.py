@@ -12,8 +12,10 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import NamedTuple
 
+from autoballoon.errors import LimitError
 from autoballoon.model import GuestPolicy, GuestSnapshot, VMState
 from autoballoon.tunables import Tunables
+from autoballoon.units import format_size
 
 #: States in which QEMU runs and the guest can answer a balloon request.
 _RUNNING = (VMState.RUNNING, VMState.BLOCKED)
@@ -39,6 +41,25 @@ def limits(guest: GuestSnapshot, policy: GuestPolicy, tunables: Tunables) -> tup
     if guest.virtio_mem is not None and guest.virtio_mem.boot_bytes > floor:
         floor = guest.virtio_mem.boot_bytes
     return (ceiling if ceiling < floor else floor), ceiling  # min(): a builtin call costs more
+
+
+def check_target(guest: GuestSnapshot, policy: GuestPolicy, tunables: Tunables, size: int) -> None:
+    """The one check of a target set by hand, whichever door it comes through (``setmem``, the API, the
+    controller's queue): it must lie within :func:`limits`, the same bounds the daemon keeps its own
+    targets in, so that a hand target is never one the daemon would refuse to set or would pull back at
+    once. The :class:`~autoballoon.errors.LimitError` names the bound that refused it."""
+    floor, ceiling = limits(guest, policy, tunables)
+    if size > ceiling:
+        above = "the VM's maximum <memory>" if ceiling == guest.max_bytes else "its policy maximum"
+        raise LimitError(guest.name, "target", format_size(size), f"above {above} {format_size(ceiling)}")
+    if size < floor:
+        if guest.virtio_mem is not None and floor == guest.virtio_mem.boot_bytes:
+            below = "its virtio-mem boot memory"
+        elif policy.min_bytes is not None and floor == policy.min_bytes:
+            below = "its policy minimum"
+        else:
+            below = "the smallest target autoballoon allows"
+        raise LimitError(guest.name, "target", format_size(size), f"below {below} {format_size(floor)}")
 
 
 def os_floor(

@@ -14,10 +14,12 @@ from typing import Any
 
 from prometheus_client import Histogram
 
+from autoballoon import safety
 from autoballoon.controller import TICK_BUCKETS_S, TICK_METRIC
 from autoballoon.errors import RefusedError
 from autoballoon.model import GuestPolicy, GuestSnapshot, GuestStats, HostSnapshot, Plan, VMState
 from autoballoon.server.source import ServerView
+from autoballoon.tunables import DEFAULT_TUNABLES
 from autoballoon.units import GiB, MiB
 
 WALL0 = 1_700_000_000.0
@@ -138,6 +140,11 @@ class FakeSource:
         return future
 
     def submit_target(self, vm: str, target_bytes: int) -> Future[object]:
+        # The controller's one check of a hand target, which the API leaves to it.
+        snap = self.state.snapshot
+        guest = next((g for g in snap.guests if g.name == vm), None) if snap is not None else None
+        if guest is not None:
+            safety.check_target(guest, guest.policy, DEFAULT_TUNABLES, target_bytes)
         with self.lock:
             self.submitted.append(("target", vm, target_bytes))
             if not self.stalled:

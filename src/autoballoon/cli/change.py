@@ -43,8 +43,9 @@ def _report(result: ChangeResult, vm: str, as_json: bool = False) -> None:
 def setmem(ctx: Context, vm: str, size: int, live: bool, config: bool, force: bool, as_json: bool) -> None:
     """Set the balloon target of VM to SIZE (bare number = KiB, as virsh; 512M, 2G...).
 
-    Refused (exit 2, nothing changed) above the VM's <memory>, below 128 MiB or below the VM's policy
-    minimum, and, for the running VM, below what its guest uses now unless --force is given.
+    Refused (exit 2, nothing changed) outside the bounds the daemon keeps its own targets in: above the
+    VM's <memory> or its policy maximum, below 128 MiB, its policy minimum or a virtio-mem guest's boot
+    memory; and, for the running VM, below what its guest uses now unless --force is given.
     """
     guest = ctx.backend.guest(vm)
     used = guest.used_bytes
