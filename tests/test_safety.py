@@ -116,6 +116,43 @@ def test_stuck_guest_is_reported_reset_and_retried_later() -> None:
     assert plan.status["vm"] == Status.MANAGED and plan.actions  # tries again
 
 
+def _stuck_waits(follow_after: int | None = None, episodes: int = 6) -> list[float]:
+    """The waits a balloon that never moves is left alone for, episode after episode (its target is
+    whatever the policy last set, its balloon stays at 4 GiB); with ``follow_after``, the balloon does
+    follow the shrink after that many episodes, once."""
+    state, now, target, waits, actual = PolicyState(), 0.0, 4 * GiB, [], 4 * GiB
+    found_at: float | None = None
+    while len(waits) < episodes and now < 20 * 3600:
+        plan, state = _tick(state, now, target=target, actual=actual, used=500 * MiB)
+        for a in plan.actions:
+            target = a.new_target
+        record = state.guests["vm"]
+        if plan.status["vm"] == Status.STUCK and found_at is None:
+            assert record.stuck_until is not None
+            found_at = now
+            waits.append(record.stuck_until - now)
+            if follow_after is not None and len(waits) == follow_after:
+                actual = 3 * GiB  # it follows the next shrink, once
+        elif plan.status["vm"] == Status.MANAGED:
+            found_at = None
+            if actual != 4 * GiB:
+                actual = max(target, 3 * GiB)
+        now += 2.0
+    return waits
+
+
+def test_a_balloon_stuck_again_and_again_is_left_alone_longer_each_time() -> None:
+    waits = _stuck_waits()
+    r = T.stuck_retry_s
+    assert waits == [r, 2 * r, 4 * r, 8 * r, T.stuck_retry_max_s, T.stuck_retry_max_s]
+
+
+def test_a_balloon_that_follows_again_starts_its_wait_afresh() -> None:
+    waits = _stuck_waits(follow_after=3, episodes=5)
+    r = T.stuck_retry_s
+    assert waits[:3] == [r, 2 * r, 4 * r] and waits[3] == r
+
+
 def test_manual_change_is_honoured_for_the_grace_period() -> None:
     plan, state = _tick(PolicyState(), 0.0, target=2 * GiB, used=500 * MiB)
     planned = plan.actions[0].new_target

@@ -163,6 +163,21 @@ def track_progress(
     return previous
 
 
+def stuck_wait(times: int, tunables: Tunables) -> float:
+    """How long a balloon found stuck ``times`` times in a row is left alone: ``stuck_retry_s``,
+    doubling with each time, up to ``stuck_retry_max_s``."""
+    wait = tunables.stuck_retry_s * 2.0 ** min(max(times - 1, 0), 32)
+    return min(wait, tunables.stuck_retry_max_s)
+
+
+def followed(actual: int | None, seen_actual: int | None, tunables: Tunables) -> bool:
+    """Whether a balloon moved since the last look by more than the stuck tolerance: one that moves is
+    not stuck, and its back-off starts afresh."""
+    if actual is None or seen_actual is None:
+        return False
+    return abs(actual - seen_actual) > tunables.stuck_tolerance_bytes
+
+
 def stuck_for(progress: Progress | None, now: float) -> float:
     """Seconds the balloon has been away from its target without moving toward it."""
     return 0.0 if progress is None else now - progress.since

@@ -39,6 +39,8 @@ REASON_MAX = 4096
 BYTES_MAX = MAX_SETTING_BYTES
 #: The latest wall-clock time saved: the end of year 9999, past which no clock or calendar reads.
 WALL_MAX = 253_402_300_799.0
+#: The most stuck episodes in a row counted: the back-off reaches its longest wait long before.
+STUCK_COUNT_MAX = 64
 _Wall = Annotated[float, Field(ge=0, le=WALL_MAX, allow_inf_nan=False)]
 _Bytes = Annotated[int, Field(ge=0, le=BYTES_MAX)]
 #: A growth rate the policy multiplies by a reaction time (see :data:`MAX_BYTES_PER_S`).
@@ -62,6 +64,7 @@ class SavedGuest(_Strict):
     at: _Wall
     manual_until: _Wall | None = None
     stuck_until: _Wall | None = None
+    stuck_count: Annotated[int, Field(ge=0, le=STUCK_COUNT_MAX)] = 0
     last_grow: _Wall | None = None
     jump: _Bytes = 0
     rate: _Rate = 0.0
@@ -146,6 +149,7 @@ def remember(policy: str, health: HealthState, state: object, now: float, wall: 
                 at=at,
                 manual_until=_fit(_to_wall(r.manual_until, now, wall), at),
                 stuck_until=_fit(_to_wall(r.stuck_until, now, wall), at),
+                stuck_count=min(max(0, r.stuck_count), STUCK_COUNT_MAX),
                 last_grow=_fit(_to_wall(r.last_grow, now, wall), at),
                 jump=min(max(0, r.jump), BYTES_MAX),
                 rate=min(r.rate, MAX_BYTES_PER_S) if 0.0 < r.rate < math.inf else 0.0,
@@ -189,6 +193,7 @@ def recall_policy(saved: Saved, policy: str, state: object, now: float, wall: fl
         records[vm] = GuestRecord(
             manual_until=manual_until if manual_until is not None and manual_until > now else None,
             stuck_until=stuck_until if stuck_until is not None and stuck_until > now else None,
+            stuck_count=g.stuck_count,
             last_grow=_to_clock(g.last_grow, now, wall),
             jump=int(g.jump * 0.5 ** (down / t.jump_half_life_s)),
             rate=g.rate * 0.5 ** (down / t.rate_half_life_s),

@@ -31,6 +31,7 @@ from autoballoon.units import GiB, KiB, MiB
 _ORDERED: tuple[Order, ...] = (
     ("interval_s", ">=", "min_interval_s"),
     ("reconnect_max_s", ">=", "reconnect_initial_s"),
+    ("stuck_retry_max_s", ">=", "stuck_retry_s"),
 )
 
 
@@ -165,6 +166,10 @@ class Tunables:
     #: A stuck balloon's target is set back to where the balloon is, and it is left alone this long
     #: before autoballoon tries to move it again.
     stuck_retry_s: Seconds = 300.0
+    #: ... and each time it is found stuck again without having followed a target in between, twice as
+    #: long, up to this: a balloon that never follows (a guest without a driver that answers) is not
+    #: shrunk and followed back every five minutes forever, a journal line and a metric flap each time.
+    stuck_retry_max_s: Seconds = 3600.0
     #: A grow whose balloon has not moved toward it for this long is sent again: a guest that needs
     #: memory is never left waiting on a request that got lost (seen with a libvirtd busy re-probing
     #: QEMU: the call returned, the balloon did not move).

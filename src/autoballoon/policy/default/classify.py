@@ -34,6 +34,7 @@ class Verdict(NamedTuple):
     progress: Progress | None
     manual_until: float | None
     stuck_until: float | None
+    stuck_count: int  # see :func:`autoballoon.safety.stuck_wait`
     self_deflated: bool  # its balloon rose above an unchanged target by itself (autodeflate)
     shrink_hold: str | None  # why a managed VM may not shrink now (health guard), or None
     #: Where a VM that is not managed goes this tick, and why (see :func:`held_move`); decided once, here.
@@ -61,7 +62,7 @@ def classify(
             excluded.append(
                 Verdict(guest=g, policy=policy, record=record, status=Status.EXCLUDED, reason=excluded_why,
                         floor=floor, ceiling=ceiling, progress=None, manual_until=None, stuck_until=None,
-                        self_deflated=False, shrink_hold=None)
+                        stuck_count=record.stuck_count, self_deflated=False, shrink_hold=None)
             )  # fmt: skip
             continue
         progress = safety.track_progress(record.progress, actual, target, now, t)
@@ -73,6 +74,9 @@ def classify(
         stuck_until = (
             record.stuck_until if record.stuck_until is not None and record.stuck_until > now else None
         )
+        stuck_count = record.stuck_count
+        if stuck_count and safety.followed(actual, record.seen_actual, t):
+            stuck_count = 0  # its balloon moves again: the next time it sticks starts the wait afresh
         self_deflated = safety.self_deflated(
             actual, record.seen_actual, target, t,
             seen_target=record.seen_target, autodeflate=g.balloon.autodeflate,
@@ -88,10 +92,13 @@ def classify(
         elif stuck_until is not None or (safety.is_stuck(progress, now, t) and _inflating(progress)):
             status = Status.STUCK
             if stuck_until is None:  # just found: take the balloon where it is, try again later
-                stuck_until = now + t.stuck_retry_s
+                stuck_count += 1
+                wait = safety.stuck_wait(stuck_count, t)
+                stuck_until = now + wait
+                again = f" (stuck {stuck_count} times in a row)" if stuck_count > 1 else ""
                 reason = (
                     f"balloon at {human(actual)} did not move toward target {human(target)} for "
-                    f"{t.stuck_after_s:g} s; left alone for {t.stuck_retry_s:g} s"
+                    f"{t.stuck_after_s:g} s; left alone for {wait:g} s{again}"
                 )
             else:
                 reason = f"balloon did not follow its target; left alone for {stuck_until - now:.0f} s more"
@@ -108,7 +115,7 @@ def classify(
             status, reason = Status.MANAGED, ""
         verdict = Verdict(
             guest=g, policy=policy, record=record, status=status, reason=reason, floor=floor, ceiling=ceiling,
-            progress=progress, manual_until=manual_until, stuck_until=stuck_until,
+            progress=progress, manual_until=manual_until, stuck_until=stuck_until, stuck_count=stuck_count,
             self_deflated=self_deflated, shrink_hold=shrink_hold(health, g, guard),
         )  # fmt: skip
         if status == Status.MANAGED or blind:

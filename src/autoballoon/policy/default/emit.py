@@ -121,7 +121,7 @@ def emit_managed(
         demand=e.demand, used=e.used, reserved=e.reserved, seen_wall=snapshot.wall_time,
         stats_time=e.stats_time, swap_in=e.swap_in, major_faults=e.major_faults, rise_rate=e.rise_rate,
         trend=e.trend, rate=e.rate, jump=e.jump, pressure_at=e.pressure_at, last_grow=last_grow,
-        shrink_wall=shrink_wall, progress=v.progress, retried_at=retried_at,
+        shrink_wall=shrink_wall, progress=v.progress, retried_at=retried_at, stuck_count=v.stuck_count,
         warned_autodeflate=warned_autodeflate, warned_reporting=warned_reporting, stats_actual=e.stats_actual,
     )  # fmt: skip
     return Emitted(
@@ -150,8 +150,8 @@ def emit_other(v: Verdict, budget: int, snapshot: HostSnapshot) -> Emitted:
         stats_time=g.stats.last_update, swap_in=g.stats.swap_in, major_faults=g.stats.major_faults,
         rate=rec.rate, jump=rec.jump, last_grow=now if planned > g.target_bytes else rec.last_grow,
         shrink_wall=rec.shrink_wall, progress=v.progress, stuck_until=v.stuck_until,
-        manual_until=v.manual_until, retried_at=retried_at, warned_autodeflate=rec.warned_autodeflate,
-        warned_reporting=rec.warned_reporting,
+        stuck_count=v.stuck_count, manual_until=v.manual_until, retried_at=retried_at,
+        warned_autodeflate=rec.warned_autodeflate, warned_reporting=rec.warned_reporting,
     )  # fmt: skip
     return Emitted(
         action=action,

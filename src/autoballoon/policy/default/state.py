@@ -34,6 +34,7 @@ class GuestRecord(NamedTuple):
     shrink_wall: float | None = None  # wall time of the last shrink: wait for stats newer than this
     progress: Progress | None = None  # the stuck detector's mark
     stuck_until: float | None = None  # a stuck balloon is left alone until then
+    stuck_count: int = 0  # times in a row it was found stuck, without following a target in between
     manual_until: float | None = None  # a manual target is honoured until then
     retried_at: float | None = None  # when a grow that had not arrived was last sent again
     warned_autodeflate: bool = False
