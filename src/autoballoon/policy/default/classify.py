@@ -71,12 +71,7 @@ def classify(
             manual_until = now + t.manual_grace_s
         if manual_until is not None and manual_until <= now:
             manual_until = None
-        stuck_until = (
-            record.stuck_until if record.stuck_until is not None and record.stuck_until > now else None
-        )
-        stuck_count = record.stuck_count
-        if stuck_count and safety.followed(actual, record.seen_actual, t):
-            stuck_count = 0  # its balloon moves again: the next time it sticks starts the wait afresh
+        stuck_until, stuck_count = _stuck_marks(record, actual, now, t)
         self_deflated = safety.self_deflated(
             actual, record.seen_actual, target, t,
             seen_target=record.seen_target, autodeflate=g.balloon.autodeflate,
@@ -91,17 +86,7 @@ def classify(
             reason = f"target set outside autoballoon; held for {manual_until - now:.0f} s"
         elif stuck_until is not None or (safety.is_stuck(progress, now, t) and _inflating(progress)):
             status = Status.STUCK
-            if stuck_until is None:  # just found: take the balloon where it is, try again later
-                stuck_count += 1
-                wait = safety.stuck_wait(stuck_count, t)
-                stuck_until = now + wait
-                again = f" (stuck {stuck_count} times in a row)" if stuck_count > 1 else ""
-                reason = (
-                    f"balloon at {human(actual)} did not move toward target {human(target)} for "
-                    f"{t.stuck_after_s:g} s; left alone for {wait:g} s{again}"
-                )
-            else:
-                reason = f"balloon did not follow its target; left alone for {stuck_until - now:.0f} s more"
+            stuck_until, stuck_count, reason = _stuck(g, stuck_until, stuck_count, now, t)
         elif (
             stale is not None and record.demand is not None and actual is not None and not safety.hands_off(g)
         ):
@@ -123,6 +108,35 @@ def classify(
         else:
             held.append(verdict._replace(held_move=held_move(verdict, now, t)))
     return managed, held + excluded
+
+
+def _stuck_marks(
+    record: GuestRecord, actual: int | None, now: float, t: Tunables
+) -> tuple[float | None, int]:
+    """Until when a stuck balloon is still left alone (None: not, or no longer), and how many times in a
+    row it was found stuck: a balloon that moves again starts its back-off afresh."""
+    until = record.stuck_until if record.stuck_until is not None and record.stuck_until > now else None
+    count = record.stuck_count
+    if count and safety.followed(actual, record.seen_actual, t):
+        count = 0
+    return until, count
+
+
+def _stuck(
+    g: GuestSnapshot, until: float | None, count: int, now: float, t: Tunables
+) -> tuple[float, int, str]:
+    """A stuck VM's marks and reason: just found, its target is taken where the balloon is (see
+    :func:`held_move`) and it is left alone for a wait that doubles each time in a row."""
+    if until is not None:
+        return until, count, f"balloon did not follow its target; left alone for {until - now:.0f} s more"
+    count += 1
+    wait = safety.stuck_wait(count, t)
+    again = f" (stuck {count} times in a row)" if count > 1 else ""
+    reason = (
+        f"balloon at {human(g.actual_bytes)} did not move toward target {human(g.target_bytes)} for "
+        f"{t.stuck_after_s:g} s; left alone for {wait:g} s{again}"
+    )
+    return now + wait, count, reason
 
 
 def _inflating(progress: Progress | None) -> bool:
