@@ -560,7 +560,7 @@ def test_a_token_file_saved_with_a_byte_order_mark_is_the_token_clients_send(tmp
     assert token == TOKEN.encode()
     srv = serve(FakeSource(), "127.0.0.1:0", token=token)
     try:
-        status, body, _ = call(f"{srv.url}api/v1/vms/web/target", "POST", {"target_bytes": GiB}, TOKEN)
+        status, body, _ = call(f"{srv.url}api/v1/vms/web/target", "POST", {"target_bytes": 2 * GiB}, TOKEN)
     finally:
         srv.stop()
     assert status == 200, body

@@ -31,8 +31,8 @@ class Swappable:
     def view(self) -> Any:
         return self.inner.view()
 
-    def submit_target(self, vm: str, target_bytes: int) -> Any:
-        return self.inner.submit_target(vm, target_bytes)
+    def submit_target(self, vm: str, target_bytes: int, *, force: bool = False) -> Any:
+        return self.inner.submit_target(vm, target_bytes, force=force)
 
     def submit_policy(self, vm: str, policy: Any) -> Any:
         return self.inner.submit_policy(vm, policy)
@@ -211,9 +211,19 @@ def test_target_with_token_is_submitted(server: RunningServer, source: FakeSourc
     assert status == 200, body
     assert body == {"vm": "web", "target_bytes": 2 * GiB, "applied": True}
     assert source.submitted == [("target", "web", 2 * GiB)]
+    # Below what web uses (1.5 GiB): refused as setmem refuses it, unless forced as setmem --force is.
     status, body, _ = call(server.url + "api/v1/vms/web/target", "POST", {"target_bytes": GiB}, TOKEN)
-    assert status == 200
+    assert status == 422 and "below what the guest uses now" in body["error"]["message"], body
+    assert source.submitted[-1] == ("target", "web", 2 * GiB)
+    status, body, _ = call(
+        server.url + "api/v1/vms/web/target", "POST", {"target_bytes": GiB, "force": True}, TOKEN
+    )
+    assert status == 200, body
     assert source.submitted[-1] == ("target", "web", GiB)
+    status, body, _ = call(
+        server.url + "api/v1/vms/web/target", "POST", {"target_bytes": GiB, "force": "yes"}, TOKEN
+    )
+    assert status == 400 and body["error"]["field"] == "force", body
 
 
 def test_policy_with_token_is_merged_and_submitted(server: RunningServer, source: FakeSource) -> None:

@@ -500,7 +500,7 @@ class Controller:
 
     # --- requests from other threads -----------------------------------------------------------
 
-    def submit_target(self, vm: str, target_bytes: int) -> Future[object]:
+    def submit_target(self, vm: str, target_bytes: int, *, force: bool = False) -> Future[object]:
         """Ask for a manual target, honoured like ``virsh setmem`` (held for ``manual_grace_s``).
 
         Checked now against the last snapshot: an unknown VM, a target above max or below the floor
@@ -511,7 +511,8 @@ class Controller:
         """
         guest = self._known_guest(vm)
         if guest is not None:
-            safety.check_target(guest, self._policies([guest])[vm], self.config.tunables, target_bytes)
+            policy = self._policies([guest])[vm]
+            safety.check_target(guest, policy, self.config.tunables, target_bytes, force=force)
         return self._queue(_Request(vm, Future(), target_bytes=target_bytes))
 
     def submit_policy(self, vm: str, policy: GuestPolicy | None, *, persist: bool = False) -> Future[object]:

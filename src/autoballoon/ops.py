@@ -22,7 +22,7 @@ from autoballoon.model import (
     check_policy,
 )
 from autoballoon.tunables import DEFAULT_TUNABLES, Tunables
-from autoballoon.units import format_size, human
+from autoballoon.units import format_size
 
 Scope = Literal["live", "config", "both"]
 
@@ -48,24 +48,12 @@ def resolve_scope(guest: GuestSnapshot, live: bool, config: bool) -> Scope:
     return "live" if guest.state.active else "config"
 
 
-def check_target(guest: GuestSnapshot, size: int, tunables: Tunables = DEFAULT_TUNABLES) -> None:
-    """A balloon target must lie between the guest's floor and its ceiling (:func:`safety.check_target`)."""
-    safety.check_target(guest, guest.policy, tunables, size)
-
-
-def check_in_use(guest: GuestSnapshot, size: int) -> None:
-    """A live target below what the guest uses now takes memory its processes hold: it swaps, or its
-    OOM killer ends one. Refused unless the operator says ``--force`` (``setmem ci 200M`` was accepted
-    while the guest used 658 MiB)."""
-    used = guest.used_bytes
-    if used is not None and guest.state.active and size < used:
-        raise LimitError(
-            guest.name,
-            "target",
-            format_size(size),
-            f"below what the guest uses now ({human(used)}): it would swap or lose a process to its "
-            "OOM killer; add --force to set it anyway",
-        )
+def check_target(
+    guest: GuestSnapshot, size: int, *, force: bool = False, tunables: Tunables = DEFAULT_TUNABLES
+) -> None:
+    """A balloon target must lie between the guest's floor and its ceiling, and a live one not below
+    what the guest uses unless forced (:func:`safety.check_target`)."""
+    safety.check_target(guest, guest.policy, tunables, size, force=force)
 
 
 def setmem(
@@ -73,9 +61,7 @@ def setmem(
 ) -> Scope:
     guest = backend.guest(vm)
     scope = resolve_scope(guest, live, config)
-    check_target(guest, size)
-    if not force and scope in ("live", "both"):
-        check_in_use(guest, size)
+    check_target(guest, size, force=force or scope == "config")
     backend.set_target(vm, size, live=scope in ("live", "both"), config=scope in ("config", "both"))
     return scope
 

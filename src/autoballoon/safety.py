@@ -15,7 +15,7 @@ from typing import NamedTuple
 from autoballoon.errors import LimitError
 from autoballoon.model import GuestPolicy, GuestSnapshot, VMState
 from autoballoon.tunables import Tunables
-from autoballoon.units import format_size
+from autoballoon.units import format_size, human
 
 #: States in which QEMU runs and the guest can answer a balloon request.
 _RUNNING = (VMState.RUNNING, VMState.BLOCKED)
@@ -43,11 +43,17 @@ def limits(guest: GuestSnapshot, policy: GuestPolicy, tunables: Tunables) -> tup
     return (ceiling if ceiling < floor else floor), ceiling  # min(): a builtin call costs more
 
 
-def check_target(guest: GuestSnapshot, policy: GuestPolicy, tunables: Tunables, size: int) -> None:
+def check_target(
+    guest: GuestSnapshot, policy: GuestPolicy, tunables: Tunables, size: int, *, force: bool = False
+) -> None:
     """The one check of a target set by hand, whichever door it comes through (``setmem``, the API, the
     controller's queue): it must lie within :func:`limits`, the same bounds the daemon keeps its own
     targets in, so that a hand target is never one the daemon would refuse to set or would pull back at
-    once. The :class:`~autoballoon.errors.LimitError` names the bound that refused it."""
+    once. The :class:`~autoballoon.errors.LimitError` names the bound that refused it.
+
+    A live target below what the guest uses now takes memory its processes hold: it swaps, or its OOM
+    killer ends one. That is refused too, unless the operator says ``force`` (``setmem ci 200M`` was
+    accepted while the guest used 658 MiB)."""
     floor, ceiling = limits(guest, policy, tunables)
     if size > ceiling:
         above = "the VM's maximum <memory>" if ceiling == guest.max_bytes else "its policy maximum"
@@ -60,6 +66,15 @@ def check_target(guest: GuestSnapshot, policy: GuestPolicy, tunables: Tunables, 
         else:
             below = "the smallest target autoballoon allows"
         raise LimitError(guest.name, "target", format_size(size), f"below {below} {format_size(floor)}")
+    used = guest.used_bytes
+    if not force and used is not None and guest.state in _ACTIVE and size < used:
+        raise LimitError(
+            guest.name,
+            "target",
+            format_size(size),
+            f"below what the guest uses now ({human(used)}): it would swap or lose a process to its "
+            'OOM killer; force it (setmem --force, "force": true in the API) to set it anyway',
+        )
 
 
 def os_floor(

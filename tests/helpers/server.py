@@ -139,12 +139,12 @@ class FakeSource:
             future.set_result(result)
         return future
 
-    def submit_target(self, vm: str, target_bytes: int) -> Future[object]:
+    def submit_target(self, vm: str, target_bytes: int, *, force: bool = False) -> Future[object]:
         # The controller's one check of a hand target, which the API leaves to it.
         snap = self.state.snapshot
         guest = next((g for g in snap.guests if g.name == vm), None) if snap is not None else None
         if guest is not None:
-            safety.check_target(guest, guest.policy, DEFAULT_TUNABLES, target_bytes)
+            safety.check_target(guest, guest.policy, DEFAULT_TUNABLES, target_bytes, force=force)
         with self.lock:
             self.submitted.append(("target", vm, target_bytes))
             if not self.stalled:

@@ -340,9 +340,9 @@ class Api:
         return asked, True, waiting.result()
 
     def target(self, guest: GuestSnapshot, body: bytes) -> tuple[int, Future[object]]:
-        size = payload.target(payload.json_object(body))
+        size, force = payload.target(payload.json_object(body))
         ops.resolve_scope(guest, live=True, config=False)
-        return size, self.source.submit_target(guest.name, size)
+        return size, self.source.submit_target(guest.name, size, force=force)
 
     def policy(self, guest: GuestSnapshot, body: bytes) -> tuple[GuestPolicy, Future[object]]:
         policy = payload.policy(guest.policy, payload.json_object(body))
@@ -502,7 +502,7 @@ def _change_routes(router: APIRouter, api: Api) -> None:
     target_body = {
         "type": "object",
         "required": [payload.TARGET_KEY],
-        "properties": {payload.TARGET_KEY: SIZE_SCHEMA},
+        "properties": {payload.TARGET_KEY: SIZE_SCHEMA, payload.FORCE_KEY: {"type": "boolean"}},
         "additionalProperties": False,
     }
     target_answer = {

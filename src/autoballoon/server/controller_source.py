@@ -118,8 +118,8 @@ class ControllerSource:
 
     # -- changes ----------------------------------------------------------------------------------------
 
-    def submit_target(self, vm: str, target_bytes: int) -> Future[object]:
-        return self._controller.submit_target(vm, target_bytes)
+    def submit_target(self, vm: str, target_bytes: int, *, force: bool = False) -> Future[object]:
+        return self._controller.submit_target(vm, target_bytes, force=force)
 
     def submit_policy(self, vm: str, policy: GuestPolicy) -> Future[object]:
         return self._controller.submit_policy(vm, policy, persist=True)

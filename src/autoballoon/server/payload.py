@@ -29,6 +29,7 @@ T = TypeVar("T")
 SIZE_FORMS = 'an integer of bytes, or a string with a unit such as "2GiB" or "512MiB" (bare = bytes)'
 POLICY_KEYS = ("min_bytes", "max_bytes", "shares", "buffer", "exclude")
 TARGET_KEY = "target_bytes"
+FORCE_KEY = "force"
 #: The most digits a JSON integer may have: 2**63 (the largest size) has 19, so 24 refuses nothing real
 #: while keeping Python from converting (and later printing) numbers thousands of digits long.
 MAX_INT_DIGITS = 24
@@ -150,9 +151,12 @@ def policy(base: GuestPolicy, obj: dict[str, Any]) -> GuestPolicy:
     )
 
 
-def target(obj: dict[str, Any]) -> int:
-    """The requested balloon target in bytes."""
-    _only(obj, (TARGET_KEY,))
+def target(obj: dict[str, Any]) -> tuple[int, bool]:
+    """The requested balloon target in bytes, and whether it is forced below what the guest uses."""
+    _only(obj, (TARGET_KEY, FORCE_KEY))
     if TARGET_KEY not in obj:
         raise InvalidValueError(TARGET_KEY, None, "a required field: " + SIZE_FORMS)
-    return size(TARGET_KEY, obj[TARGET_KEY])
+    force = obj.get(FORCE_KEY, False)
+    if not isinstance(force, bool):
+        raise InvalidValueError(FORCE_KEY, _shown(force), "true or false")
+    return size(TARGET_KEY, obj[TARGET_KEY]), force

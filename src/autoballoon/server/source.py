@@ -102,10 +102,11 @@ class Source(Protocol):
         """The state after the last tick. Cheap: called for every request and every history sample."""
         ...
 
-    def submit_target(self, vm: str, target_bytes: int) -> Future[object]:
-        """Ask the controller to move ``vm``'s balloon target as an operator would with virsh.
+    def submit_target(self, vm: str, target_bytes: int, *, force: bool = False) -> Future[object]:
+        """Ask the controller to move ``vm``'s balloon target as an operator would with virsh (``force``:
+        even below what the guest uses now).
 
-        Already validated by the caller against the last snapshot; raises
+        Checked by the controller against the last snapshot (:func:`autoballoon.safety.check_target`); raises
         :class:`~autoballoon.errors.RefusedError` at once if the controller refuses it (nothing queued).
         The future resolves once the controller has carried it out, or with the
         :class:`~autoballoon.errors.AutoballoonError` that kept it from happening.
