@@ -60,10 +60,41 @@ def _write(root: Path, rel: str, text: str) -> None:
     path.write_text(text)
 
 
+#: Two zones of a real /proc/zoneinfo, cut short (the per-CPU pagesets' "high:" must not count).
+ZONEINFO = """\
+Node 0, zone      DMA
+  per-node stats
+      nr_inactive_anon 2137
+  pages free     3840
+        boost    0
+        min      16
+        low      20
+        high     24
+        spanned  4095
+  pagesets
+    cpu: 0
+              count: 0
+              high:  0
+Node 0, zone   Normal
+  pages free     1000000
+        boost    0
+        min      16000
+        low      20000
+        high     24000
+"""
+
+
+def test_zoneinfo_sums_the_low_watermarks() -> None:
+    assert hostinfo.parse_zoneinfo(ZONEINFO, 4096) == (20 + 20000) * 4096
+    assert hostinfo.parse_zoneinfo("Node 0, zone DMA\n", 4096) is None
+    assert hostinfo.parse_zoneinfo("        low      x\n", 4096) is None
+
+
 def test_reader_on_fake_tree(tmp_path: Path) -> None:
     _write(tmp_path, "proc/meminfo", MEMINFO)
     _write(tmp_path, "proc/pressure/memory", PSI)
     _write(tmp_path, "proc/loadavg", "2.5 1 1 1/1 1\n")
+    _write(tmp_path, "proc/zoneinfo", ZONEINFO)
     _write(tmp_path, "sys/kernel/mm/ksm/pages_sharing", "100\n")
     _write(tmp_path, "sys/kernel/mm/ksm/run", "1\n")
     _write(tmp_path, "sys/devices/system/cpu/cpu0/thermal_throttle/core_throttle_count", "3\n")
@@ -77,6 +108,7 @@ def test_reader_on_fake_tree(tmp_path: Path) -> None:
     assert info.ksm_saved_bytes == hostinfo.ksm_saved_bytes(100, __import__("os").sysconf("SC_PAGE_SIZE"))
     assert info.load_avg1 == 2.5
     assert info.thermal_throttle_count == 7
+    assert info.watermark_bytes == hostinfo.parse_zoneinfo(ZONEINFO, __import__("os").sysconf("SC_PAGE_SIZE"))
 
 
 def test_reader_leaves_missing_signals_none(tmp_path: Path) -> None:
@@ -84,7 +116,7 @@ def test_reader_leaves_missing_signals_none(tmp_path: Path) -> None:
     info = hostinfo.read_host_info(tmp_path)
     assert info.mem_available == 400 * 1024  # no MemAvailable (old kernel): MemFree
     assert info.psi is None and info.ksm_running is None and info.ksm_saved_bytes is None
-    assert info.load_avg1 is None and info.thermal_throttle_count is None
+    assert info.load_avg1 is None and info.thermal_throttle_count is None and info.watermark_bytes is None
 
 
 def test_reader_on_this_host() -> None:

@@ -362,13 +362,22 @@ def test_guest_under_pressure_not_shrunk_to_feed_another() -> None:
     assert sum(got.values()) <= plan.budget  # type: ignore[operator]
 
 
-def test_host_in_danger_may_shrink_guest_under_pressure() -> None:
+@pytest.mark.parametrize("watermark", [None, 40 * MiB])
+def test_host_in_danger_may_shrink_guest_under_pressure(watermark: int | None) -> None:
+    """The host keeps its hard minimum: its kernel's low watermarks plus a margin where it tells them, a
+    share of its RAM where not (a simulated or remote host)."""
     pressed = make_guest("pressed", max_bytes=4 * GiB, target=3 * GiB, used=3 * GiB - 16 * MiB)
     tun = replace(T, host_reserve_bytes=2 * GiB)
     snap = make_host(pressed, available=0)  # host out of memory: it keeps at least its last free MiB
+    snap = replace(snap, watermark_bytes=watermark)
     plan, _ = decide(snap, inputs(), PolicyState(), tun)
     (action,) = plan.actions
-    assert action.new_target <= 3 * GiB - T.host_min_free_bytes
+    if watermark is None:
+        hard = max(T.host_min_free_bytes, int(snap.mem_total * T.host_min_free_fraction))
+    else:
+        hard = watermark + T.host_min_free_margin_bytes
+    # all it has but its hard minimum, to a whole MiB (its OOM floor is above that)
+    assert action.new_target == (3 * GiB - hard) // T.target_align_bytes * T.target_align_bytes
     assert action.reason == "host-danger"
 
 

@@ -58,6 +58,7 @@ class HostInfo:
     cpu_count: int = 1
     thermal_throttle_count: int | None = None
     hostname: str = ""
+    watermark_bytes: int | None = None  # the zones' low free watermarks together (see parse_zoneinfo)
 
 
 def parse_meminfo(text: str) -> dict[str, int]:
@@ -77,6 +78,25 @@ def parse_meminfo(text: str) -> dict[str, int]:
         scale = MEMINFO_UNIT_BYTES if len(parts) > 1 and parts[1].lower() == "kb" else 1
         out[key.strip()] = value * scale
     return out
+
+
+def parse_zoneinfo(text: str, page_size: int) -> int | None:
+    """The sum of every zone's *low* watermark in ``/proc/zoneinfo``, in bytes; None when it has none.
+
+    Below its low watermark a zone wakes kswapd: the host starts reclaiming and swapping for itself
+    (below *min*, every allocation reclaims first). That is the line the host's hard minimum is drawn
+    above. The figures are pages; ``min_free_kbytes`` and ``watermark_scale_factor`` set them.
+    """
+    total, seen = 0, False
+    for line in text.splitlines():
+        words = line.split()
+        if len(words) == 2 and words[0] == "low":
+            try:
+                total += int(words[1])
+            except ValueError:
+                return None
+            seen = True
+    return total * page_size if seen else None
 
 
 def _psi_line(fields: list[str]) -> dict[str, str]:
@@ -161,6 +181,8 @@ def read_host_info(root: Path = Path("/")) -> HostInfo:
     pages_sharing = _read_int(ksm / "pages_sharing")
     ksm_run = _read_int(ksm / "run")
     load_text = _read(root / "proc/loadavg")
+    zoneinfo = _read(root / "proc/zoneinfo")
+    page_size = os.sysconf("SC_PAGE_SIZE")
     return HostInfo(
         mem_total=mem_total,
         # MemAvailable exists since Linux 3.14; MemFree is a poor but safe fallback.
@@ -168,14 +190,13 @@ def read_host_info(root: Path = Path("/")) -> HostInfo:
         swap_total=meminfo.get("SwapTotal"),
         swap_free=meminfo.get("SwapFree"),
         psi=parse_psi(psi_text) if psi_text is not None else None,
-        ksm_saved_bytes=(
-            ksm_saved_bytes(pages_sharing, os.sysconf("SC_PAGE_SIZE")) if pages_sharing is not None else None
-        ),
+        ksm_saved_bytes=(ksm_saved_bytes(pages_sharing, page_size) if pages_sharing is not None else None),
         ksm_running=None if ksm_run is None else ksm_run == 1,
         load_avg1=parse_loadavg(load_text) if load_text is not None else None,
         cpu_count=os.cpu_count() or 1,
         thermal_throttle_count=_thermal_throttle_count(root / "sys/devices/system/cpu"),
         hostname=socket.gethostname(),
+        watermark_bytes=parse_zoneinfo(zoneinfo, page_size) if zoneinfo is not None else None,
     )
 
 
@@ -200,6 +221,7 @@ def local_host_snapshot(guests: tuple[GuestSnapshot, ...], time: float, wall_tim
         cpu_count=info.cpu_count,
         thermal_throttle_count=info.thermal_throttle_count,
         hostname=info.hostname,
+        watermark_bytes=info.watermark_bytes,
     )
 
 

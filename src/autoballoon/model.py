@@ -276,6 +276,9 @@ class HostSnapshot:
     #: Why the host's memory figures cannot be trusted (a remote host that reports none), or None.
     #: Every guest then carries a ``hold`` too: nothing shrinks, nothing grows beyond what is known free.
     hold: str | None = None
+    #: The host kernel's low free watermarks, all zones together (``/proc/zoneinfo``), or None where
+    #: they are not known (the simulator, a remote host): the host's hard minimum is drawn above them.
+    watermark_bytes: int | None = None
 
     def guest(self, name: str) -> GuestSnapshot | None:
         for g in self.guests:

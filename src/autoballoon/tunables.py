@@ -141,10 +141,15 @@ class Tunables:
     reserve_fraction: Fraction = 0.05
     #: A fixed reserve (config ``[host] reserve``) instead of the rule above.
     host_reserve_bytes: Bytes | None = None
-    #: What the host keeps free whatever happens: a process killed in a guest is a worse harm than a
-    #: host below its reserve, so guests may take the reserve to stay above their OOM floors, but not
-    #: this last part of it, below which the host itself swaps (and its OOM killer takes whole VMs):
-    #: ``max(host_min_free, host_min_free_fraction * MemTotal)``, never more than the reserve.
+    #: What the host keeps free whatever happens (its hard minimum): a process killed in a guest is a
+    #: worse harm than a host below its reserve, so guests may take the reserve to stay above their OOM
+    #: floors, but not this last part of it, below which the host itself swaps (and its OOM killer takes
+    #: whole VMs). Where the host's kernel tells its free watermarks (``/proc/zoneinfo``, a local host),
+    #: it is their low watermarks (where kswapd starts reclaiming for the host) plus
+    #: ``host_min_free_margin``: what the host itself (QEMU, its own programs) may allocate within one
+    #: reaction time before the daemon sees it. Where they are not known (the simulator, a remote host),
+    #: ``max(host_min_free, host_min_free_fraction * MemTotal)``. Never more than the reserve.
+    host_min_free_margin_bytes: Bytes = 128 * MiB
     host_min_free_bytes: Bytes = 256 * MiB
     host_min_free_fraction: Fraction = 0.01
     #: A fixed budget for all ballooned VMs together (config ``[host] budget``); the host-derived budget

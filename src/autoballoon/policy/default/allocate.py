@@ -44,6 +44,17 @@ def host_reserve(snapshot: HostSnapshot, t: Tunables) -> int:
     return max(t.reserve_bytes, int(snapshot.mem_total * t.reserve_fraction))
 
 
+def host_min_free(snapshot: HostSnapshot, reserve: int, t: Tunables) -> int:
+    """The host's hard minimum: the part of its reserve not even an OOM floor may take (see
+    :attr:`Tunables.host_min_free_margin_bytes`). Its kernel's watermarks plus a margin where they are
+    known, a share of its RAM where not; never more than the reserve."""
+    if snapshot.watermark_bytes is not None:
+        hard = snapshot.watermark_bytes + t.host_min_free_margin_bytes
+    else:
+        hard = max(t.host_min_free_bytes, int(snapshot.mem_total * t.host_min_free_fraction))
+    return min(reserve, hard)
+
+
 def holding(v: Verdict) -> int:
     """What a VM that is not managed holds in the budget, now and at the end of this decision (where
     its held move takes its target: a quarantine's ceiling, a followed balloon, a floor)."""
@@ -64,7 +75,7 @@ def host_budget(
     configured = t.host_budget_bytes
     return Budget(
         reserve=reserve,
-        min_free=min(reserve, max(t.host_min_free_bytes, int(snapshot.mem_total * t.host_min_free_fraction))),
+        min_free=host_min_free(snapshot, reserve, t),
         host=host,
         budget=host if configured is None else min(host, configured),
         held=sum(holding(v) for v in others if v.status != Status.EXCLUDED),
