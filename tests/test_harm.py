@@ -69,6 +69,7 @@ def test_the_api_names_the_suffering_during_a_burst() -> None:
     vms = client.get("/api/v1/vms").json()
     host = client.get("/api/v1/host").json()
     assert host["host_short"] is True
+    assert host["reserve_spent_bytes"] == controller.status().reserve_spent_bytes  # carried from the plan
     suffering = {s["vm"]: s["harm"] for s in host["suffering"]}
     assert len(suffering) == len(vms) == 24
     for vm in vms:

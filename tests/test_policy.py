@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from autoballoon.health import HealthState, Quarantine, VMHealth
-from autoballoon.model import GuestPolicy, GuestSnapshot, HostSnapshot, Status, VirtioMem, VMState
+from autoballoon.model import GuestPolicy, GuestSnapshot, HostSnapshot, Plan, Status, VirtioMem, VMState
 from autoballoon.policy import PolicyState, decide
 from autoballoon.policy.default import reaction_time
 from autoballoon.tunables import Tunables
@@ -272,6 +272,39 @@ def test_oom_floors_may_take_the_reserve_and_a_configured_budget() -> None:
     assert plan.budget == 3 * GiB and plan.host_short
     oom_floor = align(3 * GiB + margin(4 * GiB))
     assert got == {"a": oom_floor, "b": oom_floor}  # above the budget, never below the OOM floors
+
+
+def test_the_reserve_spent_on_oom_floors_is_in_the_plan_and_told_once_when_it_starts_and_ends() -> None:
+    """When only the host's reserve holds the guests' OOM floors, the floors take it (down to the hard
+    minimum), the plan says how much, and one event says so when it starts and one when it ends."""
+    tun = replace(T, host_reserve_bytes=1 * GiB)
+
+    def snap(time: float, available: int, target: int) -> HostSnapshot:
+        guests = (make_guest(n, target=target, used=3 * GiB, time=time) for n in ("a", "b"))
+        return make_host(*guests, time=time, available=available)
+
+    def told(plan: Plan) -> list[dict[str, object]]:
+        return [dict(e.fields) for e in plan.events if e.kind == "host-reserve-spent"]
+
+    floor = align(3 * GiB + margin(4 * GiB))
+    first = snap(0.0, 200 * MiB, 3500 * MiB)  # beside the reserve the two can hold 6176 MiB together
+    plan, state = decide(first, inputs(), PolicyState(), tun)
+    assert targets(plan, first) == {"a": floor, "b": floor}
+    spent = 2 * floor - (200 * MiB + 2 * 3500 * MiB - 1 * GiB)
+    assert plan.reserve_spent == spent > 0
+    hard = max(T.host_min_free_bytes, int(first.mem_total * T.host_min_free_fraction))
+    assert told(plan) == [
+        {"spending": True, "spent_bytes": spent, "reserve_bytes": 1 * GiB, "min_free_bytes": hard,
+         "at_oom_floor": 2}
+    ]  # fmt: skip
+    given_back = snap(2.0, 200 * MiB + 2 * (3500 * MiB - floor), floor)  # the balloons took it back
+    plan, state = decide(given_back, inputs(), state, tun)
+    assert plan.reserve_spent == spent and told(plan) == []  # still spent: not told again
+    freed = snap(4.0, 4 * GiB, floor)  # the host freed memory of its own: the floors fit beside the reserve
+    plan, state = decide(freed, inputs(), state, tun)
+    assert plan.reserve_spent == 0
+    (end,) = told(plan)
+    assert end["spending"] is False and end["spent_bytes"] == spent
 
 
 def test_a_rise_lifts_the_oom_floor_of_a_guest_without_autodeflate_before_it_is_a_trend() -> None:

@@ -164,6 +164,7 @@ def fleet_view() -> ServerView:
         snapshot=replace(base.snapshot, guests=guests),
         plan=replace(base.plan, status=status),
         host_short=True,
+        reserve_spent_bytes=300 * MiB,
         last_tick_at=1_800_000_000.5,
     )
 
@@ -185,6 +186,7 @@ def test_fleet_families_sum_per_host_and_count_states() -> None:
         "manual-hold": 0,
     }
     assert samples[("autoballoon_host_short", (h,))] == 1
+    assert samples[("autoballoon_host_reserve_spent_bytes", (h,))] == 300 * MiB
     assert samples[("autoballoon_last_tick_timestamp_seconds", (h,))] == 1_800_000_000.5
     assert samples[("autoballoon_tick_interval_seconds", (h,))] == 2.0
     assert samples[("autoballoon_vm_oom_kills_total", (h, ("vm", "db")))] == 2

@@ -132,6 +132,8 @@ class ControllerStatus:
     actions: Mapping[tuple[str, str], int] = field(default_factory=dict)
     #: Actions applied since start by (VM, direction): ``autoballoon_vm_actions_total``.
     vm_actions: Mapping[tuple[str, str], int] = field(default_factory=dict)
+    #: Bytes of the host's reserve the last plan spent to keep guests at their OOM floors.
+    reserve_spent_bytes: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -744,4 +746,5 @@ class Controller:
             shrink_paused=self._health.paused,
             actions=MappingProxyType(actions),
             vm_actions=MappingProxyType(vm_actions),
+            reserve_spent_bytes=plan.reserve_spent if plan is not None else 0,
         )

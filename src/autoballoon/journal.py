@@ -50,7 +50,11 @@ def log_level(entry: Mapping[str, Any]) -> int:
     if kind == "action":
         failed = entry.get("applied") is False and entry.get("error") is not None
         return logging.WARNING if failed else logging.INFO
-    warn = kind in WARNING_KINDS or (kind == "status" and entry.get("status") in WARNING_STATUSES)
+    warn = (
+        kind in WARNING_KINDS
+        or (kind == "status" and entry.get("status") in WARNING_STATUSES)
+        or (kind == "host-reserve-spent" and entry.get("spending") is True)
+    )
     return logging.WARNING if warn else logging.INFO
 
 

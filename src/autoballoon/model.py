@@ -373,6 +373,8 @@ class Plan:
     budget: int | None = None  # memory all ballooned VMs may hold together
     reserve: int | None = None  # host memory never handed to guests
     host_short: bool = False  # the budget could not hold every guest's want
+    #: Bytes of the reserve the targets take to keep guests at their OOM floors (0: the reserve is whole).
+    reserve_spent: int = 0
     guests: Mapping[str, GuestDecision] = field(default_factory=dict)
     events: tuple[Event, ...] = ()
 

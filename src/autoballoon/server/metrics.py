@@ -297,6 +297,11 @@ def host_families(view: ServerView, host: str) -> list[Metric]:
             "1 when the last decision could not give every guest what it wants within the budget, else 0.",
             1.0 if view.host_short else 0.0,
         )
+        gauge(
+            "autoballoon_host_reserve_spent_bytes",
+            "Bytes of the host's reserve the last decision spent to keep guests at their OOM floors.",
+            view.reserve_spent_bytes,
+        )
         vms = _gauge(
             "autoballoon_host_vms", "VMs on the host in each state the controller gives.", ["status"]
         )

@@ -68,6 +68,8 @@ class ServerView:
     shrink_paused: str | None = field(default=None, metadata=HOST_JSON)
     #: The last decision could not give every guest what it wants within the budget.
     host_short: bool = field(default=False, metadata=HOST_JSON)
+    #: Bytes of the host's reserve the last decision spent to keep guests at their OOM floors.
+    reserve_spent_bytes: int = field(default=0, metadata=HOST_JSON)
     #: Unix time on the real clock (not the simulator's) when the last tick was seen, or None before it:
     #: what a fleet's "daemon down" alert compares with Prometheus's ``time()``.
     last_tick_at: float | None = field(default=None, metadata=ADDED)

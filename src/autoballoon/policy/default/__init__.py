@@ -70,6 +70,9 @@ def decide(
     ]  # fmt: skip
     actions: list[Action] = [x.action for x in emitted if x.action is not None]
     events: list[Event] = [event for x in emitted for event in x.events]
+    reserve = emit.reserve_event(allocation, budget, state.reserve_spent)
+    if reserve is not None:
+        events.append(reserve)
     names = [v.guest.name for v in (*managed, *others)]
     plan = Plan(
         actions=tuple(actions),
@@ -78,11 +81,13 @@ def decide(
         budget=budget.budget,
         reserve=budget.reserve,
         host_short=allocation.short or allocation.danger,
+        reserve_spent=allocation.reserve_spent,
         guests={n: x.decision for n, x in zip(names, emitted, strict=True)},
         events=tuple(events),
     )
     records = {n: x.record for n, x in zip(names, emitted, strict=True)}
-    return plan, PolicyState(guests=MappingProxyType(records), time=snapshot.time)
+    state = PolicyState(MappingProxyType(records), snapshot.time, allocation.reserve_spent)
+    return plan, state
 
 
 __all__ = [

@@ -160,6 +160,15 @@ class Allocation(NamedTuple):
     needs: I64  # below which each is under pressure
     short: bool  # the wants did not fit
     danger: bool  # the host is in danger, or only hurting a guest under pressure held the budget
+    reserve_spent: int  # bytes of the host's reserve the targets take (see :func:`reserve_spent`)
+    at_oom_floor: int  # managed VMs whose targets are at their OOM floors or below
+
+
+def reserve_spent(targets: I64, b: Budget) -> int:
+    """How far the targets take the host below its reserve: what the VMs are given beyond what they
+    could hold together beside it (``b.host``). Only the OOM floors may take it, and never past the hard
+    minimum (:attr:`Budget.min_free`); a plan shows it so that the operator hears of it."""
+    return max(0, int(targets.sum()) + b.held - b.host)
 
 
 def allocate(estimates: Sequence[Estimate], b: Budget, t: Tunables) -> Allocation:
@@ -167,7 +176,7 @@ def allocate(estimates: Sequence[Estimate], b: Budget, t: Tunables) -> Allocatio
     danger = b.danger
     if not estimates:
         empty = np.zeros(0, dtype=np.int64)
-        return Allocation(empty, empty, empty, empty, empty, False, danger)
+        return Allocation(empty, empty, empty, empty, empty, False, danger, reserve_spent(empty, b), 0)
     c = columns(estimates, t)
     oom_floor, need, want = tiers(c, t)
     c = c._replace(oom_floor=oom_floor, need=need, want=want)
@@ -193,7 +202,8 @@ def allocate(estimates: Sequence[Estimate], b: Budget, t: Tunables) -> Allocatio
     alloc = np.minimum(np.maximum(align_down(alloc, t.target_align_bytes), c.floor), c.ceiling)
     alloc = _whole_blocks(alloc, estimates)
     alloc = np.where(c.blind, np.maximum(alloc, c.target), alloc)  # never shrunk without fresh stats
-    return Allocation(alloc, goal, c.want, c.oom_floor, c.need, short, danger)
+    spent, at_floor = reserve_spent(alloc, b), int((alloc <= c.oom_floor).sum())
+    return Allocation(alloc, goal, c.want, c.oom_floor, c.need, short, danger, spent, at_floor)
 
 
 def _whole_blocks(alloc: I64, estimates: Sequence[Estimate]) -> I64:

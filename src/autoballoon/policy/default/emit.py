@@ -7,10 +7,12 @@ from typing import NamedTuple
 
 from autoballoon.health import autodeflate_command, reporting_command
 from autoballoon.model import Action, Event, GuestDecision, HostSnapshot, Status
+from autoballoon.policy.default.allocate import Allocation, Budget
 from autoballoon.policy.default.classify import Verdict, retries
 from autoballoon.policy.default.estimate import Estimate
 from autoballoon.policy.default.state import GuestRecord
 from autoballoon.tunables import Tunables
+from autoballoon.units import format_size
 
 
 def _grow_reason(e: Estimate, old: int, new: int, want: int) -> str:
@@ -161,3 +163,27 @@ def emit_other(v: Verdict, budget: int, snapshot: HostSnapshot) -> Emitted:
         status=v.status,
         reason=v.reason,
     )
+
+
+def reserve_event(a: Allocation, b: Budget, previous: int) -> Event | None:
+    """``host-reserve-spent`` once when the targets start taking the host's reserve and once when they
+    stop (``previous`` is what the last plan spent): the host below its reserve is the harm chosen over
+    an OOM kill in a guest, and the operator must hear of it, but not every tick."""
+    spent = a.reserve_spent
+    if (spent > 0) == (previous > 0):
+        return None
+    if spent > 0:
+        message = (
+            f"host reserve spent: {format_size(spent)} of its {format_size(b.reserve)} (hard minimum "
+            f"{format_size(b.min_free)}) to keep {a.at_oom_floor} guests at their OOM floors"
+        )
+    else:
+        message = f"host reserve whole again ({format_size(b.reserve)}; {format_size(previous)} was spent)"
+    fields = {
+        "spending": spent > 0,
+        "spent_bytes": spent if spent > 0 else previous,
+        "reserve_bytes": b.reserve,
+        "min_free_bytes": b.min_free,
+        "at_oom_floor": a.at_oom_floor,
+    }
+    return Event(None, "host-reserve-spent", message, fields)

@@ -52,3 +52,5 @@ class PolicyState:
 
     guests: Mapping[str, GuestRecord] = field(default_factory=lambda: MappingProxyType({}))
     time: float | None = None
+    #: The reserve the last plan spent: the ``host-reserve-spent`` event is given when it starts and ends.
+    reserve_spent: int = 0
