@@ -38,7 +38,7 @@ from autoballoon.model import Action, Event, GuestDecision, HostSnapshot, Plan
 from autoballoon.policy.default import allocate, classify, emit, estimate
 from autoballoon.policy.default.allocate import host_reserve
 from autoballoon.policy.default.classify import Verdict
-from autoballoon.policy.default.estimate import Estimate, reaction_time
+from autoballoon.policy.default.estimate import Estimate, Estimates, reaction_time
 from autoballoon.policy.default.state import GuestRecord, PolicyState
 from autoballoon.policy.inputs import Inputs
 from autoballoon.tunables import Tunables
@@ -50,11 +50,11 @@ def decide(
     """One decision: the plan for this snapshot and the state to pass to the next call."""
     t = tunables
     managed, others = classify.classify(snapshot, inputs, state, t)
-    estimates = [estimate.estimate(v, snapshot.time, snapshot.wall_time, t) for v in managed]
+    estimates = estimate.estimate(managed, snapshot.time, t)
     budget = allocate.host_budget(snapshot, others, managed, t)
     allocation = allocate.allocate(estimates, budget, t)
     tiers = zip(
-        estimates,
+        estimates.rows(),
         allocation.targets.tolist(),
         allocation.wants.tolist(),
         allocation.oom_floors.tolist(),
@@ -92,6 +92,7 @@ def decide(
 
 __all__ = [
     "Estimate",
+    "Estimates",
     "GuestDecision",
     "GuestRecord",
     "Inputs",

@@ -18,8 +18,8 @@ import numpy as np
 from autoballoon.model import HostSnapshot, Status
 from autoballoon.policy.default.arrays import I64, align_down
 from autoballoon.policy.default.classify import Verdict
-from autoballoon.policy.default.columns import Columns, columns
-from autoballoon.policy.default.estimate import Estimate
+from autoballoon.policy.default.columns import Columns
+from autoballoon.policy.default.estimate import Estimates
 from autoballoon.policy.default.tiers import tiers
 from autoballoon.policy.fill import fit_tiers, water_fill
 from autoballoon.tunables import Tunables
@@ -171,17 +171,18 @@ def reserve_spent(targets: I64, b: Budget) -> int:
     return max(0, int(targets.sum()) + b.held - b.host)
 
 
-def allocate(estimates: Sequence[Estimate], b: Budget, t: Tunables) -> Allocation:
+def allocate(estimates: Estimates, b: Budget, t: Tunables) -> Allocation:
     """The targets to set this tick, and where they are headed."""
     danger = b.danger
-    if not estimates:
+    if not estimates.verdicts:
         empty = np.zeros(0, dtype=np.int64)
         return Allocation(empty, empty, empty, empty, empty, False, danger, reserve_spent(empty, b), 0)
-    c = columns(estimates, t)
+    c = estimates.columns
     oom_floor, need, want = tiers(c, t)
     c = c._replace(oom_floor=oom_floor, need=need, want=want)
     # Room for the largest burst a guest with autodeflate has shown: it would take it from the host.
-    room = max((e.jump for e in estimates if e.verdict.guest.balloon.autodeflate and not e.blind), default=0)
+    bursts = c.jump[estimates.autodeflate & ~c.blind]
+    room = int(bursts.max()) if bursts.size else 0
     hard_pool = b.host - b.held + b.reserve - b.min_free
     goal, pool, short = goals(c, b.budget - b.held, hard_pool, room)
     short = short or int(c.want.sum()) > pool
@@ -194,28 +195,28 @@ def allocate(estimates: Sequence[Estimate], b: Budget, t: Tunables) -> Allocatio
         if int(lo.sum()) > pool:  # only cutting a guest under pressure holds the budget: cut it too
             lo = np.minimum(goal, alloc)
             danger = True
-        cut = water_fill(lo.tolist(), alloc.tolist(), [1.0] * len(estimates), pool - int(lo.sum()))
+        cut = water_fill(lo.tolist(), alloc.tolist(), [1.0] * len(estimates.verdicts), pool - int(lo.sum()))
         alloc = np.array(cut, dtype=np.int64)
     # The configured budget caps the goals; what growth can be paid from is what the host really has
     # (its reserve too, when only that keeps guests at their OOM floors).
     alloc = pay_growth(c, alloc, max(b.host - b.held, pool), hard_pool)
     alloc = np.minimum(np.maximum(align_down(alloc, t.target_align_bytes), c.floor), c.ceiling)
-    alloc = _whole_blocks(alloc, estimates)
+    alloc = _whole_blocks(alloc, estimates.verdicts)
     alloc = np.where(c.blind, np.maximum(alloc, c.target), alloc)  # never shrunk without fresh stats
     spent, at_floor = reserve_spent(alloc, b), int((alloc <= c.oom_floor).sum())
     return Allocation(alloc, goal, c.want, c.oom_floor, c.need, short, danger, spent, at_floor)
 
 
-def _whole_blocks(alloc: I64, estimates: Sequence[Estimate]) -> I64:
+def _whole_blocks(alloc: I64, verdicts: Sequence[Verdict]) -> I64:
     """A virtio-mem guest is resized in whole blocks on top of its boot memory, and the backends round
     a target up to the next block (:meth:`VirtioMem.requested_for`): its target is set to what it will
     really have, so that the plan, the budget and the progress checks agree with the device."""
     out = alloc
-    for i, e in enumerate(estimates):
-        vmem = e.verdict.guest.virtio_mem
+    for i, v in enumerate(verdicts):
+        vmem = v.guest.virtio_mem
         if vmem is not None:
             if out is alloc:
                 out = alloc.copy()
             whole = vmem.boot_bytes + vmem.requested_for(int(alloc[i]))
-            out[i] = min(whole, e.verdict.ceiling)
+            out[i] = min(whole, v.ceiling)
     return out

@@ -5,46 +5,44 @@ MemAvailable, a balloon that deflated itself). The tiers, sized for all VMs at o
 are its *OOM floor* (below it the guest is OOM-killed), its *need* (below it the guest is under
 pressure) and its *want* (the need plus a cushion for what the guest can allocate within one reaction
 time of the daemon). This module also decides how far the VM's target may shrink this tick.
+
+Every figure is computed for all managed VMs at once, one NumPy column per figure (the allocation's
+:class:`~.columns.Columns`): a decision over thousands of VMs is a few dozen array operations, not a
+Python function call per VM. A figure that may be unknown (``None``) is read as a column of values with
+a column saying where it is known (:func:`_ints`, :func:`_floats`); the rules below are
+the per-VM rules, written once for all VMs. Powers and exponentials are taken with Python's own float
+functions (:func:`_each`): NumPy's vectorised ones may differ from them in the last bit, and the same
+snapshot and state must give the same plan whichever code computed it.
 """
 
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
+from collections.abc import Callable, Iterable, Sequence
+from operator import attrgetter
+from typing import Any, NamedTuple, TypeVar
+
+import numpy as np
+import numpy.typing as npt
 
 from autoballoon.model import GuestSnapshot, Status
+from autoballoon.policy.default.arrays import F64, I64, Bools
 from autoballoon.policy.default.classify import Verdict
-from autoballoon.policy.default.state import GuestRecord
+from autoballoon.policy.default.columns import Columns
 from autoballoon.tunables import Tunables
+
+_T = TypeVar("_T")
 
 
 class Estimate(NamedTuple):
-    """A managed VM's demand, what its tiers are made of (:func:`tiers` sizes them for all VMs at once)
-    and how its target may move this tick, and what to remember of its stats (:class:`GuestRecord` has
-    the same fields).
-
-    It is the VM's row of the allocation's columns (:class:`~.allocate.Columns`)."""
+    """One managed VM's estimate as the emit phase reads it: its demand, whether it is under pressure,
+    and what to remember of its stats (:class:`~.state.GuestRecord` has the same fields)."""
 
     verdict: Verdict
-    target: int
-    actual: int  # the balloon's size (its target if it never answered)
-    floor: int
-    ceiling: int
-    used: int
     demand: int
+    used: int
     pressure: bool
     blind: bool  # it lost its stats: never shrunk, its want is its ceiling
-    urgent: bool  # under pressure or deflating itself: its growth is paid first
-    exposed: bool  # no autodeflate: a burst beyond its room is an OOM kill
-    reports: bool  # free page reporting: the host gets its free memory back without the balloon
-    swaps: bool  # it has swap (it has swapped out since it booted): short of memory, it swaps first
-    latency: float  # its reaction time, seconds
-    buffer: float  # the least share of demand its cushion holds
-    shares: float  # its weight when the host is short
-    least_need: int  # what it must keep whatever its demand says: all it has while under pressure
-    least_oom_floor: int  # what it took back by itself (autodeflate): it needed that much
-    may_shrink: bool  # see :func:`shrink_allowance`
-    step: int  # the most it may shrink this tick
     reserved: int
     stats_time: float | None
     swap_in: int | None
@@ -57,6 +55,33 @@ class Estimate(NamedTuple):
     stats_actual: int | None
 
 
+class Estimates(NamedTuple):
+    """The managed VMs' estimates: the allocation's columns (the tiers left empty) and, per VM, what only
+    the emit phase reads (:meth:`rows`)."""
+
+    verdicts: list[Verdict]
+    columns: Columns
+    autodeflate: Bools  # it takes balloon pages back by itself: a burst takes memory from the host
+    reserved: list[int]
+    stats_time: list[float | None]
+    swap_in: list[int | None]
+    major_faults: list[int | None]
+    pressure_at: list[float | None]
+    stats_actual: list[int | None]
+
+    def rows(self) -> list[Estimate]:
+        """Each VM's :class:`Estimate`, in the order of the columns."""
+        c = self.columns
+        return list(
+            map(
+                Estimate,
+                self.verdicts, c.demand.tolist(), c.used.tolist(), c.pressure.tolist(), c.blind.tolist(),
+                self.reserved, self.stats_time, self.swap_in, self.major_faults, c.rise_rate.tolist(),
+                c.trend.tolist(), c.rate.tolist(), c.jump.tolist(), self.pressure_at, self.stats_actual,
+            )
+        )  # fmt: skip
+
+
 def reaction_time(g: GuestSnapshot, t: Tunables) -> float:
     """Seconds from a guest allocating memory to its balloon having deflated for it, at worst: the
     allocation lands just after a stats report, shows in the next one, is read at the next tick and
@@ -65,71 +90,270 @@ def reaction_time(g: GuestSnapshot, t: Tunables) -> float:
     return t.interval_s + period + t.actuation_s
 
 
-def kernel_reserved(g: GuestSnapshot, rec: GuestRecord, resting: bool) -> int:
+def _column(xs: Iterable[float], dtype: type[np.generic]) -> npt.NDArray[Any]:
+    """Known values (none is ``None``) as a column."""
+    return np.fromiter(xs, dtype=dtype)
+
+
+def _optional_column(xs: Sequence[float | None]) -> tuple[F64, Bools]:
+    """Values that may be unknown as a column, 0 where unknown, and where they are known.
+
+    Read as float64, where ``None`` is NaN: one conversion instead of a pass per value in Python, which
+    the benchmark shows matters. Exact for byte counts and counters below 2**53 (8 PiB)."""
+    values = np.array(xs, dtype=np.float64)
+    known = ~np.isnan(values)
+    return np.where(known, values, 0.0), known
+
+
+def _ints(xs: Sequence[int | None]) -> tuple[I64, Bools]:
+    """Byte counts or counters that may be unknown: the values (0 where unknown; the rules read them
+    only where they are known) and where they are known."""
+    values, known = _optional_column(xs)
+    return values.astype(np.int64), known
+
+
+def _floats(xs: Sequence[float | None]) -> tuple[F64, Bools]:
+    """Times or rates that may be unknown, 0.0 where unknown: ``x or 0.0`` and ``if x`` of the per-VM
+    rules read them so."""
+    return _optional_column(xs)
+
+
+def _each(f: Callable[[float], float], x: F64, where: Bools) -> F64:
+    """``f`` of every value where ``where`` (1.0 elsewhere), with Python's float functions (see the
+    module's doc), and only where the per-VM rule takes it: elsewhere it may overflow."""
+    ys = (f(v) if w else 1.0 for v, w in zip(x.tolist(), where.tolist(), strict=True))
+    return np.fromiter(ys, dtype=np.float64, count=len(x))
+
+
+def _halves(x: F64, where: Bools) -> F64:
+    """``0.5 ** x`` where ``where``: what is left after ``x`` half-lives."""
+    return _each(lambda v: 0.5**v, x, where)
+
+
+def _differs(a: Sequence[float | None], b: Sequence[float | None]) -> Bools:
+    """``a != b`` for each pair, ``None`` equal only to ``None``."""
+    return np.array([x != y for x, y in zip(a, b, strict=True)], dtype=np.bool_)
+
+
+class _Guests(NamedTuple):
+    """What the estimate reads of the VMs' snapshots, verdicts and records, one column per figure."""
+
+    target: I64
+    actual: I64  # the balloon's size (its target if it never answered)
+    has_actual: Bools
+    max_bytes: I64
+    floor: I64
+    ceiling: I64
+    autodeflate: Bools
+    follows_balloon: Bools  # autodeflate or Windows: ``used`` subtracts the balloon (see :func:`_used`)
+    blind: Bools
+    self_deflated: Bools
+    shrink_hold: Bools
+    total: I64
+    has_total: Bools
+    used_bytes: I64
+    available: I64
+    swap_out: I64
+    swap_in: I64
+    has_swap_in: Bools
+    major_faults: I64
+    has_major_faults: Bools
+    last_update: F64  # stats.last_update or 0.0
+    stats_changed: Bools  # stats.last_update != record.stats_time
+
+
+class _Records(NamedTuple):
+    """What the VMs remembered, one column per figure (see :class:`~.state.GuestRecord`)."""
+
+    seen_time: F64
+    has_seen_time: Bools
+    seen_actual: I64
+    has_seen_actual: Bools
+    seen_wall: F64
+    has_seen_wall: Bools
+    demand: I64
+    has_demand: Bools
+    used: I64
+    has_used: Bools
+    reserved: I64
+    stats_time: F64  # record.stats_time or 0.0
+    swap_in: I64
+    has_swap_in: Bools
+    major_faults: I64
+    has_major_faults: Bools
+    rise_rate: F64
+    trend: F64
+    rate: F64
+    jump: I64
+    pressure_at: F64
+    has_pressure_at: Bools
+    stats_actual: I64
+    has_stats_actual: Bools
+    last_grow: F64
+    has_last_grow: Bools
+    shrink_wall: F64
+    has_shrink_wall: Bools
+
+
+def _transpose(rows: Sequence[Any], getter: Callable[[Any], tuple[Any, ...]], width: int) -> list[Any]:
+    """The figures ``getter`` reads of every row, one tuple per figure (in C: the benchmark shows a
+    Python pass per figure and VM matters)."""
+    return list(zip(*map(getter, rows), strict=True)) if rows else [()] * width
+
+
+_GUEST = attrgetter(
+    "target_bytes", "actual_bytes", "max_bytes", "balloon.autodeflate", "os_type", "used_bytes",
+    "stats.total", "stats.available", "stats.swap_out", "stats.swap_in", "stats.major_faults",
+    "stats.last_update",
+)  # fmt: skip
+_VERDICT = attrgetter("floor", "ceiling", "status", "self_deflated", "shrink_hold", "record.stats_time")
+
+
+def _guests(vs: Sequence[Verdict]) -> _Guests:
+    guests = [v.guest for v in vs]
+    (
+        target,
+        actual,
+        max_bytes,
+        autodeflate,
+        os_type,
+        used_bytes,
+        total,
+        available,
+        swap_out,
+        swap_in,
+        faults,
+        last,
+    ) = _transpose(guests, _GUEST, 12)
+    floor, ceiling, status, self_deflated, shrink_hold, stats_time = _transpose(vs, _VERDICT, 6)
+    actual_values, has_actual = _ints(actual)
+    target_values = _column(target, np.int64)
+    deflates = _column(autodeflate, np.bool_)
+    total_values, has_total = _ints(total)
+    swap_in_values, has_swap_in = _ints(swap_in)
+    fault_values, has_faults = _ints(faults)
+    return _Guests(
+        target=target_values,
+        actual=np.where(has_actual, actual_values, target_values),
+        has_actual=has_actual,
+        max_bytes=_column(max_bytes, np.int64),
+        floor=_column(floor, np.int64),
+        ceiling=_column(ceiling, np.int64),
+        autodeflate=deflates,
+        follows_balloon=deflates | _column((os == "windows" for os in os_type), np.bool_),
+        blind=_column((x != Status.MANAGED for x in status), np.bool_),
+        self_deflated=_column(self_deflated, np.bool_),
+        shrink_hold=_column((x is not None for x in shrink_hold), np.bool_),
+        total=total_values,
+        has_total=has_total,
+        used_bytes=_ints(used_bytes)[0],
+        available=_ints(available)[0],
+        swap_out=_ints(swap_out)[0],
+        swap_in=swap_in_values,
+        has_swap_in=has_swap_in,
+        major_faults=fault_values,
+        has_major_faults=has_faults,
+        last_update=_floats(last)[0],
+        stats_changed=_differs(last, stats_time),
+    )
+
+
+_RECORD = attrgetter(
+    "seen_time", "seen_actual", "seen_wall", "demand", "used", "reserved", "stats_time", "swap_in",
+    "major_faults", "rise_rate", "trend", "rate", "jump", "pressure_at", "stats_actual", "last_grow",
+    "shrink_wall",
+)  # fmt: skip
+
+
+def _records(vs: Sequence[Verdict]) -> _Records:
+    recs = [v.record for v in vs]
+    columns = _transpose(recs, _RECORD, 17)
+    (seen_time, seen_actual, seen_wall, demand, used, reserved, stats_time, swap_in, faults, rise_rate,
+     trend, rate, jump, pressure_at, stats_actual, last_grow, shrink_wall) = columns  # fmt: skip
+    seen_time_values, has_seen_time = _floats(seen_time)
+    seen_actual_values, has_seen_actual = _ints(seen_actual)
+    seen_wall_values, has_seen_wall = _floats(seen_wall)
+    demand_values, has_demand = _ints(demand)
+    used_values, has_used = _ints(used)
+    swap_in_values, has_swap_in = _ints(swap_in)
+    fault_values, has_faults = _ints(faults)
+    pressure_at_values, has_pressure_at = _floats(pressure_at)
+    stats_actual_values, has_stats_actual = _ints(stats_actual)
+    last_grow_values, has_last_grow = _floats(last_grow)
+    shrink_wall_values, has_shrink_wall = _floats(shrink_wall)
+    return _Records(
+        seen_time=seen_time_values,
+        has_seen_time=has_seen_time,
+        seen_actual=seen_actual_values,
+        has_seen_actual=has_seen_actual,
+        seen_wall=seen_wall_values,
+        has_seen_wall=has_seen_wall,
+        demand=demand_values,
+        has_demand=has_demand,
+        used=used_values,
+        has_used=has_used,
+        reserved=_column(reserved, np.int64),
+        stats_time=_floats(stats_time)[0],
+        swap_in=swap_in_values,
+        has_swap_in=has_swap_in,
+        major_faults=fault_values,
+        has_major_faults=has_faults,
+        rise_rate=_column(rise_rate, np.float64),
+        trend=_column(trend, np.float64),
+        rate=_column(rate, np.float64),
+        jump=_column(jump, np.int64),
+        pressure_at=pressure_at_values,
+        has_pressure_at=has_pressure_at,
+        stats_actual=stats_actual_values,
+        has_stats_actual=has_stats_actual,
+        last_grow=last_grow_values,
+        has_last_grow=has_last_grow,
+        shrink_wall=shrink_wall_values,
+        has_shrink_wall=has_shrink_wall,
+    )
+
+
+def kernel_reserved(g: _Guests, rec: _Records, resting: Bools) -> I64:
     """Memory the guest's kernel keeps out of MemTotal (its code, the page structures of all its RAM):
     a target must cover it as well as ``used``, or the guest has less available than the policy thinks
     (about 30 MiB of a 512 MiB Linux guest). MemTotal is the balloon's size less this when the balloon
     shrinks MemTotal, and the boot size less this when it does not (autodeflate, a balloon at max);
     otherwise, only a balloon at rest since the stats were taken tells it, so it is remembered."""
-    total = g.stats.total
-    actual = g.actual_bytes
-    if total is None or actual is None or total > g.max_bytes:
-        return rec.reserved
-    if g.balloon.autodeflate or actual >= g.max_bytes:
-        return g.max_bytes - total
-    if resting and total <= actual:
-        return actual - total
-    return rec.reserved
+    total, actual = g.total, g.actual
+    unknown = ~g.has_total | ~g.has_actual | (total > g.max_bytes)
+    at_boot_size = g.autodeflate | (actual >= g.max_bytes)
+    measured = resting & (total <= actual)
+    return np.select(
+        [unknown, at_boot_size, measured], [rec.reserved, g.max_bytes - total, actual - total], rec.reserved
+    )
 
 
 def shrink_allowance(
-    v: Verdict, stats_time: float | None, blind: bool, now: float, t: Tunables
-) -> tuple[bool, int]:
-    """Whether a managed VM may shrink this tick, and by at most how much (see :func:`move`): not
-    within the cooldown after a grow, not twice on the same stats report (the next step is judged on
-    what the last one did), not while the guard holds it, never without fresh stats; by its share of
-    the shrink rate over the time since the last look, or the least step."""
-    rec = v.record
-    cooling = rec.last_grow is not None and now - rec.last_grow < t.shrink_cooldown_after_grow_s
-    unseen = rec.shrink_wall is not None and (stats_time or 0.0) <= rec.shrink_wall
-    dt = now - rec.seen_time if rec.seen_time is not None and now > rec.seen_time else t.interval_s
-    may_shrink = not (cooling or unseen or v.shrink_hold or blind)
-    return may_shrink, max(t.shrink_min_step_bytes, int(v.ceiling * t.shrink_rate_per_s * dt))
+    g: _Guests, rec: _Records, stats_time: F64, now: float, t: Tunables
+) -> tuple[Bools, I64]:
+    """Whether each managed VM may shrink this tick, and by at most how much (see
+    :func:`.allocate.step_targets`): not within the cooldown after a grow, not twice on the same stats
+    report (the next step is judged on what the last one did), not while the guard holds it, never
+    without fresh stats; by its share of the shrink rate over the time since the last look, or the
+    least step. ``stats_time`` is that of the stats on hand, or 0.0."""
+    cooling = rec.has_last_grow & (now - rec.last_grow < t.shrink_cooldown_after_grow_s)
+    unseen = rec.has_shrink_wall & (stats_time <= rec.shrink_wall)
+    dt = np.where(rec.has_seen_time & (now > rec.seen_time), now - rec.seen_time, t.interval_s)
+    may_shrink = ~(cooling | unseen | g.shrink_hold | g.blind)
+    step = (g.ceiling * t.shrink_rate_per_s * dt).astype(np.int64)
+    return may_shrink, np.maximum(t.shrink_min_step_bytes, step)
 
 
-def _blind(v: Verdict, now: float, t: Tunables) -> Estimate:
-    """A VM that lost its stats: what it has is the least it keeps (see :func:`.tiers.tiers`), and it
-    remembers what it knew."""
-    g, rec = v.guest, v.record
-    target = g.target_bytes
-    actual = g.actual_bytes if g.actual_bytes is not None else target
-    held = min(max(target, actual), v.ceiling)
-    may_shrink, step = shrink_allowance(v, rec.stats_time, True, now, t)
-    return Estimate(
-        verdict=v, target=target, actual=actual, floor=v.floor, ceiling=v.ceiling, used=rec.used or 0,
-        demand=rec.demand or 0, pressure=False, blind=True, urgent=v.self_deflated,
-        exposed=not g.balloon.autodeflate, reports=g.mechanism == "report", swaps=False,
-        latency=reaction_time(g, t), buffer=0.0, shares=_shares(v, t), least_need=held, least_oom_floor=held,
-        may_shrink=may_shrink, step=step, reserved=rec.reserved, stats_time=rec.stats_time,
-        swap_in=rec.swap_in, major_faults=rec.major_faults, rise_rate=0.0, trend=0.0, rate=rec.rate,
-        jump=rec.jump, pressure_at=rec.pressure_at, stats_actual=rec.stats_actual,
-    )  # fmt: skip
-
-
-def _shares(v: Verdict, t: Tunables) -> float:
-    return float(v.policy.shares if v.policy.shares is not None else t.default_shares)
-
-
-def _used(v: Verdict, actual: int, t: Tunables) -> tuple[int, int, int | None]:
-    """What the guest uses (the kernel's reserved memory included), that reserve, and the balloon size
+def _used(g: _Guests, rec: _Records, t: Tunables) -> tuple[I64, I64, I64]:
+    """What each guest uses (the kernel's reserved memory included), that reserve, and the balloon size
     its stats were taken against."""
-    g, rec, stats = v.guest, v.record, v.guest.stats
-    still = rec.seen_actual is not None and abs(actual - rec.seen_actual) <= t.stuck_tolerance_bytes
-    stats_wall = stats.last_update or 0.0
+    actual = g.actual
+    still = rec.has_seen_actual & (np.abs(actual - rec.seen_actual) <= t.stuck_tolerance_bytes)
+    stats_wall = g.last_update
     # The balloon has not moved since the last look, and these stats were taken after it: they agree.
-    resting = still and rec.seen_wall is not None and stats_wall >= rec.seen_wall
+    resting = still & rec.has_seen_wall & (stats_wall >= rec.seen_wall)
     reserved = kernel_reserved(g, rec, resting)
-    used = (g.used_bytes or 0) + reserved
+    used = g.used_bytes + reserved
     # With autodeflate (and on Windows, whose MemTotal stays at max too) ``used`` subtracts the balloon,
     # which libvirt reports as it is now while the stats are up to a period old: a balloon that moved in
     # between would show as a change in ``used``. Stats are read against the balloon as it was when they
@@ -137,101 +361,154 @@ def _used(v: Verdict, actual: int, t: Tunables) -> tuple[int, int, int | None]:
     # are the stats on hand. (Read against the last look only, a Windows guest reporting every 10 s had
     # each grow counted as use again on the next tick, and grew itself to its max: 228 reversals an hour
     # in the demo.)
-    follows_balloon = g.balloon.autodeflate or g.os_type == "windows"
-    stats_actual = rec.stats_actual
-    if stats.last_update != rec.stats_time or stats_actual is None:
-        older = rec.seen_actual is not None and rec.seen_wall is not None and stats_wall < rec.seen_wall
-        stats_actual = rec.seen_actual if older else actual
-    if follows_balloon and stats_actual is not None:
-        used = max(0, used - (actual - stats_actual))
+    older = rec.has_seen_actual & rec.has_seen_wall & (stats_wall < rec.seen_wall)
+    taken_against = np.where(older, rec.seen_actual, actual)
+    stats_actual = np.where(g.stats_changed | ~rec.has_stats_actual, taken_against, rec.stats_actual)
+    used = np.where(g.follows_balloon, np.maximum(0, used - (actual - stats_actual)), used)
     return used, reserved, stats_actual
 
 
 class _Growth(NamedTuple):
-    """What the stats since the last report say of the guest's growth and of swapping."""
+    """What the stats since the last report say of the guests' growth and of swapping."""
 
-    stats_time: float | None
-    rise_rate: float
-    trend: float
-    rate: float
-    jump: int
-    boost: int  # bytes swapped in fast enough to count as pressure (1: major faults did)
+    stats_time: F64  # of the stats the rates are measured from, or 0.0
+    keeps_stats_time: Bools  # nothing new: the record's stats time is kept
+    rise_rate: F64
+    trend: F64
+    rate: F64
+    jump: I64
+    boost: I64  # bytes swapped in fast enough to count as pressure (1: major faults did)
 
 
-def _growth(v: Verdict, used: int, now: float, t: Tunables) -> _Growth:
-    rec, stats = v.record, v.guest.stats
+def _growth(g: _Guests, rec: _Records, used: I64, dt: F64, t: Tunables) -> _Growth:
     # Rates are per second of *stats* time: a guest polled every 10 s shows 10 s of change at once.
-    stats_time = stats.last_update
-    sdt = stats_time - rec.stats_time if stats_time and rec.stats_time else 0.0
+    sdt = np.where((g.last_update != 0) & (rec.stats_time != 0), g.last_update - rec.stats_time, 0.0)
     fresh = sdt > 0
-    if not fresh and rec.stats_time:
-        stats_time = rec.stats_time  # nothing new: keep measuring from the last report
-    dt = now - rec.seen_time if rec.seen_time is not None else 0.0
-    rise_rate, trend, rate, jump = rec.rise_rate, rec.trend, rec.rate, rec.jump
-    if rate and dt > 0:
-        rate *= 0.5 ** (dt / t.rate_half_life_s)
-    if jump and dt > 0:
-        jump = int(jump * 0.5 ** (dt / t.jump_half_life_s))
-    boost = 0
-    if fresh:
-        rise = used - rec.used if rec.used is not None else 0
-        rise_rate = rise / sdt if rise > 0 else 0.0
-        if rise >= t.jump_min_bytes:
-            jump = max(jump, rise)
-        # A rate counts once two reports in a row show it: one jump is not a ramp (the jump is
-        # remembered above, and the cushion keeps room for another like it). The ramp going on now is
-        # projected ahead by the tiers (see :func:`.tiers.tiers`), not into the demand: the demand decays
-        # slowly, and a ramp that has stopped needs no more room ahead of it.
-        trend = min(rise_rate, rec.rise_rate)
-        rate = max(rate, trend)
-        if rec.swap_in is not None and stats.swap_in is not None and stats.swap_in > rec.swap_in:
-            swapped = stats.swap_in - rec.swap_in
-            if swapped / sdt > t.swap_in_pressure_bytes_per_s:
-                boost = swapped
-        if (
-            rec.major_faults is not None
-            and stats.major_faults is not None
-            and (stats.major_faults - rec.major_faults) / sdt > t.major_fault_pressure_per_s
-        ):
-            boost = max(boost, 1)
-    return _Growth(stats_time, rise_rate, trend, rate, jump, boost)
+    per_s = np.where(fresh, sdt, 1.0)  # divides only where fresh
+    keeps = ~fresh & (rec.stats_time != 0)  # nothing new: keep measuring from the last report
+    fades, fading = (rec.rate != 0) & (dt > 0), (rec.jump != 0) & (dt > 0)
+    with np.errstate(over="ignore"):  # a tiny half-life: infinitely many, as in Python
+        rate = np.where(fades, rec.rate * _halves(dt / t.rate_half_life_s, fades), rec.rate)
+        jump = np.where(
+            fading, (rec.jump * _halves(dt / t.jump_half_life_s, fading)).astype(np.int64), rec.jump
+        )
+    rise = np.where(rec.has_used, used - rec.used, 0)
+    rise_rate = np.where(rise > 0, rise / per_s, 0.0)
+    jump = np.where(fresh & (rise >= t.jump_min_bytes), np.maximum(jump, rise), jump)
+    # A rate counts once two reports in a row show it: one jump is not a ramp (the jump is
+    # remembered above, and the cushion keeps room for another like it). The ramp going on now is
+    # projected ahead by the tiers (see :func:`.tiers.tiers`), not into the demand: the demand decays
+    # slowly, and a ramp that has stopped needs no more room ahead of it.
+    trend = np.minimum(rise_rate, rec.rise_rate)
+    rate = np.where(fresh, np.maximum(rate, trend), rate)
+    swapped = g.swap_in - rec.swap_in
+    swapping = g.has_swap_in & rec.has_swap_in & (swapped > 0)
+    swapping &= swapped / per_s > t.swap_in_pressure_bytes_per_s
+    faults = g.major_faults - rec.major_faults
+    faulting = g.has_major_faults & rec.has_major_faults & (faults / per_s > t.major_fault_pressure_per_s)
+    boost = np.where(swapping, swapped, 0)
+    boost = np.where(faulting, np.maximum(boost, 1), boost)
+    return _Growth(
+        stats_time=np.where(keeps, rec.stats_time, g.last_update),
+        keeps_stats_time=keeps,
+        rise_rate=np.where(fresh, rise_rate, rec.rise_rate),
+        trend=np.where(fresh, trend, rec.trend),
+        rate=rate,
+        jump=jump,
+        boost=np.where(fresh, boost, 0),
+    )
 
 
-def estimate(v: Verdict, now: float, wall: float, t: Tunables) -> Estimate:
-    """Demand and tiers of one managed VM, from its stats and what it remembered."""
-    if v.status != Status.MANAGED:
-        return _blind(v, now, t)
-    g, rec, stats = v.guest, v.record, v.guest.stats
-    actual = g.actual_bytes if g.actual_bytes is not None else g.target_bytes
-    used, reserved, stats_actual = _used(v, actual, t)
-    growth = _growth(v, used, now, t)
-    raw = used
-    signal = (stats.available or 0) < t.low_available_bytes or v.self_deflated
-    if growth.boost:
-        signal = True
-        raw += growth.boost + int(v.ceiling * t.pressure_boost_fraction)
-    pressure_at = now if signal else rec.pressure_at
-    pressure = pressure_at is not None and now - pressure_at < t.pressure_hold_s
-    dt = now - rec.seen_time if rec.seen_time is not None else 0.0
-    if rec.demand is None or raw >= rec.demand or dt <= 0:
-        demand = raw
-    else:
-        demand = raw + int((rec.demand - raw) * math.exp(-dt / t.demand_decay_s))
-    ceiling = v.ceiling
-    least_need = least_oom_floor = 0
-    if v.self_deflated:  # it ran past its memory: what it took back, and more, since it is still short
-        least_need = min(actual + int(ceiling * t.self_deflate_boost_fraction), ceiling)
-        least_oom_floor = min(actual, ceiling)
-    if pressure:  # never less than it has while it is short
-        least_need = max(least_need, min(g.target_bytes, ceiling))
-    may_shrink, step = shrink_allowance(v, growth.stats_time, False, now, t)
-    return Estimate(
-        verdict=v, target=g.target_bytes, actual=actual, floor=v.floor, ceiling=ceiling, used=used,
-        demand=demand, pressure=pressure, blind=False, urgent=pressure or v.self_deflated,
-        exposed=not g.balloon.autodeflate, reports=g.mechanism == "report", swaps=(stats.swap_out or 0) > 0,
-        latency=reaction_time(g, t), buffer=v.policy.buffer if v.policy.buffer is not None else t.buffer,
-        shares=_shares(v, t), least_need=least_need, least_oom_floor=least_oom_floor, may_shrink=may_shrink,
-        step=step, reserved=reserved, stats_time=growth.stats_time, swap_in=stats.swap_in,
-        major_faults=stats.major_faults, rise_rate=growth.rise_rate, trend=growth.trend, rate=growth.rate,
-        jump=growth.jump, pressure_at=pressure_at, stats_actual=stats_actual,
+def _demand(
+    g: _Guests, rec: _Records, used: I64, boost: I64, dt: F64, now: float, t: Tunables
+) -> tuple[I64, F64, Bools, Bools]:
+    """Each VM's demand, when it last showed pressure (0.0 and not known: never), and whether it is
+    under pressure now."""
+    signal = (g.available < t.low_available_bytes) | g.self_deflated | (boost != 0)
+    raw = used + np.where(boost != 0, boost + (g.ceiling * t.pressure_boost_fraction).astype(np.int64), 0)
+    pressure_at = np.where(signal, now, rec.pressure_at)
+    pressure_known = signal | rec.has_pressure_at
+    pressure = pressure_known & (now - pressure_at < t.pressure_hold_s)
+    # Rises at once; falls toward what it uses now by ``demand_decay_s``.
+    rises = ~rec.has_demand | (raw >= rec.demand) | (dt <= 0)
+    with np.errstate(over="ignore"):  # a tiny decay time: gone at once, as in Python
+        decay = _each(math.exp, -dt / t.demand_decay_s, ~rises)
+    demand = np.where(rises, raw, raw + ((rec.demand - raw) * decay).astype(np.int64))
+    return demand, pressure_at, pressure_known, pressure
+
+
+def _optional(values: list[float], known: Bools) -> list[float | None]:
+    """The values, ``None`` where not known."""
+    return [v if k else None for v, k in zip(values, known.tolist(), strict=True)]
+
+
+def _pick(where: list[bool], a: Sequence[_T], b: Sequence[_T]) -> list[_T]:
+    """``a`` where ``where``, else ``b``: :func:`numpy.where` for columns that may hold ``None``."""
+    return [x if w else y for w, x, y in zip(where, a, b, strict=True)]
+
+
+def estimate(vs: Sequence[Verdict], now: float, t: Tunables) -> Estimates:
+    """Demand and what the tiers are made of, of every managed VM at once, from their stats and what they
+    remembered. A VM that lost its stats (blind) keeps what it knew: what it has is the least it keeps
+    (see :func:`.tiers.tiers`), its demand and growth are what it remembered."""
+    g, rec = _guests(vs), _records(vs)
+    blind, ceiling, actual, target = g.blind, g.ceiling, g.actual, g.target
+    used, reserved, stats_actual = _used(g, rec, t)
+    dt = np.where(rec.has_seen_time, now - rec.seen_time, 0.0)
+    growth = _growth(g, rec, used, dt, t)
+    demand, pressure_at, pressure_known, pressure = _demand(g, rec, used, growth.boost, dt, now, t)
+    # It ran past its memory: what it took back, and more, since it is still short.
+    boosted = np.minimum(actual + (ceiling * t.self_deflate_boost_fraction).astype(np.int64), ceiling)
+    least_need = np.where(g.self_deflated, boosted, 0)
+    least_oom_floor = np.where(g.self_deflated, np.minimum(actual, ceiling), 0)
+    # Never less than it has while it is short.
+    least_need = np.where(pressure, np.maximum(least_need, np.minimum(target, ceiling)), least_need)
+    # Blind: what it has is the least it keeps, and it remembers what it knew.
+    held = np.minimum(np.maximum(target, actual), ceiling)
+    stats_time = np.where(blind, rec.stats_time, growth.stats_time)
+    may_shrink, step = shrink_allowance(g, rec, stats_time, now, t)
+    pressure = pressure & ~blind
+    guests = [v.guest for v in vs]
+    dead_band = np.maximum(t.shrink_dead_band_bytes, (ceiling * t.shrink_dead_band_fraction).astype(np.int64))
+    empty = np.zeros(0, dtype=np.int64)
+    columns = Columns(
+        target=target, actual=actual, floor=g.floor, ceiling=ceiling,
+        demand=np.where(blind, rec.demand, demand), used=np.where(blind, rec.used, used),
+        latency=np.array([reaction_time(x, t) for x in guests], dtype=np.float64),
+        rise_rate=np.where(blind, 0.0, growth.rise_rate), trend=np.where(blind, 0.0, growth.trend),
+        rate=np.where(blind, rec.rate, growth.rate), jump=np.where(blind, rec.jump, growth.jump),
+        buffer=np.where(blind, 0.0, [t.buffer if v.policy.buffer is None else v.policy.buffer for v in vs]),
+        least_need=np.where(blind, held, least_need), least_oom_floor=np.where(blind, held, least_oom_floor),
+        has=np.maximum(target, actual),
+        shares=[float(t.default_shares if v.policy.shares is None else v.policy.shares) for v in vs],
+        pressure=pressure, blind=blind, urgent=pressure | g.self_deflated, exposed=~g.autodeflate,
+        reports=np.array([x.mechanism == "report" for x in guests], dtype=np.bool_),
+        swaps=~blind & (g.swap_out > 0), may_shrink=may_shrink, step=step,
+        dead_band=dead_band,
+        oom_floor=empty, need=empty, want=empty,
     )  # fmt: skip
+    return _remembered(vs, columns, g, rec, growth, reserved, stats_actual, pressure_at, pressure_known)
+
+
+def _remembered(
+    vs: Sequence[Verdict], c: Columns, g: _Guests, rec: _Records, growth: _Growth, reserved: I64,
+    stats_actual: I64, pressure_at: F64, pressure_known: Bools,
+) -> Estimates:  # fmt: skip
+    """The estimates with what each VM remembers of its stats: a blind one what it knew."""
+    records = [v.record for v in vs]
+    stats = [v.guest.stats for v in vs]
+    blind = g.blind.tolist()
+    kept = (g.blind | growth.keeps_stats_time).tolist()
+    return Estimates(
+        verdicts=list(vs),
+        columns=c,
+        autodeflate=g.autodeflate,
+        reserved=np.where(g.blind, rec.reserved, reserved).tolist(),
+        stats_time=_pick(kept, [r.stats_time for r in records], [s.last_update for s in stats]),
+        swap_in=_pick(blind, [r.swap_in for r in records], [s.swap_in for s in stats]),
+        major_faults=_pick(blind, [r.major_faults for r in records], [s.major_faults for s in stats]),
+        pressure_at=_pick(
+            blind, [r.pressure_at for r in records], _optional(pressure_at.tolist(), pressure_known)
+        ),
+        stats_actual=_pick(blind, [r.stats_actual for r in records], stats_actual.tolist()),
+    )
