@@ -34,11 +34,11 @@ from __future__ import annotations
 
 from types import MappingProxyType
 
-from autoballoon.model import Action, Event, GuestDecision, HostSnapshot, Plan
+from autoballoon.model import GuestDecision, HostSnapshot, Plan
 from autoballoon.policy.default import allocate, classify, emit, estimate
 from autoballoon.policy.default.allocate import host_reserve
 from autoballoon.policy.default.classify import Verdict
-from autoballoon.policy.default.estimate import Estimate, Estimates, reaction_time
+from autoballoon.policy.default.estimate import Estimates, reaction_time
 from autoballoon.policy.default.state import GuestRecord, PolicyState
 from autoballoon.policy.inputs import Inputs
 from autoballoon.tunables import Tunables
@@ -53,45 +53,39 @@ def decide(
     estimates = estimate.estimate(managed, snapshot.time, t)
     budget = allocate.host_budget(snapshot, others, managed, t)
     allocation = allocate.allocate(estimates, budget, t)
-    tiers = zip(
-        estimates.rows(),
-        allocation.targets.tolist(),
-        allocation.wants.tolist(),
-        allocation.oom_floors.tolist(),
-        allocation.needs.tolist(),
-        allocation.goals.tolist(),
-        strict=True,
-    )
     danger, limit = allocation.danger, budget.budget
-    emitted = [
-        *(emit.emit_managed(e, new, want, oom_floor, need, goal, danger, limit, snapshot, t)
-          for e, new, want, oom_floor, need, goal in tiers),
-        *(emit.emit_other(v, limit, snapshot) for v in others),
-    ]  # fmt: skip
-    actions: list[Action] = [x.action for x in emitted if x.action is not None]
-    events: list[Event] = [event for x in emitted for event in x.events]
+    tiers = emit.Tiers(
+        allocation.targets, allocation.wants, allocation.oom_floors, allocation.needs, allocation.goals
+    )
+    m = emit.emit_managed(estimates, tiers, danger, limit, snapshot, t)
+    held = [emit.emit_other(v, limit, snapshot) for v in others]
+    actions = [*m.actions, *(x.action for x in held if x.action is not None)]
+    events = [*m.events, *(event for x in held for event in x.events)]
     reserve = emit.reserve_event(allocation, budget, state.reserve_spent)
     if reserve is not None:
         events.append(reserve)
     names = [v.guest.name for v in (*managed, *others)]
+    status = [*m.status, *(x.status for x in held)]
+    reasons = [*m.reasons, *(x.reason for x in held)]
+    decisions = [*m.decisions, *(x.decision for x in held)]
+    records = [*m.records, *(x.record for x in held)]
     plan = Plan(
         actions=tuple(actions),
-        status={n: x.status for n, x in zip(names, emitted, strict=True)},
-        status_reason={n: x.reason for n, x in zip(names, emitted, strict=True)},
+        status=dict(zip(names, status, strict=True)),
+        status_reason=dict(zip(names, reasons, strict=True)),
         budget=budget.budget,
         reserve=budget.reserve,
         host_short=allocation.short or allocation.danger,
         reserve_spent=allocation.reserve_spent,
-        guests={n: x.decision for n, x in zip(names, emitted, strict=True)},
+        guests=dict(zip(names, decisions, strict=True)),
         events=tuple(events),
     )
-    records = {n: x.record for n, x in zip(names, emitted, strict=True)}
-    state = PolicyState(MappingProxyType(records), snapshot.time, allocation.reserve_spent)
+    remembered = dict(zip(names, records, strict=True))
+    state = PolicyState(MappingProxyType(remembered), snapshot.time, allocation.reserve_spent)
     return plan, state
 
 
 __all__ = [
-    "Estimate",
     "Estimates",
     "GuestDecision",
     "GuestRecord",

@@ -3,34 +3,37 @@ and what to remember of it for the next decision."""
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from collections.abc import Iterable
+from itertools import repeat
+from typing import Any, NamedTuple
 
 from autoballoon.health import autodeflate_command, reporting_command
 from autoballoon.model import Action, Event, GuestDecision, HostSnapshot, Status
 from autoballoon.policy.default.allocate import Allocation, Budget
+from autoballoon.policy.default.arrays import I64
 from autoballoon.policy.default.classify import Verdict, retries
-from autoballoon.policy.default.estimate import Estimate
+from autoballoon.policy.default.estimate import Estimates
 from autoballoon.policy.default.state import GuestRecord
 from autoballoon.tunables import Tunables
 from autoballoon.units import format_size
 
 
-def _grow_reason(e: Estimate, old: int, new: int, want: int) -> str:
-    if e.blind:
+def _grow_reason(v: Verdict, blind: bool, pressure: bool, old: int, new: int, want: int) -> str:
+    if blind:
         reason = "no-stats"
-    elif e.verdict.self_deflated:
+    elif v.self_deflated:
         reason = "autodeflate"
-    elif e.pressure:
+    elif pressure:
         reason = "pressure"
-    elif old < e.verdict.floor:
+    elif old < v.floor:
         reason = "floor"
     else:
         reason = "demand"
     return reason + (" (host-short)" if new < want else "")
 
 
-def _shrink_reason(e: Estimate, old: int, new: int, want: int, danger: bool) -> str:
-    if old > e.verdict.ceiling and new == e.verdict.ceiling:
+def _shrink_reason(v: Verdict, old: int, new: int, want: int, danger: bool) -> str:
+    if old > v.ceiling and new == v.ceiling:
         return "max"
     if new >= want:
         return "idle"
@@ -95,45 +98,124 @@ def _notices(v: Verdict) -> tuple[tuple[Event, ...], bool, bool]:
     return events, rec.warned_autodeflate or warning is not None, rec.warned_reporting or hint is not None
 
 
-def emit_managed(
-    e: Estimate, new: int, want: int, oom_floor: int, need: int, goal: int, danger: bool, budget: int,
-    snapshot: HostSnapshot, t: Tunables,
-) -> Emitted:  # fmt: skip
-    """A managed VM's action toward its new target, with its reason and the numbers behind it."""
-    v, g = e.verdict, e.verdict.guest
-    now, old, rec = snapshot.time, g.target_bytes, v.record
-    last_grow, shrink_wall, retried_at = rec.last_grow, rec.shrink_wall, rec.retried_at
-    action = None
-    if new > old:
-        action = Action(
-            g.name, old, new, _grow_reason(e, old, new, want), e.demand, g.stats.available, budget
-        )
-        last_grow = now
-    elif new < old:
-        reason = _shrink_reason(e, old, new, want, danger)
-        action = Action(g.name, old, new, reason, e.demand, g.stats.available, budget)
-        shrink_wall = snapshot.wall_time
-    elif retries(v, now, t):
-        action = Action(g.name, old, old, "retry", e.demand, g.stats.available, budget)
-        retried_at = now
-    events, warned_autodeflate, warned_reporting = _notices(v)
-    shrink_held = v.shrink_hold is not None and new == old and want < old
-    record = GuestRecord(
-        status=v.status, seen_time=now, seen_target=old, seen_actual=g.actual_bytes, planned_target=new,
-        demand=e.demand, used=e.used, reserved=e.reserved, seen_wall=snapshot.wall_time,
-        stats_time=e.stats_time, swap_in=e.swap_in, major_faults=e.major_faults, rise_rate=e.rise_rate,
-        trend=e.trend, rate=e.rate, jump=e.jump, pressure_at=e.pressure_at, last_grow=last_grow,
-        shrink_wall=shrink_wall, progress=v.progress, retried_at=retried_at, stuck_count=v.stuck_count,
-        warned_autodeflate=warned_autodeflate, warned_reporting=warned_reporting, stats_actual=e.stats_actual,
-    )  # fmt: skip
-    return Emitted(
-        action=action,
-        events=events,
-        record=record,
-        decision=GuestDecision(e.demand, want, v.floor, v.ceiling, e.pressure, oom_floor, need, e.used, goal),
-        status=v.status,
-        reason=f"shrink held: {v.shrink_hold}" if shrink_held else v.reason,
+class Managed(NamedTuple):
+    """The managed VMs' part of the plan, in their order: the actions and events, and per VM what to
+    remember, what to show, its status and the reason shown with it."""
+
+    actions: list[Action]
+    events: list[Event]
+    records: list[GuestRecord]
+    decisions: list[GuestDecision]
+    status: list[str]
+    reasons: list[str]
+
+
+class Tiers(NamedTuple):
+    """What the allocation decided for the managed VMs (see :class:`.allocate.Allocation`)."""
+
+    targets: I64
+    wants: I64
+    oom_floors: I64
+    needs: I64
+    goals: I64
+
+
+def _quiet(v: Verdict) -> bool:
+    """Nothing to tell of this VM (the cheap tests of :func:`_notices`, which most ticks pass)."""
+    g, rec = v.guest, v.record
+    return (
+        v.status == rec.status
+        and (rec.warned_autodeflate or g.balloon.autodeflate)
+        and (rec.warned_reporting or g.mechanism != "balloon" or g.os_type != "linux")
     )
+
+
+def emit_managed(
+    est: Estimates, tiers: Tiers, danger: bool, budget: int, snapshot: HostSnapshot, t: Tunables
+) -> Managed:
+    """The managed VMs' actions toward their new targets, with their reasons and the numbers behind them,
+    and what each remembers: a loop over the VMs only for what is rare (an action, an event), the rest
+    column by column."""
+    vs, c = est.verdicts, est.columns
+    now, wall = snapshot.time, snapshot.wall_time
+    olds, news, wants = c.target.tolist(), tiers.targets.tolist(), tiers.wants.tolist()
+    demands, blind, pressure = c.demand.tolist(), c.blind.tolist(), c.pressure.tolist()
+    last_grow = [now if new > old else v.record.last_grow for v, old, new in zip(vs, olds, news, strict=True)]
+    shrink_wall = [
+        wall if new < old else v.record.shrink_wall for v, old, new in zip(vs, olds, news, strict=True)
+    ]
+    retried_at = [v.record.retried_at for v in vs]
+    warned_autodeflate = [v.record.warned_autodeflate for v in vs]
+    warned_reporting = [v.record.warned_reporting for v in vs]
+    actions: list[Action] = []
+    events: list[Event] = []
+    for i, (v, old, new, want) in enumerate(zip(vs, olds, news, wants, strict=True)):
+        if new > old:
+            reason = _grow_reason(v, blind[i], pressure[i], old, new, want)
+        elif new < old:
+            reason = _shrink_reason(v, old, new, want, danger)
+        elif retries(v, now, t):
+            reason, retried_at[i] = "retry", now
+        else:
+            reason = ""
+        if reason:
+            g = v.guest
+            actions.append(Action(g.name, old, new, reason, demands[i], g.stats.available, budget))
+        if not _quiet(v):
+            told, warned_autodeflate[i], warned_reporting[i] = _notices(v)
+            events.extend(told)
+    remembered = {
+        "status": [v.status for v in vs],
+        "seen_time": repeat(now),
+        "seen_target": olds,
+        "seen_actual": [v.guest.actual_bytes for v in vs],
+        "planned_target": news,
+        "demand": demands,
+        "used": c.used.tolist(),
+        "reserved": est.reserved,
+        "seen_wall": repeat(wall),
+        "stats_time": est.stats_time,
+        "swap_in": est.swap_in,
+        "major_faults": est.major_faults,
+        "rise_rate": c.rise_rate.tolist(),
+        "trend": c.trend.tolist(),
+        "rate": c.rate.tolist(),
+        "jump": c.jump.tolist(),
+        "pressure_at": est.pressure_at,
+        "last_grow": last_grow,
+        "shrink_wall": shrink_wall,
+        "progress": [v.progress for v in vs],
+        "stuck_count": [v.stuck_count for v in vs],
+        "retried_at": retried_at,
+        "warned_autodeflate": warned_autodeflate,
+        "warned_reporting": warned_reporting,
+        "stats_actual": est.stats_actual,
+    }
+    decisions = map(
+        GuestDecision, demands, wants, c.floor.tolist(), c.ceiling.tolist(), pressure,
+        tiers.oom_floors.tolist(), tiers.needs.tolist(), c.used.tolist(), tiers.goals.tolist(),
+    )  # fmt: skip
+    reasons = [
+        f"shrink held: {v.shrink_hold}"
+        if v.shrink_hold is not None and new == old and want < old
+        else v.reason
+        for v, old, new, want in zip(vs, olds, news, wants, strict=True)
+    ]
+    return Managed(
+        actions=actions,
+        events=events,
+        records=_records(remembered),
+        decisions=list(decisions),
+        status=[v.status for v in vs],
+        reasons=reasons,
+    )
+
+
+def _records(columns: dict[str, Iterable[Any]]) -> list[GuestRecord]:
+    """The records from their fields' columns (a field without one keeps its default): one call per VM,
+    the fields in their order whatever the order of ``columns``."""
+    fields = [columns.get(f, repeat(GuestRecord._field_defaults.get(f))) for f in GuestRecord._fields]
+    return list(map(GuestRecord, *fields))
 
 
 def emit_other(v: Verdict, budget: int, snapshot: HostSnapshot) -> Emitted:

@@ -34,30 +34,10 @@ from autoballoon.tunables import Tunables
 _T = TypeVar("_T")
 
 
-class Estimate(NamedTuple):
-    """One managed VM's estimate as the emit phase reads it: its demand, whether it is under pressure,
-    and what to remember of its stats (:class:`~.state.GuestRecord` has the same fields)."""
-
-    verdict: Verdict
-    demand: int
-    used: int
-    pressure: bool
-    blind: bool  # it lost its stats: never shrunk, its want is its ceiling
-    reserved: int
-    stats_time: float | None
-    swap_in: int | None
-    major_faults: int | None
-    rise_rate: float
-    trend: float
-    rate: float
-    jump: int
-    pressure_at: float | None
-    stats_actual: int | None
-
-
 class Estimates(NamedTuple):
     """The managed VMs' estimates: the allocation's columns (the tiers left empty) and, per VM, what only
-    the emit phase reads (:meth:`rows`)."""
+    the emit phase reads: what to remember of its stats (:class:`~.state.GuestRecord` has the same
+    fields)."""
 
     verdicts: list[Verdict]
     columns: Columns
@@ -68,18 +48,6 @@ class Estimates(NamedTuple):
     major_faults: list[int | None]
     pressure_at: list[float | None]
     stats_actual: list[int | None]
-
-    def rows(self) -> list[Estimate]:
-        """Each VM's :class:`Estimate`, in the order of the columns."""
-        c = self.columns
-        return list(
-            map(
-                Estimate,
-                self.verdicts, c.demand.tolist(), c.used.tolist(), c.pressure.tolist(), c.blind.tolist(),
-                self.reserved, self.stats_time, self.swap_in, self.major_faults, c.rise_rate.tolist(),
-                c.trend.tolist(), c.rate.tolist(), c.jump.tolist(), self.pressure_at, self.stats_actual,
-            )
-        )  # fmt: skip
 
 
 def reaction_time(g: GuestSnapshot, t: Tunables) -> float:
