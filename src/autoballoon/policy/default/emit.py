@@ -48,8 +48,17 @@ def _status_event(v: Verdict) -> Event | None:
     return Event(v.guest.name, "status", message, {"status": str(v.status), "previous": previous or None})
 
 
+def _owes_autodeflate_warning(v: Verdict) -> bool:
+    return not (v.guest.balloon.autodeflate or v.record.warned_autodeflate)
+
+
+def _owes_reporting_warning(v: Verdict) -> bool:
+    g = v.guest
+    return not (v.record.warned_reporting or g.mechanism != "balloon" or g.os_type != "linux")
+
+
 def _autodeflate_warning(v: Verdict) -> Event | None:
-    if v.guest.balloon.autodeflate or v.record.warned_autodeflate:
+    if not _owes_autodeflate_warning(v):
         return None
     name = v.guest.name
     command = autodeflate_command(name)
@@ -65,7 +74,7 @@ def _reporting_warning(v: Verdict) -> Event | None:
     driver reports free pages since Linux 5.8) with a balloon alone hands back only what the balloon
     takes, and only if the guest had touched it (docs/mechanisms.md measures the difference)."""
     g = v.guest
-    if v.record.warned_reporting or g.mechanism != "balloon" or g.os_type != "linux":
+    if not _owes_reporting_warning(v):
         return None
     command = reporting_command(g.name)
     message = (
@@ -122,12 +131,7 @@ class Tiers(NamedTuple):
 
 def _quiet(v: Verdict) -> bool:
     """Nothing to tell of this VM (the cheap tests of :func:`_notices`, which most ticks pass)."""
-    g, rec = v.guest, v.record
-    return (
-        v.status == rec.status
-        and (rec.warned_autodeflate or g.balloon.autodeflate)
-        and (rec.warned_reporting or g.mechanism != "balloon" or g.os_type != "linux")
-    )
+    return v.status == v.record.status and not _owes_autodeflate_warning(v) and not _owes_reporting_warning(v)
 
 
 def emit_managed(

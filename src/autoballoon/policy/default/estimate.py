@@ -63,8 +63,9 @@ def _column(xs: Iterable[float], dtype: type[np.generic]) -> npt.NDArray[Any]:
     return np.fromiter(xs, dtype=dtype)
 
 
-def _optional_column(xs: Sequence[float | None]) -> tuple[F64, Bools]:
-    """Values that may be unknown as a column, 0 where unknown, and where they are known.
+def _floats(xs: Sequence[float | None]) -> tuple[F64, Bools]:
+    """Values that may be unknown as a column, 0.0 where unknown (``x or 0.0`` and ``if x`` of the
+    per-VM rules read them so), and where they are known.
 
     Read as float64, where ``None`` is NaN: one conversion instead of a pass per value in Python, which
     the benchmark shows matters. Exact for byte counts and counters below 2**53 (8 PiB)."""
@@ -76,14 +77,8 @@ def _optional_column(xs: Sequence[float | None]) -> tuple[F64, Bools]:
 def _ints(xs: Sequence[int | None]) -> tuple[I64, Bools]:
     """Byte counts or counters that may be unknown: the values (0 where unknown; the rules read them
     only where they are known) and where they are known."""
-    values, known = _optional_column(xs)
+    values, known = _floats(xs)
     return values.astype(np.int64), known
-
-
-def _floats(xs: Sequence[float | None]) -> tuple[F64, Bools]:
-    """Times or rates that may be unknown, 0.0 where unknown: ``x or 0.0`` and ``if x`` of the per-VM
-    rules read them so."""
-    return _optional_column(xs)
 
 
 def _each(f: Callable[[float], float], x: F64, where: Bools) -> F64:
