@@ -216,3 +216,20 @@ def test_the_policy_moves_nothing_on_a_held_host() -> None:
         plan, state = policy.decide(snap, Inputs(), state)
         assert plan.actions == (), plan.actions
         assert all(plan.status[g.name] == "no-stats" and hold in plan.status_reason[g.name] for g in guests)
+
+
+@pytest.mark.parametrize(
+    ("record", "read"),
+    [
+        ({"block.count": 2, "block.0.rd.bytes": 4096, "block.1.rd.bytes": 8192}, 12288),
+        ({"block.count": 2, "block.0.rd.bytes": 4096}, 4096),  # a disk without the counter (an empty cdrom)
+        ({"block.count": 0}, None),
+        ({}, None),  # libvirt sent no block group
+        ({"block.count": 1, "block.0.rd.bytes": -1}, None),  # QEMU's "not reported"
+        ({"block.count": 10**9, "block.0.rd.bytes": 1}, 1),  # a count past reason reads at most MAX_DISKS
+    ],
+)
+def test_disk_reads_are_summed_over_the_disks_libvirt_reports(
+    record: dict[str, int], read: int | None
+) -> None:
+    assert lvstats.disk_read_bytes(record) == read

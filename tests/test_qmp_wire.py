@@ -365,3 +365,15 @@ def test_a_vm_that_runs_again_after_a_shutdown_is_no_longer_reported_shut_down(t
         assert not mon.shutdown
     finally:
         backend.close()
+
+
+def test_disk_reads_are_summed_over_the_block_devices_qemu_reports() -> None:
+    reply = [
+        {"device": "", "node-name": "a", "stats": {"rd_bytes": 4096, "wr_bytes": 1}},
+        {"device": "", "node-name": "b", "stats": {"rd_bytes": 8192}},
+        {"device": "cd", "stats": {}},  # an empty drive: no counter
+        "not an entry",
+    ]
+    assert wire.disk_read_bytes(reply) == 12288
+    assert wire.disk_read_bytes([]) is None and wire.disk_read_bytes({"error": "odd"}) is None
+    assert wire.disk_read_bytes([{"stats": {"rd_bytes": -1}}]) is None  # QEMU's "absent"

@@ -194,6 +194,10 @@ class GuestSnapshot:
     vcpus: int = 1
     max_vcpus: int = 1
     cpu_time_ns: int | None = None  # cumulative guest CPU time over all vCPUs
+    #: Bytes the guest has read from its disks since it started, as the host counts them (cumulative):
+    #: a guest that re-reads the page cache a balloon took from it reads from its disk, and a read() that
+    #: misses the cache is no page fault, so the balloon's fault counters do not show it.
+    disk_read_bytes: int | None = None
     os_type: GuestOS = "unknown"
     persistent: bool = True
     uuid: str | None = None

@@ -38,6 +38,8 @@ KINDS = ("libvirt", "qmp", "qmp-hold")
 RSS_SLACK = 24 * MiB
 TOUCH_MIB = 200
 RECLAIM_AT_LEAST = 100 * MiB
+#: The second guest's swap disk: the guest reads its header when it turns swap on.
+SWAP_BYTES = 64 * MiB
 
 
 @dataclass
@@ -60,7 +62,7 @@ def subject(request: pytest.FixtureRequest) -> Iterator[Subject]:
     kind = request.param
     if kind == "libvirt":
         rig = request.getfixturevalue("rig")
-        guests: list[Guest] = rig.boot([GuestSpec(), GuestSpec()])
+        guests: list[Guest] = rig.boot([GuestSpec(), GuestSpec(swap_bytes=SWAP_BYTES)])
         backend = open_backend(URI)
         try:
             yield Subject(kind, backend, guests)
@@ -72,7 +74,8 @@ def subject(request: pytest.FixtureRequest) -> Iterator[Subject]:
         return
     qrig = request.getfixturevalue("qemu_rig")
     with tempfile.TemporaryDirectory(prefix=SOCKET_DIR_PREFIX) as directory:
-        qguests = qrig.boot([QemuSpec(directory=Path(directory)), QemuSpec(directory=Path(directory))])
+        swap = GuestSpec(swap_bytes=SWAP_BYTES)
+        qguests = qrig.boot([QemuSpec(directory=Path(directory)), QemuSpec(swap, directory=Path(directory))])
         hold = "&hold=on" if kind == "qmp-hold" else ""
         backend = open_backend(f"qmp://{directory}/?glob=*.qmp{hold}")
         try:
@@ -82,6 +85,20 @@ def subject(request: pytest.FixtureRequest) -> Iterator[Subject]:
             for guest in qguests:
                 with contextlib.suppress(Exception):
                     qrig.stop(guest)
+
+
+def test_the_bytes_a_guest_reads_from_its_disks_are_counted(subject: Subject) -> None:
+    """The refault rule counts a guest's disk reads (a read() that misses its page cache is no fault):
+    the backend sums the block counters over the guest's disks. The first guest has none."""
+    diskless, with_swap = subject.guests
+    read, _ = wait_for(
+        lambda: subject.backend.guest(with_swap.name).disk_read_bytes,
+        lambda v: v is not None and v > 0,
+        DEADLINE_S,
+        "bytes read from the swap disk",
+    )
+    assert read < SWAP_BYTES  # its header and a few pages, not the whole disk
+    assert subject.backend.guest(diskless.name).disk_read_bytes is None
 
 
 def restore(subject: Subject, guest: Guest) -> None:

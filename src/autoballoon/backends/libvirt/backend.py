@@ -256,6 +256,7 @@ class LibvirtBackend:
             vcpus=vcpus or cfg.vcpus,
             max_vcpus=max_vcpus or cfg.max_vcpus,
             cpu_time_ns=lvstats.cpu_time_ns(record),
+            disk_read_bytes=lvstats.disk_read_bytes(record) if state.active else None,
             os_type=cfg.os_type,
             persistent=entry.persistent,
             uuid=uuid,

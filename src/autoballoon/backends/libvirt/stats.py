@@ -19,6 +19,8 @@ from autoballoon.units import KiB
 BULK_PREFIX = "balloon."
 #: QEMU's "not reported" (documented as -1, sent as uint64 max); libvirt normally drops these itself.
 ABSENT_VALUES = frozenset({-1, 2**64 - 1})
+#: Disks read per domain at most (a bulk record could claim any count).
+MAX_DISKS = 256
 #: Memory fields that are KiB in libvirt; the rest are counts or seconds.
 _KIB_FIELDS = {
     "total": "available",
@@ -41,12 +43,13 @@ STATE_MAP: dict[int, VMState] = {
     libvirt.VIR_DOMAIN_PMSUSPENDED: VMState.PMSUSPENDED,
 }
 
-#: What one bulk call asks for: memory, state, vCPU counts and total CPU time.
+#: What one bulk call asks for: memory, state, vCPU counts, total CPU time and the disks' counters.
 BULK_STATS = (
     libvirt.VIR_DOMAIN_STATS_STATE
     | libvirt.VIR_DOMAIN_STATS_BALLOON
     | libvirt.VIR_DOMAIN_STATS_VCPU
     | libvirt.VIR_DOMAIN_STATS_CPU_TOTAL
+    | libvirt.VIR_DOMAIN_STATS_BLOCK
 )
 
 
@@ -173,3 +176,12 @@ def vcpu_counts(record: Mapping[str, Any]) -> tuple[int | None, int | None]:
 
 def cpu_time_ns(record: Mapping[str, Any]) -> int | None:
     return _value(record, "cpu.time")
+
+
+def disk_read_bytes(record: Mapping[str, Any]) -> int | None:
+    """Bytes read from all the domain's disks (``block.<i>.rd.bytes``, summed), or None if libvirt
+    reported no disk with that counter."""
+    count = _value(record, "block.count")
+    reads = [_value(record, f"block.{i}.rd.bytes") for i in range(min(count or 0, MAX_DISKS))]
+    known = [r for r in reads if r is not None]
+    return sum(known) if known else None

@@ -81,6 +81,7 @@ class _Reading:
     vcpu_threads: list[int]
     hold: str | None
     dimm_bytes: int  # memory in hot-plugged DIMMs (see :func:`wire.dimm_bytes`)
+    disk_read_bytes: int | None  # see :func:`wire.disk_read_bytes`
 
 
 def _dimms_incapable(dimm_bytes: int) -> str | None:
@@ -151,11 +152,12 @@ class QmpBackend(Monitors):
     async def _read(self, mon: _Monitor) -> tuple[_Facts, _Reading]:
         async def read(_client: QMPClient) -> tuple[_Facts, _Reading]:
             client, facts = await self._known(mon)
-            status, cpus, migration, devices = await asyncio.gather(
+            status, cpus, migration, devices, blocks = await asyncio.gather(
                 self._exec(client, "query-status"),
                 self._exec(client, "query-cpus-fast"),
                 self._exec(client, "query-migrate"),
                 self._exec(client, "query-memory-devices"),
+                self._exec(client, "query-blockstats"),
             )
             actual: int | None = None
             stats: Any = None
@@ -182,7 +184,10 @@ class QmpBackend(Monitors):
                 state = VMState.SHUTDOWN
             hold = wire.hold_reason(status, migration)
             dimms = wire.dimm_bytes(devices)
-            return facts, _Reading(state, actual, stats, period, vmem, wire.vcpu_threads(cpus), hold, dimms)
+            reads = wire.disk_read_bytes(blocks)
+            return facts, _Reading(
+                state, actual, stats, period, vmem, wire.vcpu_threads(cpus), hold, dimms, reads
+            )
 
         return await self._on(mon, read)
 
@@ -261,6 +266,7 @@ class QmpBackend(Monitors):
             vcpus=len(r.vcpu_threads) or 1,
             max_vcpus=facts.max_vcpus or len(r.vcpu_threads) or 1,
             cpu_time_ns=hostinfo.threads_cpu_ns(pid, r.vcpu_threads) if pid and r.vcpu_threads else None,
+            disk_read_bytes=r.disk_read_bytes if active else None,
             os_type=conf.os_type if conf is not None else "unknown",
             persistent=conf is not None,
             uuid=conf.uuid if conf is not None else None,

@@ -113,6 +113,20 @@ def number(value: Any) -> int | None:
     return value
 
 
+def disk_read_bytes(reply: Any) -> int | None:
+    """Bytes read from all the VM's block devices (``query-blockstats``: each entry's ``stats.rd_bytes``,
+    summed), or None if no device reported the counter."""
+    if not isinstance(reply, list):
+        return None
+    reads = [
+        number(e["stats"].get("rd_bytes"))
+        for e in reply
+        if isinstance(e, Mapping) and isinstance(e.get("stats"), Mapping)
+    ]
+    known = [r for r in reads if r is not None]
+    return sum(known) if known else None
+
+
 def dimm_bytes(reply: Any) -> int:
     """Memory in hot-plugged DIMMs (``pc-dimm``, ``nvdimm``; Proxmox's ``hotplug: memory``), from
     ``query-memory-devices``. QEMU sizes the balloon on the boot memory and these DIMMs together."""
