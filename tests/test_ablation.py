@@ -135,7 +135,9 @@ def test_without_the_dead_band_targets_flap() -> None:
     _, ablated = measure(NOISY, Tunables(shrink_dead_band_bytes=0, shrink_dead_band_fraction=0.0))
     moved, moved_without = sum(map(len, kept)), sum(map(len, ablated))
     print(f"target changes: {moved} with the dead band, {moved_without} without")
-    assert moved_without > 3 * moved  # targets chase the noise
+    # Targets chase the noise. (About 2.3 times as many moves: a shrink into the page cache waits for the
+    # last step's judgement (see policy/default/refault.py), which damps the chase too.)
+    assert moved_without > 2 * moved
     assert reversals(ablated) > 1.5 * reversals(kept)
 
 

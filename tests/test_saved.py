@@ -16,6 +16,7 @@ from autoballoon.health import HealthState, Quarantine
 from autoballoon.journal import Journal
 from autoballoon.model import Status
 from autoballoon.policy import GuestRecord, PolicyState
+from autoballoon.policy.default.refault import Probe
 from autoballoon.sim import Simulation
 from autoballoon.sim.scenario import loads_scenario
 from autoballoon.state import StateStore
@@ -27,7 +28,10 @@ T = Tunables()
 
 def test_times_move_to_the_new_clock_and_the_history_fades_over_the_downtime() -> None:
     health = HealthState(quarantined=MappingProxyType({"win": Quarantine(90.0, 400.0, "CPU storm")}))
-    record = GuestRecord(seen_time=100.0, manual_until=250.0, jump=2 * GiB, rate=8 * MiB, reserved=30 * MiB)
+    kept = Probe(start=3 * GiB, taken=64 * MiB, keep=2 * GiB, keep_until=1000.0)
+    record = GuestRecord(
+        seen_time=100.0, manual_until=250.0, jump=2 * GiB, rate=8 * MiB, reserved=30 * MiB, probe=kept
+    )
     policy = PolicyState(guests=MappingProxyType({"db": record}))
     # saved at monotonic 100 = wall 10,000; recalled an hour later on a clock that restarted at 5
     document = saved.remember("autoballoon", health, policy, now=100.0, wall=10_000.0)
@@ -46,8 +50,12 @@ def test_times_move_to_the_new_clock_and_the_history_fades_over_the_downtime() -
     assert db.manual_until == pytest.approx(5.0 + 50.0)  # 150 s of hold were left at the save, 100 s passed
     assert db.jump == int(2 * GiB * 0.5 ** (100.0 / T.jump_half_life_s))
     assert db.reserved == 30 * MiB
+    # The size a shrink into its cache was stepped back to is kept for what was left of its time (900 s
+    # at the save, 100 s passed); the probe that was open is not (its faults are the guest's by now).
+    assert db.probe == Probe(keep=2 * GiB, keep_until=pytest.approx(5.0 + 800.0))
     later = saved.recall_policy(again, "autoballoon", PolicyState(), now=5.0, wall=10_000.0 + hour, t=T)
     assert isinstance(later, PolicyState) and later.guests["db"].manual_until is None  # the hold ended
+    assert later.guests["db"].probe == Probe()  # and so did the kept size
     other = saved.recall_policy(again, "mom", None, now=5.0, wall=10_100.0, t=T)
     assert other is None  # another policy's state is left as it is
 

@@ -30,6 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from autoballoon.constraints import MAX_BYTES_PER_S, MAX_SECONDS, MAX_SETTING_BYTES, Range
 from autoballoon.health import HealthState, Quarantine
 from autoballoon.policy.default import GuestRecord, PolicyState
+from autoballoon.policy.default.refault import Probe
 from autoballoon.tunables import Tunables
 
 NAME_MAX = 1024
@@ -69,11 +70,14 @@ class SavedGuest(_Strict):
     jump: _Bytes = 0
     rate: _Rate = 0.0
     reserved: _Bytes = 0
+    #: The size a shrink into its cache was stepped back to, and until when it is kept.
+    keep: _Bytes = 0
+    keep_until: _Wall | None = None
 
     @model_validator(mode="after")
     def _within_a_year(self) -> SavedGuest:
         """Nothing the policy holds lasts longer than a setting's longest time after the record."""
-        for name in ("manual_until", "stuck_until", "last_grow"):
+        for name in ("manual_until", "stuck_until", "last_grow", "keep_until"):
             t = getattr(self, name)
             if t is not None and t > self.at + MAX_SECONDS:
                 raise ValueError(f"{name} is more than {MAX_SECONDS:g} s after the record's time")
@@ -154,6 +158,8 @@ def remember(policy: str, health: HealthState, state: object, now: float, wall: 
                 jump=min(max(0, r.jump), BYTES_MAX),
                 rate=min(r.rate, MAX_BYTES_PER_S) if 0.0 < r.rate < math.inf else 0.0,
                 reserved=min(max(0, r.reserved), BYTES_MAX),
+                keep=min(max(0, r.probe.keep), BYTES_MAX),
+                keep_until=_fit(_to_wall(r.probe.keep_until, now, wall), at),
             )
     return Saved(policy=policy, quarantines=quarantines, guests=guests)
 
@@ -180,6 +186,15 @@ def recall_health(saved: Saved, health: HealthState, now: float, wall: float) ->
     )
 
 
+def _kept(g: SavedGuest, now: float, wall: float) -> Probe:
+    """The size a guest was stepped back to, if it is still to be kept (no probe survives a restart:
+    the faults it counted are the guest's, not the daemon's)."""
+    until = _to_clock(g.keep_until, now, wall)
+    if not g.keep or until is None or until <= now:
+        return Probe()
+    return Probe(keep=g.keep, keep_until=until)
+
+
 def recall_policy(saved: Saved, policy: str, state: object, now: float, wall: float, t: Tunables) -> object:
     """The policy's state with the saved records (only the default policy's, and only if it saved them).
     The learned history fades over the time since it was saved, as it would have while running."""
@@ -198,5 +213,6 @@ def recall_policy(saved: Saved, policy: str, state: object, now: float, wall: fl
             jump=int(g.jump * 0.5 ** (down / t.jump_half_life_s)),
             rate=g.rate * 0.5 ** (down / t.rate_half_life_s),
             reserved=g.reserved,
+            probe=_kept(g, now, wall),
         )
     return PolicyState(guests=MappingProxyType(records), time=state.time)

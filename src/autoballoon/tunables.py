@@ -118,6 +118,27 @@ class Tunables:
     #: took plus this fraction of its max at once, since it is still short of what did not fit.
     self_deflate_boost_fraction: Fraction = 0.15
 
+    # --- cache-aware shrinking (see policy/default/refault.py) ---------------------------------------
+    #: A shrink into a guest's page cache is stepped back once its accuracy, ``1 - excess major faults /
+    #: pages taken``, falls below this (ByteDance's TMO keeps its reclaim at or above 0.99).
+    reclaim_accuracy_min: Fraction = 0.99
+    #: ... and only with at least this many faults above the guest's own pace: a few faults after a
+    #: small step are noise, not a trend.
+    refault_min_faults: Count = 64
+    #: The size a guest was stepped back to is kept this long, then probed again.
+    refault_memory_s: PositiveSeconds = 3600.0
+    #: A probe with no shrink for this long and an accuracy within the bound is accepted: the smaller
+    #: size is the guest's quiet size from then on (longer than a stats period, so a report judges it).
+    refault_settle_s: PositiveSeconds = 30.0
+    #: Time constant of the guest's own major-fault rate, taken while it is not being shrunk.
+    refault_baseline_s: PositiveSeconds = 60.0
+    #: Each step into a guest's cache takes at most this share of its maximum (what is free in it goes
+    #: at the normal pace): a step too far is small, and so is what a step-back gives back.
+    cache_shrink_step_fraction: Fraction = 0.02
+    #: MemFree up to this is the guest kernel's own: it keeps that much free by evicting cache, so a
+    #: balloon taking it evicts cache too; only MemFree beyond it goes at the normal pace.
+    cache_free_slack_bytes: Bytes = 64 * MiB
+
     # --- how targets move --------------------------------------------------------------------------
     #: Voluntary shrinking is limited to this fraction of the VM's maximum per second, so a guest is
     #: never pushed into a reclaim storm (MOM: 5 % per 10 s; we go faster but still gradually, and only

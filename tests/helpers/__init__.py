@@ -44,9 +44,9 @@ def make_guest(
     cpu_time_ns: int | None = None,
     os_type: str = "linux",
 ) -> GuestSnapshot:
-    """A Linux guest whose MemAvailable is what it has minus ``used`` (None: no stats at all), with the
-    balloon accounting of a real guest: with autodeflate MemTotal stays at max and the balloon counts as
-    used; without, MemTotal is what the balloon leaves."""
+    """A fresh Linux guest whose MemAvailable (and MemFree: it has no page cache) is what it has minus
+    ``used`` (None: no stats at all), with the balloon accounting of a real guest: with autodeflate
+    MemTotal stays at max and the balloon counts as used; without, MemTotal is what the balloon leaves."""
     target = max_bytes if target is None else target
     actual = target if actual is None else actual
     stats = GuestStats()
@@ -56,6 +56,7 @@ def make_guest(
         stats = GuestStats(
             total=total,
             available=max(0, available),
+            free=max(0, available),  # a fresh guest: no page cache, what it can have is free
             swap_in=swap_in,
             major_faults=major_faults,
             last_update=EPOCH + time,

@@ -120,7 +120,10 @@ def step_targets(c: Columns, goal: I64, danger: bool, t: Tunables) -> I64:
         shrunk = goal
     else:
         held = c.pressure | ~c.may_shrink | (target - goal < c.dead_band)
-        stepped = align_down(target - c.step, t.target_align_bytes)
+        # A shrink toward the guest's want goes into its page cache step by step (see :mod:`.refault`);
+        # one the host's budget forces is not slowed for its applications' speed.
+        step = np.where(goal >= c.want, c.cache_step, c.step)
+        stepped = align_down(target - step, t.target_align_bytes)
         shrunk = np.where(held, target, np.maximum(goal, stepped))
     shrunk = np.where(target > c.ceiling, c.ceiling, shrunk)
     moved = np.where(goal >= target, grown, shrunk)

@@ -36,7 +36,9 @@ class Columns(NamedTuple):
     swaps: Bools  # it has swapped out since it booted
     may_shrink: Bools
     step: I64  # the most it may shrink this tick
+    cache_step: I64  # the most a voluntary shrink may take this tick (see :mod:`.refault`)
     dead_band: I64
+    keep: I64  # the size a shrink into its cache was stepped back to (see :mod:`.refault`)
     oom_floor: I64  # the tiers (see :func:`tiers`)
     need: I64
     want: I64

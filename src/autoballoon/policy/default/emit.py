@@ -9,6 +9,7 @@ from typing import Any, NamedTuple
 
 from autoballoon.health import autodeflate_command, reporting_command
 from autoballoon.model import Action, Event, GuestDecision, HostSnapshot, Status
+from autoballoon.policy.default import refault
 from autoballoon.policy.default.allocate import Allocation, Budget
 from autoballoon.policy.default.arrays import I64
 from autoballoon.policy.default.classify import Verdict, retries
@@ -18,7 +19,9 @@ from autoballoon.tunables import Tunables
 from autoballoon.units import format_size
 
 
-def _grow_reason(v: Verdict, blind: bool, pressure: bool, old: int, new: int, want: int) -> str:
+def _grow_reason(v: Verdict, blind: bool, pressure: bool, old: int, new: int, want: int, keep: int) -> str:
+    """Why a VM grows: the first that holds of its signals (``keep``: the size a shrink into its page
+    cache was stepped back to, see :mod:`.refault`)."""
     if blind:
         reason = "no-stats"
     elif v.self_deflated:
@@ -27,6 +30,8 @@ def _grow_reason(v: Verdict, blind: bool, pressure: bool, old: int, new: int, wa
         reason = "pressure"
     elif old < v.floor:
         reason = "floor"
+    elif keep >= new:
+        reason = "refault"
     else:
         reason = "demand"
     return reason + (" (host-short)" if new < want else "")
@@ -83,6 +88,15 @@ def _reporting_warning(v: Verdict) -> Event | None:
         f"next boot: '{command}')"
     )
     return Event(g.name, "warning", message, {"free_page_reporting": False, "remedy": command})
+
+
+def _stepped_back(name: str, keep: int, accuracy: float) -> Event:
+    """A shrink into the guest's page cache made it fault: it keeps the size the probe started from."""
+    message = (
+        f"{name}: shrinking into its page cache made it re-read pages (accuracy {accuracy:.3f}, below "
+        f"the bound): stepped back to {format_size(keep)}, kept there for a while"
+    )
+    return Event(name, "refault", message, {"keep_bytes": keep, "accuracy": round(accuracy, 4)})
 
 
 class Emitted(NamedTuple):
@@ -144,20 +158,23 @@ def emit_managed(
     now, wall = snapshot.time, snapshot.wall_time
     olds, news, wants = c.target.tolist(), tiers.targets.tolist(), tiers.wants.tolist()
     demands, blind, pressure = c.demand.tolist(), c.blind.tolist(), c.pressure.tolist()
-    last_grow = [now if new > old else v.record.last_grow for v, old, new in zip(vs, olds, news, strict=True)]
-    shrink_wall = [
-        wall if new < old else v.record.shrink_wall for v, old, new in zip(vs, olds, news, strict=True)
-    ]
+    keeps = c.keep.tolist()
     retried_at = [v.record.retried_at for v in vs]
     warned_autodeflate = [v.record.warned_autodeflate for v in vs]
     warned_reporting = [v.record.warned_reporting for v in vs]
+    probes = est.probes
     actions: list[Action] = []
-    events: list[Event] = []
+    events: list[Event] = [
+        _stepped_back(vs[i].guest.name, probes[i].keep, float(est.accuracy[i])) for i in est.stepped_back
+    ]
     for i, (v, old, new, want) in enumerate(zip(vs, olds, news, wants, strict=True)):
         if new > old:
-            reason = _grow_reason(v, blind[i], pressure[i], old, new, want)
+            reason = _grow_reason(v, blind[i], pressure[i], old, new, want, keeps[i])
+            probes[i] = refault.closed(probes[i])  # its load changed: its faults are no longer the balloon's
         elif new < old:
             reason = _shrink_reason(v, old, new, want, danger)
+            if reason == "idle":  # a voluntary shrink: judged by what it makes the guest fault
+                probes[i] = refault.shrunk(probes[i], old, new, v.guest.stats.last_update, now)
         elif retries(v, now, t):
             reason, retried_at[i] = "retry", now
         else:
@@ -168,33 +185,6 @@ def emit_managed(
         if not _quiet(v):
             told, warned_autodeflate[i], warned_reporting[i] = _notices(v)
             events.extend(told)
-    remembered = {
-        "status": [v.status for v in vs],
-        "seen_time": repeat(now),
-        "seen_target": olds,
-        "seen_actual": [v.guest.actual_bytes for v in vs],
-        "planned_target": news,
-        "demand": demands,
-        "used": c.used.tolist(),
-        "reserved": est.reserved,
-        "seen_wall": repeat(wall),
-        "stats_time": est.stats_time,
-        "swap_in": est.swap_in,
-        "major_faults": est.major_faults,
-        "rise_rate": c.rise_rate.tolist(),
-        "trend": c.trend.tolist(),
-        "rate": c.rate.tolist(),
-        "jump": c.jump.tolist(),
-        "pressure_at": est.pressure_at,
-        "last_grow": last_grow,
-        "shrink_wall": shrink_wall,
-        "progress": [v.progress for v in vs],
-        "stuck_count": [v.stuck_count for v in vs],
-        "retried_at": retried_at,
-        "warned_autodeflate": warned_autodeflate,
-        "warned_reporting": warned_reporting,
-        "stats_actual": est.stats_actual,
-    }
     decisions = map(
         GuestDecision, demands, wants, c.floor.tolist(), c.ceiling.tolist(), pressure,
         tiers.oom_floors.tolist(), tiers.needs.tolist(), c.used.tolist(), tiers.goals.tolist(),
@@ -208,10 +198,59 @@ def emit_managed(
     return Managed(
         actions=actions,
         events=events,
-        records=_records(remembered),
+        records=_remembered(
+            est,
+            olds,
+            news,
+            now,
+            wall,
+            {
+                "retried_at": retried_at,
+                "warned_autodeflate": warned_autodeflate,
+                "warned_reporting": warned_reporting,
+                "probe": probes,
+            },
+        ),
         decisions=list(decisions),
         status=[v.status for v in vs],
         reasons=reasons,
+    )
+
+
+def _remembered(
+    est: Estimates, olds: list[int], news: list[int], now: float, wall: float, changed: dict[str, list[Any]]
+) -> list[GuestRecord]:
+    """What each managed VM remembers: its figures from the estimate and this plan, and ``changed``, the
+    columns the loop over actions and notices wrote (retries, warnings given, probes)."""
+    vs, c = est.verdicts, est.columns
+    demands = c.demand.tolist()
+    pairs = list(zip(vs, olds, news, strict=True))
+    return _records(
+        {
+            "status": [v.status for v in vs],
+            "seen_time": repeat(now),
+            "seen_target": olds,
+            "seen_actual": [v.guest.actual_bytes for v in vs],
+            "planned_target": news,
+            "demand": demands,
+            "used": c.used.tolist(),
+            "reserved": est.reserved,
+            "seen_wall": repeat(wall),
+            "stats_time": est.stats_time,
+            "swap_in": est.swap_in,
+            "major_faults": est.major_faults,
+            "rise_rate": c.rise_rate.tolist(),
+            "trend": c.trend.tolist(),
+            "rate": c.rate.tolist(),
+            "jump": c.jump.tolist(),
+            "pressure_at": est.pressure_at,
+            "last_grow": [now if new > old else v.record.last_grow for v, old, new in pairs],
+            "shrink_wall": [wall if new < old else v.record.shrink_wall for v, old, new in pairs],
+            "progress": [v.progress for v in vs],
+            "stuck_count": [v.stuck_count for v in vs],
+            "stats_actual": est.stats_actual,
+            **changed,
+        }
     )
 
 
@@ -239,7 +278,7 @@ def emit_other(v: Verdict, budget: int, snapshot: HostSnapshot) -> Emitted:
         rate=rec.rate, jump=rec.jump, last_grow=now if planned > g.target_bytes else rec.last_grow,
         shrink_wall=rec.shrink_wall, progress=v.progress, stuck_until=v.stuck_until,
         stuck_count=v.stuck_count, manual_until=v.manual_until, retried_at=retried_at,
-        warned_autodeflate=rec.warned_autodeflate, warned_reporting=rec.warned_reporting,
+        warned_autodeflate=rec.warned_autodeflate, warned_reporting=rec.warned_reporting, probe=rec.probe,
     )  # fmt: skip
     return Emitted(
         action=action,

@@ -9,10 +9,10 @@ time of the daemon). This module also decides how far the VM's target may shrink
 Every figure is computed for all managed VMs at once, one NumPy column per figure (the allocation's
 :class:`~.columns.Columns`): a decision over thousands of VMs is a few dozen array operations, not a
 Python function call per VM. A figure that may be unknown (``None``) is read as a column of values with
-a column saying where it is known (:func:`_ints`, :func:`_floats`); the rules below are
-the per-VM rules, written once for all VMs. Powers and exponentials are taken with Python's own float
-functions (:func:`_each`): NumPy's vectorised ones may differ from them in the last bit, and the same
-snapshot and state must give the same plan whichever code computed it.
+a column saying where it is known (:func:`.arrays.known_ints`, :func:`.arrays.known_floats`); the rules
+below are the per-VM rules, written once for all VMs. Powers and exponentials are taken with Python's
+own float functions (:func:`_each`): NumPy's vectorised ones may differ from them in the last bit, and
+the same snapshot and state must give the same plan whichever code computed it.
 """
 
 from __future__ import annotations
@@ -26,7 +26,8 @@ import numpy as np
 import numpy.typing as npt
 
 from autoballoon.model import GuestSnapshot, Status
-from autoballoon.policy.default.arrays import F64, I64, Bools
+from autoballoon.policy.default import refault
+from autoballoon.policy.default.arrays import F64, I64, Bools, known_floats, known_ints, transpose
 from autoballoon.policy.default.classify import Verdict
 from autoballoon.policy.default.columns import Columns
 from autoballoon.tunables import Tunables
@@ -48,6 +49,9 @@ class Estimates(NamedTuple):
     major_faults: list[int | None]
     pressure_at: list[float | None]
     stats_actual: list[int | None]
+    probes: list[refault.Probe]  # their shrinking into their caches, judged at this report
+    stepped_back: list[int]  # the VMs (indices) this report stepped back (see :mod:`.refault`)
+    accuracy: F64  # each open probe's accuracy at this report (NaN: none judged)
 
 
 def reaction_time(g: GuestSnapshot, t: Tunables) -> float:
@@ -61,24 +65,6 @@ def reaction_time(g: GuestSnapshot, t: Tunables) -> float:
 def _column(xs: Iterable[float], dtype: type[np.generic]) -> npt.NDArray[Any]:
     """Known values (none is ``None``) as a column."""
     return np.fromiter(xs, dtype=dtype)
-
-
-def _floats(xs: Sequence[float | None]) -> tuple[F64, Bools]:
-    """Values that may be unknown as a column, 0.0 where unknown (``x or 0.0`` and ``if x`` of the
-    per-VM rules read them so), and where they are known.
-
-    Read as float64, where ``None`` is NaN: one conversion instead of a pass per value in Python, which
-    the benchmark shows matters. Exact for byte counts and counters below 2**53 (8 PiB)."""
-    values = np.array(xs, dtype=np.float64)
-    known = ~np.isnan(values)
-    return np.where(known, values, 0.0), known
-
-
-def _ints(xs: Sequence[int | None]) -> tuple[I64, Bools]:
-    """Byte counts or counters that may be unknown: the values (0 where unknown; the rules read them
-    only where they are known) and where they are known."""
-    values, known = _floats(xs)
-    return values.astype(np.int64), known
 
 
 def _each(f: Callable[[float], float], x: F64, where: Bools) -> F64:
@@ -123,6 +109,8 @@ class _Guests(NamedTuple):
     has_major_faults: Bools
     last_update: F64  # stats.last_update or 0.0
     stats_changed: Bools  # stats.last_update != record.stats_time
+    free: I64  # MemFree, 0 if unknown
+    disk_read: tuple[I64, Bools]  # bytes read from its disks (host-side), and where known
 
 
 class _Records(NamedTuple):
@@ -158,16 +146,10 @@ class _Records(NamedTuple):
     has_shrink_wall: Bools
 
 
-def _transpose(rows: Sequence[Any], getter: Callable[[Any], tuple[Any, ...]], width: int) -> list[Any]:
-    """The figures ``getter`` reads of every row, one tuple per figure (in C: the benchmark shows a
-    Python pass per figure and VM matters)."""
-    return list(zip(*map(getter, rows), strict=True)) if rows else [()] * width
-
-
 _GUEST = attrgetter(
     "target_bytes", "actual_bytes", "max_bytes", "balloon.autodeflate", "os_type", "used_bytes",
     "stats.total", "stats.available", "stats.swap_out", "stats.swap_in", "stats.major_faults",
-    "stats.last_update",
+    "stats.last_update", "stats.free", "disk_read_bytes",
 )  # fmt: skip
 _VERDICT = attrgetter("floor", "ceiling", "status", "self_deflated", "shrink_hold", "record.stats_time")
 
@@ -187,14 +169,16 @@ def _guests(vs: Sequence[Verdict]) -> _Guests:
         swap_in,
         faults,
         last,
-    ) = _transpose(guests, _GUEST, 12)
-    floor, ceiling, status, self_deflated, shrink_hold, stats_time = _transpose(vs, _VERDICT, 6)
-    actual_values, has_actual = _ints(actual)
+        free,
+        disk_read,
+    ) = transpose(guests, _GUEST, 14)
+    floor, ceiling, status, self_deflated, shrink_hold, stats_time = transpose(vs, _VERDICT, 6)
+    actual_values, has_actual = known_ints(actual)
     target_values = _column(target, np.int64)
     deflates = _column(autodeflate, np.bool_)
-    total_values, has_total = _ints(total)
-    swap_in_values, has_swap_in = _ints(swap_in)
-    fault_values, has_faults = _ints(faults)
+    total_values, has_total = known_ints(total)
+    swap_in_values, has_swap_in = known_ints(swap_in)
+    fault_values, has_faults = known_ints(faults)
     return _Guests(
         target=target_values,
         actual=np.where(has_actual, actual_values, target_values),
@@ -209,15 +193,17 @@ def _guests(vs: Sequence[Verdict]) -> _Guests:
         shrink_hold=_column((x is not None for x in shrink_hold), np.bool_),
         total=total_values,
         has_total=has_total,
-        used_bytes=_ints(used_bytes)[0],
-        available=_ints(available)[0],
-        swap_out=_ints(swap_out)[0],
+        used_bytes=known_ints(used_bytes)[0],
+        available=known_ints(available)[0],
+        swap_out=known_ints(swap_out)[0],
         swap_in=swap_in_values,
         has_swap_in=has_swap_in,
         major_faults=fault_values,
         has_major_faults=has_faults,
-        last_update=_floats(last)[0],
+        last_update=known_floats(last)[0],
         stats_changed=_differs(last, stats_time),
+        free=known_ints(free)[0],
+        disk_read=known_ints(disk_read),
     )
 
 
@@ -230,20 +216,20 @@ _RECORD = attrgetter(
 
 def _records(vs: Sequence[Verdict]) -> _Records:
     recs = [v.record for v in vs]
-    columns = _transpose(recs, _RECORD, 17)
+    columns = transpose(recs, _RECORD, 17)
     (seen_time, seen_actual, seen_wall, demand, used, reserved, stats_time, swap_in, faults, rise_rate,
      trend, rate, jump, pressure_at, stats_actual, last_grow, shrink_wall) = columns  # fmt: skip
-    seen_time_values, has_seen_time = _floats(seen_time)
-    seen_actual_values, has_seen_actual = _ints(seen_actual)
-    seen_wall_values, has_seen_wall = _floats(seen_wall)
-    demand_values, has_demand = _ints(demand)
-    used_values, has_used = _ints(used)
-    swap_in_values, has_swap_in = _ints(swap_in)
-    fault_values, has_faults = _ints(faults)
-    pressure_at_values, has_pressure_at = _floats(pressure_at)
-    stats_actual_values, has_stats_actual = _ints(stats_actual)
-    last_grow_values, has_last_grow = _floats(last_grow)
-    shrink_wall_values, has_shrink_wall = _floats(shrink_wall)
+    seen_time_values, has_seen_time = known_floats(seen_time)
+    seen_actual_values, has_seen_actual = known_ints(seen_actual)
+    seen_wall_values, has_seen_wall = known_floats(seen_wall)
+    demand_values, has_demand = known_ints(demand)
+    used_values, has_used = known_ints(used)
+    swap_in_values, has_swap_in = known_ints(swap_in)
+    fault_values, has_faults = known_ints(faults)
+    pressure_at_values, has_pressure_at = known_floats(pressure_at)
+    stats_actual_values, has_stats_actual = known_ints(stats_actual)
+    last_grow_values, has_last_grow = known_floats(last_grow)
+    shrink_wall_values, has_shrink_wall = known_floats(shrink_wall)
     return _Records(
         seen_time=seen_time_values,
         has_seen_time=has_seen_time,
@@ -256,7 +242,7 @@ def _records(vs: Sequence[Verdict]) -> _Records:
         used=used_values,
         has_used=has_used,
         reserved=_column(reserved, np.int64),
-        stats_time=_floats(stats_time)[0],
+        stats_time=known_floats(stats_time)[0],
         swap_in=swap_in_values,
         has_swap_in=has_swap_in,
         major_faults=fault_values,
@@ -341,6 +327,7 @@ class _Growth(NamedTuple):
     rate: F64
     jump: I64
     boost: I64  # bytes swapped in fast enough to count as pressure (1: major faults did)
+    sdt: F64  # seconds of stats time since the last report (0.0: no new one)
 
 
 def _growth(g: _Guests, rec: _Records, used: I64, dt: F64, t: Tunables) -> _Growth:
@@ -379,6 +366,7 @@ def _growth(g: _Guests, rec: _Records, used: I64, dt: F64, t: Tunables) -> _Grow
         rate=rate,
         jump=jump,
         boost=np.where(fresh, boost, 0),
+        sdt=sdt,
     )
 
 
@@ -430,6 +418,7 @@ def estimate(vs: Sequence[Verdict], now: float, t: Tunables) -> Estimates:
     held = np.minimum(np.maximum(target, actual), ceiling)
     stats_time = np.where(blind, rec.stats_time, growth.stats_time)
     may_shrink, step = shrink_allowance(g, rec, stats_time, now, t)
+    judged, counted = _judged(vs, g, growth, now, t)
     pressure = pressure & ~blind
     guests = [v.guest for v in vs]
     dead_band = np.maximum(t.shrink_dead_band_bytes, (ceiling * t.shrink_dead_band_fraction).astype(np.int64))
@@ -447,15 +436,30 @@ def estimate(vs: Sequence[Verdict], now: float, t: Tunables) -> Estimates:
         pressure=pressure, blind=blind, urgent=pressure | g.self_deflated, exposed=~g.autodeflate,
         reports=np.array([x.mechanism == "report" for x in guests], dtype=np.bool_),
         swaps=~blind & (g.swap_out > 0), may_shrink=may_shrink, step=step,
-        dead_band=dead_band,
+        cache_step=refault.cache_step(step, g.free, counted, ceiling, judged.probes, t),
+        dead_band=dead_band, keep=judged.keep,
         oom_floor=empty, need=empty, want=empty,
     )  # fmt: skip
-    return _remembered(vs, columns, g, rec, growth, reserved, stats_actual, pressure_at, pressure_known)
+    return _remembered(
+        vs, columns, g, rec, growth, reserved, stats_actual, pressure_at, pressure_known, judged
+    )
+
+
+def _judged(
+    vs: Sequence[Verdict], g: _Guests, growth: _Growth, now: float, t: Tunables
+) -> tuple[refault.Judged, Bools]:
+    """The VMs' probes into their page caches judged on this tick's figures (a blind VM's are not: it
+    has no stats to judge them by), and which VMs have a refault counter."""
+    before = refault.probes([v.record.probe for v in vs])
+    counter, known = refault.counter(g.major_faults, g.has_major_faults, *g.disk_read)
+    fresh = growth.sdt > 0
+    faults = refault.Faults(counter, known & ~g.blind, fresh, growth.sdt, g.last_update)
+    return refault.judge(before, faults, now, t), known
 
 
 def _remembered(
     vs: Sequence[Verdict], c: Columns, g: _Guests, rec: _Records, growth: _Growth, reserved: I64,
-    stats_actual: I64, pressure_at: F64, pressure_known: Bools,
+    stats_actual: I64, pressure_at: F64, pressure_known: Bools, judged: refault.Judged,
 ) -> Estimates:  # fmt: skip
     """The estimates with what each VM remembers of its stats: a blind one what it knew."""
     records = [v.record for v in vs]
@@ -474,4 +478,7 @@ def _remembered(
             blind, [r.pressure_at for r in records], _optional(pressure_at.tolist(), pressure_known)
         ),
         stats_actual=_pick(blind, [r.stats_actual for r in records], stats_actual.tolist()),
+        probes=judged.probes.rows(),
+        stepped_back=np.flatnonzero(judged.stepped_back).tolist(),
+        accuracy=judged.accuracy,
     )

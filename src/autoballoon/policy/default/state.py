@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import NamedTuple
 
+from autoballoon.policy.default.refault import Probe
 from autoballoon.safety import Progress
 
 
@@ -41,6 +42,7 @@ class GuestRecord(NamedTuple):
     warned_reporting: bool = False
     #: The balloon's ``actual`` the stats on hand were taken against (see :func:`estimate`).
     stats_actual: int | None = None
+    probe: Probe = Probe()  # its shrinking into its page cache (see :mod:`.refault`)
 
 
 FIRST_LOOK = GuestRecord()

@@ -15,6 +15,7 @@ Per VM, as :func:`tiers` computes them for all VMs at once::
                     max(growth_allowance * latency, rate * latency, jump, prior)
                     + margin)                                                      without
     want      = clamp(align_up(demand + rising + room), need, ceiling), at least oom_floor
+                and at least keep (the size a shrink into its cache was stepped back to)
               = ceiling                                         with free page reporting
 
 where ``rise`` is the growth rate the last stats report showed, ``trend`` the growth rate of the
@@ -87,6 +88,9 @@ def tiers(c: Columns, t: Tunables) -> tuple[I64, I64, I64]:
     # The want holds that rise too (with autodeflate only there: one report's rise may be a single
     # jump, which a short host need not pay for).
     want = np.maximum(clip(align_up(demand + rising + room, align), need, ceiling), oom_floor)
+    # A shrink into its page cache that made it fault is stepped back: it keeps that size (a want, which
+    # a short host still cuts: the host's memory comes before an application's speed).
+    want = np.maximum(want, clip(c.keep, floor, ceiling))
     # A guest with free page reporting already gives the host its free memory, and a balloon would only
     # cap it: its want is its ceiling, so it is shrunk only when the host is short (to its need).
     want = np.where(c.reports, ceiling, want)
