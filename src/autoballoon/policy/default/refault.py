@@ -242,15 +242,18 @@ def shrunk(probe: Probe, old: int, new: int, stats_time: float | None, now: floa
     (``stats_time``, its counter then); a shrink while one is open (only what is free may go then, see
     :func:`cache_step`) adds to it. Taking what is free evicts nothing at once, but the guest's kernel
     keeps some memory free by evicting its cache, so that is judged too."""
-    if probe.seen is None or stats_time is None:
-        return probe
-    if probe.start is not None:
-        return probe._replace(taken=probe.taken + (old - new), last_step=now)
-    return probe._replace(start=old, taken=old - new, faults=probe.seen, since=stats_time, last_step=now)
+    p = probe
+    if p.seen is None or stats_time is None:
+        return p
+    # Built whole rather than by ``_replace``: one of these per shrinking VM per tick, and the benchmark
+    # at 10,000 VMs shows the difference.
+    if p.start is not None:
+        return Probe(p.start, p.taken + (old - new), p.faults, p.since, now, *p[5:])
+    return Probe(old, old - new, p.seen, stats_time, now, *p[5:])
 
 
 def closed(probe: Probe) -> Probe:
     """The probe called off (the guest grew: its faults from now on are its load's, not the balloon's)."""
     if probe.start is None:
         return probe
-    return probe._replace(start=None, taken=0, faults=None, since=None, last_step=None)
+    return Probe(None, 0, None, None, None, *probe[5:])
