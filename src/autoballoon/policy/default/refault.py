@@ -194,7 +194,8 @@ def judge(p: Probes, f: Faults, now: float, t: Tunables) -> Judged:
     # over ``refault_baseline_s``.
     learns = usable & ~p.has_start & p.has_seen & (f.counter >= p.seen)
     rate = (f.counter - p.seen) / per_s
-    w = np.minimum(1.0, per_s / np.minimum(p.base_for + per_s, t.refault_baseline_s))
+    with np.errstate(over="ignore"):  # a tiny time constant: the new rate counts in full, as it should
+        w = np.minimum(1.0, per_s / np.minimum(p.base_for + per_s, t.refault_baseline_s))
     p = p._replace(
         base_rate=np.where(learns, p.base_rate + w * (rate - p.base_rate), p.base_rate),
         base_for=np.where(learns, p.base_for + per_s, p.base_for),
