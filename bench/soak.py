@@ -2,15 +2,15 @@
 
 Starts ``autoballoon --connect 'sim:///SCENARIO?speed=K' run --listen 127.0.0.1:0`` in a subprocess, the
 scenario being ``scenarios/fleet-day.toml`` scaled to 1,000 guests (every ``count`` and host size times
-10). Twenty client threads (in this process, not the daemon's) each fetch ``/api/v1/vms``, ``/metrics``
-and ``/api/v1/dashboard`` once a second. The daemon's resident memory is sampled every half second; after the
-warm-up (250 ticks: the dashboard's history rings and the journal ring are full by then) it must grow by
-less than ``--max-rss-growth``: the median of the last quarter of the samples against the median of the
-first quarter after the warm-up, so that a leak (memory that stays) is caught and a passing peak (20
-requests rendered at once on a loaded machine, whose freed memory the allocator keeps for a while) is not
-taken for one; the highest sample may still not pass ``--max-rss-peak-growth``. The controller's tick p99
-(from its own histogram, ``/api/v1/host``) must stay under ``--max-tick-p99-s``, and every request must
-be answered.
+10), in the environment the systemd unit gives it (``contrib/autoballoon.service``). Twenty client threads
+(in this process, not the daemon's) each fetch ``/api/v1/vms``, ``/metrics`` and ``/api/v1/dashboard`` once
+a second. The daemon's resident memory is sampled every half second; after the warm-up (250 ticks: the
+dashboard's history rings and the journal ring are full by then) it must grow by less than
+``--max-rss-growth``: the median of the last quarter of the samples against the median of the first quarter
+after the warm-up, so that a leak (memory that stays) is caught and a passing peak (20 requests rendered at
+once on a loaded machine, whose freed memory the allocator keeps for a while) is not taken for one; the
+highest sample may still not pass ``--max-rss-peak-growth``. The controller's tick p99 (from its own
+histogram, ``/api/v1/host``) must stay under ``--max-tick-p99-s``, and every request must be answered.
 
 Run: ``make soak`` (the full day: 8,640 ticks at ``--interval 10``) or ``bench/soak.py --interval 2
 --sim-seconds 1100`` (a short one, 550 ticks: ``tests/test_soak.py`` runs that in ``make test``).
@@ -52,6 +52,8 @@ SOAK_INTERVAL_S = 10.0
 MAX_TICK_P99_S = 1.0
 #: Real seconds between two looks at the daemon (its memory, its clock).
 SAMPLE_S = 0.5
+#: The unit whose environment the daemon runs in (see :func:`unit_environment`).
+UNIT = Path(__file__).resolve().parent.parent / "contrib" / "autoballoon.service"
 #: The share of the samples after the warm-up whose median is the memory at each end of the measured run:
 #: a count of seconds would not do, since an idle machine runs the short soak's 300 measured ticks in 20 s
 #: and a loaded one in a minute.
@@ -172,6 +174,18 @@ def get_json(host: str, port: int, path: str) -> dict[str, object]:
         conn.close()
 
 
+def unit_environment(unit: Path = UNIT) -> dict[str, str]:
+    """The environment the systemd unit gives the daemon (but its URI: the soak names its own host), so
+    that the soak measures the daemon as it runs on a host."""
+    env = {}
+    for line in unit.read_text(encoding="utf-8").splitlines():
+        if line.startswith("Environment="):
+            name, _, value = line.removeprefix("Environment=").partition("=")
+            env[name] = value
+    env.pop("AUTOBALLOON_URI", None)
+    return env
+
+
 def soak(
     sim_seconds: float, speed: float, clients: int, interval_s: float, warmup_ticks: int = WARMUP_TICKS
 ) -> Result:
@@ -184,7 +198,10 @@ def soak(
         cmd += ["--interval", f"{interval_s:g}"]
         err = (Path(tmp) / "stderr").open("wb")
         proc = subprocess.Popen(
-            cmd, stdout=subprocess.PIPE, stderr=err, env={**os.environ, "PYTHONUNBUFFERED": "1"}
+            cmd,
+            stdout=subprocess.PIPE,
+            stderr=err,
+            env={**os.environ, **unit_environment(), "PYTHONUNBUFFERED": "1"},
         )
         try:
             return _measure(proc, sim_seconds, clients, warmup_ticks)
