@@ -106,7 +106,7 @@ def test_faults_at_the_guests_own_pace_are_not_the_balloons() -> None:
     judged = _judge(probe, 1000 * 10 + 20, 110.0)
     assert not judged.stepped_back[0] and judged.accuracy[0] > T.reclaim_accuracy_min
     judged = _judge(probe, 1000 * 10 + 2000, 110.0)
-    assert judged.stepped_back[0] and judged.keep[0] == 2 * GiB
+    assert judged.stepped_back[0] and judged.probes.keep[0] == 2 * GiB
     assert judged.accuracy[0] < T.reclaim_accuracy_min
     assert judged.probes.rows()[0] == Probe(
         base_rate=1000.0,
@@ -119,8 +119,8 @@ def test_faults_at_the_guests_own_pace_are_not_the_balloons() -> None:
 
 def test_the_kept_size_is_let_go_after_a_while() -> None:
     probe = Probe(keep=3 * GiB, keep_until=500.0)
-    assert _judge(probe, 0, 499.0, fresh=False).keep[0] == 3 * GiB
-    assert _judge(probe, 0, 500.0, fresh=False).keep[0] == 0
+    assert _judge(probe, 0, 499.0, fresh=False).probes.keep[0] == 3 * GiB
+    assert _judge(probe, 0, 500.0, fresh=False).probes.keep[0] == 0
 
 
 def test_probes_read_as_columns_come_back_as_they_were() -> None:

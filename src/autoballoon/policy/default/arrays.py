@@ -13,6 +13,7 @@ I64 = npt.NDArray[np.int64]
 F64 = npt.NDArray[np.float64]
 Bools = npt.NDArray[np.bool_]
 _N = TypeVar("_N", int, I64)
+_V = TypeVar("_V")
 
 
 def align_up(n: _N, align: int) -> _N:
@@ -50,3 +51,8 @@ def transpose(rows: Sequence[Any], getter: Callable[[Any], tuple[Any, ...]], wid
     """The figures ``getter`` reads of every row, one tuple per figure (in C: the benchmark shows a
     Python pass per figure and VM matters)."""
     return list(zip(*map(getter, rows), strict=True)) if rows else [()] * width
+
+
+def optional(values: list[_V], known: Bools) -> list[_V | None]:
+    """The values, ``None`` where not known (a column back into the records' fields)."""
+    return [v if k else None for v, k in zip(values, known.tolist(), strict=True)]

@@ -27,7 +27,7 @@ import numpy.typing as npt
 
 from autoballoon.model import GuestSnapshot, Status
 from autoballoon.policy.default import refault
-from autoballoon.policy.default.arrays import F64, I64, Bools, known_floats, known_ints, transpose
+from autoballoon.policy.default.arrays import F64, I64, Bools, known_floats, known_ints, optional, transpose
 from autoballoon.policy.default.classify import Verdict
 from autoballoon.policy.default.columns import Columns
 from autoballoon.tunables import Tunables
@@ -110,7 +110,8 @@ class _Guests(NamedTuple):
     last_update: F64  # stats.last_update or 0.0
     stats_changed: Bools  # stats.last_update != record.stats_time
     free: I64  # MemFree, 0 if unknown
-    disk_read: tuple[I64, Bools]  # bytes read from its disks (host-side), and where known
+    disk_read: I64  # bytes read from its disks (host-side), 0 if unknown
+    has_disk_read: Bools
 
 
 class _Records(NamedTuple):
@@ -179,6 +180,7 @@ def _guests(vs: Sequence[Verdict]) -> _Guests:
     total_values, has_total = known_ints(total)
     swap_in_values, has_swap_in = known_ints(swap_in)
     fault_values, has_faults = known_ints(faults)
+    disk_read_values, has_disk_read = known_ints(disk_read)
     return _Guests(
         target=target_values,
         actual=np.where(has_actual, actual_values, target_values),
@@ -203,7 +205,8 @@ def _guests(vs: Sequence[Verdict]) -> _Guests:
         last_update=known_floats(last)[0],
         stats_changed=_differs(last, stats_time),
         free=known_ints(free)[0],
-        disk_read=known_ints(disk_read),
+        disk_read=disk_read_values,
+        has_disk_read=has_disk_read,
     )
 
 
@@ -388,11 +391,6 @@ def _demand(
     return demand, pressure_at, pressure_known, pressure
 
 
-def _optional(values: list[float], known: Bools) -> list[float | None]:
-    """The values, ``None`` where not known."""
-    return [v if k else None for v, k in zip(values, known.tolist(), strict=True)]
-
-
 def _pick(where: list[bool], a: Sequence[_T], b: Sequence[_T]) -> list[_T]:
     """``a`` where ``where``, else ``b``: :func:`numpy.where` for columns that may hold ``None``."""
     return [x if w else y for w, x, y in zip(where, a, b, strict=True)]
@@ -437,7 +435,7 @@ def estimate(vs: Sequence[Verdict], now: float, t: Tunables) -> Estimates:
         reports=np.array([x.mechanism == "report" for x in guests], dtype=np.bool_),
         swaps=~blind & (g.swap_out > 0), may_shrink=may_shrink, step=step,
         cache_step=refault.cache_step(step, g.free, counted, ceiling, judged.probes, t),
-        dead_band=dead_band, keep=judged.keep,
+        dead_band=dead_band, keep=judged.probes.keep,
         oom_floor=empty, need=empty, want=empty,
     )  # fmt: skip
     return _remembered(
@@ -451,7 +449,7 @@ def _judged(
     """The VMs' probes into their page caches judged on this tick's figures (a blind VM's are not: it
     has no stats to judge them by), and which VMs have a refault counter."""
     before = refault.probes([v.record.probe for v in vs])
-    counter, known = refault.counter(g.major_faults, g.has_major_faults, *g.disk_read)
+    counter, known = refault.counter(g.major_faults, g.has_major_faults, g.disk_read, g.has_disk_read)
     fresh = growth.sdt > 0
     faults = refault.Faults(counter, known & ~g.blind, fresh, growth.sdt, g.last_update)
     return refault.judge(before, faults, now, t), known
@@ -475,7 +473,7 @@ def _remembered(
         swap_in=_pick(blind, [r.swap_in for r in records], [s.swap_in for s in stats]),
         major_faults=_pick(blind, [r.major_faults for r in records], [s.major_faults for s in stats]),
         pressure_at=_pick(
-            blind, [r.pressure_at for r in records], _optional(pressure_at.tolist(), pressure_known)
+            blind, [r.pressure_at for r in records], optional(pressure_at.tolist(), pressure_known)
         ),
         stats_actual=_pick(blind, [r.stats_actual for r in records], stats_actual.tolist()),
         probes=judged.probes.rows(),

@@ -45,7 +45,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from autoballoon.policy.default.arrays import F64, I64, Bools, known_floats, transpose
+from autoballoon.policy.default.arrays import F64, I64, Bools, known_floats, known_ints, optional, transpose
 from autoballoon.tunables import Tunables
 
 #: Bytes per page: the unit the guest's fault counters count in.
@@ -91,22 +91,18 @@ class Probes(NamedTuple):
 
     def rows(self) -> list[Probe]:
         """One :class:`Probe` per VM (for the records the emit phase builds)."""
-        start = _optional(self.start.tolist(), self.has_start)
-        faults = _optional(self.faults.tolist(), self.has_faults)
-        since = _optional(self.since.tolist(), self.has_since)
-        last_step = _optional(self.last_step.tolist(), self.has_last_step)
-        keep_until = _optional(self.keep_until.tolist(), self.has_keep_until)
-        seen = _optional(self.seen.tolist(), self.has_seen)
+        start = optional(self.start.tolist(), self.has_start)
+        faults = optional(self.faults.tolist(), self.has_faults)
+        since = optional(self.since.tolist(), self.has_since)
+        last_step = optional(self.last_step.tolist(), self.has_last_step)
+        keep_until = optional(self.keep_until.tolist(), self.has_keep_until)
+        seen = optional(self.seen.tolist(), self.has_seen)
         return list(
             map(
                 Probe, start, self.taken.tolist(), faults, since, last_step, self.base_rate.tolist(),
                 self.base_for.tolist(), self.keep.tolist(), self.pace.tolist(), keep_until, seen,
             )
         )  # fmt: skip
-
-
-def _optional(values: list[float] | list[int], known: Bools) -> list[float | int | None]:
-    return [v if k else None for v, k in zip(values, known.tolist(), strict=True)]
 
 
 _PROBE = attrgetter(*Probe._fields)
@@ -116,17 +112,17 @@ def probes(probes: Sequence[Probe]) -> Probes:
     """The probes as columns."""
     columns = transpose(probes, _PROBE, len(Probe._fields))
     start, taken, faults, since, last_step, base_rate, base_for, keep, pace, keep_until, seen = columns
-    start_values, has_start = known_floats(start)
-    fault_values, has_faults = known_floats(faults)
+    start_values, has_start = known_ints(start)
+    fault_values, has_faults = known_ints(faults)
     since_values, has_since = known_floats(since)
     last_step_values, has_last_step = known_floats(last_step)
     keep_until_values, has_keep_until = known_floats(keep_until)
-    seen_values, has_seen = known_floats(seen)
+    seen_values, has_seen = known_ints(seen)
     return Probes(
-        start=start_values.astype(np.int64),
+        start=start_values,
         has_start=has_start,
         taken=np.array(taken, dtype=np.int64),
-        faults=fault_values.astype(np.int64),
+        faults=fault_values,
         has_faults=has_faults,
         since=since_values,
         has_since=has_since,
@@ -138,7 +134,7 @@ def probes(probes: Sequence[Probe]) -> Probes:
         pace=np.array(pace, dtype=np.int64),
         keep_until=keep_until_values,
         has_keep_until=has_keep_until,
-        seen=seen_values.astype(np.int64),
+        seen=seen_values,
         has_seen=has_seen,
     )
 
@@ -146,8 +142,7 @@ def probes(probes: Sequence[Probe]) -> Probes:
 class Judged(NamedTuple):
     """The probes after this tick's stats, and what they say."""
 
-    probes: Probes
-    keep: I64  # the least want each keeps now (0: none)
+    probes: Probes  # ``probes.keep``: the least want each keeps now (0: none)
     stepped_back: Bools  # this report ended a probe whose accuracy fell below the bound
     accuracy: F64  # the open probe's accuracy at this report (NaN: nothing judged)
 
@@ -222,7 +217,7 @@ def judge(p: Probes, f: Faults, now: float, t: Tunables) -> Judged:
         keep_until=np.where(back, now + t.refault_memory_s, p.keep_until),
         has_keep_until=p.has_keep_until | back,
     )
-    return Judged(p, keep, back, np.where(judged, accuracy, np.nan))
+    return Judged(p, back, np.where(judged, accuracy, np.nan))
 
 
 def cache_step(step: I64, free: I64, faults_known: Bools, ceiling: I64, p: Probes, t: Tunables) -> I64:
