@@ -40,7 +40,7 @@ def _config(value: str) -> float | None:
 
 
 def _api(value: str) -> float | None:
-    return payload.policy(GuestPolicy(), json.loads(f'{{"buffer": {value}}}')).buffer
+    return payload.parse(payload.PolicyBody, f'{{"buffer": {value}}}'.encode()).over(GuestPolicy()).buffer
 
 
 FACES: dict[str, Callable[[str], float | None]] = {"config": _config, "api": _api, "scenario": _scenario}

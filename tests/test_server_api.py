@@ -270,6 +270,10 @@ BAD_REQUESTS = [
     ("vms/db/policy", {"exclude": "yes"}, TOKEN, 400, "exclude"),
     ("vms/db/policy", {"colour": "red"}, TOKEN, 400, "colour"),
     ("vms/db/policy", {}, TOKEN, 400, "body"),
+    ("vms/db/policy", {"exclude": 1}, TOKEN, 400, "exclude"),  # lax pydantic would take 1 as true
+    ("vms/web/target", {"target_bytes": GiB, "force": 1}, TOKEN, 400, "force"),
+    ("vms/batch/release", {"now": True}, TOKEN, 400, "now"),  # batch is quarantined: only the body is wrong
+    ("vms/batch/release", b"[]", TOKEN, 400, "body"),
 ]
 
 

@@ -8,9 +8,11 @@ refused request changes nothing and is refused exactly as the command line refus
 awaited: its future resolves when the controller's loop has carried it out (200), or the deadline passes
 first (202, still queued).
 
-Request bodies are read by hand (bounded, streamed, chunked or not) and parsed by
-:mod:`autoballoon.server.payload`, not by FastAPI's model binding: the API's own refusals name the field
-and what is accepted, and a hostile body must be a 4xx, never a parser's 500.
+Request bodies are read here (bounded, streamed, chunked or not, and only once the token and the VM
+are known) and parsed into their pydantic models by :func:`autoballoon.server.payload.parse`, not by
+FastAPI's model binding, which would read an unbounded body before the token is checked and answer in
+its own error shape; a hostile body must be a 4xx naming the field, never a parser's 500. The models'
+JSON schemas are the request bodies of the OpenAPI description (:func:`_change_doc`).
 """
 
 from __future__ import annotations
@@ -37,18 +39,20 @@ from autoballoon.model import GuestPolicy, GuestSnapshot, HostSnapshot
 from autoballoon.server import payload
 from autoballoon.server.auth import bearer_matches
 from autoballoon.server.history import History
+from autoballoon.server.payload import Body, PolicyBody, ReleaseBody, TargetBody
 from autoballoon.server.renders import Renders
 from autoballoon.server.source import ServerView, Source, host_json
 from autoballoon.server.tunables import ServerTunables
 from autoballoon.views import guest_detail, guest_row, host_view, judged_fields
 
 T = TypeVar("T")
+B = TypeVar("B", bound=Body)
 JSON = "application/json"
 PREFIX = "/api/v1"
 
 #: Which JSON key a refusal from :mod:`autoballoon.ops` is about (ops names things as the CLI says them).
 _FIELD_OF = {
-    "target": payload.TARGET_KEY,
+    "target": "target_bytes",
     "--live change": "vm",
     "policy minimum": "min_bytes",
     "policy maximum": "max_bytes",
@@ -318,17 +322,21 @@ class Api:
             )
 
     async def change(
-        self, request: Request, name: str, prepare: Callable[[GuestSnapshot, bytes], tuple[T, Future[object]]]
+        self,
+        request: Request,
+        name: str,
+        model: type[B],
+        prepare: Callable[[GuestSnapshot, B], tuple[T, Future[object]]],
     ) -> tuple[T, bool, object]:
-        """Authorise, find the VM, read the body, let ``prepare`` check it and submit it (it returns what
-        was asked and the controller's future); then wait for the controller: ``(asked, True, result)``
-        once applied, ``(asked, False, None)`` if still queued at the deadline. A refusal or failure
-        raises, and the exception handlers answer it."""
+        """Authorise, find the VM, read the body as ``model``, let ``prepare`` check it and submit it (it
+        returns what was asked and the controller's future); then wait for the controller:
+        ``(asked, True, result)`` once applied, ``(asked, False, None)`` if still queued at the deadline.
+        A refusal or failure raises, and the exception handlers answer it."""
         no_query(request)
         self.authorise(request)
         _view, snap = self.view()
         guest = self.guest(snap, name)
-        body = await read_body(request, self.tun.max_body_bytes)
+        body = payload.parse(model, await read_body(request, self.tun.max_body_bytes))
         asked, future = prepare(guest, body)
         waiting = asyncio.wrap_future(future)
         # Never cancelled (the controller keeps it running); a late outcome is still retrieved, so an
@@ -339,19 +347,16 @@ class Api:
             return asked, False, None
         return asked, True, waiting.result()
 
-    def target(self, guest: GuestSnapshot, body: bytes) -> tuple[int, Future[object]]:
-        size, force = payload.target(payload.json_object(body))
+    def target(self, guest: GuestSnapshot, body: TargetBody) -> tuple[int, Future[object]]:
         ops.resolve_scope(guest, live=True, config=False)
-        return size, self.source.submit_target(guest.name, size, force=force)
+        return body.target_bytes, self.source.submit_target(guest.name, body.target_bytes, force=body.force)
 
-    def policy(self, guest: GuestSnapshot, body: bytes) -> tuple[GuestPolicy, Future[object]]:
-        policy = payload.policy(guest.policy, payload.json_object(body))
+    def policy(self, guest: GuestSnapshot, body: PolicyBody) -> tuple[GuestPolicy, Future[object]]:
+        policy = body.over(guest.policy)
         ops.validate_policy(guest, policy)
         return policy, self.source.submit_policy(guest.name, policy)
 
-    def release(self, guest: GuestSnapshot, body: bytes) -> tuple[None, Future[object]]:
-        if body.strip() not in (b"", b"{}"):
-            raise ApiError(400, "release takes no body (or an empty JSON object)", "body")
+    def release(self, guest: GuestSnapshot, body: ReleaseBody) -> tuple[None, Future[object]]:
         try:
             return None, self.source.submit_release(guest.name)
         except UnknownVMError:
@@ -376,12 +381,6 @@ ERROR_SCHEMA: dict[str, Any] = {
             },
         }
     },
-}
-SIZE_SCHEMA: dict[str, Any] = {
-    "oneOf": [
-        {"type": "integer", "minimum": 0, "description": "bytes"},
-        {"type": "string", "description": 'a size with a unit, such as "2GiB"; bare = bytes'},
-    ]
 }
 _WHY = {
     400: "bad JSON, unknown field, wrong type or form, bad query parameter",
@@ -410,14 +409,14 @@ READ_ERRORS = (400, 421, 503)
 CHANGE_ERRORS = (400, 401, 403, 404, 413, 421, 422, 502, 503)
 
 
-def _change_doc(body: dict[str, Any] | None, answer: dict[str, Any]) -> dict[str, Any]:
-    """Route keyword arguments documenting a change: its body, 200 applied / 202 queued, its errors."""
+def _change_doc(body: type[Body], answer: dict[str, Any]) -> dict[str, Any]:
+    """Route keyword arguments documenting a change: its body (a reference to its model's schema, which
+    the application puts under ``components/schemas``), 200 applied / 202 queued, its errors."""
     content = {"description": "applied (200) or queued (202)", "content": {JSON: {"schema": answer}}}
-    extra: dict[str, Any] = {}
-    if body is not None:
-        extra = {"requestBody": {"required": True, "content": {JSON: {"schema": body}}}}
+    refs, _ = payload.schemas()
+    request_body = {"required": not body.may_be_empty, "content": {JSON: {"schema": refs[body]}}}
     return {
-        "openapi_extra": extra,
+        "openapi_extra": {"requestBody": request_body},
         "responses": {200: content, 202: content, **_errors(*CHANGE_ERRORS)},
         "dependencies": [Depends(HTTPBearer(auto_error=False, scheme_name="token"))],
     }
@@ -499,12 +498,6 @@ def _read_routes(router: APIRouter, api: Api) -> None:
 
 def _change_routes(router: APIRouter, api: Api) -> None:
     """The ``POST`` routes: a change to one VM, with its body and answer documented for OpenAPI."""
-    target_body = {
-        "type": "object",
-        "required": [payload.TARGET_KEY],
-        "properties": {payload.TARGET_KEY: SIZE_SCHEMA, payload.FORCE_KEY: {"type": "boolean"}},
-        "additionalProperties": False,
-    }
     target_answer = {
         "type": "object",
         "required": ["vm", "target_bytes", "applied"],
@@ -515,39 +508,27 @@ def _change_routes(router: APIRouter, api: Api) -> None:
         },
     }
 
-    @router.post("/vms/{name}/target", **_change_doc(target_body, target_answer))
+    @router.post("/vms/{name}/target", **_change_doc(TargetBody, target_answer))
     async def post_target(request: Request, name: str) -> Response:
         """A manual target, honoured like `virsh setmem` (held for the manual grace period)."""
-        size, applied, _ = await api.change(request, name, api.target)
+        size, applied, _ = await api.change(request, name, TargetBody, api.target)
         return _answer(name, applied, {"target_bytes": size})
 
-    policy_body = {
-        "type": "object",
-        "minProperties": 1,
-        "additionalProperties": False,
-        "properties": {
-            "min_bytes": {"oneOf": [*SIZE_SCHEMA["oneOf"], {"type": "null"}]},
-            "max_bytes": {"oneOf": [*SIZE_SCHEMA["oneOf"], {"type": "null"}]},
-            "shares": {"type": ["integer", "null"], "minimum": 1, "maximum": 1_000_000},
-            "buffer": {"oneOf": [{"type": "number"}, {"type": "string"}, {"type": "null"}]},
-            "exclude": {"type": "boolean"},
-        },
-    }
     policy_answer = {
         "type": "object",
         "required": ["vm", "policy", "applied"],
         "properties": {"vm": {"type": "string"}, "policy": ANY_OBJECT, "applied": {"type": "boolean"}},
     }
 
-    @router.post("/vms/{name}/policy", **_change_doc(policy_body, policy_answer))
+    @router.post("/vms/{name}/policy", **_change_doc(PolicyBody, policy_answer))
     async def post_policy(request: Request, name: str) -> Response:
         """Merge the given fields into the VM's stored policy (`null` unsets one)."""
-        policy, applied, result = await api.change(request, name, api.policy)
+        policy, applied, result = await api.change(request, name, PolicyBody, api.policy)
         stored = result if isinstance(result, GuestPolicy) else policy
         return _answer(name, applied, {"policy": stored.to_json()})
 
     release_doc = _change_doc(
-        None,
+        ReleaseBody,
         {
             "type": "object",
             "required": ["vm", "released", "applied"],
@@ -563,5 +544,5 @@ def _change_routes(router: APIRouter, api: Api) -> None:
     @router.post("/vms/{name}/release", **release_doc)
     async def post_release(request: Request, name: str) -> Response:
         """End the VM's health-guard quarantine (`autoballoon release VM`)."""
-        _, applied, _ = await api.change(request, name, api.release)
+        _, applied, _ = await api.change(request, name, ReleaseBody, api.release)
         return _answer(name, applied, {"released": True})

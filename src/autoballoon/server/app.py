@@ -34,6 +34,7 @@ from starlette.requests import ClientDisconnect
 from starlette.responses import Response
 
 from autoballoon.errors import AutoballoonError
+from autoballoon.server import payload
 from autoballoon.server.api import JSON, PREFIX, Api, ApiError, api_router, error_of
 from autoballoon.server.listen import ip_of, is_loopback
 from autoballoon.server.renders import Renders
@@ -194,10 +195,27 @@ def load_static() -> dict[str, tuple[bytes, str]]:
     return files
 
 
+class _Described(FastAPI):
+    """FastAPI whose OpenAPI description also holds the request bodies' schemas. The change routes read
+    their bodies themselves (see :mod:`autoballoon.server.api`), so FastAPI never sees the models: their
+    routes refer to them under ``components/schemas``, and they are put there from
+    :func:`autoballoon.server.payload.schemas`, generated from the models that parse the bodies."""
+
+    def openapi(self) -> dict[str, Any]:
+        if self.openapi_schema is None:
+            described = super().openapi()
+            known = described.setdefault("components", {}).setdefault("schemas", {})
+            _, bodies = payload.schemas()
+            if clash := known.keys() & bodies.keys():  # pragma: no cover - a model named like FastAPI's own
+                raise AssertionError(f"request body schemas named like FastAPI's own: {sorted(clash)}")
+            known.update(bodies)
+        return super().openapi()
+
+
 def create_app(api: Api, registry: CollectorRegistry, allowed: AllowedHosts) -> ASGIApp:
     """The whole HTTP face: ``/api/v1/`` (with its OpenAPI description), ``/metrics``, ``/healthz`` and
     the dashboard's files, behind the Host check and the security headers."""
-    app = FastAPI(
+    app = _Described(
         title="autoballoon",
         summary="The autoballoon daemon's JSON API",
         version="1",
