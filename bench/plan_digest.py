@@ -15,7 +15,7 @@ from typing import Any
 from autoballoon.evaluate.policies import DaemonPolicy, Targets
 from autoballoon.evaluate.runner import Job, find_scenarios, run_simulation
 from autoballoon.model import HostSnapshot
-from autoballoon.policy import POLICY_NAMES, create_policy
+from autoballoon.policy import POLICIES, create_policy
 from autoballoon.sim.engine import Simulation
 from autoballoon.sim.scenario import load_scenario
 from autoballoon.tunables import DEFAULT_TUNABLES
@@ -39,7 +39,7 @@ class Digesting(DaemonPolicy):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--scenarios", default="scenarios")
-    parser.add_argument("--policies", default=",".join(POLICY_NAMES))
+    parser.add_argument("--policies", default=",".join(POLICIES))
     args = parser.parse_args()
     for path in find_scenarios([args.scenarios]):
         scenario = load_scenario(path)

@@ -12,7 +12,7 @@ import pytest
 from autoballoon.errors import InvalidValueError
 from autoballoon.evaluate.production.metrics import run_metrics, slowdown_pct, summarize
 from autoballoon.evaluate.production.report import render_section, write_section
-from autoballoon.evaluate.production.runner import FPR_ONLY, parse_policies, schedule
+from autoballoon.evaluate.production.runner import FPR_ONLY, PLAYED, schedule
 from autoballoon.evaluate.production.scenario import parse_prod_scenario
 from autoballoon.evaluate.production.trace import (
     SAMPLE_FIELDS,
@@ -23,6 +23,7 @@ from autoballoon.evaluate.production.trace import (
     write_prod_trace,
 )
 from autoballoon.evaluate.sections import PRODUCTION
+from autoballoon.policy import parse_policies
 from autoballoon.rig import accel
 from autoballoon.rig.errors import RigError
 from autoballoon.units import GiB, MiB
@@ -237,10 +238,10 @@ def test_every_repetition_rotates_the_policies() -> None:
 
 
 def test_policies_are_the_daemons_and_fpr_only() -> None:
-    assert FPR_ONLY in parse_policies("all")
-    assert parse_policies("static,fpr-only") == ("static", FPR_ONLY)
+    assert FPR_ONLY in parse_policies("all", PLAYED)
+    assert parse_policies("static,fpr-only", PLAYED) == ("static", FPR_ONLY)
     with pytest.raises(InvalidValueError, match="fpr-only"):
-        parse_policies("static,oracle")
+        parse_policies("static,oracle", PLAYED)
 
 
 def test_a_window_whose_application_failed_counts_as_no_service() -> None:

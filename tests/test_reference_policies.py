@@ -9,16 +9,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from autoballoon.constraints import MIN_TARGET_BYTES
-from autoballoon.evaluate.policies import (
-    OraclePolicy,
-    StaticPolicy,
-    oracle_headroom,
-    oracle_targets,
-)
+from autoballoon.evaluate.policies import DaemonPolicy, Oracle, factory, oracle_headroom, oracle_targets
+from autoballoon.evaluate.runner import Job, run_simulation
 from autoballoon.health import HealthState, Quarantine
 from autoballoon.model import GuestPolicy, GuestSnapshot, GuestStats, HostSnapshot, VMState
 from autoballoon.policy import Inputs, mom, proxmox
-from autoballoon.policy.reference import MomPolicy, ProxmoxPolicy, budget_view
+from autoballoon.policy.reference import MomPolicy, ProxmoxPolicy, StaticPolicy, budget_view
 from autoballoon.sim.engine import Simulation
 from autoballoon.sim.scenario import loads_scenario
 from autoballoon.tunables import Tunables
@@ -286,17 +282,56 @@ demand = { shape = "constant", level = "256M" }
 """
 
 
-def test_static_never_changes_targets() -> None:
+def test_static_never_changes_the_targets_of_healthy_guests() -> None:
     sim = Simulation(loads_scenario(_SCENARIO), seed=1)
-    policy = StaticPolicy()
+    static = factory("static")(sim)
     for t in range(0, 600, 10):
-        assert not policy.tick(float(t), sim.snapshot())
+        assert not static.tick(float(t), sim.snapshot())
         sim.step(10.0)
+
+
+_STORMING = """
+[host]
+ram = "16G"
+cpus = 8
+[run]
+duration = 600
+step = 1
+[[guest]]
+name = "storm"
+max = "4G"
+target = "2G"
+vcpus = 4
+os = "windows"
+cpu_storm = true
+stats_period = 10
+demand = { shape = "constant", level = "1G" }
+[[guest]]
+name = "calm"
+max = "4G"
+target = "2G"
+demand = { shape = "constant", level = "1G" }
+"""
+
+
+def test_the_evaluations_static_is_the_daemons_and_deflates_a_guest_the_guard_quarantines() -> None:
+    """Both guests boot ballooned to half their memory. Static moves no balloon of its own, but it runs
+    through the daemon's tick: the health guard quarantines the guest that storms while ballooned, and
+    static deflates it to its ceiling, as the daemon would; the calm one keeps the target it booted with."""
+    scenario = loads_scenario(_STORMING)
+    made = factory("static")(Simulation(scenario))
+    assert isinstance(made, DaemonPolicy) and isinstance(made.policy, StaticPolicy)
+    result = run_simulation(scenario, Job("storming", "static"))
+    storm, calm = (result.trace.guests.index(n) for n in ("storm", "calm"))
+    first, last = result.trace.allocation[0], result.trace.allocation[-1]
+    assert (first[storm], first[calm]) == (2 * GiB, 2 * GiB)
+    assert (last[storm], last[calm]) == (4 * GiB, 2 * GiB)
+    assert 0 < result.metrics.cpu_storm_vm_s < scenario.run.duration / 10  # it stormed, and was stopped
 
 
 def test_oracle_allocates_at_least_demand_plus_headroom_ahead_of_time() -> None:
     sim = Simulation(loads_scenario(_SCENARIO), seed=3)
-    oracle = OraclePolicy(sim)
+    oracle = Oracle(sim)
     headroom = oracle_headroom(sim)
     for _ in range(600):
         targets = oracle.tick(sim.time, None)

@@ -12,9 +12,10 @@ from rich.table import Table
 from autoballoon.cli import cli
 from autoballoon.cli.output import emit_json
 from autoballoon.evaluate.metrics import SEVERE_HARM, Metrics, harm
-from autoballoon.evaluate.policies import POLICY_NAMES, parse_policy_names
+from autoballoon.evaluate.policies import CONTENDERS, ORACLE
 from autoballoon.evaluate.runner import find_scenarios, run_suite, scenario_name
 from autoballoon.evaluate.summary import PolicySummary, acceptance, ranked, summarize
+from autoballoon.policy import parse_policies
 
 #: Short headers so that a table fits 100 columns, harm before efficiency as in the ranking: OOM kills,
 #: host-overrun s, pressure VM-s, CPU-storm VM-s, reclaimed GiB-h, oracle efficiency, reaction p50/p99 s,
@@ -108,7 +109,7 @@ def _table(title: str, rows: list[list[str]]) -> None:
     default="all",
     show_default=True,
     metavar="A,B,...",
-    help=f"Comma-separated policies to compare: {', '.join(POLICY_NAMES)} (or 'all'). The oracle always "
+    help=f"Comma-separated policies to compare: {', '.join(CONTENDERS)} (or 'all'). The oracle always "
     "runs, since efficiency is measured against it.",
 )
 @click.option(
@@ -213,12 +214,12 @@ def evaluate(
             from_record=from_record,
         )
         return
-    names = parse_policy_names(policies)
+    names = parse_policies(policies, CONTENDERS)
     paths = find_scenarios(list(scenario_paths) or ["scenarios"])
     # The oracle always runs (efficiency is measured against it), and nothing else that was not asked
-    # for; with the oracle named, in POLICY_NAMES' order as the tables always had it.
-    oracle_named = "oracle" in names
-    wanted = tuple(p for p in POLICY_NAMES if p in names) if oracle_named else (*names, "oracle")
+    # for; with the oracle named, in CONTENDERS' order as the tables always had it.
+    oracle_named = ORACLE in names
+    wanted = tuple(p for p in CONTENDERS if p in names) if oracle_named else (*names, ORACLE)
     started = time.perf_counter()
     everything = run_suite(
         paths,
@@ -228,9 +229,7 @@ def evaluate(
         workers=workers,
     )
     wall = time.perf_counter() - started
-    oracle = {
-        r.metrics.scenario: r.metrics.reclaimed_gib_h for r in everything if r.metrics.policy == "oracle"
-    }
+    oracle = {r.metrics.scenario: r.metrics.reclaimed_gib_h for r in everything if r.metrics.policy == ORACLE}
     results = [r for r in everything if r.metrics.policy in names]
     metrics = [r.metrics for r in results]
     summaries = summarize(metrics, oracle)

@@ -38,7 +38,7 @@ from autoballoon.controller import Controller, ControllerStatus, tune_collector
 from autoballoon.errors import AutoballoonError
 from autoballoon.journal import Journal
 from autoballoon.model import Plan
-from autoballoon.policy import POLICY_NAMES, create_policy
+from autoballoon.policy import POLICIES, create_policy
 from autoballoon.reasons import action_text, explain, figures, size_text
 from autoballoon.server import DEFAULT_LISTEN, Tls, check_listen, serve_controller
 from autoballoon.state import StateStore
@@ -168,7 +168,7 @@ def status_table(status: ControllerStatus) -> Group:
 @click.option(
     "--policy",
     "policy_name",
-    type=click.Choice(POLICY_NAMES),
+    type=click.Choice(tuple(POLICIES)),
     default="autoballoon",
     show_default=True,
     help="The balloon policy: autoballoon's own, or a published reference (oVirt MOM, Proxmox VE, or none) "

@@ -1,13 +1,18 @@
-"""Every policy the harness compares, behind one small interface.
+"""The contenders the harness compares: every daemon policy, driven as the daemon drives it, and the oracle.
 
-A policy here is an object with a ``name``, an ``interval_s`` (how often the harness calls it, in virtual
-seconds) and ``tick(now, snapshot)`` that returns new targets: a mapping of VM name to bytes (only the
-VMs that change), or a full NumPy array indexed like the simulation's guests. The adapters are the thin
-imperative shell; the algorithms themselves are pure functions (``autoballoon.policy``, :mod:`.mom`,
-:mod:`.proxmox`, :func:`oracle_targets`).
+A policy is the daemon's (:class:`autoballoon.policy.Policy`, registered in
+:data:`autoballoon.policy.POLICIES`). What the runner drives is a :class:`Contender`: an object with a
+``name``, an ``interval_s`` (how often the runner calls it, in virtual seconds) and ``tick(now,
+snapshot)`` that returns new targets: a mapping of VM name to bytes (only the VMs that change), or a full
+NumPy array indexed like the simulation's guests. Every daemon policy, ``static`` included, is a
+:class:`DaemonPolicy`: the one tick and safety gate of :mod:`autoballoon.policy.tick`, so the evaluation
+measures what the daemon would do and not a second copy of it. The :class:`Oracle` is the only contender
+that is not a daemon policy: it knows each guest's future demand, so it exists only here, as the yardstick
+of the others' efficiency.
 
-Each policy runs at its own published interval: the default policy at its controller interval, MOM every
-5 s (sampling; it decides on every second sample), Proxmox every 10 s, the oracle every simulation step.
+Each contender runs at its own interval: the default and static policies at the controller's interval,
+MOM every 5 s (sampling; it decides on every second sample), Proxmox every 10 s, the oracle every
+simulation step.
 """
 
 from __future__ import annotations
@@ -33,8 +38,9 @@ I64 = npt.NDArray[np.int64]
 Targets = Mapping[str, int] | I64
 
 
-class Policy(Protocol):
-    """What the runner drives. ``snapshot`` is None when ``needs_snapshot`` is False (the oracle)."""
+class Contender(Protocol):
+    """What the runner drives: a daemon policy (:class:`DaemonPolicy`) or the :class:`Oracle`.
+    ``snapshot`` is None when ``needs_snapshot`` is False (the oracle)."""
 
     name: str
     interval_s: float
@@ -74,21 +80,15 @@ def oracle_targets(
     return np.where(balloonable, want, ceiling).astype(np.int64)
 
 
-class StaticPolicy:
-    """No ballooning: every guest keeps the memory it booted with."""
-
-    name = "static"
-    interval_s = float("inf")
-    needs_snapshot = False
-
-    def tick(self, now: float, snapshot: HostSnapshot | None) -> Targets:
-        return {}
+#: The oracle's name: the one contender that is not a daemon policy.
+ORACLE = "oracle"
 
 
-class OraclePolicy:
-    """Knows each guest's future demand (from the scenario's traces) and allocates just that."""
+class Oracle:
+    """Knows each guest's future demand (from the scenario's traces) and allocates just that: not a
+    policy a daemon could run, only the measure of how much the ones it can run leave unclaimed."""
 
-    name = "oracle"
+    name = ORACLE
     needs_snapshot = False
 
     def __init__(self, sim: Simulation, tunables: OracleTunables = DEFAULT_ORACLE) -> None:
@@ -112,9 +112,10 @@ class OraclePolicy:
 
 
 class DaemonPolicy:
-    """A daemon policy (the default one, MOM, Proxmox) exactly as the controller runs it: the health guard
-    observes each snapshot, then the policy decides with the guard's state, at the policy's own interval.
-    The harness applies the targets the plan's actions set."""
+    """A daemon policy (any of :data:`autoballoon.policy.POLICIES`) exactly as the controller runs it: the
+    health guard observes each snapshot, then the policy decides with the guard's state, at the policy's
+    own interval, and its plan passes the safety gate. The harness applies the targets the gated plan's
+    actions set."""
 
     needs_snapshot = True
 
@@ -134,22 +135,8 @@ class DaemonPolicy:
         return {a.vm: a.new_target for a in done.plan.actions}
 
 
-#: Policy names in the order reports show them.
-POLICY_NAMES: tuple[str, ...] = ("autoballoon", "mom", "proxmox", "static", "oracle")
-
-
-def parse_policy_names(text: str) -> tuple[str, ...]:
-    """``"autoballoon,mom"`` → names, validated; ``"all"`` or empty → every policy."""
-    if not text.strip() or text.strip() == "all":
-        return POLICY_NAMES
-    names: list[str] = []
-    for raw in text.split(","):
-        name = raw.strip()
-        if name not in POLICY_NAMES:
-            raise InvalidValueError("policy", name, "a comma-separated list of " + ", ".join(POLICY_NAMES))
-        if name not in names:
-            names.append(name)
-    return tuple(names)
+#: Contender names in the order reports show them: the daemon's policies, then the oracle.
+CONTENDERS: tuple[str, ...] = (*daemon_policy.POLICIES, ORACLE)
 
 
 def _toml_value(text: str) -> object:
@@ -187,18 +174,14 @@ def apply_overrides(base: Tunables, assignments: tuple[str, ...]) -> Tunables:
     return replace(base, **changed)
 
 
-PolicyFactory = Callable[[Simulation], Policy]
+ContenderFactory = Callable[[Simulation], Contender]
 
 
-def factory(name: str, tunables: Tunables = DEFAULT_TUNABLES) -> PolicyFactory:
-    """A function building a fresh policy of that name for one simulation run."""
-    builders: dict[str, PolicyFactory] = {
-        "autoballoon": lambda sim: DaemonPolicy(daemon_policy.create_policy("autoballoon", tunables)),
-        "mom": lambda sim: DaemonPolicy(daemon_policy.create_policy("mom", tunables)),
-        "proxmox": lambda sim: DaemonPolicy(daemon_policy.create_policy("proxmox", tunables)),
-        "static": lambda sim: StaticPolicy(),
-        "oracle": lambda sim: OraclePolicy(sim),
-    }
-    if name not in builders:
-        raise InvalidValueError("policy", name, "one of " + ", ".join(POLICY_NAMES))
-    return builders[name]
+def factory(name: str, tunables: Tunables = DEFAULT_TUNABLES) -> ContenderFactory:
+    """A function building a fresh contender of that name for one simulation run."""
+    if name == ORACLE:
+        return Oracle
+    build = daemon_policy.POLICIES.get(name)
+    if build is None:
+        raise daemon_policy.unknown_policy(name, CONTENDERS)
+    return lambda sim: DaemonPolicy(build(tunables))

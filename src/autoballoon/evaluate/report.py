@@ -16,11 +16,11 @@ from typing import TypeVar
 
 from autoballoon.errors import MissingDependencyError
 from autoballoon.evaluate.metrics import SEVERE_HARM, Metrics, harm
+from autoballoon.evaluate.policies import ORACLE
 from autoballoon.evaluate.runner import RunResult
 from autoballoon.evaluate.summary import (
     BARS,
     DEFAULT_POLICY,
-    ORACLE,
     REFERENCES,
     Check,
     PolicySummary,

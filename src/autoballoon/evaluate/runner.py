@@ -29,12 +29,14 @@ from autoballoon.evaluate.metrics import (
     step_thresholds,
 )
 from autoballoon.evaluate.policies import (
+    CONTENDERS,
     DEFAULT_ORACLE,
-    POLICY_NAMES,
-    PolicyFactory,
+    ORACLE,
+    ContenderFactory,
     apply_overrides,
     factory,
 )
+from autoballoon.policy import create_policy
 from autoballoon.sim.engine import Simulation
 from autoballoon.sim.scenario import Scenario, load_scenario
 from autoballoon.tunables import DEFAULT_TUNABLES
@@ -128,9 +130,9 @@ def _plot_guests(scenario: Scenario, count: int) -> list[int]:
     return sorted(chosen)
 
 
-def run_simulation(scenario: Scenario, job: Job, make_policy: PolicyFactory | None = None) -> RunResult:
-    """One policy over one scenario, start to end, in this process. ``make_policy`` builds the policy
-    instead of ``job.policy``'s factory (tests measure policies that are not in the suite with it)."""
+def run_simulation(scenario: Scenario, job: Job, make_policy: ContenderFactory | None = None) -> RunResult:
+    """One contender over one scenario, start to end, in this process. ``make_policy`` builds it instead
+    of ``job.policy``'s factory (tests measure policies that are not in the suite with it)."""
     started = time.perf_counter()
     tunables = apply_overrides(DEFAULT_TUNABLES, job.overrides)
     sim = Simulation(scenario, seed=job.seed)
@@ -166,7 +168,7 @@ def run_simulation(scenario: Scenario, job: Job, make_policy: PolicyFactory | No
     row = 0
 
     interval = policy.interval_s
-    next_tick = math.inf if math.isinf(interval) else 0.0  # a static policy never decides
+    next_tick = 0.0
     for k in range(steps):
         now = sim.time
         if now + 1e-9 >= next_tick:
@@ -215,16 +217,13 @@ def run_job(job: Job) -> RunResult:
 
 def _cost(scenario: Scenario, policy: str) -> float:
     run = scenario.run
-    interval = {"static": math.inf, "oracle": run.step, "mom": 5.0, "proxmox": 10.0}.get(
-        policy, DEFAULT_TUNABLES.interval_s
-    )
-    ticks = 0.0 if math.isinf(interval) else run.duration / interval
-    return run.steps + ticks * len(scenario.guests) * COST_PER_TICK_GUEST
+    interval = run.step if policy == ORACLE else create_policy(policy, DEFAULT_TUNABLES).interval_s
+    return run.steps + run.duration / interval * len(scenario.guests) * COST_PER_TICK_GUEST
 
 
 def with_efficiency(results: list[RunResult]) -> list[RunResult]:
     """Each result with its oracle efficiency, from the oracle's run on the same scenario."""
-    oracle = {r.metrics.scenario: r.metrics.reclaimed_gib_h for r in results if r.metrics.policy == "oracle"}
+    oracle = {r.metrics.scenario: r.metrics.reclaimed_gib_h for r in results if r.metrics.policy == ORACLE}
     out = []
     for r in results:
         eff = efficiency(r.metrics.reclaimed_gib_h, oracle.get(r.metrics.scenario))
@@ -243,11 +242,11 @@ def run_suite(
     """Every policy on every scenario (the oracle always runs: efficiency is measured against it).
 
     Scenarios are loaded (and so validated) here, before any run starts: a bad file changes nothing.
-    Results come back ordered by scenario, then by :data:`POLICY_NAMES`.
+    Results come back ordered by scenario, then by :data:`~.policies.CONTENDERS`.
     """
     apply_overrides(DEFAULT_TUNABLES, overrides)  # refuse a bad --set before doing any work
     scenarios = {str(p): load_scenario(p) for p in scenario_paths}
-    wanted = [p for p in POLICY_NAMES if p in policies or p == "oracle"]
+    wanted = [p for p in CONTENDERS if p in policies or p == ORACLE]
     jobs = [Job(path, pol, overrides, seed) for path in scenarios for pol in wanted]
     jobs.sort(key=lambda j: -_cost(scenarios[j.scenario_path], j.policy))
     workers = workers or min(len(jobs), os.cpu_count() or 1)
@@ -260,6 +259,6 @@ def run_suite(
     order = {str(p): i for i, p in enumerate(scenario_paths)}
     by_job = sorted(
         zip(jobs, results, strict=True),
-        key=lambda jr: (order[jr[0].scenario_path], POLICY_NAMES.index(jr[0].policy)),
+        key=lambda jr: (order[jr[0].scenario_path], CONTENDERS.index(jr[0].policy)),
     )
     return [r for j, r in by_job if j.policy in policies]

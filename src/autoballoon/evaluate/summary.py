@@ -22,10 +22,11 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from autoballoon.evaluate.metrics import Metrics
+from autoballoon.evaluate.policies import ORACLE
 
+#: The roles the bars give to policies of :data:`autoballoon.policy.POLICIES`.
 DEFAULT_POLICY = "autoballoon"
 REFERENCES = ("mom", "proxmox")
-ORACLE = "oracle"
 
 MIN_SUITE_EFFICIENCY = 0.85
 #: Pressure within this many VM-seconds of a reference's counts as "no more" (one sampling step).

@@ -5,22 +5,29 @@ A policy is an object with a ``name``, the ``interval_s`` it wants to be called 
 the evaluation harness) hold the state and pass it back; nothing else is remembered anywhere. The
 default policy lives in :mod:`.default`; :mod:`.reference` wraps the published algorithms of
 :mod:`.mom` (oVirt MOM) and :mod:`.proxmox` (Proxmox VE) and no ballooning at all (``static``).
+
+:data:`POLICIES` is the one list of them: ``autoballoon run --policy``, the simulated evaluation (which
+adds only its oracle) and the real-guest benches all take their names from it, so a policy registered
+here is one the daemon, the evaluation and the benches all know, and none of them can know another.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any, Protocol
 
 from autoballoon.errors import InvalidValueError
 from autoballoon.model import HostSnapshot, Plan
 from autoballoon.policy.default import GuestRecord, PolicyState, decide, host_reserve
 from autoballoon.policy.inputs import Inputs
+from autoballoon.policy.reference import MomPolicy, ProxmoxPolicy, StaticPolicy
 from autoballoon.tunables import Tunables
 
 
 class Policy(Protocol):
-    """What the controller and the evaluation harness drive."""
+    """What the controller drives, and what the evaluation harness drives through the same tick."""
 
     @property
     def name(self) -> str: ...
@@ -58,27 +65,45 @@ class DefaultPolicy:
         return decide(snapshot, inputs, state, self.tunables)
 
 
-#: The policies the daemon can run, the default first.
-POLICY_NAMES: tuple[str, ...] = ("autoballoon", "mom", "proxmox", "static")
+#: Every policy the daemon can run, by name, the default first (the order reports show them in): each
+#: built from the daemon's tunables alone.
+POLICIES: Mapping[str, Callable[[Tunables], Policy]] = MappingProxyType(
+    {
+        "autoballoon": DefaultPolicy,
+        "mom": MomPolicy,
+        "proxmox": ProxmoxPolicy,
+        "static": StaticPolicy,
+    }
+)
+
+
+def unknown_policy(name: str, known: tuple[str, ...] = tuple(POLICIES)) -> InvalidValueError:
+    """The error for a policy name nobody registered, listing the ``known`` ones."""
+    return InvalidValueError("policy", name, "one of " + ", ".join(known))
+
+
+def parse_policies(text: str, known: Sequence[str] = tuple(POLICIES)) -> tuple[str, ...]:
+    """A command line's ``--policies``: ``all`` (or nothing) for every ``known`` name, else a
+    comma-separated subset of them, in the order given and each once; any other name is refused with the
+    list of known ones, so that a typo is not a run that silently compares fewer policies."""
+    if text.strip() in ("", "all"):
+        return tuple(known)
+    names = tuple(dict.fromkeys(p.strip() for p in text.split(",") if p.strip()))
+    if not names or any(n not in known for n in names):
+        raise InvalidValueError("--policies", text, "'all' or a comma-separated list of " + ", ".join(known))
+    return names
 
 
 def create_policy(name: str, tunables: Tunables) -> Policy:
     """The policy called ``name``; an unknown name is refused with the list of known ones."""
-    from autoballoon.policy.reference import MomPolicy, ProxmoxPolicy, StaticPolicy
-
-    if name == "autoballoon":
-        return DefaultPolicy(tunables)
-    if name == "mom":
-        return MomPolicy(tunables)
-    if name == "proxmox":
-        return ProxmoxPolicy(tunables)
-    if name == "static":
-        return StaticPolicy(tunables)
-    raise InvalidValueError("policy", name, "one of " + ", ".join(POLICY_NAMES))
+    build = POLICIES.get(name)
+    if build is None:
+        raise unknown_policy(name)
+    return build(tunables)
 
 
 __all__ = [
-    "POLICY_NAMES",
+    "POLICIES",
     "DefaultPolicy",
     "GuestRecord",
     "Inputs",
@@ -87,4 +112,6 @@ __all__ = [
     "create_policy",
     "decide",
     "host_reserve",
+    "parse_policies",
+    "unknown_policy",
 ]

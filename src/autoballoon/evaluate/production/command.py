@@ -15,11 +15,12 @@ import click
 
 from autoballoon.evaluate.production.metrics import run_metrics, summarize
 from autoballoon.evaluate.production.report import app_table, summary_table, write_section
-from autoballoon.evaluate.production.runner import parse_policies, run_scenario
+from autoballoon.evaluate.production.runner import PLAYED, run_scenario
 from autoballoon.evaluate.production.scenario import load_prod_scenario
 from autoballoon.evaluate.production.trace import ProdTrace, read_prod_traces
 from autoballoon.evaluate.real.bench import lease
 from autoballoon.evaluate.runner import find_scenarios
+from autoballoon.policy import parse_policies
 from autoballoon.rig.errors import RigError
 
 DEFAULT_SCENARIOS = "scenarios/production"
@@ -48,7 +49,7 @@ def _play(
     """Validate every scenario first (no guest boots for a bad file), then run them under the lease."""
     from autoballoon.rig.session import open_session  # needs libvirt-python
 
-    names = parse_policies(policies)
+    names = parse_policies(policies, PLAYED)
     scenarios = [load_prod_scenario(p) for p in find_scenarios(list(paths) or [DEFAULT_SCENARIOS])]
     runs: list[ProdTrace] = []
     started = time.monotonic()

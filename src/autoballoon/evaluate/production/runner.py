@@ -30,7 +30,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from autoballoon.errors import InvalidValueError
 from autoballoon.evaluate.production.scenario import WINDOWED, ProdGuest, ProdScenario
 from autoballoon.evaluate.production.trace import (
     SAMPLE_FIELDS,
@@ -49,7 +48,7 @@ from autoballoon.evaluate.real.harness import (
     stop_daemon,
 )
 from autoballoon.evaluate.real.trace import journal_actions, read_json, targets_at
-from autoballoon.policy import POLICY_NAMES
+from autoballoon.policy import POLICIES
 from autoballoon.rig import accel
 from autoballoon.rig.control import GuestCommandError, GuestControl
 from autoballoon.rig.domains import Guest, GuestSpec
@@ -58,7 +57,9 @@ from autoballoon.rig.session import RigSession
 from autoballoon.units import MiB
 
 FPR_ONLY = "fpr-only"
-POLICIES: tuple[str, ...] = (*POLICY_NAMES, FPR_ONLY)
+#: What a production run can play, in report order: the daemon's policies, and ``fpr-only`` (the daemon's
+#: static policy on guests with free page reporting).
+PLAYED: tuple[str, ...] = (*POLICIES, FPR_ONLY)
 SAMPLE_S = 1.0
 #: What the aging hog leaves available while it touches a guest's memory: enough that the guest's own
 #: services are not OOM-killed, little enough that nearly every page has been touched once.
@@ -70,18 +71,6 @@ APP_POLL_S = 0.5
 APP_GRACE_S = 120.0
 SAMPLE_TIMEOUT_S = 5.0
 GUEST_VCPUS = 1
-
-
-def parse_policies(text: str) -> tuple[str, ...]:
-    """``all`` or a comma-separated subset of :data:`POLICIES`, in the order given."""
-    if text == "all":
-        return POLICIES
-    names = tuple(dict.fromkeys(p.strip() for p in text.split(",") if p.strip()))
-    if not names or any(n not in POLICIES for n in names):
-        raise InvalidValueError(
-            "--policies", text, "'all' or a comma-separated list of " + ", ".join(POLICIES)
-        )
-    return names
 
 
 def guest_spec(g: ProdGuest, policy: str) -> GuestSpec:

@@ -15,11 +15,9 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from autoballoon.errors import InvalidValueError
 from autoballoon.evaluate.real.metrics import RunMetrics, ranked, run_metrics
 from autoballoon.evaluate.real.scenario import RealScenario, load_real_scenario
 from autoballoon.evaluate.real.trace import RunTrace, trace_filename, write_trace
-from autoballoon.policy import POLICY_NAMES
 from autoballoon.rig.errors import RigError
 
 
@@ -28,19 +26,6 @@ class RealResults:
     runs: tuple[RunTrace, ...]
     metrics: tuple[RunMetrics, ...]
     wall_s: float  # with the lease held (waits for other users of the host left out)
-
-
-def parse_policies(text: str) -> tuple[str, ...]:
-    """``all`` or a comma-separated subset of :data:`POLICIES`, in the order given."""
-    if text == "all":
-        return POLICY_NAMES
-    names = tuple(dict.fromkeys(p.strip() for p in text.split(",") if p.strip()))
-    bad = [n for n in names if n not in POLICY_NAMES]
-    if bad or not names:
-        raise InvalidValueError(
-            "--policies", text, f"'all' or a comma-separated list of {', '.join(POLICY_NAMES)}"
-        )
-    return names
 
 
 @contextlib.contextmanager

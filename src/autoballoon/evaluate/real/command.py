@@ -13,13 +13,13 @@ from typing import Any
 import click
 
 from autoballoon.errors import InvalidValueError
-from autoballoon.evaluate.real.bench import load_scenarios, parse_policies, run_real
+from autoballoon.evaluate.real.bench import load_scenarios, run_real
 from autoballoon.evaluate.real.calibration import Calibration, calibration_from_json, render_calibration
 from autoballoon.evaluate.real.metrics import ranked, run_metrics
 from autoballoon.evaluate.real.report import metrics_table, render_mechanisms, write_report
 from autoballoon.evaluate.real.trace import RunTrace, read_trace
 from autoballoon.evaluate.runner import find_scenarios
-from autoballoon.policy import POLICY_NAMES
+from autoballoon.policy import POLICIES, parse_policies
 
 DEFAULT_SCENARIOS = "scenarios/real"
 #: What a recordings directory holds besides the traces: the run's command and wall time.
@@ -137,7 +137,7 @@ def load_recordings(directory: Path) -> tuple[list[RunTrace], dict[str, Any], Ca
         raise InvalidValueError(
             "--from-record", str(directory), "a directory of recorded runs (*--*.json.gz)"
         )
-    order = {p: i for i, p in enumerate(POLICY_NAMES)}
+    order = {p: i for i, p in enumerate(POLICIES)}
     runs = sorted((read_trace(p) for p in paths), key=lambda r: (r.scenario, order.get(r.policy, len(order))))
     meta_path = directory / RUN_FILE
     meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}

@@ -37,7 +37,6 @@ from autoballoon.evaluate.real.trace import (
     journal_actions,
     targets_at,
 )
-from autoballoon.policy import POLICY_NAMES
 from autoballoon.rig import accel
 from autoballoon.rig.control import GuestSample
 from autoballoon.rig.domains import STATS_PERIOD_S, URI, Guest, GuestSpec
@@ -51,8 +50,6 @@ STAGGER_S = 2.5
 SAMPLE_TIMEOUT_S = 5.0
 DAEMON_STOP_S = 30.0
 QEMU_PID_DIR = Path("/run/libvirt/qemu")
-#: The policies of ``autoballoon run --policy``, in report order.
-POLICIES = POLICY_NAMES
 
 
 def daemon_argv(policy: str, config: Path) -> list[str]:
