@@ -52,9 +52,9 @@ def test_each_registered_policy_carries_the_name_it_is_registered_under() -> Non
 
 
 def test_an_unknown_policy_is_refused_with_the_known_ones() -> None:
-    with pytest.raises(InvalidValueError, match="one of autoballoon, mom, proxmox, static$"):
+    with pytest.raises(InvalidValueError, match=r"one of autoballoon, mom, proxmox, static$"):
         create_policy("xen", Tunables())
-    with pytest.raises(InvalidValueError, match="one of autoballoon, mom, proxmox, static, oracle$"):
+    with pytest.raises(InvalidValueError, match=r"one of autoballoon, mom, proxmox, static, oracle$"):
         factory("xen")
     with pytest.raises(InvalidValueError, match="static"):
         parse_policies("mom,xen")
