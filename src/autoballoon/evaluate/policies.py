@@ -29,7 +29,7 @@ from autoballoon import policy as daemon_policy
 from autoballoon.config import parse_config
 from autoballoon.errors import InvalidValueError
 from autoballoon.health import DEFAULT_HEALTH, HealthTunables
-from autoballoon.model import HostSnapshot
+from autoballoon.model import HostSnapshot, Plan
 from autoballoon.policy import tick
 from autoballoon.sim.engine import Simulation
 from autoballoon.tunables import DEFAULT_TUNABLES, Tunables
@@ -126,13 +126,17 @@ class DaemonPolicy:
         self.interval_s = policy.interval_s
         self._state = tick.start(policy)
 
-    def tick(self, now: float, snapshot: HostSnapshot | None) -> Targets:
-        assert snapshot is not None
+    def plan(self, snapshot: HostSnapshot) -> Plan:
+        """The gated plan for ``snapshot``; the state it leaves is kept for the next."""
         done = tick.step(
             self.policy, snapshot, self._state, self.policy.tunables, health_tunables=self.health
         )
         self._state = done.state
-        return {a.vm: a.new_target for a in done.plan.actions}
+        return done.plan
+
+    def tick(self, now: float, snapshot: HostSnapshot | None) -> Targets:
+        assert snapshot is not None
+        return {a.vm: a.new_target for a in self.plan(snapshot).actions}
 
 
 #: Contender names in the order reports show them: the daemon's policies, then the oracle.

@@ -209,7 +209,8 @@ class _Described(FastAPI):
             if clash := known.keys() & bodies.keys():  # pragma: no cover - a model named like FastAPI's own
                 raise AssertionError(f"request body schemas named like FastAPI's own: {sorted(clash)}")
             known.update(bodies)
-        return super().openapi()
+            self.openapi_schema = described
+        return self.openapi_schema
 
 
 def create_app(api: Api, registry: CollectorRegistry, allowed: AllowedHosts) -> ASGIApp:

@@ -35,7 +35,7 @@ from autoballoon.evaluate.metrics import Metrics
 from autoballoon.evaluate.policies import DaemonPolicy
 from autoballoon.evaluate.runner import Job, run_simulation
 from autoballoon.model import HostSnapshot, Plan
-from autoballoon.policy import DefaultPolicy, tick
+from autoballoon.policy import DefaultPolicy
 from autoballoon.policy.default import allocate
 from autoballoon.sim.engine import Simulation
 from autoballoon.sim.scenario import load_scenario
@@ -58,14 +58,11 @@ def run_burst(t: Tunables = DEFAULT_TUNABLES) -> Run:
     first: list[HostSnapshot] = []
 
     class Recording(DaemonPolicy):
-        def tick(self, now: float, snapshot: HostSnapshot | None) -> dict[str, int]:
-            assert snapshot is not None
-            done = tick.step(self.policy, snapshot, self._state, t, health_tunables=self.health)
-            self._state = done.state
-            plans.append(done.plan)
+        def plan(self, snapshot: HostSnapshot) -> Plan:
+            plans.append(super().plan(snapshot))
             if not first:
                 first.append(snapshot)
-            return {a.vm: a.new_target for a in done.plan.actions}
+            return plans[-1]
 
     def make(sim: Simulation) -> DaemonPolicy:
         return Recording(DefaultPolicy(t))
