@@ -365,7 +365,8 @@ class Controller:
         )
         if key == self._saved_key and now - self._saved_at < self.config.tunables.state_save_interval_s:
             return
-        if self.store.save(document, now=wall):
+        whole = saved.remember(self.policy.name, self._health, self._state, now, wall, self.config.tunables)
+        if self.store.save(whole, now=wall):
             self._saved_key, self._saved_at = key, now
 
     def _policies(self, guests: Iterable[GuestSnapshot]) -> dict[str, GuestPolicy]:

@@ -6,7 +6,9 @@ prior at once). These are saved by the controller through :class:`autoballoon.st
 
 - the health guard's quarantines, with their reason and end;
 - per guest: a manual hold's end, a stuck balloon's retry time, the last growth (the shrink cooldown),
-  and the learned history (largest jump, steady growth rate, the memory its kernel keeps).
+  and the learned history (largest jump, steady growth rate, the memory its kernel keeps, and its demand
+  profile: the peak it showed in each slot of the day and of the week, see
+  :mod:`autoballoon.policy.default.profile`, packed into a few KiB of text).
 
 Times in the policy and the guard are the controller's monotonic clock, which a restart resets, so they
 are saved as wall-clock times and turned back into the new monotonic clock on load. The learned history
@@ -29,7 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from autoballoon.constraints import MAX_BYTES_PER_S, MAX_SECONDS, MAX_SETTING_BYTES, Range
 from autoballoon.health import HealthState, Quarantine
-from autoballoon.policy.default import GuestRecord, PolicyState
+from autoballoon.policy.default import GuestRecord, PolicyState, profile
 from autoballoon.policy.default.refault import Probe
 from autoballoon.tunables import Tunables
 
@@ -42,6 +44,8 @@ BYTES_MAX = MAX_SETTING_BYTES
 WALL_MAX = 253_402_300_799.0
 #: The most stuck episodes in a row counted: the back-off reaches its longest wait long before.
 STUCK_COUNT_MAX = 64
+#: The longest packed profile read: 2,304 slots take at most 5,760 bytes before compression and base64.
+PROFILE_MAX = 16_384
 _Wall = Annotated[float, Field(ge=0, le=WALL_MAX, allow_inf_nan=False)]
 _Bytes = Annotated[int, Field(ge=0, le=BYTES_MAX)]
 #: A growth rate the policy multiplies by a reaction time (see :data:`MAX_BYTES_PER_S`).
@@ -73,6 +77,10 @@ class SavedGuest(_Strict):
     #: The size a shrink into its cache was stepped back to, and until when it is kept.
     keep: _Bytes = 0
     keep_until: _Wall | None = None
+    #: Its demand profile (:func:`.profile.pack`) and since when it has watched the guest. One in a layout
+    #: or with slots this daemon does not read is learned again, the rest of the record kept.
+    profile: Annotated[str, Field(max_length=PROFILE_MAX)] | None = None
+    profile_since: _Wall | None = None
 
     @model_validator(mode="after")
     def _within_a_year(self) -> SavedGuest:
@@ -129,11 +137,14 @@ def _fit(t: float | None, at: float) -> float | None:
     return None if t is None else min(max(0.0, t), at + MAX_SECONDS, WALL_MAX)
 
 
-def remember(policy: str, health: HealthState, state: object, now: float, wall: float) -> Saved:
+def remember(
+    policy: str, health: HealthState, state: object, now: float, wall: float, t: Tunables | None = None
+) -> Saved:
     """What to save now (``now`` is the controller's clock, ``wall`` the wall clock at the same instant).
-    ``state`` is the policy's state: only the default policy's records are kept. What the document
-    cannot hold is left out or cut to fit (a VM name longer than any libvirt accepts, a reason beyond
-    its length), so that saving never fails on what the daemon runs on."""
+    ``state`` is the policy's state: only the default policy's records are kept, with their profiles
+    when ``t`` is given (packing them is the costly part: the controller asks for them only when it
+    saves). What the document cannot hold is left out or cut to fit (a VM name longer than any libvirt
+    accepts, a reason beyond its length), so that saving never fails on what the daemon runs on."""
     quarantines = {
         vm: SavedQuarantine(
             since=max(0.0, _to_wall(q.since, now, wall) or 0.0),
@@ -160,8 +171,23 @@ def remember(policy: str, health: HealthState, state: object, now: float, wall: 
                 reserved=min(max(0, r.reserved), BYTES_MAX),
                 keep=min(max(0, r.probe.keep), BYTES_MAX),
                 keep_until=_fit(_to_wall(r.probe.keep_until, now, wall), at),
+                **_packed(r.profile, at, t),
             )
     return Saved(policy=policy, quarantines=quarantines, guests=guests)
+
+
+def _packed(p: profile.Profile | None, at: float, t: Tunables | None) -> dict[str, Any]:
+    if p is None or t is None or not profile.fits(p, t):
+        return {}
+    return {"profile": profile.pack(p, t), "profile_since": min(max(0.0, p.since), at)}
+
+
+def _profile(g: SavedGuest, down: float, t: Tunables) -> profile.Profile | None:
+    """The saved profile, faded over the time the daemon was down; None when there is none it reads."""
+    if g.profile is None or g.profile_since is None:
+        return None
+    p = profile.unpack(g.profile, g.profile_since, t)
+    return None if p is None else profile.faded(p, down, t)
 
 
 def recall_health(saved: Saved, health: HealthState, now: float, wall: float) -> HealthState:
@@ -214,5 +240,6 @@ def recall_policy(saved: Saved, policy: str, state: object, now: float, wall: fl
             rate=g.rate * 0.5 ** (down / t.rate_half_life_s),
             reserved=g.reserved,
             probe=_kept(g, now, wall),
+            profile=_profile(g, down, t),
         )
     return PolicyState(guests=MappingProxyType(records), time=state.time)

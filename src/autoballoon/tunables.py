@@ -96,6 +96,22 @@ class Tunables:
     #: reports in a row), so its memory only bridges the next ramp of the same job.
     rate_half_life_s: PositiveSeconds = 600.0
 
+    # --- anticipation: the guest's recurring demand (see policy/default/profile.py) --------------------
+    #: Width of one time-of-day slot of a guest's demand profile: a day is ``86400 / profile_slot_s``
+    #: slots (288 at 5 min), a week seven times that. A slot holds the peak demand seen in it.
+    profile_slot_s: PositiveSeconds = 300.0
+    #: The profile's peaks fade with this half-life, a step per day (daily record) or per week (weekly)
+    #: the slot is seen again: a nightly job that stopped is still expected for a couple of weeks.
+    profile_half_life_s: PositiveSeconds = 14 * 86400.0
+    #: Peaks are kept in this grain (rounded up), so a guest's profile is two bytes a slot on disk.
+    profile_grain_bytes: PositiveBytes = 16 * MiB
+    #: A burst the profile expects within one reaction time plus this lead is grown for ahead of time:
+    #: the allocation and the balloon need that long (a 2 GiB deflate at about 2 GiB/s on the rig, paced
+    #: growth while other balloons shrink, the ticks in between).
+    profile_lead_s: Seconds = 60.0
+    #: Switch pre-growth off (the ablation): the profile is still learned and saved.
+    anticipation: bool = True
+
     # --- demand estimation -------------------------------------------------------------------------
     #: Time constant of demand decay: demand rises at once but falls towards ``used`` with this
     #: exponential time constant, so a guest that just freed memory is not squeezed straight away.

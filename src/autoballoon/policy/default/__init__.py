@@ -35,7 +35,7 @@ from __future__ import annotations
 from types import MappingProxyType
 
 from autoballoon.model import GuestDecision, HostSnapshot, Plan
-from autoballoon.policy.default import allocate, classify, emit, estimate
+from autoballoon.policy.default import allocate, classify, emit, estimate, profile
 from autoballoon.policy.default.allocate import host_reserve
 from autoballoon.policy.default.classify import Verdict
 from autoballoon.policy.default.estimate import Estimates, reaction_time
@@ -51,6 +51,7 @@ def decide(
     t = tunables
     managed, others = classify.classify(snapshot, inputs, state, t)
     estimates = estimate.estimate(managed, snapshot.time, t)
+    estimates = profile.anticipate(estimates, snapshot.wall_time, t)
     budget = allocate.host_budget(snapshot, others, managed, t)
     allocation = allocate.allocate(estimates, budget, t)
     danger, limit = allocation.danger, budget.budget
@@ -98,5 +99,6 @@ __all__ = [
     "emit",
     "estimate",
     "host_reserve",
+    "profile",
     "reaction_time",
 ]

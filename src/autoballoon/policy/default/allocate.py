@@ -182,6 +182,8 @@ def allocate(estimates: Estimates, b: Budget, t: Tunables) -> Allocation:
         return Allocation(empty, empty, empty, empty, empty, False, danger, reserve_spent(empty, b), 0)
     c = estimates.columns
     oom_floor, need, want = tiers(c, t)
+    if c.anticipated.size:  # a burst its profile expects soon: a want, the first thing a short host cuts
+        want = np.maximum(want, np.minimum(c.anticipated, c.ceiling))
     c = c._replace(oom_floor=oom_floor, need=need, want=want)
     # Room for the largest burst a guest with autodeflate has shown: it would take it from the host.
     bursts = c.jump[estimates.autodeflate & ~c.blind]

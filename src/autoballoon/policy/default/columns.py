@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+import numpy as np
+
 from autoballoon.policy.default.arrays import F64, I64, Bools
 
 
@@ -42,3 +44,6 @@ class Columns(NamedTuple):
     oom_floor: I64  # the tiers (see :func:`tiers`)
     need: I64
     want: I64
+    #: The want a burst the guest's profile expects soon asks for (see :func:`.profile.anticipate`),
+    #: 0 where none; empty until then.
+    anticipated: I64 = np.zeros(0, dtype=np.int64)

@@ -9,7 +9,7 @@ from typing import Any, NamedTuple
 
 from autoballoon.health import autodeflate_command, reporting_command
 from autoballoon.model import Action, Event, GuestDecision, HostSnapshot, Status
-from autoballoon.policy.default import refault
+from autoballoon.policy.default import profile, refault
 from autoballoon.policy.default.allocate import Allocation, Budget
 from autoballoon.policy.default.arrays import I64
 from autoballoon.policy.default.classify import Verdict, retries
@@ -19,9 +19,12 @@ from autoballoon.tunables import Tunables
 from autoballoon.units import format_size
 
 
-def _grow_reason(v: Verdict, blind: bool, pressure: bool, old: int, new: int, want: int, keep: int) -> str:
+def _grow_reason(
+    v: Verdict, blind: bool, pressure: bool, old: int, new: int, want: int, keep: int, anticipated: int
+) -> str:
     """Why a VM grows: the first that holds of its signals (``keep``: the size a shrink into its page
-    cache was stepped back to, see :mod:`.refault`)."""
+    cache was stepped back to, see :mod:`.refault`; ``anticipated``: the want a burst its profile
+    expects asks for, see :mod:`.profile`)."""
     if blind:
         reason = "no-stats"
     elif v.self_deflated:
@@ -32,6 +35,8 @@ def _grow_reason(v: Verdict, blind: bool, pressure: bool, old: int, new: int, wa
         reason = "floor"
     elif keep >= new:
         reason = "refault"
+    elif anticipated >= new:
+        reason = "anticipated"
     else:
         reason = "demand"
     return reason + (" (host-short)" if new < want else "")
@@ -99,6 +104,23 @@ def _stepped_back(name: str, keep: int, accuracy: float) -> Event:
     return Event(name, "refault", message, {"keep_bytes": keep, "accuracy": round(accuracy, 4)})
 
 
+def _anticipated(v: Verdict, est: Estimates, i: int, wall: float, t: Tunables) -> Event:
+    """A guest grown ahead of a burst its profile expects: the slot and the figures it came from."""
+    c = est.columns
+    horizon = float(c.latency[i]) + t.profile_lead_s
+    peak, slot = profile.expected(v.record.profile, wall, horizon, t)
+    want = int(c.anticipated[i])
+    at = slot * profile.slot_width(t)
+    clock = f"{int(at // 3600):02d}:{int(at % 3600 // 60):02d} UTC"
+    message = (
+        f"{v.guest.name}: anticipated: a burst to {format_size(peak)} is expected in the slot at {clock} "
+        f"(seen there on earlier days): grown to a want of {format_size(want)} ahead of it"
+    )
+    fields = {"slot": slot, "slot_start_s": at, "expected_peak_bytes": peak, "anticipated_want_bytes": want,
+              "horizon_s": round(horizon, 3)}  # fmt: skip
+    return Event(v.guest.name, "anticipated", message, fields)
+
+
 class Emitted(NamedTuple):
     """One VM's part of the plan: its action (if any), its events, what to remember, what to show."""
 
@@ -159,6 +181,7 @@ def emit_managed(
     olds, news, wants = c.target.tolist(), tiers.targets.tolist(), tiers.wants.tolist()
     demands, blind, pressure = c.demand.tolist(), c.blind.tolist(), c.pressure.tolist()
     keeps = c.keep.tolist()
+    anticipated = c.anticipated.tolist() if c.anticipated.size else [0] * len(vs)
     retried_at = [v.record.retried_at for v in vs]
     warned_autodeflate = [v.record.warned_autodeflate for v in vs]
     warned_reporting = [v.record.warned_reporting for v in vs]
@@ -169,7 +192,9 @@ def emit_managed(
     ]
     for i, (v, old, new, want) in enumerate(zip(vs, olds, news, wants, strict=True)):
         if new > old:
-            reason = _grow_reason(v, blind[i], pressure[i], old, new, want, keeps[i])
+            reason = _grow_reason(v, blind[i], pressure[i], old, new, want, keeps[i], anticipated[i])
+            if reason.startswith("anticipated"):
+                events.append(_anticipated(v, est, i, wall, t))
             probes[i] = refault.closed(probes[i])  # its load changed: its faults are no longer the balloon's
         elif new < old:
             reason = _shrink_reason(v, old, new, want, danger)
@@ -209,6 +234,9 @@ def emit_managed(
                 "warned_autodeflate": warned_autodeflate,
                 "warned_reporting": warned_reporting,
                 "probe": probes,
+                "profile": list(
+                    map(profile.observe, (v.record.profile for v in vs), repeat(wall), demands, repeat(t))
+                ),
             },
         ),
         decisions=list(decisions),
@@ -279,6 +307,7 @@ def emit_other(v: Verdict, budget: int, snapshot: HostSnapshot) -> Emitted:
         shrink_wall=rec.shrink_wall, progress=v.progress, stuck_until=v.stuck_until,
         stuck_count=v.stuck_count, manual_until=v.manual_until, retried_at=retried_at,
         warned_autodeflate=rec.warned_autodeflate, warned_reporting=rec.warned_reporting, probe=rec.probe,
+        profile=rec.profile,
     )  # fmt: skip
     return Emitted(
         action=action,

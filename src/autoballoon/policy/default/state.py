@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import NamedTuple
 
+from autoballoon.policy.default.profile import Profile
 from autoballoon.policy.default.refault import Probe
 from autoballoon.safety import Progress
 
@@ -43,6 +44,7 @@ class GuestRecord(NamedTuple):
     #: The balloon's ``actual`` the stats on hand were taken against (see :func:`estimate`).
     stats_actual: int | None = None
     probe: Probe = Probe()  # its shrinking into its page cache (see :mod:`.refault`)
+    profile: Profile | None = None  # its demand by time of day and of week (see :mod:`.profile`)
 
 
 FIRST_LOOK = GuestRecord()
