@@ -183,7 +183,7 @@ def allocate(estimates: Estimates, b: Budget, t: Tunables) -> Allocation:
     c = estimates.columns
     oom_floor, need, want = tiers(c, t)
     if c.anticipated.size:  # a burst its profile expects soon: a want, the first thing a short host cuts
-        want = np.maximum(want, np.minimum(c.anticipated, c.ceiling))
+        want = np.maximum(want, c.anticipated)  # at most its ceiling already
     c = c._replace(oom_floor=oom_floor, need=need, want=want)
     # Room for the largest burst a guest with autodeflate has shown: it would take it from the host.
     bursts = c.jump[estimates.autodeflate & ~c.blind]

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, TypeVar
 import numpy as np
 import numpy.typing as npt
 
-from autoballoon.policy.default.arrays import I64
+from autoballoon.policy.default.arrays import I64, align_up
 from autoballoon.tunables import Tunables
 
 if TYPE_CHECKING:  # the estimate reads the records, which hold profiles: only the type, not the module
@@ -98,7 +98,7 @@ def fits(p: Profile, t: Tunables) -> bool:
 
 def _grained(n: int, t: Tunables) -> int:
     grain = t.profile_grain_bytes
-    return min(-(-max(0, n) // grain), GRAINS_MAX) * grain
+    return min(align_up(max(0, n), grain), GRAINS_MAX * grain)
 
 
 def _folded(peak: I64, seen: U8, i: int, observed: int, keep: float) -> tuple[I64, U8]:
@@ -226,8 +226,7 @@ def anticipated_want(peak: int, ceiling: int, t: Tunables) -> int:
     demand (the headroom above it) and the OOM margin, so that the burst lands in room it already has."""
     scaled = int(ceiling * t.oom_margin_fraction)
     want = peak + t.min_headroom_bytes + t.oom_margin_bytes + 2 * scaled
-    align = t.target_align_bytes
-    return min(-(-want // align) * align, ceiling)
+    return min(align_up(want, t.target_align_bytes), ceiling)
 
 
 def anticipate(est: Estimates, wall: float, t: Tunables) -> Estimates:
