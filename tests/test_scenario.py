@@ -90,6 +90,11 @@ def test_count_gives_that_many_distinct_guests(count: int) -> None:
         (guest("policy = { shares = 0 }"), ["'vm'", "'shares'", "from 1"]),  # as the config file says
         (guest() + guest(), ["'name'", "'vm'", "unique"]),
         ('[[guest]]\nmax = "1G"\ndemand = {shape="constant", level="1G"}\n', ["#1", "'name'", "required"]),
+        (
+            guest() + '[[event]]\nat = 5\nguest = "vm"\nrequests = "no"\n',
+            ["[[event]] #1", "'requests'", "true or false"],
+        ),
+        (guest() + "[[event]]\nat = 5\nrequests = false\n", ["[[event]] #1", "'guest'", "required"]),
     ],
 )
 def test_errors_name_file_guest_field_and_what_is_accepted(text: str, needles: list[str]) -> None:

@@ -322,6 +322,40 @@ def test_a_paused_guest_freezes_and_shows_as_paused() -> None:
     assert g.state == VMState.RUNNING and int(sim.demand[0]) > frozen[0] and sim.actual[0] == 2 * GiB
 
 
+def test_a_lost_request_changes_the_target_the_host_reports_but_not_the_balloon() -> None:
+    """While the driver loses requests the host takes the call (its target says so) and the balloon
+    stays; when they arrive again a lost one stays lost, and only one sent again moves the balloon."""
+    sim = sim_of(
+        one('target = "1G"', demand='shape = "constant", level = "256M"')
+        + event(100, guest="vm", requests=False)
+        + event(200, guest="vm", requests=True)
+    )
+    sim.run(101)
+    sim.set_target("vm", 3 * GiB)
+    sim.run(50)
+    assert sim.target[0] == sim.snapshot().guests[0].target_bytes == 3 * GiB
+    assert sim.driver_target[0] == sim.actual[0] == GiB
+    sim.run(100)  # requests arrive again: the one lost is not among them
+    assert sim.driver_target[0] == sim.actual[0] == GiB
+    sim.set_targets(np.array([3 * GiB]))  # the same target, sent again
+    sim.run(30)
+    assert sim.driver_target[0] == sim.actual[0] == 3 * GiB
+
+
+def test_a_request_sent_while_the_driver_is_unloaded_waits_for_it_unlike_a_lost_one() -> None:
+    """An unloaded driver finds the target the host set when it loads (it is in the device's config); a
+    lost request is gone: the two faults differ only there."""
+    text = one('target = "1G"', demand='shape = "constant", level = "256M"')
+    for change in ("driver", "requests"):
+        sim = sim_of(
+            text + event(100, guest="vm", **{change: False}) + event(200, guest="vm", **{change: True})
+        )
+        sim.run(101)
+        sim.set_target("vm", 2 * GiB)
+        sim.run(150)
+        assert sim.actual[0] == (2 * GiB if change == "driver" else GiB), change
+
+
 def test_host_base_used_grows_over_time_by_event() -> None:
     sim = sim_of(one() + '[[event]]\nat = 100\nbase_used = "5G"\nover = 400\n', ram="16G")
     available = sim.host_available

@@ -12,8 +12,8 @@ The guest model, per guest, in bytes (``docs/scenarios.md`` explains it with the
     swapped = clip(demand - (actual - kernel - cache_min - min_free), 0, swap)
 
 and for the host ``mem_available = ram - base_used - sum(actual + qemu_overhead)`` exactly, so memory is
-conserved by construction. Scenario events (a guest's stats stop, its driver loads late, it is paused, the
-host's own use grows) are applied at their moment between steps. The public surface is
+conserved by construction. Scenario events (a guest's stats stop, its driver loads late or loses requests, it
+is paused, the host's own use grows) are applied at their moment between steps. The public surface is
 :class:`Simulation`; everything else is private.
 """
 
@@ -89,9 +89,9 @@ class Simulation:
     initial targets. ``step(dt)`` / ``run(seconds)`` advance time without any controller; ``set_target`` /
     ``set_targets`` are what a balloon manager does. Metric arrays (``max``, ``target``, ``actual``,
     ``demand``, ``intended_demand``, ``allocation``, ``swap_used``, ``under_pressure``, ``oom_kills``,
-    ``cpu``, ``cache``) are read-only views indexed like ``names``; they change in place as time passes, so
-    copy them to keep a value. ``demand_at(times)`` reads the demand traces at any times (past or future),
-    for an oracle.
+    ``cpu``, ``cache``, ``driver_target``) are read-only views indexed like ``names``; they change in
+    place as time passes, so copy them to keep a value. ``demand_at(times)`` reads the demand traces at
+    any times (past or future), for an oracle.
     """
 
     def __init__(self, scenario: Scenario, seed: int = 0, physics: Physics = DEFAULT_PHYSICS) -> None:
@@ -162,6 +162,7 @@ class Simulation:
         self._reporting = np.ones(n, dtype=np.bool_)  # its statistics are switched on
         self._paused = np.zeros(n, dtype=np.bool_)
         self._any_paused = False
+        self._requests = np.ones(n, dtype=np.bool_)  # the driver receives the targets the host sets
         self._base_used = scenario.host.base_used
         self._base_ramp: tuple[float, float, int, int] | None = None  # (t0, t1, from, to)
         self._events = list(scenario.events)
@@ -170,7 +171,10 @@ class Simulation:
     def _start_dynamic_state(self, guests: tuple[GuestSpec, ...]) -> None:
         """Balloons at their initial targets, no cache beyond the least, no demand, kill or swap yet."""
         n, tu = self.n, self.physics
-        self._target = _ints(n, [g.target for g in guests])
+        # What the host was asked for (what it reports as the target), and what the driver works toward:
+        # the same unless a request was lost on its way to the driver.
+        self._asked = _ints(n, [g.target for g in guests])
+        self._target = self._asked.copy()
         self._actual = self._target.copy()
         self._cache = np.full(n, tu.cache_min_bytes, dtype=np.int64)
         self._killed = np.zeros(n, dtype=np.int64)  # demand removed by OOM kills, regrowing
@@ -248,7 +252,10 @@ class Simulation:
         """The read-only metric arrays, views that change in place as time passes."""
         ro = _readonly
         self.max: I64 = ro(self._max)
-        self.target: I64 = ro(self._target)
+        self.target: I64 = ro(self._asked)
+        #: The target the balloon driver works toward: ``target`` unless a request was lost (an event
+        #: ``requests = false``), then the last one it received.
+        self.driver_target: I64 = ro(self._target)
         self.actual: I64 = ro(self._actual)
         self.allocation: I64 = self.actual  # host memory granted to the guest (= actual; no FPR model)
         self.demand: I64 = ro(self._demand)
@@ -311,7 +318,11 @@ class Simulation:
         return int(vm)
 
     def set_target(self, vm: int | str, target_bytes: int) -> None:
-        """Ask the guest's balloon for ``target_bytes`` (0..max); the driver moves ``actual`` over time."""
+        """Ask the guest's balloon for ``target_bytes`` (0..max); the driver moves ``actual`` over time.
+
+        The host takes the request even while the driver loses requests; the driver then never sees it,
+        and only a request sent again once they arrive moves it (the same value counts: it is new to the
+        driver)."""
         i = self.index(vm)
         value = int(target_bytes)
         if not 0 <= value <= self._max[i]:
@@ -321,7 +332,8 @@ class Simulation:
                 format_size(max(value, 0)) if value >= 0 else str(value),
                 f"must be from 0 to max {format_size(int(self._max[i]))}",
             )
-        if value != self._target[i]:
+        self._asked[i] = value
+        if value != self._target[i] and self._requests[i]:
             idle = bool(self._actual[i] == self._target[i])
             self._target[i] = value
             self._new_target(np.array([i]), np.array([idle]))
@@ -337,7 +349,8 @@ class Simulation:
             raise LimitError(
                 self._names[i], "target", str(int(arr[i])), f"must be from 0 to max {int(self._max[i])} bytes"
             )
-        changed = np.flatnonzero(arr != self._target)
+        np.copyto(self._asked, arr)
+        changed = np.flatnonzero((arr != self._target) & self._requests)
         if changed.size:
             idle = self._actual[changed] == self._target[changed]
             self._target[changed] = arr[changed]
@@ -506,6 +519,9 @@ class Simulation:
                 self._base_used, self._base_ramp = e.base_used, None
             return
         i = np.array([self.index(e.guest or "")])
+        if e.requests is not None:  # nothing else changes: the driver receives or loses what comes next
+            self._requests[i] = e.requests
+            return
         if e.stats is not None:
             self._reporting[i] = e.stats
         if e.driver is not None:
@@ -740,7 +756,7 @@ class Simulation:
         st_total, st_avail, st_free, st_caches, st_swap_in, st_swap_out, st_majflt, st_oom = values.tolist()
         mx, tg, ac, vc, mv, cpu = (
             a.tolist()
-            for a in (self._max, self._target, self._actual, self._vcpus, self._max_vcpus, self._cpu_ns)
+            for a in (self._max, self._asked, self._actual, self._vcpus, self._max_vcpus, self._cpu_ns)
         )
         paused = self._paused.tolist()
         out = []

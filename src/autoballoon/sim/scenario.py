@@ -133,6 +133,10 @@ class Event:
     driver: bool | None = None
     #: The guest is paused (True: no CPU, no statistics, its memory and workload frozen) or resumed.
     paused: bool | None = None
+    #: The balloon driver loses the targets the host sets (False: the call returns, the host reports the
+    #: new target, the balloon does not move) or receives them again (True: a lost one stays lost, only
+    #: a target sent again reaches it).
+    requests: bool | None = None
     base_used: int | None = None
     over: float = 0.0
 
@@ -414,7 +418,7 @@ def _parse_policy(t: Mapping[str, Any], w: _Where, max_bytes: int) -> GuestPolic
     return policy
 
 
-_EVENT_CHANGES = ("stats", "driver", "paused", "base_used")
+_EVENT_CHANGES = ("stats", "driver", "paused", "requests", "base_used")
 
 
 def _parse_event(raw: Any, w: _Where, host: HostSpec, guests: set[str]) -> Event:
