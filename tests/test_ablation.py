@@ -9,7 +9,7 @@ The rules: growth is paid only from memory free now; shrinking has a dead band; 
 stats is never shrunk (and gets its memory back); a stuck balloon is detected and left alone; nobody
 drops below its OOM floor before everyone has been cut to theirs; a guest just grown is not shrunk for a
 while (the cooldown); a guest's cushion holds room for a first burst and for the largest jump it has
-shown; a Windows guest is never shrunk below its floor.
+shown; a Windows guest is never shrunk below its floor; a grow the balloon did not follow is sent again.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import numpy.typing as npt
 import pytest
 
 from autoballoon import safety
+from autoballoon.constraints import MAX_SECONDS
 from autoballoon.evaluate.metrics import Metrics
 from autoballoon.evaluate.policies import DaemonPolicy
 from autoballoon.evaluate.runner import Job, run_simulation
@@ -246,3 +247,20 @@ def test_without_the_windows_floor_a_windows_guest_is_squeezed_below_it(
     with_, without = lowest_target(kept, "win"), lowest_target(ablated, "win")
     print(f"lowest target: {with_ / GiB:.2f} GiB with the floor, {without / GiB:.2f} GiB without")
     assert with_ >= floor >= without + 1 * GiB
+
+
+# --- the grow retry ----------------------------------------------------------------------------------
+
+
+def test_without_the_grow_retry_a_lost_grow_is_oom_killed() -> None:
+    """The driver loses the grow, and the target the host reports says it was made: only sending it
+    again, once requests arrive, gives the guest the memory before its next rise."""
+    kept, _, seen = measure_with_snapshots("grow-retry")
+    assert kept.oom_kills == 0
+    # The grow was lost: the daemon's target stood above what the balloon held while requests were lost.
+    lost = [g for s in seen if 300 < s.time < 400 and (g := s.guest("lost")) is not None]
+    assert any(g.actual_bytes is not None and g.target_bytes - g.actual_bytes > 256 * MiB for g in lost)
+    # A wait longer than any run: the grow is never sent again.
+    ablated, _ = measure("grow-retry", Tunables(grow_retry_s=MAX_SECONDS))
+    print(f"OOM kills: {kept.oom_kills} with the grow retry, {ablated.oom_kills} without")
+    assert ablated.oom_kills > 0
