@@ -15,7 +15,7 @@ from autoballoon.policy import PolicyState, decide
 from autoballoon.policy.default import reaction_time
 from autoballoon.tunables import Tunables
 from autoballoon.units import GiB, MiB
-from tests.helpers import inputs, make_guest, make_host, run, targets
+from tests.helpers import EPOCH, inputs, make_guest, make_host, run, targets
 
 T = Tunables()
 
@@ -734,3 +734,32 @@ def test_stats_on_hand_are_read_against_the_balloon_they_were_taken_with(os_type
     assert targets_set[0] > first.target_bytes  # the first look grows it
     assert demands == [demands[0]] * 4, [d and d // MiB for d in demands]
     assert targets_set == [targets_set[0]] * 4  # and nothing more comes of the same report
+
+
+def test_stats_taken_while_a_shrink_moved_the_balloon_do_not_grow_it_back() -> None:
+    """With autodeflate ``used`` subtracts the balloon as libvirt reports it now. Stats taken after the
+    daemon's shrink but before the balloon had inflated under-read the use by the shrink, and the next
+    report seems to rise by as much. That is no growth: growing the guest back for it made a reversal
+    every cooldown at constant demand (a simulated hour of a fleet: up to 48)."""
+    used, max_bytes = 2 * GiB, 8 * GiB
+
+    def look(time: float, target: int, actual: int, stats_against: int) -> GuestSnapshot:
+        """At ``time``, with stats from a second before, taken while the balloon was ``stats_against``."""
+        g = make_guest(max_bytes=max_bytes, target=target, actual=actual, used=used, stats_period=5)
+        available = max_bytes - used - (max_bytes - stats_against)
+        stats = replace(g.stats, available=available, free=available, last_update=EPOCH + time - 1.0)
+        return replace(g, stats=stats)
+
+    state, target, moves = PolicyState(), 6 * GiB, []
+    # The balloon follows each target within the tick; the first report after a shrink was taken before.
+    before = target
+    for tick in range(40):
+        time = 5.0 * tick
+        g = look(time, target, target, stats_against=before)
+        plan, state = decide(make_host(g, time=time), inputs(), state, T)
+        new = targets(plan, make_host(g, time=time))["vm"]
+        if new != target:
+            moves.append("grow" if new > target else "shrink")
+        before, target = target, new
+    assert moves and moves[0] == "shrink", moves
+    assert "grow" not in moves, moves

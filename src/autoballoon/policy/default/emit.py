@@ -263,6 +263,7 @@ def _remembered(
             "demand": demands,
             "used": c.used.tolist(),
             "reserved": est.reserved,
+            "used_doubt": est.used_doubt,
             "seen_wall": repeat(wall),
             "stats_time": est.stats_time,
             "swap_in": est.swap_in,

@@ -44,6 +44,7 @@ class Estimates(NamedTuple):
     columns: Columns
     autodeflate: Bools  # it takes balloon pages back by itself: a burst takes memory from the host
     reserved: list[int]
+    used_doubt: list[int]
     stats_time: list[float | None]
     swap_in: list[int | None]
     major_faults: list[int | None]
@@ -127,6 +128,7 @@ class _Records(NamedTuple):
     has_demand: Bools
     used: I64
     has_used: Bools
+    used_doubt: I64
     reserved: I64
     stats_time: F64  # record.stats_time or 0.0
     swap_in: I64
@@ -211,17 +213,17 @@ def _guests(vs: Sequence[Verdict]) -> _Guests:
 
 
 _RECORD = attrgetter(
-    "seen_time", "seen_actual", "seen_wall", "demand", "used", "reserved", "stats_time", "swap_in",
-    "major_faults", "rise_rate", "trend", "rate", "jump", "pressure_at", "stats_actual", "last_grow",
-    "shrink_wall",
+    "seen_time", "seen_actual", "seen_wall", "demand", "used", "used_doubt", "reserved", "stats_time",
+    "swap_in", "major_faults", "rise_rate", "trend", "rate", "jump", "pressure_at", "stats_actual",
+    "last_grow", "shrink_wall",
 )  # fmt: skip
 
 
 def _records(vs: Sequence[Verdict]) -> _Records:
     recs = [v.record for v in vs]
-    columns = transpose(recs, _RECORD, 17)
-    (seen_time, seen_actual, seen_wall, demand, used, reserved, stats_time, swap_in, faults, rise_rate,
-     trend, rate, jump, pressure_at, stats_actual, last_grow, shrink_wall) = columns  # fmt: skip
+    columns = transpose(recs, _RECORD, 18)
+    (seen_time, seen_actual, seen_wall, demand, used, used_doubt, reserved, stats_time, swap_in, faults,
+     rise_rate, trend, rate, jump, pressure_at, stats_actual, last_grow, shrink_wall) = columns  # fmt: skip
     seen_time_values, has_seen_time = known_floats(seen_time)
     seen_actual_values, has_seen_actual = known_ints(seen_actual)
     seen_wall_values, has_seen_wall = known_floats(seen_wall)
@@ -244,6 +246,7 @@ def _records(vs: Sequence[Verdict]) -> _Records:
         has_demand=has_demand,
         used=used_values,
         has_used=has_used,
+        used_doubt=_column(used_doubt, np.int64),
         reserved=_column(reserved, np.int64),
         stats_time=known_floats(stats_time)[0],
         swap_in=swap_in_values,
@@ -281,24 +284,33 @@ def kernel_reserved(g: _Guests, rec: _Records, resting: Bools) -> I64:
 
 
 def shrink_allowance(
-    g: _Guests, rec: _Records, stats_time: F64, now: float, t: Tunables
+    g: _Guests, rec: _Records, stats_time: F64, doubt: I64, now: float, t: Tunables
 ) -> tuple[Bools, I64]:
     """Whether each managed VM may shrink this tick, and by at most how much (see
     :func:`.allocate.step_targets`): not within the cooldown after a grow, not twice on the same stats
-    report (the next step is judged on what the last one did), not while the guard holds it, never
-    without fresh stats; by its share of the shrink rate over the time since the last look, or the
-    least step. ``stats_time`` is that of the stats on hand, or 0.0."""
+    report, nor on one taken before the balloon got there (``doubt``: the next step is judged on what
+    the last one did), not while the guard holds it, never without fresh stats; by its share of the
+    shrink rate over the time since the last look, or the least step. ``stats_time`` is that of the
+    stats on hand, or 0.0."""
     cooling = rec.has_last_grow & (now - rec.last_grow < t.shrink_cooldown_after_grow_s)
-    unseen = rec.has_shrink_wall & (stats_time <= rec.shrink_wall)
+    unseen = (rec.has_shrink_wall & (stats_time <= rec.shrink_wall)) | (doubt > 0)
     dt = np.where(rec.has_seen_time & (now > rec.seen_time), now - rec.seen_time, t.interval_s)
     may_shrink = ~(cooling | unseen | g.shrink_hold | g.blind)
     step = (g.ceiling * t.shrink_rate_per_s * dt).astype(np.int64)
     return may_shrink, np.maximum(t.shrink_min_step_bytes, step)
 
 
-def _used(g: _Guests, rec: _Records, t: Tunables) -> tuple[I64, I64, I64]:
-    """What each guest uses (the kernel's reserved memory included), that reserve, and the balloon size
-    its stats were taken against."""
+class _Used(NamedTuple):
+    """What each guest uses, as far as its stats and the balloon's moves tell it."""
+
+    used: I64  # what it uses, the kernel's reserved memory included
+    doubt: I64  # how much more it may use (see :func:`_used`)
+    reserved: I64
+    stats_actual: I64  # the balloon size its stats were taken against
+
+
+def _used(g: _Guests, rec: _Records, t: Tunables) -> _Used:
+    """What each guest uses, and how sure that is."""
     actual = g.actual
     still = rec.has_seen_actual & (np.abs(actual - rec.seen_actual) <= t.stuck_tolerance_bytes)
     stats_wall = g.last_update
@@ -317,7 +329,16 @@ def _used(g: _Guests, rec: _Records, t: Tunables) -> tuple[I64, I64, I64]:
     taken_against = np.where(older, rec.seen_actual, actual)
     stats_actual = np.where(g.stats_changed | ~rec.has_stats_actual, taken_against, rec.stats_actual)
     used = np.where(g.follows_balloon, np.maximum(0, used - (actual - stats_actual)), used)
-    return used, reserved, stats_actual
+    # Stats newer than the last look, while a shrink moved the balloon since it, were taken against a
+    # balloon somewhere between the two sizes: read against the later one, they may under-read the use
+    # by as much as the balloon moved. The reading is kept (a level read high would grow the guest back
+    # at once), with that doubt beside it: the next report's rise is measured from the top of it, or
+    # each shrink would look like a rise on the next report and grow the guest back (a reversal every
+    # cooldown at constant demand). A grow's doubt is the other way, over-reading, and needs none.
+    taken_mid_move = g.stats_changed & ~older & rec.has_seen_actual & rec.has_seen_wall
+    shrunk = np.where(taken_mid_move & g.follows_balloon, np.maximum(0, rec.seen_actual - actual), 0)
+    doubt = np.where(g.stats_changed, shrunk, rec.used_doubt)
+    return _Used(used, doubt, reserved, stats_actual)
 
 
 class _Growth(NamedTuple):
@@ -345,7 +366,8 @@ def _growth(g: _Guests, rec: _Records, used: I64, dt: F64, t: Tunables) -> _Grow
         jump = np.where(
             fading, (rec.jump * _halves(dt / t.jump_half_life_s, fading)).astype(np.int64), rec.jump
         )
-    rise = np.where(rec.has_used, used - rec.used, 0)
+    # Measured from the most the last report allows (see :func:`_used`): a rise for sure.
+    rise = np.where(rec.has_used, used - (rec.used + rec.used_doubt), 0)
     rise_rate = np.where(rise > 0, rise / per_s, 0.0)
     jump = np.where(fresh & (rise >= t.jump_min_bytes), np.maximum(jump, rise), jump)
     # A rate counts once two reports in a row show it: one jump is not a ramp (the jump is
@@ -402,7 +424,8 @@ def estimate(vs: Sequence[Verdict], now: float, t: Tunables) -> Estimates:
     (see :func:`.tiers.tiers`), its demand and growth are what it remembered."""
     g, rec = _guests(vs), _records(vs)
     blind, ceiling, actual, target = g.blind, g.ceiling, g.actual, g.target
-    used, reserved, stats_actual = _used(g, rec, t)
+    reading = _used(g, rec, t)
+    used = reading.used
     dt = np.where(rec.has_seen_time, now - rec.seen_time, 0.0)
     growth = _growth(g, rec, used, dt, t)
     demand, pressure_at, pressure_known, pressure = _demand(g, rec, used, growth.boost, dt, now, t)
@@ -415,7 +438,7 @@ def estimate(vs: Sequence[Verdict], now: float, t: Tunables) -> Estimates:
     # Blind: what it has is the least it keeps, and it remembers what it knew.
     held = np.minimum(np.maximum(target, actual), ceiling)
     stats_time = np.where(blind, rec.stats_time, growth.stats_time)
-    may_shrink, step = shrink_allowance(g, rec, stats_time, now, t)
+    may_shrink, step = shrink_allowance(g, rec, stats_time, reading.doubt, now, t)
     judged, counted = _judged(vs, g, growth, now, t)
     pressure = pressure & ~blind
     guests = [v.guest for v in vs]
@@ -438,9 +461,7 @@ def estimate(vs: Sequence[Verdict], now: float, t: Tunables) -> Estimates:
         dead_band=dead_band, keep=judged.probes.keep,
         oom_floor=empty, need=empty, want=empty,
     )  # fmt: skip
-    return _remembered(
-        vs, columns, g, rec, growth, reserved, stats_actual, pressure_at, pressure_known, judged
-    )
+    return _remembered(vs, columns, g, rec, growth, reading, pressure_at, pressure_known, judged)
 
 
 def _judged(
@@ -456,8 +477,8 @@ def _judged(
 
 
 def _remembered(
-    vs: Sequence[Verdict], c: Columns, g: _Guests, rec: _Records, growth: _Growth, reserved: I64,
-    stats_actual: I64, pressure_at: F64, pressure_known: Bools, judged: refault.Judged,
+    vs: Sequence[Verdict], c: Columns, g: _Guests, rec: _Records, growth: _Growth, reading: _Used,
+    pressure_at: F64, pressure_known: Bools, judged: refault.Judged,
 ) -> Estimates:  # fmt: skip
     """The estimates with what each VM remembers of its stats: a blind one what it knew."""
     records = [v.record for v in vs]
@@ -468,14 +489,15 @@ def _remembered(
         verdicts=list(vs),
         columns=c,
         autodeflate=g.autodeflate,
-        reserved=np.where(g.blind, rec.reserved, reserved).tolist(),
+        reserved=np.where(g.blind, rec.reserved, reading.reserved).tolist(),
+        used_doubt=np.where(g.blind, rec.used_doubt, reading.doubt).tolist(),
         stats_time=_pick(kept, [r.stats_time for r in records], [s.last_update for s in stats]),
         swap_in=_pick(blind, [r.swap_in for r in records], [s.swap_in for s in stats]),
         major_faults=_pick(blind, [r.major_faults for r in records], [s.major_faults for s in stats]),
         pressure_at=_pick(
             blind, [r.pressure_at for r in records], optional(pressure_at.tolist(), pressure_known)
         ),
-        stats_actual=_pick(blind, [r.stats_actual for r in records], stats_actual.tolist()),
+        stats_actual=_pick(blind, [r.stats_actual for r in records], reading.stats_actual.tolist()),
         probes=judged.probes.rows(),
         stepped_back=np.flatnonzero(judged.stepped_back).tolist(),
         accuracy=judged.accuracy,

@@ -22,6 +22,9 @@ class GuestRecord(NamedTuple):
     planned_target: int | None = None  # what this policy set (or would have, in a dry run)
     demand: int | None = None  # smoothed demand estimate
     used: int | None = None  # ``used`` at the last stats report
+    #: How much more than ``used`` the guest may have used then: stats taken while a shrink moved the
+    #: balloon, read against its later size (see :func:`.estimate._used`).
+    used_doubt: int = 0
     reserved: int = 0  # memory the guest's kernel keeps out of MemTotal (see :func:`kernel_reserved`)
     seen_wall: float | None = None  # snapshot.wall_time of the last look
     stats_time: float | None = None  # last_update of the stats the rates are measured from
