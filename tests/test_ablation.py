@@ -25,6 +25,7 @@ from autoballoon.constraints import MAX_SECONDS
 from autoballoon.evaluate.metrics import Metrics
 from autoballoon.evaluate.policies import DaemonPolicy
 from autoballoon.evaluate.runner import Job, run_simulation
+from autoballoon.evaluate.summary import kill_checks
 from autoballoon.health import DEFAULT_HEALTH
 from autoballoon.model import HostSnapshot
 from autoballoon.policy import DefaultPolicy
@@ -264,3 +265,25 @@ def test_without_the_grow_retry_a_lost_grow_is_oom_killed() -> None:
     ablated, _ = measure("grow-retry", Tunables(grow_retry_s=MAX_SECONDS))
     print(f"OOM kills: {kept.oom_kills} with the grow retry, {ablated.oom_kills} without")
     assert ablated.oom_kills > 0
+
+
+# --- anticipation: pre-growth from the demand profile ------------------------------------------------
+
+
+def test_without_anticipation_a_nightly_burst_is_oom_killed_every_night() -> None:
+    """The nightly burst outruns the first-burst room and the remembered jump has faded by the next
+    night: only the guest's schedule grows it in time. With pre-growth the recurring nights pass the
+    acceptance's recurring-burst bars (no kill, a tenth of the first night's pressure at most) at the
+    reclaim of the policy without it (within 5 % each day); switched off, they are killed again."""
+    kept, _ = measure("anticipation")
+    ablated, _ = measure("anticipation", Tunables(anticipation=False))
+    for m in (kept, ablated):
+        print(m.policy, [(d.day, d.bursts, d.oom_kills, round(d.pressure_vm_s), round(d.reclaimed_gib_h, 2))
+                         for d in m.days])  # fmt: skip
+    assert [d.bursts for d in kept.days] == ["first", "recurring", "recurring"]
+    assert kept.days[0].oom_kills > 0  # the first night: nothing said it was coming
+    assert all(c.ok for c in kill_checks("anticipation", kept))
+    assert not all(c.ok for c in kill_checks("anticipation", ablated))
+    assert all(d.oom_kills > 0 for d in ablated.days[1:])
+    for on, off in zip(kept.days[1:], ablated.days[1:], strict=True):
+        assert on.reclaimed_gib_h == pytest.approx(off.reclaimed_gib_h, rel=0.05)

@@ -34,6 +34,7 @@ JSON_FIELDS = [
     "reaction_p50_s",
     "reaction_p99_s",
     "cpu_per_tick_ms",
+    "days",
 ]
 
 # Two guests booted at max: one idle, one whose demand steps up by 2 GiB at t=300.

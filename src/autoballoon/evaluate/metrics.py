@@ -15,10 +15,16 @@ trace, percentiles, efficiency. All integrals are exact sums of ``value * dt`` o
 - reaction: from a demand step to the first moment the guest's allocation covers it again;
 - CPU: process time of the policy's decision per tick;
 - CPU storm: VM-seconds a guest spins near 100 % of its vCPUs (the balloon CPU storm), also harm.
+
+A run longer than a day is also broken down per day (:class:`Day`, days from the run's start): a burst
+that recurs every night must do less harm on the second night than on the first, and only a per-day
+figure shows it. Each day is labelled by its bursts (:func:`burst_days`): a *first* one (a demand step at
+a time of day the guest had none at on an earlier day) or only *recurring* ones.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -41,6 +47,36 @@ STEP_FRACTION = 0.05
 STEP_WINDOW_S = 10.0
 #: A guest whose CPU load (share of its vCPUs) is at least this is spinning (the balloon CPU storm).
 STORM_LOAD = 0.9
+#: The per-day breakdown's day (from the run's start, not the wall clock: "night 2" is the run's).
+DAY_S = 86_400.0
+#: A demand step within this many seconds of the time of day of one on an earlier day recurs: the
+#: width of the daemon's profile slot on either side, so a burst that moved by a slot or more is new.
+RECUR_WINDOW_S = 300.0
+#: What a day's demand steps were (:func:`burst_days`).
+NO_BURST, FIRST_BURST, RECURRING_BURST = "none", "first", "recurring"
+
+
+@dataclass(frozen=True, slots=True)
+class Day:
+    """One day of a run (from its start): the harm and the reclaim in it, and what its bursts were.
+    The days of a run sum to its totals."""
+
+    day: int  # 1 for the run's first day
+    bursts: str  # NO_BURST, FIRST_BURST or RECURRING_BURST
+    reclaimed_gib_h: float
+    pressure_vm_s: float
+    oom_kills: int
+    host_overrun_s: float
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "day": self.day,
+            "bursts": self.bursts,
+            "reclaimed_gib_h": round(self.reclaimed_gib_h, 4),
+            "pressure_vm_s": round(self.pressure_vm_s, 3),
+            "oom_kills": self.oom_kills,
+            "host_overrun_s": round(self.host_overrun_s, 3),
+        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +98,8 @@ class Metrics:
     #: Memory the guests did not hold although their workload needed it (they swapped, or a kill freed
     #: it), in GiB-hours: what the plain ``sum(max) - sum(allocated)`` would have wrongly credited.
     uncredited_gib_h: float = 0.0
+    #: A run longer than a day, per day (empty for a run of a day or less); ``--json``'s ``days``.
+    days: tuple[Day, ...] = ()
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -75,6 +113,7 @@ class Metrics:
             "reaction_p50_s": None if self.reaction_p50_s is None else round(self.reaction_p50_s, 3),
             "reaction_p99_s": None if self.reaction_p99_s is None else round(self.reaction_p99_s, 3),
             "cpu_per_tick_ms": None if self.cpu_per_tick_ms is None else round(self.cpu_per_tick_ms, 4),
+            "days": [d.to_json() for d in self.days],
         }
 
 
@@ -129,6 +168,32 @@ def demand_step_onsets(table: I64, step_s: float, thresholds: I64) -> B:
     onset[1:] &= ~rising[:-1]
     onset[0] = False  # the initial level is where the scenario starts, not a step
     return onset
+
+
+def burst_days(onsets: B, step_s: float, n_days: int) -> list[str]:
+    """Each day's bursts, from the demand steps (``onsets``, (times, guests) on the simulation grid):
+    :data:`FIRST_BURST` when a guest has a step at a time of day it had none at (within
+    :data:`RECUR_WINDOW_S`) on an earlier day, else :data:`RECURRING_BURST` when it has steps, else
+    :data:`NO_BURST`. A burst that moved to another time is a first one again: nothing could expect it."""
+    labels = [NO_BURST] * n_days
+    rows, guests = np.nonzero(onsets)
+    seen: dict[int, list[tuple[int, float]]] = {}  # per guest: (day, time of day) of each step
+    for row, guest in sorted(zip(rows.tolist(), guests.tolist(), strict=True)):
+        t = row * step_s
+        day, clock = min(int(t // DAY_S), n_days - 1), t % DAY_S
+        before = seen.setdefault(guest, [])
+        if not any(d < day and _apart(clock, c) <= RECUR_WINDOW_S for d, c in before):
+            labels[day] = FIRST_BURST
+        elif labels[day] == NO_BURST:
+            labels[day] = RECURRING_BURST
+        before.append((day, clock))
+    return labels
+
+
+def _apart(a: float, b: float) -> float:
+    """Seconds between two times of day, across midnight too."""
+    gap = abs(a - b) % DAY_S
+    return min(gap, DAY_S - gap)
 
 
 def percentile(values: npt.ArrayLike, q: float) -> float | None:
@@ -207,19 +272,36 @@ class Recorder:
         self.steps = 0
         self.cpu_s = 0.0
         self.ticks = 0
+        duration = sim.scenario.run.duration
+        n_days = max(1, math.ceil(duration / DAY_S))
+        self._bursts = burst_days(onsets, sim.scenario.run.step, n_days) if duration > DAY_S else []
+        self._day_reclaimed = np.zeros(n_days)
+        self._day_pressure = np.zeros(n_days)
+        self._day_overrun = np.zeros(n_days)
+        self._day_kills = np.zeros(n_days, dtype=np.int64)
+        self._kills = int(self._oom_start.sum())
 
     def record(self) -> None:
         sim = self.sim
         now = sim.time
         dt = now - self._last_time
+        day = min(int(self._last_time // DAY_S), len(self._day_pressure) - 1)  # the step's start
         self._last_time = now
         charged_sum = self.charged_sum()
-        self.reclaimed_byte_s += (self._sum_max - charged_sum) * dt
+        reclaimed = (self._sum_max - charged_sum) * dt
+        self.reclaimed_byte_s += reclaimed
+        self._day_reclaimed[day] += reclaimed
         self.uncredited_byte_s += (charged_sum - int(sim.allocation.sum())) * dt
         pressure = sim.under_pressure
-        self.pressure_vm_s += int(pressure.sum()) * dt
+        pressed = int(pressure.sum()) * dt
+        self.pressure_vm_s += pressed
+        self._day_pressure[day] += pressed
         if sim.host_available < self._reserve:
             self.host_overrun_s += dt
+            self._day_overrun[day] += dt
+        kills = int(np.asarray(sim.oom_kills).sum())
+        self._day_kills[day] += kills - self._kills
+        self._kills = kills
         cpu = sim.cpu
         if dt > 0:
             self.cpu_storm_vm_s += int(((cpu - self._cpu) >= self._storm_ns * dt).sum()) * dt
@@ -269,4 +351,19 @@ class Recorder:
             cpu_per_tick_ms=self.cpu_s / self.ticks * 1000.0 if self.ticks else None,
             cpu_storm_vm_s=self.cpu_storm_vm_s,
             uncredited_gib_h=self.uncredited_byte_s / GiB / SECONDS_PER_HOUR,
+            days=self.days(),
+        )
+
+    def days(self) -> tuple[Day, ...]:
+        """The run per day, when it lasts more than one (else empty)."""
+        return tuple(
+            Day(
+                day=i + 1,
+                bursts=bursts,
+                reclaimed_gib_h=float(self._day_reclaimed[i]) / GiB / SECONDS_PER_HOUR,
+                pressure_vm_s=float(self._day_pressure[i]),
+                oom_kills=int(self._day_kills[i]),
+                host_overrun_s=float(self._day_overrun[i]),
+            )
+            for i, bursts in enumerate(self._bursts)
         )

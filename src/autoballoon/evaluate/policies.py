@@ -17,6 +17,7 @@ simulation step.
 
 from __future__ import annotations
 
+import math
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields, replace
@@ -61,6 +62,15 @@ class OracleTunables:
 DEFAULT_ORACLE = OracleTunables()
 
 
+def oracle_ahead_rows(step_s: float, latency_s: float, tunables: OracleTunables = DEFAULT_ORACLE) -> int:
+    """How many simulation steps ahead the oracle plans: its lookahead, and never less than the step its
+    target waits for the driver (the balloon latency, rounded up to whole steps) plus the step the demand
+    then reaches. At a 1 s step the lookahead is the larger; at a 10 s step (a multi-day scenario) a
+    target set now moves only from the next step, while that step already holds the demand of the one
+    after, so a lookahead of one step would leave the oracle a step short and OOM-kill its guests."""
+    return max(math.ceil(tunables.lookahead_s / step_s), math.ceil(latency_s / step_s - 1e-9) + 1)
+
+
 def oracle_headroom(sim: Simulation) -> I64:
     """The fixed minimal headroom a guest needs beyond its workload: kernel, pinned page cache and the
     kernel's free watermark. Below ``demand + headroom`` the simulated guest swaps."""
@@ -94,7 +104,7 @@ class Oracle:
     def __init__(self, sim: Simulation, tunables: OracleTunables = DEFAULT_ORACLE) -> None:
         self.sim = sim
         self.interval_s = sim.scenario.run.step
-        n_ahead = max(1, int(np.ceil(tunables.lookahead_s / self.interval_s)) + 1)
+        n_ahead = oracle_ahead_rows(self.interval_s, sim.physics.balloon_latency_s, tunables) + 1
         self._ahead = np.arange(n_ahead, dtype=np.float64) * self.interval_s
         self._headroom = oracle_headroom(sim)
         guests = sim.scenario.guests

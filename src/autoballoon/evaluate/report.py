@@ -15,7 +15,7 @@ from types import ModuleType
 from typing import TypeVar
 
 from autoballoon.errors import MissingDependencyError
-from autoballoon.evaluate.metrics import SEVERE_HARM, Metrics, harm
+from autoballoon.evaluate.metrics import SEVERE_HARM, Day, Metrics, harm
 from autoballoon.evaluate.policies import ORACLE
 from autoballoon.evaluate.runner import RunResult
 from autoballoon.evaluate.summary import (
@@ -104,6 +104,32 @@ def metrics_table(rows: Sequence[Metrics]) -> str:
 def _numbered(rows: Sequence[T]) -> list[tuple[str, T]]:
     """Rank numbers for the contenders; the oracle is the yardstick and gets none."""
     return [("–" if r.policy == ORACLE else str(i + 1), r) for i, r in enumerate(rows)]
+
+
+def days_table(rows: Sequence[Metrics]) -> str:
+    """A run longer than a day, one row per day: each policy's OOM kills, pressure and reclaim that day
+    (the days sum to the run's totals), so that a second night better than the first shows. Empty when
+    no run has days."""
+    runs = [m for m in rows if m.days]
+    if not runs:
+        return ""
+    policies = " | ".join(m.policy for m in runs)
+    lines = [
+        "Per day (from the run's start): OOM kills · pressure VM-s · reclaimed GiB-h. *bursts*: `first` "
+        "when a guest's demand steps at a time of day it had not on an earlier day, `recurring` when "
+        "every step recurs.\n",
+        f"| day | bursts | {policies} |",
+        "|--:|---|" + "--:|" * len(runs),
+    ]
+    for i, day in enumerate(runs[0].days):
+        cells = " | ".join(_day_cell(m.days[i]) for m in runs)
+        lines.append(f"| {day.day} | {day.bursts} | {cells} |")
+    return "\n".join(lines) + "\n"
+
+
+def _day_cell(d: Day) -> str:
+    cell = f"{d.oom_kills} · {d.pressure_vm_s:.0f} · {d.reclaimed_gib_h:.1f}"
+    return f"{SEVERE_MARK} {cell}" if d.oom_kills or d.host_overrun_s else cell
 
 
 def summary_table(rows: Sequence[PolicySummary]) -> str:
@@ -347,6 +373,8 @@ def render_markdown(
         hours = run.duration_s / SECONDS_PER_HOUR
         out.append(f"{desc} ({run.guests} guests, {hours:g} h simulated.)\n" if desc else "")
         out.append(metrics_table(rows))
+        if days := days_table(rows):
+            out.append(days)
         for note in reference_notes(rows):
             out.append(f"- {note}")
         out.append(f"\n![{scenario}]({plot_dir}/{scenario}.png)\n")

@@ -30,11 +30,11 @@ from autoballoon.evaluate.metrics import (
 )
 from autoballoon.evaluate.policies import (
     CONTENDERS,
-    DEFAULT_ORACLE,
     ORACLE,
     ContenderFactory,
     apply_overrides,
     factory,
+    oracle_ahead_rows,
 )
 from autoballoon.policy import create_policy
 from autoballoon.sim.engine import Simulation
@@ -148,7 +148,7 @@ def run_simulation(scenario: Scenario, job: Job, make_policy: ContenderFactory |
         intended,
         np.asarray(sim.headroom),
         max_bytes,
-        ahead_rows=math.ceil(DEFAULT_ORACLE.lookahead_s / run.step),
+        ahead_rows=oracle_ahead_rows(run.step, physics.balloon_latency_s),
         # the latency, and the step between a policy's tick and the recorder's sample
         behind_rows=math.ceil(physics.balloon_latency_s / run.step) + 1,
         shed_per_row=round(physics.inflate_bps * run.step),

@@ -9,6 +9,11 @@ The project's acceptance bars (:data:`BARS`, checked by :func:`acceptance`):
 
 - on every scenario, the default policy causes no OOM kill and no host overrun, no more OOM kills than
   ``mom`` or ``proxmox``, and no more pressure than either;
+- on every scenario longer than a day whose bursts recur (a demand step at a time of day an earlier day
+  had one at: :func:`.metrics.burst_days`), the default policy causes no OOM kill but on a day with a
+  *first* burst (nothing said it was coming; its kills over the run are still held to the references'
+  above), and on each day whose bursts all recur no more than a tenth of the pressure of the last day
+  with a first burst: the profile must have learned the rhythm;
 - on every scenario, no policy's oracle efficiency exceeds 1 (the oracle is the limit; above it, the
   measurement is crediting harm);
 - over the suite (reclaimed summed over scenarios, divided by the oracle's sum) the default policy's
@@ -21,7 +26,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
-from autoballoon.evaluate.metrics import Metrics
+from autoballoon.evaluate.metrics import FIRST_BURST, RECURRING_BURST, Day, Metrics
 from autoballoon.evaluate.policies import ORACLE
 
 #: The roles the bars give to policies of :data:`autoballoon.policy.POLICIES`.
@@ -31,6 +36,8 @@ REFERENCES = ("mom", "proxmox")
 MIN_SUITE_EFFICIENCY = 0.85
 #: Pressure within this many VM-seconds of a reference's counts as "no more" (one sampling step).
 PRESSURE_SLACK_VM_S = 1.0
+#: A day whose bursts all recur may have at most this share of the last first-burst day's pressure.
+RECURRING_PRESSURE_SHARE = 0.1
 #: Oracle efficiency above 1 by more than this fails the bar (float rounding of the integrals only).
 EFFICIENCY_CEILING = 1.0 + 1e-9
 
@@ -38,6 +45,10 @@ EFFICIENCY_CEILING = 1.0 + 1e-9
 BARS = (
     "on every scenario the default policy causes no OOM kill and no host overrun",
     "on every scenario the default policy causes no more OOM kills and no more pressure than mom or proxmox",
+    "on every scenario longer than a day with recurring bursts the default policy causes no OOM kill but "
+    "on a day with a first burst (a demand step at a time of day no earlier day had one at), and on "
+    f"each day whose bursts all recur at most {RECURRING_PRESSURE_SHARE:g} of the pressure of the last "
+    "first-burst day",
     "on every scenario no policy's oracle efficiency exceeds 1",
     f"over the suite the default policy's oracle efficiency is at least {MIN_SUITE_EFFICIENCY:g} and it "
     "ranks above mom and proxmox (harm first, then efficiency)",
@@ -148,7 +159,7 @@ def acceptance(metrics: Sequence[Metrics], summaries: Sequence[PolicySummary]) -
     for scenario in dict.fromkeys(m.scenario for m in metrics):
         ours = by.get((scenario, DEFAULT_POLICY))
         if ours is not None:
-            checks.append(Check(scenario, "no OOM kills", ours.oom_kills == 0, f"{ours.oom_kills} kills"))
+            checks.extend(kill_checks(scenario, ours))
             checks.append(
                 Check(scenario, "no host overrun", ours.host_overrun_s == 0, f"{ours.host_overrun_s:g} s")
             )
@@ -211,6 +222,33 @@ def acceptance(metrics: Sequence[Metrics], summaries: Sequence[PolicySummary]) -
                     f"ranks above {ref}",
                     outranks(ours_s, theirs_s),
                     f"{_brief(ours_s)} vs {_brief(theirs_s)}",
+                )
+            )
+    return checks
+
+
+def kill_checks(scenario: str, ours: Metrics) -> list[Check]:
+    """No OOM kills; on a scenario of recurring bursts, none but on first-burst days, and each day whose
+    bursts recur with a tenth of the last first-burst day's pressure at most."""
+    if not any(d.bursts == RECURRING_BURST for d in ours.days):
+        return [Check(scenario, "no OOM kills", ours.oom_kills == 0, f"{ours.oom_kills} kills")]
+    later = [d for d in ours.days if d.bursts != FIRST_BURST]
+    killed = [f"day {d.day}: {d.oom_kills}" for d in later if d.oom_kills]
+    excused = sum(d.oom_kills for d in ours.days if d.bursts == FIRST_BURST)
+    detail = (", ".join(killed) or "none") + f" ({excused} on first-burst days)"
+    checks = [Check(scenario, "no OOM kills but on first-burst days", not killed, detail)]
+    first: Day | None = None
+    for d in ours.days:
+        if d.bursts == FIRST_BURST:
+            first = d
+        elif d.bursts == RECURRING_BURST and first is not None:
+            bar = first.pressure_vm_s * RECURRING_PRESSURE_SHARE
+            checks.append(
+                Check(
+                    scenario,
+                    f"day {d.day} (recurring): pressure <= {RECURRING_PRESSURE_SHARE:g} x day {first.day}'s",
+                    d.pressure_vm_s <= bar + PRESSURE_SLACK_VM_S,
+                    f"{d.pressure_vm_s:g} vs {first.pressure_vm_s:g} VM-s",
                 )
             )
     return checks
