@@ -63,6 +63,7 @@ def reversals_at_constant_demand(uri: str) -> Counter[str]:
 def test_no_guest_flaps_at_constant_demand(scenario: Path) -> None:
     flaps = reversals_at_constant_demand(f"sim://{scenario}?speed=max")
     worst = flaps.most_common(1)
+    print(f"{scenario.stem}: most reversals an hour {worst}")
     assert not worst or worst[0][1] / HOURS <= MAX_REVERSALS_PER_H, worst
 
 
